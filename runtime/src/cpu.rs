@@ -1,0 +1,169 @@
+//! The CPU reference backend: every op runs at once through [`crate::ops`].
+
+use std::future::Future;
+
+use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
+use crate::ops::{self, AdamW};
+
+/// One buffer's contents.
+enum Storage {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// Runs each op immediately on the host, single-threaded and deterministic.
+#[derive(Default)]
+pub struct CpuBackend {
+    buffers: Vec<Storage>,
+}
+
+impl CpuBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn f32(&self, v: View) -> &[f32] {
+        match &self.buffers[v.buf.0 as usize] {
+            Storage::F32(data) => &data[v.offset..v.offset + v.len],
+            Storage::U32(_) => panic!("buffer {:?} holds u32, an f32 view was asked", v.buf),
+        }
+    }
+
+    fn u32(&self, v: View) -> &[u32] {
+        match &self.buffers[v.buf.0 as usize] {
+            Storage::U32(data) => &data[v.offset..v.offset + v.len],
+            Storage::F32(_) => panic!("buffer {:?} holds f32, a u32 view was asked", v.buf),
+        }
+    }
+
+    /// Moves an f32 buffer out of the table (a placeholder stays until [`Self::put`]).
+    fn take(&mut self, buf: BufId) -> Vec<f32> {
+        match std::mem::replace(&mut self.buffers[buf.0 as usize], Storage::U32(Vec::new())) {
+            Storage::F32(data) => data,
+            Storage::U32(_) => panic!("buffer {buf:?} holds u32, an f32 output was asked"),
+        }
+    }
+
+    fn put(&mut self, buf: BufId, data: Vec<f32>) {
+        self.buffers[buf.0 as usize] = Storage::F32(data);
+    }
+
+    /// Lends `out`'s slice to `f` alongside `self`, whose other buffers `f` reads as
+    /// inputs; the aliasing rule guarantees the inputs are elsewhere.
+    fn with_out(&mut self, out: View, f: impl FnOnce(&Self, &mut [f32])) {
+        let mut data = self.take(out.buf);
+        f(self, &mut data[out.offset..out.offset + out.len]);
+        self.put(out.buf, data);
+    }
+
+    fn push(&mut self, storage: Storage, len: usize) -> View {
+        self.buffers.push(storage);
+        View { buf: BufId(self.buffers.len() as u32 - 1), offset: 0, len }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo { kind: "cpu".into(), adapter: format!("CPU reference ({})", std::env::consts::ARCH), software: true }
+    }
+
+    fn alloc(&mut self, len: usize, _what: &str) -> Result<View, BackendError> {
+        Ok(self.push(Storage::F32(vec![0.0; len]), len))
+    }
+
+    fn alloc_u32(&mut self, len: usize, _what: &str) -> Result<View, BackendError> {
+        Ok(self.push(Storage::U32(vec![0; len]), len))
+    }
+
+    fn write(&mut self, dst: View, data: &[f32]) {
+        self.with_out(dst, |_, out| out.copy_from_slice(data));
+    }
+
+    fn write_u32(&mut self, dst: View, data: &[u32]) {
+        match &mut self.buffers[dst.buf.0 as usize] {
+            Storage::U32(buf) => buf[dst.offset..dst.offset + dst.len].copy_from_slice(data),
+            Storage::F32(_) => panic!("buffer {:?} holds f32, u32 data was written", dst.buf),
+        }
+    }
+
+    fn zero(&mut self, dst: View) {
+        self.with_out(dst, |_, out| out.fill(0.0));
+    }
+
+    fn flush(&mut self) {}
+
+    fn read(&mut self, src: View) -> impl Future<Output = Result<Vec<f32>, BackendError>> {
+        std::future::ready(Ok(self.f32(src).to_vec()))
+    }
+
+    fn embedding_forward(&mut self, out: View, tokens: View, table: View, vocab: usize, dim: usize) {
+        checks::embedding_forward(out, tokens, table, vocab, dim);
+        self.with_out(out, |s, o| ops::embedding_forward(o, s.u32(tokens), s.f32(table), vocab, dim));
+    }
+
+    fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize) {
+        checks::embedding_backward(dtable, tokens, dout, vocab, dim);
+        self.with_out(dtable, |s, o| ops::embedding_backward(o, s.u32(tokens), s.f32(dout), vocab, dim));
+    }
+
+    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, rows: usize, k: usize, n: usize) {
+        checks::matmul_forward(out, inp, weight, bias, rows, k, n);
+        self.with_out(out, |s, o| {
+            ops::matmul_forward(o, s.f32(inp), s.f32(weight), bias.map(|b| s.f32(b)), rows, k, n)
+        });
+    }
+
+    fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, rows: usize, k: usize, n: usize) {
+        checks::matmul_backward_input(dinp, dout, weight, rows, k, n);
+        self.with_out(dinp, |s, o| ops::matmul_backward_input(o, s.f32(dout), s.f32(weight), rows, k, n));
+    }
+
+    fn matmul_backward_weight(&mut self, dweight: View, dout: View, inp: View, rows: usize, k: usize, n: usize) {
+        checks::matmul_backward_weight(dweight, dout, inp, rows, k, n);
+        self.with_out(dweight, |s, o| ops::matmul_backward_weight(o, s.f32(dout), s.f32(inp), rows, k, n));
+    }
+
+    fn bias_backward(&mut self, dbias: View, dout: View, rows: usize, n: usize) {
+        checks::bias_backward(dbias, dout, rows, n);
+        self.with_out(dbias, |s, o| ops::bias_backward(o, s.f32(dout), rows, n));
+    }
+
+    fn gelu_forward(&mut self, out: View, inp: View) {
+        checks::gelu_forward(out, inp);
+        self.with_out(out, |s, o| ops::gelu_forward(o, s.f32(inp)));
+    }
+
+    fn gelu_backward(&mut self, dinp: View, inp: View, dout: View) {
+        checks::gelu_backward(dinp, inp, dout);
+        self.with_out(dinp, |s, o| ops::gelu_backward(o, s.f32(inp), s.f32(dout)));
+    }
+
+    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize) {
+        checks::softmax_xent_forward(probs, losses, logits, targets, rows, vocab);
+        let mut row_losses = vec![0.0; rows];
+        self.with_out(probs, |s, p| {
+            ops::softmax_xent_forward(p, &mut row_losses, s.f32(logits), s.u32(targets), rows, vocab)
+        });
+        self.write(losses, &row_losses);
+    }
+
+    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize) {
+        checks::softmax_xent_backward(dlogits, probs, targets, rows, vocab);
+        self.with_out(dlogits, |s, o| ops::softmax_xent_backward(o, s.f32(probs), s.u32(targets), rows, vocab));
+    }
+
+    fn mean(&mut self, out: View, values: View) {
+        checks::mean(out, values);
+        self.with_out(out, |s, o| o[0] = ops::mean(s.f32(values)));
+    }
+
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {
+        checks::adamw(params, grads, m, v);
+        let (mut m_data, mut v_data) = (self.take(m.buf), self.take(v.buf));
+        let (m_slice, v_slice) = (&mut m_data[m.offset..m.offset + m.len], &mut v_data[v.offset..v.offset + v.len]);
+        self.with_out(params, |s, p| ops::adamw(p, s.f32(grads), m_slice, v_slice, h));
+        self.put(m.buf, m_data);
+        self.put(v.buf, v_data);
+    }
+}

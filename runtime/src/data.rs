@@ -1,0 +1,147 @@
+//! Training text and deterministic batches.
+//!
+//! A corpus is bytes, split 90% train / 10% validation like nanoGPT. A batch is fully
+//! determined by `(seed, shard, step)`, so the relay can replay any unit exactly.
+
+use crate::rng::Rng;
+
+/// Smallest corpus accepted, in bytes: enough for a validation split of real batches.
+pub const MIN_CORPUS_BYTES: usize = 4096;
+
+/// Training text, split into a train and a validation part.
+#[derive(Clone, Debug)]
+pub struct Corpus {
+    bytes: Vec<u8>,
+    train_end: usize,
+}
+
+/// Why a corpus could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    /// Fewer bytes than [`MIN_CORPUS_BYTES`].
+    #[error("the corpus has {0} bytes; at least {MIN_CORPUS_BYTES} are needed")]
+    TooSmall(usize),
+    /// The file could not be read.
+    #[error("cannot read dataset {path}: {source}")]
+    Io {
+        /// The path given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl Corpus {
+    /// A corpus over `bytes`, the first 90% for training.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, CorpusError> {
+        if bytes.len() < MIN_CORPUS_BYTES {
+            return Err(CorpusError::TooSmall(bytes.len()));
+        }
+        let train_end = bytes.len() * 9 / 10;
+        Ok(Corpus { bytes, train_end })
+    }
+
+    /// Reads a plain text (or any byte) file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_file(path: &std::path::Path) -> Result<Self, CorpusError> {
+        let bytes = std::fs::read(path).map_err(|source| CorpusError::Io { path: path.display().to_string(), source })?;
+        Self::from_bytes(bytes)
+    }
+
+    /// The built-in corpus: about 200 KB of generated sentences with real structure
+    /// (agreement, fixed phrases), made by code so that no download is needed.
+    pub fn builtin() -> Self {
+        Self::from_bytes(generate_text(0xC0FFEE, 200_000)).expect("generated corpus is large enough")
+    }
+
+    /// The training part.
+    pub fn train(&self) -> &[u8] {
+        &self.bytes[..self.train_end]
+    }
+
+    /// The validation part.
+    pub fn val(&self) -> &[u8] {
+        &self.bytes[self.train_end..]
+    }
+
+    /// All bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// One batch: `tokens: [batch, context]` inputs and `targets: [batch]` next tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Row-major context windows, `batch · context` token ids.
+    pub tokens: Vec<u32>,
+    /// The token after each window.
+    pub targets: Vec<u32>,
+}
+
+/// Where in the data a unit draws its batches from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSource {
+    /// Unit seed.
+    pub seed: u64,
+    /// This unit's shard, `< num_shards`.
+    pub shard: u32,
+    /// How many equal contiguous shards the split is cut into.
+    pub num_shards: u32,
+}
+
+impl BatchSource {
+    /// The batch for inner step `step`: `batch` windows of `context` tokens, each at a
+    /// position drawn uniformly from this shard of `split`.
+    pub fn batch(&self, split: &[u8], step: u32, batch: usize, context: usize) -> Batch {
+        let shards = self.num_shards.max(1) as usize;
+        let shard_len = split.len() / shards;
+        let start = shard_len * (self.shard as usize % shards);
+        // Windows may run past the shard's end into the next one; never past the split.
+        let span = (shard_len.max(context + 1)).min(split.len() - context) as u64;
+        let mut rng = Rng::from_parts(&[self.seed, self.shard as u64, step as u64]);
+        let mut tokens = Vec::with_capacity(batch * context);
+        let mut targets = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let pos = (start + rng.below(span) as usize).min(split.len() - context - 1);
+            tokens.extend(split[pos..pos + context].iter().map(|&b| b as u32));
+            targets.push(split[pos + context] as u32);
+        }
+        Batch { tokens, targets }
+    }
+}
+
+/// Generates `len` bytes of sentences from a small grammar, deterministically from `seed`.
+pub fn generate_text(seed: u64, len: usize) -> Vec<u8> {
+    const SUBJECTS: [(&str, bool); 10] = [
+        ("the cat", false), ("the dogs", true), ("a farmer", false), ("the children", true), ("my neighbour", false),
+        ("the old king", false), ("two sailors", true), ("the river", false), ("our teachers", true), ("a small bird", false),
+    ];
+    const VERBS: [(&str, &str); 8] = [
+        ("sees", "see"), ("likes", "like"), ("follows", "follow"), ("finds", "find"),
+        ("remembers", "remember"), ("carries", "carry"), ("watches", "watch"), ("greets", "greet"),
+    ];
+    const OBJECTS: [&str; 10] = [
+        "the bread", "a red apple", "the quiet moon", "the garden", "an open door",
+        "the morning train", "a letter", "the green hills", "the market", "a wooden boat",
+    ];
+    const ENDINGS: [&str; 6] = [".", " every day.", " in the evening.", " again.", " near the sea.", " with great care."];
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        let (subject, plural) = SUBJECTS[rng.below(SUBJECTS.len() as u64) as usize];
+        let (singular_verb, plural_verb) = VERBS[rng.below(VERBS.len() as u64) as usize];
+        let object = OBJECTS[rng.below(OBJECTS.len() as u64) as usize];
+        let ending = ENDINGS[rng.below(ENDINGS.len() as u64) as usize];
+        let verb = if plural { plural_verb } else { singular_verb };
+        let sentence = format!("{subject} {verb} {object}{ending}");
+        let mut chars = sentence.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase().to_string().bytes());
+            out.extend(chars.as_str().bytes());
+        }
+        out.push(if rng.below(5) == 0 { b'\n' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}

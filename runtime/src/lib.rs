@@ -1,0 +1,22 @@
+//! crowdgrad's runtime: everything a contributor and the relay share.
+//!
+//! - [`model`]: the byte-level MLP language model and its parameter layout.
+//! - [`ops`]: CPU reference implementations of every op (the ground truth).
+//! - [`backend`]: the op set, implemented by [`cpu::CpuBackend`] and [`gpu::GpuBackend`].
+//! - [`train`]: forward, backward and AdamW written once against any backend.
+//! - [`data`]: corpora and deterministic batches.
+//! - [`protocol`]: the versioned binary frames between relay and contributors.
+//! - [`checkpoint`]: safetensors encoding of parameters.
+//! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod contributor;
+pub mod cpu;
+pub mod data;
+pub mod gpu;
+pub mod model;
+pub mod ops;
+pub mod protocol;
+pub mod rng;
+pub mod train;

@@ -1,0 +1,181 @@
+//! CPU reference implementations of every op, as pure functions on slices.
+//!
+//! Each forward sits beside its backward, with shapes in the comment above (llm.c style).
+//! Row-major everywhere. Linear weights use PyTorch's `[out, in]` layout, so that
+//! checkpoints match nanoGPT's state dict. Backward functions *accumulate* into
+//! parameter gradients (`+=`) and *overwrite* activation gradients.
+//!
+//! These functions are the ground truth: the WGSL kernels are tested against them,
+//! and they are tested against finite differences.
+
+/// GELU's tanh approximation constant, sqrt(2/pi).
+const GELU_SCALE: f32 = 0.797_884_6;
+
+/// Embedding lookup. `tokens: [rows]`, `table: [vocab, dim]` → `out: [rows, dim]`.
+/// Token ids at or past `vocab` are clamped to `vocab - 1`, as the kernels do.
+pub fn embedding_forward(out: &mut [f32], tokens: &[u32], table: &[f32], vocab: usize, dim: usize) {
+    for (row, &tok) in tokens.iter().enumerate() {
+        let t = (tok as usize).min(vocab - 1);
+        out[row * dim..(row + 1) * dim].copy_from_slice(&table[t * dim..(t + 1) * dim]);
+    }
+}
+
+/// Embedding backward: `dtable[tok] += dout[row]` for each row, summed in row order.
+/// `tokens: [rows]`, `dout: [rows, dim]`, `dtable: [vocab, dim]`.
+pub fn embedding_backward(dtable: &mut [f32], tokens: &[u32], dout: &[f32], vocab: usize, dim: usize) {
+    for (row, &tok) in tokens.iter().enumerate() {
+        let t = (tok as usize).min(vocab - 1);
+        for d in 0..dim {
+            dtable[t * dim + d] += dout[row * dim + d];
+        }
+    }
+}
+
+/// Linear layer. `inp: [rows, k]`, `weight: [n, k]`, `bias: [n]` → `out: [rows, n]`,
+/// `out = inp · weightᵀ + bias`.
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) {
+    for r in 0..rows {
+        let x = &inp[r * k..(r + 1) * k];
+        for o in 0..n {
+            let w = &weight[o * k..(o + 1) * k];
+            let mut acc = bias.map_or(0.0, |b| b[o]);
+            for i in 0..k {
+                acc += x[i] * w[i];
+            }
+            out[r * n + o] = acc;
+        }
+    }
+}
+
+/// Linear backward to the input: `dinp[rows, k] = dout[rows, n] · weight[n, k]` (overwrites).
+pub fn matmul_backward_input(dinp: &mut [f32], dout: &[f32], weight: &[f32], rows: usize, k: usize, n: usize) {
+    dinp[..rows * k].fill(0.0);
+    for r in 0..rows {
+        for o in 0..n {
+            let g = dout[r * n + o];
+            let w = &weight[o * k..(o + 1) * k];
+            let d = &mut dinp[r * k..(r + 1) * k];
+            for i in 0..k {
+                d[i] += g * w[i];
+            }
+        }
+    }
+}
+
+/// Linear backward to the weight: `dweight[n, k] += doutᵀ[n, rows] · inp[rows, k]`.
+pub fn matmul_backward_weight(dweight: &mut [f32], dout: &[f32], inp: &[f32], rows: usize, k: usize, n: usize) {
+    for o in 0..n {
+        let dw = &mut dweight[o * k..(o + 1) * k];
+        for r in 0..rows {
+            let g = dout[r * n + o];
+            let x = &inp[r * k..(r + 1) * k];
+            for i in 0..k {
+                dw[i] += g * x[i];
+            }
+        }
+    }
+}
+
+/// Linear backward to the bias: `dbias[n] += Σ_rows dout[rows, n]`.
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, n: usize) {
+    for o in 0..n {
+        let mut acc = 0.0;
+        for r in 0..rows {
+            acc += dout[r * n + o];
+        }
+        dbias[o] += acc;
+    }
+}
+
+/// GELU (tanh approximation), elementwise: `out[i] = gelu(inp[i])`.
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(inp) {
+        *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh());
+    }
+}
+
+/// GELU backward, elementwise: `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites).
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    for i in 0..dinp.len() {
+        let x = inp[i];
+        let u = GELU_SCALE * (x + 0.044715 * x * x * x);
+        let t = u.tanh();
+        let du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+        dinp[i] = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[i];
+    }
+}
+
+/// Softmax cross-entropy. `logits: [rows, vocab]`, `targets: [rows]` →
+/// `probs: [rows, vocab]` (the softmax) and `losses: [rows]` (−log p of the target, nats).
+pub fn softmax_xent_forward(probs: &mut [f32], losses: &mut [f32], logits: &[f32], targets: &[u32], rows: usize, vocab: usize) {
+    for r in 0..rows {
+        let z = &logits[r * vocab..(r + 1) * vocab];
+        let p = &mut probs[r * vocab..(r + 1) * vocab];
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for (pi, &zi) in p.iter_mut().zip(z) {
+            *pi = (zi - max).exp();
+            sum += *pi;
+        }
+        for pi in p.iter_mut() {
+            *pi /= sum;
+        }
+        let t = (targets[r] as usize).min(vocab - 1);
+        losses[r] = -(p[t].max(1e-30)).ln();
+    }
+}
+
+/// Backward of the *mean* cross-entropy over `rows`:
+/// `dlogits[r, v] = (probs[r, v] − [v == target_r]) / rows` (overwrites).
+pub fn softmax_xent_backward(dlogits: &mut [f32], probs: &[f32], targets: &[u32], rows: usize, vocab: usize) {
+    let scale = 1.0 / rows as f32;
+    for r in 0..rows {
+        let t = (targets[r] as usize).min(vocab - 1);
+        for v in 0..vocab {
+            let indicator = if v == t { 1.0 } else { 0.0 };
+            dlogits[r * vocab + v] = (probs[r * vocab + v] - indicator) * scale;
+        }
+    }
+}
+
+/// Mean of `values`, summed in index order.
+pub fn mean(values: &[f32]) -> f32 {
+    values.iter().sum::<f32>() / values.len().max(1) as f32
+}
+
+/// AdamW hyper-parameters for one update of one parameter view.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    /// Learning rate for this step.
+    pub lr: f32,
+    /// First-moment decay β₁.
+    pub beta1: f32,
+    /// Second-moment decay β₂.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay (0 for biases and norms).
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u32,
+}
+
+impl AdamW {
+    /// `(1 − β₁ᵗ, 1 − β₂ᵗ)`, computed once on the host so CPU and GPU agree.
+    pub fn bias_corrections(&self) -> (f32, f32) {
+        (1.0 - self.beta1.powi(self.step as i32), 1.0 - self.beta2.powi(self.step as i32))
+    }
+}
+
+/// AdamW update, elementwise over equal-length `params`, `grads`, `m`, `v`.
+pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW) {
+    let (bc1, bc2) = h.bias_corrections();
+    for i in 0..params.len() {
+        let g = grads[i];
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
+        let mhat = m[i] / bc1;
+        let vhat = v[i] / bc2;
+        params[i] -= h.lr * (mhat / (vhat.sqrt() + h.eps) + h.weight_decay * params[i]);
+    }
+}

@@ -1,0 +1,41 @@
+// GELU, tanh approximation (as GPT-2), forward and backward, elementwise.
+
+struct Params {
+    len: u32,
+    dst_off: u32,   // forward: out; backward: dinp
+    inp_off: u32,
+    dout_off: u32,  // backward only
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> inp: array<f32>;
+@group(0) @binding(3) var<storage, read> dout: array<f32>;
+
+const SCALE: f32 = 0.7978846; // sqrt(2/pi)
+
+fn flat_id(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.len) {
+        return;
+    }
+    let x = inp[p.inp_off + i];
+    dst[p.dst_off + i] = 0.5 * x * (1.0 + tanh(SCALE * (x + 0.044715 * x * x * x)));
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.len) {
+        return;
+    }
+    let x = inp[p.inp_off + i];
+    let t = tanh(SCALE * (x + 0.044715 * x * x * x));
+    let du = SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+    dst[p.dst_off + i] = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[p.dout_off + i];
+}
