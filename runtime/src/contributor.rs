@@ -1,1 +1,228 @@
+//! The contributor loop, written once for the browser and for native builds:
+//! hello → assignment → fetch weights and data → train H inner steps → submit Δ → ack.
+//!
+//! The loop talks to the relay only through [`Transport`]: the web crate implements it
+//! over `web_sys::WebSocket` and `fetch`, the relay's `contribute` command over
+//! tokio-tungstenite and HTTP.
 
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, BackendError, DeviceInfo};
+use crate::checkpoint::{self, CheckpointError, hash_hex};
+use crate::protocol::{self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, WorkUnit};
+use crate::train::{Trainer, run_unit};
+
+/// A failure of the transport (socket closed, HTTP error).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// How the loop reaches the relay.
+#[allow(async_fn_in_trait)] // Futures are awaited in place; browser ones are not Send.
+pub trait Transport {
+    /// Sends one binary frame over the session's socket.
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError>;
+    /// Waits for the next binary frame.
+    async fn recv(&mut self) -> Result<Vec<u8>, TransportError>;
+    /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body.
+    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ContributorError {
+    /// The relay could not be reached or hung up.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// The relay sent something unreadable.
+    #[error("bad message from relay: {0}")]
+    Frame(#[from] FrameError),
+    /// Downloaded bytes did not match their published hash.
+    #[error("{what} hash mismatch: expected {expected}, got {actual}")]
+    Hash {
+        /// `weights` or `shard`.
+        what: &'static str,
+        /// Hash from the assignment.
+        expected: String,
+        /// Hash of the bytes received.
+        actual: String,
+    },
+    /// The weights file does not fit the model.
+    #[error("weights: {0}")]
+    Checkpoint(#[from] CheckpointError),
+    /// The device failed.
+    #[error("device: {0}")]
+    Backend(#[from] BackendError),
+    /// The relay sent a shard too small for one window.
+    #[error("shard {0} is too small to train on")]
+    ShardTooSmall(u32),
+}
+
+/// What the contributor is doing, for pages and logs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// `connecting`, `fetching`, `training`, `submitting`, `waiting` or `stopped`.
+    pub state: String,
+    /// The device trained on.
+    pub device: Option<DeviceInfo>,
+    /// Session id given by the relay.
+    pub session: u64,
+    /// The relay's current model version.
+    pub version: u64,
+    /// Units accepted by the relay.
+    pub units_done: u32,
+    /// Units rejected by the relay.
+    pub units_rejected: u32,
+    /// Reason of the last rejection.
+    pub last_rejection: String,
+    /// Loss of the last step of the last unit, nats.
+    pub last_loss: Option<f32>,
+    /// Tokens predicted in training so far.
+    pub tokens: u64,
+    /// Why the loop stopped, if it failed.
+    pub error: Option<String>,
+}
+
+/// Shared, lock-protected [`Stats`]: the loop writes, the page reads.
+pub type SharedStats = Arc<Mutex<Stats>>;
+
+/// The contributor: a transport, a device, and what it has downloaded.
+pub struct Contributor<B: Backend, T: Transport> {
+    transport: T,
+    agent: String,
+    device: DeviceInfo,
+    backend: Option<B>,
+    trainer: Option<Trainer<B>>,
+    weights: Option<(String, Vec<f32>)>,
+    shard: Option<(String, Vec<u8>)>,
+    stats: SharedStats,
+}
+
+impl<B: Backend, T: Transport> Contributor<B, T> {
+    /// A contributor that will train on `backend`, introducing itself as `agent`.
+    pub fn new(transport: T, backend: B, agent: &str, stats: SharedStats) -> Self {
+        let device = backend.info();
+        stats.lock().expect("stats lock").device = Some(device.clone());
+        Contributor {
+            transport,
+            agent: agent.into(),
+            device,
+            backend: Some(backend),
+            trainer: None,
+            weights: None,
+            shard: None,
+            stats,
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Stats)) {
+        f(&mut self.stats.lock().expect("stats lock"));
+    }
+
+    /// Runs until the transport closes or something fails; stats record why.
+    pub async fn run(&mut self) -> Result<(), ContributorError> {
+        let result = self.session().await;
+        self.update(|s| {
+            s.state = "stopped".into();
+            s.error = result.as_ref().err().map(|e| e.to_string());
+        });
+        result
+    }
+
+    async fn session(&mut self) -> Result<(), ContributorError> {
+        self.update(|s| s.state = "connecting".into());
+        let hello = ClientMsg::Hello(Hello { agent: self.agent.clone(), device: self.device.clone() });
+        self.transport.send(protocol::encode(&hello)).await?;
+        loop {
+            let frame = self.transport.recv().await?;
+            match protocol::decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME)? {
+                ServerMsg::Welcome(w) => self.update(|s| {
+                    s.session = w.session;
+                    s.version = w.version;
+                }),
+                ServerMsg::Wait { .. } => self.update(|s| s.state = "waiting".into()),
+                ServerMsg::Assign(unit) => self.work(unit).await?,
+                ServerMsg::Ack(ack) => self.record(ack),
+            }
+        }
+    }
+
+    fn record(&self, ack: Ack) {
+        self.update(|s| {
+            s.version = s.version.max(ack.version);
+            if ack.accepted {
+                s.units_done += 1;
+            } else {
+                s.units_rejected += 1;
+                s.last_rejection = ack.reason;
+            }
+        });
+    }
+
+    /// Downloads `path` and checks its bytes against the published hash `expected`.
+    async fn download(&mut self, what: &'static str, path: &str, expected: &str) -> Result<Vec<u8>, ContributorError> {
+        let bytes = self.transport.fetch(path).await?;
+        let actual = hash_hex(&bytes);
+        if actual != expected {
+            return Err(ContributorError::Hash { what, expected: expected.into(), actual });
+        }
+        Ok(bytes)
+    }
+
+    async fn work(&mut self, unit: WorkUnit) -> Result<(), ContributorError> {
+        self.update(|s| {
+            s.state = "fetching".into();
+            s.version = s.version.max(unit.version);
+        });
+        let layout = unit.model.layout();
+        if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
+            let bytes = self.download("weights", &format!("/api/weights/{}", unit.version), &unit.weights_hash).await?;
+            self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&layout, &bytes)?));
+        }
+        if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
+            let bytes = self.download("shard", &format!("/api/shards/{}", unit.shard), &unit.shard_hash).await?;
+            if bytes.len() <= unit.model.context {
+                return Err(ContributorError::ShardTooSmall(unit.shard));
+            }
+            self.shard = Some((unit.shard_hash.clone(), bytes));
+        }
+        self.update(|s| s.state = "training".into());
+        self.prepare_trainer(&unit)?;
+        let trainer = self.trainer.as_mut().expect("prepared above");
+        let (_, start) = self.weights.as_ref().expect("weights loaded above");
+        let (_, data) = self.shard.as_ref().expect("shard loaded above");
+        let outcome = run_unit(trainer, start, data, unit.seed, unit.steps, &unit.optim).await?;
+        self.update(|s| {
+            s.state = "submitting".into();
+            s.last_loss = outcome.losses.last().copied();
+            s.tokens += unit.steps as u64 * unit.batch as u64;
+        });
+        let submission = ClientMsg::Submit(Submission {
+            unit_id: unit.unit_id,
+            version: unit.version,
+            steps: unit.steps,
+            loss_before: outcome.loss_before,
+            loss_after: outcome.loss_after,
+            delta: outcome.delta,
+        });
+        self.transport.send(protocol::encode(&submission)).await?;
+        Ok(())
+    }
+
+    /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.
+    fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
+        let fits = self.trainer.as_ref().is_some_and(|t| {
+            t.config() == unit.model && t.batch_size() == unit.batch as usize && t.loss_slots() > unit.steps as usize
+        });
+        if !fits {
+            let backend = match self.trainer.take() {
+                Some(old) => old.into_backend(),
+                None => self.backend.take().expect("the backend lives in the trainer or here"),
+            };
+            self.trainer = Some(Trainer::new(backend, unit.model, unit.batch as usize, unit.steps as usize + 1)?);
+        }
+        Ok(())
+    }
+}

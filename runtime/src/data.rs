@@ -1,7 +1,8 @@
 //! Training text and deterministic batches.
 //!
-//! A corpus is bytes, split 90% train / 10% validation like nanoGPT. A batch is fully
-//! determined by `(seed, shard, step)`, so the relay can replay any unit exactly.
+//! A corpus is bytes, split 90% train / 10% validation like nanoGPT, and the training
+//! split is cut into shards that contributors download. A batch is fully determined by
+//! `(shard bytes, seed, step)`, so the relay can replay any unit exactly.
 
 use crate::rng::Rng;
 
@@ -64,9 +65,14 @@ impl Corpus {
         &self.bytes[self.train_end..]
     }
 
-    /// All bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// Shard `index` of `count`: an equal contiguous piece of the training split, plus
+    /// the `overlap` bytes after it so that windows can reach its last position.
+    pub fn shard(&self, index: u32, count: u32, overlap: usize) -> &[u8] {
+        let train = self.train();
+        let count = count.max(1) as usize;
+        let len = train.len() / count;
+        let start = len * (index as usize % count);
+        &train[start..(start + len + overlap).min(train.len())]
     }
 }
 
@@ -79,36 +85,21 @@ pub struct Batch {
     pub targets: Vec<u32>,
 }
 
-/// Where in the data a unit draws its batches from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchSource {
-    /// Unit seed.
-    pub seed: u64,
-    /// This unit's shard, `< num_shards`.
-    pub shard: u32,
-    /// How many equal contiguous shards the split is cut into.
-    pub num_shards: u32,
-}
-
-impl BatchSource {
-    /// The batch for inner step `step`: `batch` windows of `context` tokens, each at a
-    /// position drawn uniformly from this shard of `split`.
-    pub fn batch(&self, split: &[u8], step: u32, batch: usize, context: usize) -> Batch {
-        let shards = self.num_shards.max(1) as usize;
-        let shard_len = split.len() / shards;
-        let start = shard_len * (self.shard as usize % shards);
-        // Windows may run past the shard's end into the next one; never past the split.
-        let span = (shard_len.max(context + 1)).min(split.len() - context) as u64;
-        let mut rng = Rng::from_parts(&[self.seed, self.shard as u64, step as u64]);
-        let mut tokens = Vec::with_capacity(batch * context);
-        let mut targets = Vec::with_capacity(batch);
-        for _ in 0..batch {
-            let pos = (start + rng.below(span) as usize).min(split.len() - context - 1);
-            tokens.extend(split[pos..pos + context].iter().map(|&b| b as u32));
-            targets.push(split[pos + context] as u32);
-        }
-        Batch { tokens, targets }
+/// The batch for inner step `step` of a unit with seed `seed`: `batch` windows of
+/// `context` tokens, each at a position drawn uniformly from `data`
+/// (`data.len() > context`).
+pub fn sample_batch(data: &[u8], seed: u64, step: u32, batch: usize, context: usize) -> Batch {
+    assert!(data.len() > context, "{} bytes cannot hold a window of {context} + 1", data.len());
+    let span = (data.len() - context) as u64;
+    let mut rng = Rng::from_parts(&[seed, step as u64]);
+    let mut tokens = Vec::with_capacity(batch * context);
+    let mut targets = Vec::with_capacity(batch);
+    for _ in 0..batch {
+        let pos = rng.below(span) as usize;
+        tokens.extend(data[pos..pos + context].iter().map(|&b| b as u32));
+        targets.push(data[pos + context] as u32);
     }
+    Batch { tokens, targets }
 }
 
 /// Generates `len` bytes of sentences from a small grammar, deterministically from `seed`.

@@ -1,1 +1,251 @@
+//! Messages between the relay and contributors, and their binary frames.
+//!
+//! Every WebSocket message is one binary frame: the magic `CG`, the protocol version
+//! (u16, little-endian), then the message in postcard encoding. Decoding checks the
+//! frame's size before parsing, and [`Validate`] checks every decoded length against
+//! the bounds below, so nothing a peer sends can make the other side allocate without
+//! limit.
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::DeviceInfo;
+use crate::model::MlpConfig;
+use crate::train::InnerOptim;
+
+/// Two bytes that open every frame.
+pub const MAGIC: [u8; 2] = *b"CG";
+/// The protocol version this build speaks; a frame with another is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Bytes of the frame header (magic + version).
+pub const HEADER_BYTES: usize = 4;
+/// Largest control frame (everything but a submission), in bytes.
+pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
+/// Longest string field, in bytes.
+pub const MAX_STRING: usize = 256;
+/// Most parameters a model may have (64 MiB of f32).
+pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
+/// Most inner steps in one unit.
+pub const MAX_INNER_STEPS: u32 = 10_000;
+/// Most rows in one batch.
+pub const MAX_BATCH: u32 = 4096;
+
+/// Largest submission frame for a model of `params` parameters, in bytes.
+pub fn max_submission_frame(params: usize) -> usize {
+    HEADER_BYTES + 64 + MAX_STRING + params * 4 + 8
+}
+
+/// Contributor → relay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message of a session.
+    Hello(Hello),
+    /// The result of a unit.
+    Submit(Submission),
+}
+
+/// Who is contributing, with what.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Free-form client name and version, e.g. `crowdgrad-web/0.1.0`.
+    pub agent: String,
+    /// The device the contributor will train on.
+    pub device: DeviceInfo,
+}
+
+/// A finished unit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The unit's id, from its [`WorkUnit`].
+    pub unit_id: u64,
+    /// The model version the unit started from.
+    pub version: u64,
+    /// Inner steps actually run.
+    pub steps: u32,
+    /// Loss on the unit's first batch before training, nats.
+    pub loss_before: f32,
+    /// Loss on the same batch after training, nats.
+    pub loss_after: f32,
+    /// Pseudo-gradient `θ_start − θ_end`, one f32 per parameter.
+    pub delta: Vec<f32>,
+}
+
+/// Relay → contributor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Reply to [`ClientMsg::Hello`].
+    Welcome(Welcome),
+    /// Work to do now.
+    Assign(WorkUnit),
+    /// Nothing to do yet; an [`ServerMsg::Assign`] will follow when there is.
+    Wait {
+        /// Why (for display).
+        reason: String,
+    },
+    /// The verdict on a submission.
+    Ack(Ack),
+}
+
+/// Session facts sent once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// This session's id on the relay.
+    pub session: u64,
+    /// The job's name.
+    pub job: String,
+    /// The current model version.
+    pub version: u64,
+}
+
+/// Everything needed to run one unit; with the downloaded weights and shard, every
+/// input byte is determined, so the relay can replay it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkUnit {
+    /// Unique id of this unit.
+    pub unit_id: u64,
+    /// Model version to start from; weights at `GET /api/weights/{version}`.
+    pub version: u64,
+    /// blake3 of the version's safetensors file, lowercase hex.
+    pub weights_hash: String,
+    /// Data shard to train on; bytes at `GET /api/shards/{shard}`.
+    pub shard: u32,
+    /// blake3 of the shard's bytes, lowercase hex.
+    pub shard_hash: String,
+    /// Seed of the unit's batch sampling.
+    pub seed: u64,
+    /// Inner AdamW steps H.
+    pub steps: u32,
+    /// Rows per batch.
+    pub batch: u32,
+    /// The model's shape.
+    pub model: MlpConfig,
+    /// Inner optimizer settings.
+    pub optim: InnerOptim,
+}
+
+/// The relay's verdict on a submission.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The unit judged.
+    pub unit_id: u64,
+    /// Whether the result will be aggregated.
+    pub accepted: bool,
+    /// Why it was rejected (empty when accepted).
+    pub reason: String,
+    /// The relay's current model version.
+    pub version: u64,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Longer than allowed for its kind.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Bytes received.
+        len: usize,
+        /// Bytes allowed.
+        max: usize,
+    },
+    /// Missing the `CG` magic.
+    #[error("not a crowdgrad frame (bad magic)")]
+    BadMagic,
+    /// Another protocol version.
+    #[error("protocol version {0} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    Version(u16),
+    /// The payload does not parse.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// A field is out of its bounds.
+    #[error("invalid field: {0}")]
+    Invalid(String),
+}
+
+/// Bounds checks applied after decoding.
+pub trait Validate {
+    /// `Err` names the first field out of bounds.
+    fn validate(&self) -> Result<(), String>;
+}
+
+fn check_string(name: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_STRING {
+        return Err(format!("{name} is {} bytes, the limit is {MAX_STRING}", s.len()));
+    }
+    Ok(())
+}
+
+impl Validate for ClientMsg {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            ClientMsg::Hello(h) => {
+                check_string("agent", &h.agent)?;
+                check_string("device.kind", &h.device.kind)?;
+                check_string("device.adapter", &h.device.adapter)
+            }
+            ClientMsg::Submit(s) => {
+                if s.delta.len() > MAX_PARAMS {
+                    return Err(format!("delta has {} values, the limit is {MAX_PARAMS}", s.delta.len()));
+                }
+                if s.steps > MAX_INNER_STEPS {
+                    return Err(format!("steps = {} exceeds {MAX_INNER_STEPS}", s.steps));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Validate for ServerMsg {
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            ServerMsg::Welcome(w) => check_string("job", &w.job),
+            ServerMsg::Wait { reason } => check_string("reason", reason),
+            ServerMsg::Ack(a) => check_string("reason", &a.reason),
+            ServerMsg::Assign(u) => {
+                check_string("weights_hash", &u.weights_hash)?;
+                check_string("shard_hash", &u.shard_hash)?;
+                u.model.validate()?;
+                u.optim.validate()?;
+                if u.steps == 0 || u.steps > MAX_INNER_STEPS {
+                    return Err(format!("steps = {} is outside 1..={MAX_INNER_STEPS}", u.steps));
+                }
+                if u.batch == 0 || u.batch > MAX_BATCH {
+                    return Err(format!("batch = {} is outside 1..={MAX_BATCH}", u.batch));
+                }
+                if u.model.layout().total > MAX_PARAMS {
+                    return Err(format!("the model has more than {MAX_PARAMS} parameters"));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Encodes `msg` as one frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(64);
+    frame.extend_from_slice(&MAGIC);
+    frame.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    postcard::to_extend(msg, frame).expect("serialising into a Vec cannot fail")
+}
+
+/// Decodes and validates one frame of at most `max` bytes.
+pub fn decode<T: DeserializeOwned + Validate>(frame: &[u8], max: usize) -> Result<T, FrameError> {
+    if frame.len() > max {
+        return Err(FrameError::TooLarge { len: frame.len(), max });
+    }
+    if frame.len() < HEADER_BYTES || frame[..2] != MAGIC {
+        return Err(FrameError::BadMagic);
+    }
+    let version = u16::from_le_bytes([frame[2], frame[3]]);
+    if version != PROTOCOL_VERSION {
+        return Err(FrameError::Version(version));
+    }
+    let (msg, rest): (T, &[u8]) =
+        postcard::take_from_bytes(&frame[HEADER_BYTES..]).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    msg.validate().map_err(FrameError::Invalid)?;
+    Ok(msg)
+}

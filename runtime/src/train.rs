@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, View};
-use crate::data::{Batch, BatchSource};
+use crate::data::{Batch, sample_batch};
 use crate::model::{MlpConfig, ParamLayout};
 use crate::ops::AdamW;
 
@@ -107,6 +107,11 @@ impl<B: Backend> Trainer<B> {
     /// The backend, for its [`Backend::info`].
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Gives the backend back, dropping this trainer's buffers from use.
+    pub fn into_backend(self) -> B {
+        self.backend
     }
 
     /// The model config.
@@ -228,13 +233,13 @@ pub struct UnitOutcome {
     pub loss_after: f32,
 }
 
-/// Runs `steps` inner AdamW steps from `start` on batches from `source` over `split`.
+/// Runs `steps` inner AdamW steps from `start` on batches drawn from `data` with `seed`.
 /// Reads back only the losses and the final parameters.
 pub async fn run_unit<B: Backend>(
     trainer: &mut Trainer<B>,
     start: &[f32],
-    split: &[u8],
-    source: BatchSource,
+    data: &[u8],
+    seed: u64,
     steps: u32,
     opt: &InnerOptim,
 ) -> Result<UnitOutcome, BackendError> {
@@ -242,9 +247,9 @@ pub async fn run_unit<B: Backend>(
     assert!(slots <= trainer.loss_slots(), "{steps} steps need {slots} loss slots, the trainer has {}", trainer.loss_slots());
     let (rows, context) = (trainer.batch_size(), trainer.config().context);
     trainer.load(start);
-    let first = source.batch(split, 0, rows, context);
+    let first = sample_batch(data, seed, 0, rows, context);
     for step in 0..steps {
-        let batch = if step == 0 { first.clone() } else { source.batch(split, step, rows, context) };
+        let batch = if step == 0 { first.clone() } else { sample_batch(data, seed, step, rows, context) };
         trainer.step(&batch, opt, step as usize);
     }
     trainer.forward(&first, steps as usize);

@@ -5,7 +5,7 @@
 
 use crowdgrad_runtime::backend::{Backend, View};
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::data::{BatchSource, Corpus};
+use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::MlpConfig;
 use crowdgrad_runtime::ops::AdamW;
@@ -287,15 +287,15 @@ gpu_test!(adamw_matches_cpu, async {
     compare("adamw", case, |be, o, f, _| be.adamw(o[0], f[0], o[1], o[2], h)).await;
 });
 
-/// Loss must fall by at least this many nats over a 200-step run (from ≈5.5 at init).
-const REQUIRED_DROP: f32 = 2.0;
+/// Loss must fall by at least this many nats over a 200-step run on the built-in corpus:
+/// from ≈5.65 at init to ≈0.66 (measured on both backends), so 3 leaves a wide margin.
+const REQUIRED_DROP: f32 = 3.0;
 
 async fn train_200_steps<B: Backend>(backend: B) -> (f32, f32) {
     let corpus = Corpus::builtin();
     let cfg = MlpConfig::default();
     let mut trainer = Trainer::new(backend, cfg, 32, 201).unwrap();
-    let source = BatchSource { seed: 42, shard: 0, num_shards: 1 };
-    let outcome = run_unit(&mut trainer, &cfg.init(7), corpus.train(), source, 200, &InnerOptim::default()).await.unwrap();
+    let outcome = run_unit(&mut trainer, &cfg.init(7), corpus.train(), 42, 200, &InnerOptim::default()).await.unwrap();
     let first = outcome.losses[0];
     let last20 = outcome.losses[180..].iter().sum::<f32>() / 20.0;
     (first, last20)
@@ -304,7 +304,6 @@ async fn train_200_steps<B: Backend>(backend: B) -> (f32, f32) {
 gpu_test!(training_200_steps_lowers_loss_on_both_backends, async {
     let (cpu_first, cpu_last) = train_200_steps(CpuBackend::new()).await;
     let (gpu_first, gpu_last) = train_200_steps(gpu().await).await;
-    eprintln!("XX {cpu_first} {cpu_last} {gpu_first} {gpu_last}");
     assert!(cpu_first - cpu_last >= REQUIRED_DROP, "CPU loss {cpu_first} → {cpu_last}: fell less than {REQUIRED_DROP}");
     assert!(gpu_first - gpu_last >= REQUIRED_DROP, "GPU loss {gpu_first} → {gpu_last}: fell less than {REQUIRED_DROP}");
     // Same data and init: the two curves agree closely.

@@ -2,7 +2,7 @@
 //! gradient against finite differences of its loss.
 
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::data::{BatchSource, Corpus};
+use crowdgrad_runtime::data::{Corpus, sample_batch};
 use crowdgrad_runtime::model::MlpConfig;
 use crowdgrad_runtime::ops;
 use crowdgrad_runtime::rng::Rng;
@@ -110,7 +110,7 @@ fn whole_model_gradient_matches_finite_differences() {
     const MODEL_EPS: f64 = 1e-2;
     let cfg = MlpConfig { vocab: 256, context: 3, embed: 4, hidden: 8 };
     let corpus = Corpus::builtin();
-    let batch = BatchSource { seed: 1, shard: 0, num_shards: 1 }.batch(corpus.train(), 0, 4, cfg.context);
+    let batch = sample_batch(corpus.train(), 1, 0, 4, cfg.context);
     let params = cfg.init(3);
     let mut trainer = Trainer::new(CpuBackend::new(), cfg, 4, 1).unwrap();
     trainer.load(&params);
