@@ -1,1 +1,84 @@
+//! crowdgrad's relay: serves the page, hands out DiLoCo work units over WebSocket,
+//! judges and averages the results, and publishes each new model version.
+//!
+//! - [`config`]: the job and serving settings.
+//! - [`coordinator`]: rounds, units, verdicts, aggregation.
+//! - [`session`]: one contributor connection.
+//! - [`server`]: HTTP routes.
+//! - [`eval`]: held-out loss of each version.
+//! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 
+pub mod config;
+pub mod contribute;
+pub mod coordinator;
+pub mod eval;
+pub mod server;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::Context;
+use crowdgrad_runtime::data::Corpus;
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::coordinator::{Coordinator, TICK};
+use crate::server::AppState;
+
+/// A running relay.
+pub struct Relay {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Shared state, for status queries in tests.
+    pub state: AppState,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Stops accepting, ends the server task and waits for it.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        let _ = self.task.await;
+    }
+
+    /// Serves until the process is stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Loads the job's data, binds `config.addr` and starts serving in the background.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
+    config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
+    let corpus = match &config.job.dataset {
+        Some(path) => Corpus::from_file(path).with_context(|| format!("dataset {}", path.display()))?,
+        None => Corpus::builtin(),
+    };
+    let coordinator = Coordinator::new(config.job.clone(), corpus, Instant::now());
+    let state = AppState::new(coordinator);
+    let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+    let addr = listener.local_addr()?;
+    let ticker = state.coordinator.clone();
+    let app = server::router(state.clone(), &config.www);
+    let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(TICK);
+        let clock = async move {
+            loop {
+                interval.tick().await;
+                ticker.lock().expect("coordinator lock").tick(Instant::now());
+            }
+        };
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        tokio::select! {
+            result = serve => if let Err(e) = result { tracing::error!("server stopped: {e}") },
+            () = clock => {}
+        }
+    });
+    tracing::info!(%addr, "relay listening");
+    Ok(Relay { addr, state, shutdown, task })
+}

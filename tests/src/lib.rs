@@ -1,1 +1,82 @@
+//! Helpers shared by the end-to-end tests and the bench: a relay on an ephemeral
+//! port, native contributors on their own threads, chromedriver, and polling.
 
+pub mod browser;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crowdgrad_relay::Relay;
+use crowdgrad_relay::config::{JobConfig, ServeConfig};
+use crowdgrad_runtime::contributor::SharedStats;
+
+/// The repository root (this crate lives in `tests/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// A small, fast job: 10 inner steps, rounds of `target` results, short deadlines.
+pub fn test_job(target: usize) -> JobConfig {
+    JobConfig {
+        inner_steps: 10,
+        batch: 32,
+        target_results: target,
+        min_results: 1,
+        round_deadline: Duration::from_secs(5),
+        unit_deadline: Duration::from_secs(30),
+        ..JobConfig::default()
+    }
+}
+
+/// Starts a relay for `job` on 127.0.0.1 with an ephemeral port, serving `www/`.
+pub async fn start_relay(job: JobConfig) -> Relay {
+    let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+    crowdgrad_relay::start(ServeConfig { addr, www: repo_root().join("www"), job }).await.expect("relay starts")
+}
+
+/// The relay's `/api/status`, fetched over real HTTP.
+pub fn status(addr: SocketAddr) -> serde_json::Value {
+    let body = ureq::get(&format!("http://{addr}/api/status"))
+        .call()
+        .expect("status request")
+        .body_mut()
+        .read_to_string()
+        .expect("status body");
+    serde_json::from_str(&body).expect("status is JSON")
+}
+
+/// Runs a native CPU contributor against `addr` on its own thread (with its own
+/// runtime) until its session ends. Returns its live stats.
+pub fn spawn_native_contributor(addr: SocketAddr) -> (std::thread::JoinHandle<anyhow::Result<()>>, SharedStats) {
+    let stats = SharedStats::default();
+    let shared = stats.clone();
+    let url = format!("ws://{addr}/ws");
+    let handle = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(crowdgrad_relay::contribute::contribute(&url, false, shared))
+    });
+    (handle, stats)
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `(version, val_loss)` of each committed version in a status document.
+pub fn loss_history(status: &serde_json::Value) -> Vec<(u64, f64)> {
+    status["history"]
+        .as_array()
+        .expect("history array")
+        .iter()
+        .map(|r| (r["version"].as_u64().expect("version"), r["val_loss"].as_f64().expect("val_loss")))
+        .collect()
+}

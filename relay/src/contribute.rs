@@ -1,0 +1,127 @@
+//! The native contributor: the runtime's contributor loop over tokio-tungstenite for
+//! the session and HTTP (ureq) for weights and shards.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::protocol::{MAX_PARAMS, max_submission_frame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Largest download accepted (a checkpoint of the largest model, with headroom).
+const MAX_DOWNLOAD: u64 = (MAX_PARAMS * 4 + 1024 * 1024) as u64;
+
+/// A relay session over WebSocket plus plain HTTP downloads from the same host.
+pub struct NativeTransport {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    http_base: String,
+}
+
+impl NativeTransport {
+    /// Connects to the relay's `/ws` at `url` (`ws://host:port/ws`).
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let http_base = http_base(url).with_context(|| format!("relay url {url}"))?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .max_message_size(Some(max_submission_frame(MAX_PARAMS)))
+            .max_frame_size(Some(max_submission_frame(MAX_PARAMS)));
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(NativeTransport { socket, http_base })
+    }
+}
+
+/// `ws://h/ws` → `http://h`, `wss://h/ws` → `https://h`.
+fn http_base(ws_url: &str) -> Option<String> {
+    let (scheme, rest) = ws_url.split_once("://")?;
+    let host = rest.split('/').next()?;
+    let scheme = match scheme {
+        "ws" => "http",
+        "wss" => "https",
+        _ => return None,
+    };
+    Some(format!("{scheme}://{host}"))
+}
+
+impl Transport for NativeTransport {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        self.socket.send(Message::Binary(frame.into())).await.map_err(|e| TransportError(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
+        loop {
+            match self.socket.next().await {
+                Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
+                Some(Ok(Message::Close(frame))) => {
+                    let reason = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                    return Err(TransportError(format!("relay closed the session: {reason}")));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(TransportError(e.to_string())),
+                None => return Err(TransportError("connection ended".into())),
+            }
+        }
+    }
+
+    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
+        let url = format!("{}{path}", self.http_base);
+        // ureq is blocking; keep it off the async worker.
+        tokio::task::spawn_blocking(move || {
+            let mut response = ureq::get(&url).call().map_err(|e| TransportError(format!("GET {url}: {e}")))?;
+            response
+                .body_mut()
+                .with_config()
+                .limit(MAX_DOWNLOAD)
+                .read_to_vec()
+                .map_err(|e| TransportError(format!("GET {url}: {e}")))
+        })
+        .await
+        .map_err(|e| TransportError(e.to_string()))?
+    }
+}
+
+/// Contributes to the relay at `url` until the session ends, on the GPU when `gpu`
+/// (failing if there is none) and on the CPU reference otherwise.
+pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Result<()> {
+    let transport = NativeTransport::connect(url).await?;
+    let agent = concat!("crowdgrad-native/", env!("CARGO_PKG_VERSION"));
+    if gpu {
+        let backend = GpuBackend::new().await.context("--gpu")?;
+        tracing::info!(adapter = %backend_name(&backend), "training on the GPU");
+        Contributor::new(transport, backend, agent, stats).run().await?;
+    } else {
+        Contributor::new(transport, CpuBackend::new(), agent, stats).run().await?;
+    }
+    Ok(())
+}
+
+fn backend_name(backend: &GpuBackend) -> String {
+    use crowdgrad_runtime::backend::Backend;
+    backend.info().adapter
+}
+
+/// Like [`contribute`], reconnecting after each ended session with a backoff that
+/// doubles from 1 s up to 30 s and resets after a session that did some work.
+pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let before = stats.lock().expect("stats lock").units_done;
+        match contribute(url, gpu, stats.clone()).await {
+            Ok(()) => tracing::info!("session ended"),
+            Err(e) => tracing::warn!("session failed: {e:#}"),
+        }
+        if stats.lock().expect("stats lock").units_done > before {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::info!("reconnecting in {backoff:?}");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
