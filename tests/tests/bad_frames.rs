@@ -1,0 +1,111 @@
+//! Malformed, oversized and out-of-order frames get the socket closed with a reason,
+//! and the relay keeps serving an honest contributor throughout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAGIC, PROTOCOL_VERSION, Submission};
+use crowdgrad_tests::{spawn_native_contributor, start_relay, status, test_job, wait_for};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Opens a raw socket, sends `frames` in order, and returns the close frame's
+/// `(code, reason)` the relay answers with (skipping any messages before it).
+async fn close_reason(addr: SocketAddr, frames: Vec<Message>) -> (u16, String) {
+    let config = WebSocketConfig::default().max_message_size(None).max_frame_size(None);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/ws"), Some(config), false)
+        .await
+        .expect("connect");
+    for frame in frames {
+        ws.send(frame).await.expect("send");
+    }
+    let read = async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Close(Some(frame))) => return (u16::from(frame.code), frame.reason.to_string()),
+                Ok(Message::Close(None)) => return (0, String::new()),
+                Ok(_) => continue,
+                Err(e) => return (0, format!("error: {e}")),
+            }
+        }
+        (0, "ended without a close frame".into())
+    };
+    tokio::time::timeout(Duration::from_secs(20), read).await.expect("relay answers within 20 s")
+}
+
+fn hello() -> Message {
+    let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
+    Message::Binary(protocol::encode(&ClientMsg::Hello(Hello { agent: "bad-frames-test".into(), device })).into())
+}
+
+fn frame_with_header(payload: &[u8]) -> Message {
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    bytes.extend_from_slice(payload);
+    Message::Binary(bytes.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
+    let relay = start_relay(test_job(1)).await;
+    let addr = relay.addr;
+    let (honest, stats) = spawn_native_contributor(addr);
+    wait_for("the honest contributor's first accepted unit", Duration::from_secs(60), || {
+        (stats.lock().unwrap().units_done >= 1).then_some(())
+    })
+    .await;
+
+    let garbage = Message::Binary(vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3].into());
+    let (code, reason) = close_reason(addr, vec![garbage]).await;
+    assert_eq!((code, reason.as_str()), (1008, "not a crowdgrad frame (bad magic)"));
+
+    let mut future_version = MAGIC.to_vec();
+    future_version.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    let (code, reason) = close_reason(addr, vec![Message::Binary(future_version.into())]).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("protocol version 2 is not supported"), "{reason}");
+
+    let (code, reason) = close_reason(addr, vec![frame_with_header(&[0xff; 10])]).await;
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("malformed frame"), "{reason}");
+
+    let (code, reason) = close_reason(addr, vec![Message::Text("hello?".into())]).await;
+    assert_eq!((code, reason.as_str()), (1003, "text frames are not part of the protocol"));
+
+    // Before hello only control-sized frames are allowed.
+    let (code, reason) = close_reason(addr, vec![frame_with_header(&vec![0u8; 64 * 1024])]).await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains("exceeds the limit"), "{reason}");
+
+    // After hello, a frame over the submission limit for this model.
+    let limit = relay.state.max_submission;
+    let (code, reason) = close_reason(addr, vec![hello(), frame_with_header(&vec![0u8; limit + 1])]).await;
+    assert_eq!(code, 1009);
+    assert!(reason.contains(&format!("exceeds the limit of {limit}")), "{reason}");
+
+    // A submission before hello, and a second hello.
+    let early = ClientMsg::Submit(Submission { unit_id: 1, version: 0, steps: 1, loss_before: 1.0, loss_after: 1.0, delta: vec![] });
+    let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&early).into())]).await;
+    assert_eq!((code, reason.as_str()), (1008, "say hello first"));
+    let (code, reason) = close_reason(addr, vec![hello(), hello()]).await;
+    assert_eq!((code, reason.as_str()), (1008, "hello was already sent"));
+
+    // An oversized string inside a well-formed frame.
+    let device = DeviceInfo { kind: "cpu".into(), adapter: "x".repeat(1000), software: true };
+    let long = ClientMsg::Hello(Hello { agent: "a".into(), device });
+    let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&long).into())]).await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("device.adapter is 1000 bytes"), "{reason}");
+
+    // The honest contributor keeps getting work accepted after all that.
+    let before = stats.lock().unwrap().units_done;
+    wait_for("more accepted units after the bad clients", Duration::from_secs(60), || {
+        (stats.lock().unwrap().units_done >= before + 2).then_some(())
+    })
+    .await;
+    assert!(status(addr)["version"].as_u64().unwrap() >= 3);
+    relay.stop().await;
+    let _ = honest.join();
+}
