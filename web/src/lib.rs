@@ -1,1 +1,97 @@
+//! crowdgrad in the browser. Pages use the [`Contributor`] class:
+//!
+//! ```js
+//! import init, { Contributor } from "./pkg/crowdgrad_web.js";
+//! await init();
+//! const c = new Contributor("ws://127.0.0.1:8080/ws");
+//! c.start();           // trains until stop(); uses WebGPU when there is an adapter
+//! c.stats();           // { state, device: { kind, adapter, software }, units_done, … }
+//! c.stop();
+//! ```
 
+mod adapter;
+mod bench;
+mod transport;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crowdgrad_runtime::contributor::{Contributor as Loop, SharedStats};
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::gpu::GpuBackend;
+use wasm_bindgen::prelude::*;
+use web_sys::WebSocket;
+
+pub use bench::bench;
+use transport::WebTransport;
+
+const AGENT: &str = concat!("crowdgrad-web/", env!("CARGO_PKG_VERSION"));
+
+/// A tab's contribution to a relay's training job.
+#[wasm_bindgen]
+pub struct Contributor {
+    relay_url: String,
+    stats: SharedStats,
+    socket: Rc<RefCell<Option<WebSocket>>>,
+}
+
+#[wasm_bindgen]
+impl Contributor {
+    /// A contributor for the relay whose WebSocket endpoint is `relay_url`
+    /// (e.g. `ws://127.0.0.1:8080/ws`). Nothing runs until [`Contributor::start`].
+    #[wasm_bindgen(constructor)]
+    pub fn new(relay_url: String) -> Contributor {
+        Contributor { relay_url, stats: SharedStats::default(), socket: Rc::new(RefCell::new(None)) }
+    }
+
+    /// Picks the device (WebGPU when the browser gives an adapter, else the wasm CPU
+    /// backend), connects and trains in the background until [`Contributor::stop`].
+    pub fn start(&self) {
+        if self.socket.borrow().is_some() {
+            return;
+        }
+        let (url, stats, socket) = (self.relay_url.clone(), self.stats.clone(), self.socket.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            if let Err(message) = run(&url, stats.clone(), socket.clone()).await {
+                let mut s = stats.lock().expect("stats lock");
+                s.state = "stopped".into();
+                s.error = Some(message);
+            }
+            socket.borrow_mut().take();
+        });
+    }
+
+    /// Closes the session; training stops after the current step.
+    pub fn stop(&self) {
+        if let Some(socket) = self.socket.borrow_mut().take() {
+            let _ = socket.close_with_code_and_reason(1000, "stopped by the visitor");
+        }
+    }
+
+    /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
+    /// software }, session, version, units_done, units_rejected, last_rejection,
+    /// last_loss, tokens, error }`. `device.kind` is `"webgpu"` or `"cpu"`.
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
+        let stats = self.stats.lock().expect("stats lock").clone();
+        serde_wasm_bindgen::to_value(&stats).map_err(|e| JsValue::from_str(&e.to_string()))
+    }
+}
+
+async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>>>) -> Result<(), String> {
+    stats.lock().expect("stats lock").state = "starting".into();
+    let gpu = GpuBackend::new().await;
+    let transport = WebTransport::connect(url).await.map_err(|e| e.to_string())?;
+    socket.borrow_mut().replace(transport.socket());
+    match gpu {
+        Ok(mut gpu) => {
+            if let Some(name) = adapter::describe().await {
+                gpu.set_adapter_name(name);
+            }
+            Loop::new(transport, gpu, AGENT, stats).run().await.map_err(|e| e.to_string())
+        }
+        Err(e) => {
+            web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
+            Loop::new(transport, CpuBackend::new(), AGENT, stats).run().await.map_err(|e| e.to_string())
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Relay with two headless Chromium tabs that click Contribute and train on WebGPU
+//! (SwiftShader here): each completes units on the GPU backend, never the CPU fallback,
+//! and the shared model's versions advance while its held-out loss falls.
+
+use std::time::Duration;
+
+use crowdgrad_tests::browser::Chromedriver;
+use crowdgrad_tests::{loss_history, repo_root, start_relay, status, test_job, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chromium_tabs_train_on_webgpu() {
+    assert!(
+        repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
+        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
+    );
+    let relay = start_relay(test_job(2)).await;
+    let addr = relay.addr;
+    let driver = Chromedriver::start().expect("chromedriver");
+    let mut tabs = Vec::new();
+    for _ in 0..2 {
+        let tab = driver.session(&[]).await.expect("chromium session");
+        tab.goto(&format!("http://{addr}/")).await.expect("open the page");
+        tab.find(fantoccini::Locator::Id("contribute")).await.expect("button").click().await.expect("click");
+        tabs.push(tab);
+    }
+    let read_stats = |tab: &fantoccini::Client| {
+        let tab = tab.clone();
+        async move { tab.execute("return window.crowdgrad.stats();", vec![]).await.expect("stats") }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    for (i, tab) in tabs.iter().enumerate() {
+        loop {
+            let stats = read_stats(tab).await;
+            assert!(stats["error"].is_null(), "tab {i} failed: {stats}");
+            if stats["units_done"].as_u64().unwrap_or(0) >= 2 {
+                assert_eq!(stats["device"]["kind"], "webgpu", "tab {i} must train on WebGPU, not the CPU fallback: {stats}");
+                assert_eq!(tab.find(fantoccini::Locator::Id("backend")).await.unwrap().text().await.unwrap(), "GPU (webgpu)");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "tab {i} did not finish 2 units: {stats}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let s = wait_for("3 committed versions", Duration::from_secs(60), || {
+        let s = status(addr);
+        (s["version"].as_u64()? >= 3).then_some(s)
+    })
+    .await;
+    assert_eq!(s["devices"]["webgpu"], 2, "both tabs are online on WebGPU: {s}");
+    let history = loss_history(&s);
+    let (first, last) = (history[0], *history.last().unwrap());
+    assert!(last.1 < first.1, "held-out loss did not fall: {first:?} → {last:?}");
+    for tab in tabs {
+        let _ = tab.close().await;
+    }
+    relay.stop().await;
+}

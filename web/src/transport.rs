@@ -1,0 +1,114 @@
+//! The runtime's [`Transport`] in the browser: `web_sys::WebSocket` for the session,
+//! `fetch` (gloo-net) for weights and shards.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crowdgrad_runtime::contributor::{Transport, TransportError};
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+
+/// Largest download accepted, bytes.
+const MAX_DOWNLOAD: usize = 80 * 1024 * 1024;
+
+type JsEvent = wasm_bindgen::JsValue;
+type Inbox = mpsc::UnboundedReceiver<Result<Vec<u8>, String>>;
+
+/// A WebSocket session with the relay, plus HTTP downloads from the same host.
+pub struct WebTransport {
+    socket: WebSocket,
+    inbox: Inbox,
+    http_base: String,
+    // The callbacks must live as long as the socket can call them.
+    _handlers: Vec<Closure<dyn FnMut(JsEvent)>>,
+}
+
+impl WebTransport {
+    /// Opens `url` (`ws://host/ws` or `wss://host/ws`) and waits until it is open.
+    pub async fn connect(url: &str) -> Result<Self, TransportError> {
+        let http_base = url.replacen("ws", "http", 1).trim_end_matches("/ws").to_string();
+        let socket = WebSocket::new(url).map_err(|e| TransportError(format!("{url}: {e:?}")))?;
+        socket.set_binary_type(BinaryType::Arraybuffer);
+        let (tx, inbox) = mpsc::unbounded();
+        let (open_tx, open_rx) = futures_channel::oneshot::channel::<Result<(), String>>();
+        let open_tx = Rc::new(RefCell::new(Some(open_tx)));
+
+        let on_message = {
+            let tx = tx.clone();
+            Closure::<dyn FnMut(JsEvent)>::new(move |e: JsEvent| {
+                let e: MessageEvent = e.unchecked_into();
+                if let Ok(buffer) = e.data().dyn_into::<js_sys::ArrayBuffer>() {
+                    let _ = tx.unbounded_send(Ok(js_sys::Uint8Array::new(&buffer).to_vec()));
+                }
+            })
+        };
+        let on_open = {
+            let open_tx = open_tx.clone();
+            Closure::<dyn FnMut(JsEvent)>::new(move |_| {
+                if let Some(tx) = open_tx.borrow_mut().take() {
+                    let _ = tx.send(Ok(()));
+                }
+            })
+        };
+        let on_close = {
+            let (tx, open_tx) = (tx.clone(), open_tx.clone());
+            Closure::<dyn FnMut(JsEvent)>::new(move |e: JsEvent| {
+                let e: CloseEvent = e.unchecked_into();
+                let why = format!("relay closed the session: {} {}", e.code(), e.reason());
+                if let Some(open) = open_tx.borrow_mut().take() {
+                    let _ = open.send(Err(why.clone()));
+                }
+                let _ = tx.unbounded_send(Err(why));
+            })
+        };
+        socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        let transport = WebTransport { socket, inbox, http_base, _handlers: vec![on_message, on_open, on_close] };
+        open_rx.await.map_err(|_| TransportError("socket dropped before opening".into()))?.map_err(TransportError)?;
+        Ok(transport)
+    }
+
+    /// A handle that can close the socket from elsewhere (the page's Stop button).
+    pub fn socket(&self) -> WebSocket {
+        self.socket.clone()
+    }
+}
+
+impl Drop for WebTransport {
+    fn drop(&mut self) {
+        self.socket.set_onmessage(None);
+        self.socket.set_onopen(None);
+        self.socket.set_onclose(None);
+        let _ = self.socket.close();
+    }
+}
+
+impl Transport for WebTransport {
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
+        self.socket.send_with_u8_array(&frame).map_err(|e| TransportError(format!("send: {e:?}")))
+    }
+
+    async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
+        match self.inbox.next().await {
+            Some(result) => result.map_err(TransportError),
+            None => Err(TransportError("socket closed".into())),
+        }
+    }
+
+    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
+        let url = format!("{}{path}", self.http_base);
+        let response = gloo_net::http::Request::get(&url).send().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
+        if !response.ok() {
+            return Err(TransportError(format!("GET {url}: HTTP {}", response.status())));
+        }
+        let body = response.binary().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
+        if body.len() > MAX_DOWNLOAD {
+            return Err(TransportError(format!("GET {url}: {} bytes is over the {MAX_DOWNLOAD}-byte limit", body.len())));
+        }
+        Ok(body)
+    }
+}
