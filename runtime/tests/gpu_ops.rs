@@ -55,7 +55,7 @@ fn random(rng: &mut Rng, len: usize, scale: f32) -> Vec<f32> {
 
 /// Uploads `case` to `be`, runs `op` on (outputs, floats, ints) views and reads the outputs.
 async fn execute<B: Backend>(be: &mut B, case: &Case, op: impl Fn(&mut B, &[View], &[View], &[View])) -> Vec<Vec<f32>> {
-    let mut upload = |be: &mut B, data: &[f32]| {
+    let upload = |be: &mut B, data: &[f32]| {
         let v = be.alloc(data.len(), "test").unwrap();
         be.write(v, data);
         v

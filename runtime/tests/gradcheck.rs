@@ -1,4 +1,5 @@
 //! Every CPU backward against central finite differences, and the whole model's
+#![cfg(not(target_arch = "wasm32"))]
 //! gradient against finite differences of its loss.
 
 use crowdgrad_runtime::cpu::CpuBackend;

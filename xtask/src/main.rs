@@ -1,1 +1,82 @@
-fn main() {}
+//! `cargo xtask serve | test | bench`: builds the wasm bundle, installs what is
+//! missing, and runs the relay, every test, or the benchmarks.
+
+mod tools;
+mod wasm;
+
+use std::process::{Command, ExitCode};
+
+use wasm::WasmConfig;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  serve [ARGS…]   build the wasm bundle into www/pkg and run the relay (`crowdgrad serve ARGS…`)
+  test            install what is missing, then run every test: native, WebGPU on lavapipe,
+                  WebGPU in headless Chromium, and the end-to-end relay tests
+  bench [ARGS…]   training steps/s on the CPU reference, native GPU and GPU in headless Chromium";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs `cmd`, failing with its name when it does not succeed.
+pub fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    if status.success() { Ok(()) } else { Err(format!("{:?} failed with {status}", cmd.get_program())) }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    let config = WasmConfig::load()?;
+    tools::ensure_wasm_tools()?;
+    wasm::build_bundle(&config)?;
+    run(cargo().args(["run", "--release", "-p", "crowdgrad-relay", "--bin", "crowdgrad", "--", "serve"]).args(args))
+}
+
+fn test() -> Result<(), String> {
+    let config = WasmConfig::load()?;
+    tools::ensure_wasm_tools()?;
+    tools::ensure_browser_and_vulkan()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    wasm::build_bundle(&config)?;
+    let mut tests = cargo();
+    tests.args(["test", "--workspace"]);
+    tools::test_env(&mut tests);
+    run(&mut tests)?;
+    wasm::browser_tests(&config)?;
+    eprintln!("xtask: every test passed");
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<(), String> {
+    let config = WasmConfig::load()?;
+    tools::ensure_wasm_tools()?;
+    tools::ensure_browser_and_vulkan()?;
+    wasm::build_bundle(&config)?;
+    let mut bench = cargo();
+    bench.args(["run", "--release", "-p", "crowdgrad-tests", "--bin", "bench", "--"]).args(args);
+    tools::test_env(&mut bench);
+    run(&mut bench)
+}

@@ -1,0 +1,98 @@
+//! Installs what the build and tests need, or says exactly what to install.
+//!
+//! - wasm-pack, and wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate
+//!   in Cargo.lock (cargo install, from crates.io);
+//! - on Debian as root: chromium, chromium-driver and mesa-vulkan-drivers (lavapipe).
+//!
+//! Nothing else is downloaded: wasm-pack finds these instead of fetching its own.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::{run, wasm::root};
+
+const DEBIAN_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "mesa-vulkan-drivers"];
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn on_path(program: &str) -> bool {
+    output("sh", &["-c", &format!("command -v {program}")]).is_some()
+}
+
+/// The `wasm-bindgen` version pinned in Cargo.lock.
+fn locked_wasm_bindgen() -> Result<String, String> {
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).map_err(|e| format!("Cargo.lock: {e}"))?;
+    let lock: toml::Table = toml::from_str(&lock).map_err(|e| format!("Cargo.lock: {e}"))?;
+    lock["package"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"].as_str() == Some("wasm-bindgen"))
+        .and_then(|p| p["version"].as_str().map(String::from))
+        .ok_or_else(|| "Cargo.lock has no wasm-bindgen package".into())
+}
+
+/// wasm-pack, and wasm-bindgen-cli matching the crate exactly.
+pub fn ensure_wasm_tools() -> Result<(), String> {
+    if !on_path("wasm-pack") {
+        run(Command::new("cargo").args(["install", "wasm-pack"]))?;
+    }
+    let wanted = locked_wasm_bindgen()?;
+    let installed = output("wasm-bindgen", &["--version"]).unwrap_or_default();
+    if installed.split_whitespace().nth(1) != Some(wanted.as_str()) {
+        // No --locked: the registry can lag the CLI's own lockfile.
+        run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--force", "--version", &wanted]))?;
+    }
+    Ok(())
+}
+
+fn lavapipe_present() -> bool {
+    ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"].iter().any(|dir| {
+        std::fs::read_dir(dir)
+            .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("lvp_icd")))
+            .unwrap_or(false)
+    })
+}
+
+/// Chromium, chromedriver and a Vulkan driver (lavapipe) for the GPU tests.
+pub fn ensure_browser_and_vulkan() -> Result<(), String> {
+    let missing: Vec<&str> = [
+        (!on_path("chromium") && !on_path("chromium-browser") && !on_path("google-chrome")).then_some("chromium"),
+        (!on_path("chromedriver") && std::env::var_os("CHROMEDRIVER").is_none()).then_some("chromium-driver"),
+        (!lavapipe_present()).then_some("mesa-vulkan-drivers"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let debian = Path::new("/etc/debian_version").exists();
+    let root_user = output("id", &["-u"]).as_deref() == Some("0");
+    if !(debian && root_user) {
+        return Err(format!(
+            "missing: {}. Install Chromium, its chromedriver and a Vulkan driver (Debian/Ubuntu: \
+             `apt-get install {}`), or set CHROMEDRIVER to a chromedriver matching your Chrome",
+            missing.join(", "),
+            DEBIAN_PACKAGES.join(" ")
+        ));
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(DEBIAN_PACKAGES).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Environment for tests: the system chromedriver, and a runtime dir so Mesa's
+/// Vulkan loader does not complain on headless machines.
+pub fn test_env(cmd: &mut Command) {
+    if std::env::var_os("CHROMEDRIVER").is_none()
+        && let Some(path) = output("sh", &["-c", "command -v chromedriver"])
+    {
+        cmd.env("CHROMEDRIVER", path);
+    }
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
+}
