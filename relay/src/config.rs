@@ -83,7 +83,10 @@ impl JobConfig {
             return Err("shards must be at least 1".into());
         }
         if self.min_results == 0 || self.min_results > self.target_results {
-            return Err(format!("min_results = {} must be in 1..=target_results ({})", self.min_results, self.target_results));
+            return Err(format!(
+                "min_results = {} must be in 1..=target_results ({})",
+                self.min_results, self.target_results
+            ));
         }
         if !(self.outer_lr.is_finite() && self.outer_lr > 0.0 && self.outer_lr <= 10.0) {
             return Err(format!("outer_lr = {} must be in (0, 10]", self.outer_lr));

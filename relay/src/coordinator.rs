@@ -317,7 +317,9 @@ impl Coordinator {
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
         match r {
             Rejection::UnknownUnit => format!("unit {} was never issued", sub.unit_id),
-            Rejection::Stale => format!("unit {} is from a closed round; the model is at version {}", sub.unit_id, self.version),
+            Rejection::Stale => {
+                format!("unit {} is from a closed round; the model is at version {}", sub.unit_id, self.version)
+            }
             Rejection::NotAssigned => format!("unit {} is not assigned to this session", sub.unit_id),
             Rejection::WrongVersion => format!("version {} but the unit is for version {}", sub.version, self.version),
             Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, self.job.inner_steps),
@@ -383,7 +385,11 @@ impl Coordinator {
     /// Writes the current parameters as a downloadable version and records its loss.
     fn publish(&mut self, now: Instant, results: usize) {
         let layout = self.job.model.layout();
-        let bytes = checkpoint::encode(&layout, &self.params, &[("version", self.version.to_string()), ("job", self.job.name.clone())]);
+        let bytes = checkpoint::encode(
+            &layout,
+            &self.params,
+            &[("version", self.version.to_string()), ("job", self.job.name.clone())],
+        );
         let file = VersionFile { hash: hash_hex(&bytes), bytes: Bytes::from(bytes) };
         self.versions.push_back((self.version, file));
         while self.versions.len() > self.job.keep_versions {
@@ -430,7 +436,8 @@ impl Coordinator {
             let s = self.sessions.get_mut(&session).expect("checked above");
             if !s.told_to_wait {
                 s.told_to_wait = true;
-                let reason = format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
+                let reason =
+                    format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
                 self.send(session, ServerMsg::Wait { reason });
             }
             return;
@@ -474,7 +481,9 @@ impl Coordinator {
             && s.outbox.try_send(msg).is_err()
         {
             tracing::warn!(session, "outbox full or closed; dropping the session");
-            if let Some(unit) = self.sessions.remove(&session).and_then(|s| s.unit).and_then(|id| self.units.get_mut(&id)) {
+            if let Some(unit) =
+                self.sessions.remove(&session).and_then(|s| s.unit).and_then(|id| self.units.get_mut(&id))
+            {
                 unit.state = UnitState::Open;
                 self.counters.reassigned += 1;
             }

@@ -95,7 +95,16 @@ pub trait Backend {
     fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize);
     /// `out: [rows, n] = inp: [rows, k] · weight: [n, k]ᵀ + bias: [n]`.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, rows: usize, k: usize, n: usize);
+    fn matmul_forward(
+        &mut self,
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    );
     /// `dinp: [rows, k] = dout: [rows, n] · weight: [n, k]`.
     #[allow(clippy::too_many_arguments)]
     fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, rows: usize, k: usize, n: usize);
@@ -110,7 +119,15 @@ pub trait Backend {
     fn gelu_backward(&mut self, dinp: View, inp: View, dout: View);
     /// `logits: [rows, vocab]`, `targets: [rows]` → `probs: [rows, vocab]`, `losses: [rows]`.
     #[allow(clippy::too_many_arguments)]
-    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize);
+    fn softmax_xent_forward(
+        &mut self,
+        probs: View,
+        losses: View,
+        logits: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+    );
     /// `dlogits: [rows, vocab] = (probs − onehot(targets)) / rows`.
     fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize);
     /// `out: [1] = mean(values)`, in a fixed reduction order.

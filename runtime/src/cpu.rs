@@ -65,7 +65,11 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
-        DeviceInfo { kind: "cpu".into(), adapter: format!("CPU reference ({})", std::env::consts::ARCH), software: true }
+        DeviceInfo {
+            kind: "cpu".into(),
+            adapter: format!("CPU reference ({})", std::env::consts::ARCH),
+            software: true,
+        }
     }
 
     fn alloc(&mut self, len: usize, _what: &str) -> Result<View, BackendError> {
@@ -107,7 +111,16 @@ impl Backend for CpuBackend {
         self.with_out(dtable, |s, o| ops::embedding_backward(o, s.u32(tokens), s.f32(dout), vocab, dim));
     }
 
-    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, rows: usize, k: usize, n: usize) {
+    fn matmul_forward(
+        &mut self,
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
         checks::matmul_forward(out, inp, weight, bias, rows, k, n);
         self.with_out(out, |s, o| {
             ops::matmul_forward(o, s.f32(inp), s.f32(weight), bias.map(|b| s.f32(b)), rows, k, n)
@@ -139,7 +152,15 @@ impl Backend for CpuBackend {
         self.with_out(dinp, |s, o| ops::gelu_backward(o, s.f32(inp), s.f32(dout)));
     }
 
-    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize) {
+    fn softmax_xent_forward(
+        &mut self,
+        probs: View,
+        losses: View,
+        logits: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+    ) {
         checks::softmax_xent_forward(probs, losses, logits, targets, rows, vocab);
         let mut row_losses = vec![0.0; rows];
         self.with_out(probs, |s, p| {

@@ -45,7 +45,8 @@ impl Corpus {
     /// Reads a plain text (or any byte) file.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: &std::path::Path) -> Result<Self, CorpusError> {
-        let bytes = std::fs::read(path).map_err(|source| CorpusError::Io { path: path.display().to_string(), source })?;
+        let bytes =
+            std::fs::read(path).map_err(|source| CorpusError::Io { path: path.display().to_string(), source })?;
         Self::from_bytes(bytes)
     }
 
@@ -105,18 +106,41 @@ pub fn sample_batch(data: &[u8], seed: u64, step: u32, batch: usize, context: us
 /// Generates `len` bytes of sentences from a small grammar, deterministically from `seed`.
 pub fn generate_text(seed: u64, len: usize) -> Vec<u8> {
     const SUBJECTS: [(&str, bool); 10] = [
-        ("the cat", false), ("the dogs", true), ("a farmer", false), ("the children", true), ("my neighbour", false),
-        ("the old king", false), ("two sailors", true), ("the river", false), ("our teachers", true), ("a small bird", false),
+        ("the cat", false),
+        ("the dogs", true),
+        ("a farmer", false),
+        ("the children", true),
+        ("my neighbour", false),
+        ("the old king", false),
+        ("two sailors", true),
+        ("the river", false),
+        ("our teachers", true),
+        ("a small bird", false),
     ];
     const VERBS: [(&str, &str); 8] = [
-        ("sees", "see"), ("likes", "like"), ("follows", "follow"), ("finds", "find"),
-        ("remembers", "remember"), ("carries", "carry"), ("watches", "watch"), ("greets", "greet"),
+        ("sees", "see"),
+        ("likes", "like"),
+        ("follows", "follow"),
+        ("finds", "find"),
+        ("remembers", "remember"),
+        ("carries", "carry"),
+        ("watches", "watch"),
+        ("greets", "greet"),
     ];
     const OBJECTS: [&str; 10] = [
-        "the bread", "a red apple", "the quiet moon", "the garden", "an open door",
-        "the morning train", "a letter", "the green hills", "the market", "a wooden boat",
+        "the bread",
+        "a red apple",
+        "the quiet moon",
+        "the garden",
+        "an open door",
+        "the morning train",
+        "a letter",
+        "the green hills",
+        "the market",
+        "a wooden boat",
     ];
-    const ENDINGS: [&str; 6] = [".", " every day.", " in the evening.", " again.", " near the sea.", " with great care."];
+    const ENDINGS: [&str; 6] =
+        [".", " every day.", " in the evening.", " again.", " near the sea.", " with great care."];
     let mut rng = Rng::new(seed);
     let mut out = Vec::with_capacity(len + 64);
     while out.len() < len {

@@ -34,7 +34,9 @@ pub const MAX_DIM: usize = 4096;
 impl MlpConfig {
     /// Checks every dimension is in `1..=MAX_DIM` and the vocabulary fits in bytes.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [("vocab", self.vocab), ("context", self.context), ("embed", self.embed), ("hidden", self.hidden)] {
+        for (name, v) in
+            [("vocab", self.vocab), ("context", self.context), ("embed", self.embed), ("hidden", self.hidden)]
+        {
             if v == 0 || v > MAX_DIM {
                 return Err(format!("model.{name} = {v} is outside 1..={MAX_DIM}"));
             }

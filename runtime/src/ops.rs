@@ -33,7 +33,15 @@ pub fn embedding_backward(dtable: &mut [f32], tokens: &[u32], dout: &[f32], voca
 
 /// Linear layer. `inp: [rows, k]`, `weight: [n, k]`, `bias: [n]` → `out: [rows, n]`,
 /// `out = inp · weightᵀ + bias`.
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: Option<&[f32]>, rows: usize, k: usize, n: usize) {
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
     for r in 0..rows {
         let x = &inp[r * k..(r + 1) * k];
         for o in 0..n {
@@ -107,7 +115,14 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
 
 /// Softmax cross-entropy. `logits: [rows, vocab]`, `targets: [rows]` →
 /// `probs: [rows, vocab]` (the softmax) and `losses: [rows]` (−log p of the target, nats).
-pub fn softmax_xent_forward(probs: &mut [f32], losses: &mut [f32], logits: &[f32], targets: &[u32], rows: usize, vocab: usize) {
+pub fn softmax_xent_forward(
+    probs: &mut [f32],
+    losses: &mut [f32],
+    logits: &[f32],
+    targets: &[u32],
+    rows: usize,
+    vocab: usize,
+) {
     for r in 0..rows {
         let z = &logits[r * vocab..(r + 1) * vocab];
         let p = &mut probs[r * vocab..(r + 1) * vocab];

@@ -158,7 +158,8 @@ impl<B: Backend> Trainer<B> {
         let (b, cfg, a) = (self.batch, self.cfg, &self.acts);
         assert_eq!(batch.targets.len(), b, "batch rows");
         let p = |name| self.view(self.params, name);
-        let (wte, fc_w, fc_b, head_w, head_b) = (p("wte.weight"), p("fc.weight"), p("fc.bias"), p("head.weight"), p("head.bias"));
+        let (wte, fc_w, fc_b, head_w, head_b) =
+            (p("wte.weight"), p("fc.weight"), p("fc.bias"), p("head.weight"), p("head.bias"));
         let be = &mut self.backend;
         be.write_u32(a.tokens, &batch.tokens);
         be.write_u32(a.targets, &batch.targets);
@@ -244,7 +245,11 @@ pub async fn run_unit<B: Backend>(
     opt: &InnerOptim,
 ) -> Result<UnitOutcome, BackendError> {
     let slots = steps as usize + 1;
-    assert!(slots <= trainer.loss_slots(), "{steps} steps need {slots} loss slots, the trainer has {}", trainer.loss_slots());
+    assert!(
+        slots <= trainer.loss_slots(),
+        "{steps} steps need {slots} loss slots, the trainer has {}",
+        trainer.loss_slots()
+    );
     let (rows, context) = (trainer.batch_size(), trainer.config().context);
     trainer.load(start);
     let first = sample_batch(data, seed, 0, rows, context);

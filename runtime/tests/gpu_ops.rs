@@ -104,7 +104,15 @@ trait OpTarget {
     fn bias_backward(&mut self, dbias: View, dout: View, rows: usize, n: usize);
     fn gelu_forward(&mut self, out: View, inp: View);
     fn gelu_backward(&mut self, dinp: View, inp: View, dout: View);
-    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize);
+    fn softmax_xent_forward(
+        &mut self,
+        probs: View,
+        losses: View,
+        logits: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+    );
     fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize);
     fn mean(&mut self, out: View, values: View);
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW);
@@ -119,7 +127,14 @@ impl<B: Backend> OpTarget for OpOn<'_, B> {
     fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize) {
         self.0.embedding_backward(dtable, tokens, dout, vocab, dim)
     }
-    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, (r, k, n): (usize, usize, usize)) {
+    fn matmul_forward(
+        &mut self,
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        (r, k, n): (usize, usize, usize),
+    ) {
         self.0.matmul_forward(out, inp, weight, bias, r, k, n)
     }
     fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, (r, k, n): (usize, usize, usize)) {
@@ -137,7 +152,15 @@ impl<B: Backend> OpTarget for OpOn<'_, B> {
     fn gelu_backward(&mut self, dinp: View, inp: View, dout: View) {
         self.0.gelu_backward(dinp, inp, dout)
     }
-    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize) {
+    fn softmax_xent_forward(
+        &mut self,
+        probs: View,
+        losses: View,
+        logits: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+    ) {
         self.0.softmax_xent_forward(probs, losses, logits, targets, rows, vocab)
     }
     fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize) {
@@ -204,7 +227,8 @@ gpu_test!(matmul_backward_weight_matches_cpu, async {
 gpu_test!(bias_backward_matches_cpu, async {
     let mut rng = Rng::new(4);
     let (rows, n) = (33, 300);
-    let case = Case { floats: vec![random(&mut rng, rows * n, 1.0)], ints: vec![], outputs: vec![random(&mut rng, n, 1.0)] };
+    let case =
+        Case { floats: vec![random(&mut rng, rows * n, 1.0)], ints: vec![], outputs: vec![random(&mut rng, n, 1.0)] };
     compare("bias_backward", case, |be, o, f, _| be.bias_backward(o[0], f[0], rows, n)).await;
 });
 

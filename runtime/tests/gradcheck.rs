@@ -43,7 +43,12 @@ fn project(out: &[f32], w: &[f32]) -> f64 {
 fn matmul_backward_matches_finite_differences() {
     let mut rng = Rng::new(1);
     let (r, k, n) = (3, 5, 4);
-    let (inp, weight, bias, proj) = (random(&mut rng, r * k, 1.0), random(&mut rng, n * k, 1.0), random(&mut rng, n, 1.0), random(&mut rng, r * n, 1.0));
+    let (inp, weight, bias, proj) = (
+        random(&mut rng, r * k, 1.0),
+        random(&mut rng, n * k, 1.0),
+        random(&mut rng, n, 1.0),
+        random(&mut rng, r * n, 1.0),
+    );
     let forward = |inp: &[f32], weight: &[f32], bias: &[f32]| {
         let mut out = vec![0.0; r * n];
         ops::matmul_forward(&mut out, inp, weight, Some(bias), r, k, n);
@@ -66,11 +71,17 @@ fn gelu_backward_matches_finite_differences() {
     let (inp, proj) = (random(&mut rng, 50, 2.0), random(&mut rng, 50, 1.0));
     let mut dinp = vec![0.0; 50];
     ops::gelu_backward(&mut dinp, &inp, &proj);
-    check("gelu", &inp, &dinp, |x| {
-        let mut out = vec![0.0; 50];
-        ops::gelu_forward(&mut out, x);
-        project(&out, &proj)
-    }, 1e-2);
+    check(
+        "gelu",
+        &inp,
+        &dinp,
+        |x| {
+            let mut out = vec![0.0; 50];
+            ops::gelu_forward(&mut out, x);
+            project(&out, &proj)
+        },
+        1e-2,
+    );
 }
 
 #[test]
@@ -80,11 +91,17 @@ fn embedding_backward_matches_finite_differences() {
     let (table, proj) = (random(&mut rng, vocab * dim, 1.0), random(&mut rng, tokens.len() * dim, 1.0));
     let mut dtable = vec![0.0; vocab * dim];
     ops::embedding_backward(&mut dtable, &tokens, &proj, vocab, dim);
-    check("embedding", &table, &dtable, |x| {
-        let mut out = vec![0.0; tokens.len() * dim];
-        ops::embedding_forward(&mut out, &tokens, x, vocab, dim);
-        project(&out, &proj)
-    }, 1e-2);
+    check(
+        "embedding",
+        &table,
+        &dtable,
+        |x| {
+            let mut out = vec![0.0; tokens.len() * dim];
+            ops::embedding_forward(&mut out, &tokens, x, vocab, dim);
+            project(&out, &proj)
+        },
+        1e-2,
+    );
 }
 
 #[test]

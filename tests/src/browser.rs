@@ -37,7 +37,9 @@ impl Chromedriver {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot run {binary} (install chromium-driver, or run `cargo xtask test`): {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot run {binary} (install chromium-driver, or run `cargo xtask test`): {e}")
+            })?;
         let driver = Chromedriver { child, port };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

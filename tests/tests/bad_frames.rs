@@ -86,7 +86,14 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
     assert!(reason.contains(&format!("exceeds the limit of {limit}")), "{reason}");
 
     // A submission before hello, and a second hello.
-    let early = ClientMsg::Submit(Submission { unit_id: 1, version: 0, steps: 1, loss_before: 1.0, loss_after: 1.0, delta: vec![] });
+    let early = ClientMsg::Submit(Submission {
+        unit_id: 1,
+        version: 0,
+        steps: 1,
+        loss_before: 1.0,
+        loss_after: 1.0,
+        delta: vec![],
+    });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&early).into())]).await;
     assert_eq!((code, reason.as_str()), (1008, "say hello first"));
     let (code, reason) = close_reason(addr, vec![hello(), hello()]).await;

@@ -33,8 +33,14 @@ async fn two_chromium_tabs_train_on_webgpu() {
             let stats = read_stats(tab).await;
             assert!(stats["error"].is_null(), "tab {i} failed: {stats}");
             if stats["units_done"].as_u64().unwrap_or(0) >= 2 {
-                assert_eq!(stats["device"]["kind"], "webgpu", "tab {i} must train on WebGPU, not the CPU fallback: {stats}");
-                assert_eq!(tab.find(fantoccini::Locator::Id("backend")).await.unwrap().text().await.unwrap(), "GPU (webgpu)");
+                assert_eq!(
+                    stats["device"]["kind"], "webgpu",
+                    "tab {i} must train on WebGPU, not the CPU fallback: {stats}"
+                );
+                assert_eq!(
+                    tab.find(fantoccini::Locator::Id("backend")).await.unwrap().text().await.unwrap(),
+                    "GPU (webgpu)"
+                );
                 break;
             }
             assert!(std::time::Instant::now() < deadline, "tab {i} did not finish 2 units: {stats}");

@@ -18,7 +18,11 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
     let (first, last) = (history.first().expect("version 0"), history.last().expect("latest"));
     assert_eq!(first.0, 0);
     assert!(last.1 < first.1 - 0.5, "held-out loss went {first:?} → {last:?}; expected a drop of at least 0.5 nats");
-    assert_eq!(final_status["counters"]["rejected"].as_object().map(|m| m.len()), Some(0), "honest results were rejected");
+    assert_eq!(
+        final_status["counters"]["rejected"].as_object().map(|m| m.len()),
+        Some(0),
+        "honest results were rejected"
+    );
     for (_, stats) in &contributors {
         assert!(stats.lock().unwrap().units_done >= 1, "every contributor had work accepted");
     }

@@ -101,13 +101,17 @@ impl Transport for WebTransport {
 
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
         let url = format!("{}{path}", self.http_base);
-        let response = gloo_net::http::Request::get(&url).send().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
+        let response =
+            gloo_net::http::Request::get(&url).send().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
         if !response.ok() {
             return Err(TransportError(format!("GET {url}: HTTP {}", response.status())));
         }
         let body = response.binary().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
         if body.len() > MAX_DOWNLOAD {
-            return Err(TransportError(format!("GET {url}: {} bytes is over the {MAX_DOWNLOAD}-byte limit", body.len())));
+            return Err(TransportError(format!(
+                "GET {url}: {} bytes is over the {MAX_DOWNLOAD}-byte limit",
+                body.len()
+            )));
         }
         Ok(body)
     }

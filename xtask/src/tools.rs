@@ -81,7 +81,10 @@ pub fn ensure_browser_and_vulkan() -> Result<(), String> {
         ));
     }
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq"]).args(DEBIAN_PACKAGES).env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(DEBIAN_PACKAGES)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// Environment for tests: the system chromedriver, and a runtime dir so Mesa's

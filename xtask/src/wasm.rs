@@ -42,7 +42,10 @@ impl WasmConfig {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config: WasmConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         if !matches!(config.bundle.profile.as_str(), "release" | "dev") {
-            return Err(format!("wasm-pack.toml: bundle.profile = {:?} must be \"release\" or \"dev\"", config.bundle.profile));
+            return Err(format!(
+                "wasm-pack.toml: bundle.profile = {:?} must be \"release\" or \"dev\"",
+                config.bundle.profile
+            ));
         }
         if config.bundle.wasm_opt {
             return Err("wasm-pack.toml: bundle.wasm_opt = true would make wasm-pack download wasm-opt".into());

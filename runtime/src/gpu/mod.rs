@@ -50,7 +50,8 @@ impl GpuBackend {
     pub async fn new() -> Result<Self, BackendError> {
         // In the browser only WebGPU exists; natively, the primary APIs. Never WebGL:
         // it has no compute shaders.
-        let backends = if cfg!(target_arch = "wasm32") { wgpu::Backends::BROWSER_WEBGPU } else { wgpu::Backends::PRIMARY };
+        let backends =
+            if cfg!(target_arch = "wasm32") { wgpu::Backends::BROWSER_WEBGPU } else { wgpu::Backends::PRIMARY };
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
         let instance = wgpu::Instance::new(desc);
@@ -123,7 +124,12 @@ impl GpuBackend {
             ("maxBufferSize", self.limits.max_buffer_size),
         ] {
             if bytes > allowed {
-                return Err(BackendError::Limit { what: format!("{what} ({len} elements)"), limit, needed: bytes, allowed });
+                return Err(BackendError::Limit {
+                    what: format!("{what} ({len} elements)"),
+                    limit,
+                    needed: bytes,
+                    allowed,
+                });
             }
         }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -300,18 +306,40 @@ impl Backend for GpuBackend {
     fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize) {
         checks::embedding_backward(dtable, tokens, dout, vocab, dim);
         let params = [w(tokens.len), w(vocab), w(dim), w(dtable.offset), w(tokens.offset), w(dout.offset)];
-        self.dispatch(Kernel::EmbeddingBackward, &params, &[dtable.buf, tokens.buf, dout.buf], groups(dtable.len, GROUP));
+        self.dispatch(
+            Kernel::EmbeddingBackward,
+            &params,
+            &[dtable.buf, tokens.buf, dout.buf],
+            groups(dtable.len, GROUP),
+        );
     }
 
-    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, rows: usize, k: usize, n: usize) {
+    fn matmul_forward(
+        &mut self,
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) {
         checks::matmul_forward(out, inp, weight, bias, rows, k, n);
         // A = inp [rows, k]; B[l, j] = weight[j, l].
         let b = bias.unwrap_or(weight);
         let params = [
-            w(rows), w(n), w(k),
-            w(inp.offset), w(k), 1,
-            w(weight.offset), 1, w(k),
-            w(out.offset), w(b.offset), u32::from(bias.is_some()),
+            w(rows),
+            w(n),
+            w(k),
+            w(inp.offset),
+            w(k),
+            1,
+            w(weight.offset),
+            1,
+            w(k),
+            w(out.offset),
+            w(b.offset),
+            u32::from(bias.is_some()),
         ];
         self.dispatch(Kernel::Matmul, &params, &[out.buf, inp.buf, weight.buf, b.buf], matmul_groups(rows, n));
     }
@@ -319,24 +347,14 @@ impl Backend for GpuBackend {
     fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, rows: usize, k: usize, n: usize) {
         checks::matmul_backward_input(dinp, dout, weight, rows, k, n);
         // C = dinp [rows, k]; A = dout [rows, n]; B = weight [n, k].
-        let params = [
-            w(rows), w(k), w(n),
-            w(dout.offset), w(n), 1,
-            w(weight.offset), w(k), 1,
-            w(dinp.offset), 0, 0,
-        ];
+        let params = [w(rows), w(k), w(n), w(dout.offset), w(n), 1, w(weight.offset), w(k), 1, w(dinp.offset), 0, 0];
         self.dispatch(Kernel::Matmul, &params, &[dinp.buf, dout.buf, weight.buf, weight.buf], matmul_groups(rows, k));
     }
 
     fn matmul_backward_weight(&mut self, dweight: View, dout: View, inp: View, rows: usize, k: usize, n: usize) {
         checks::matmul_backward_weight(dweight, dout, inp, rows, k, n);
         // C = dweight [n, k] (accumulated); A[o, r] = dout[r, o]; B = inp [rows, k].
-        let params = [
-            w(n), w(k), w(rows),
-            w(dout.offset), 1, w(n),
-            w(inp.offset), w(k), 1,
-            w(dweight.offset), 0, 2,
-        ];
+        let params = [w(n), w(k), w(rows), w(dout.offset), 1, w(n), w(inp.offset), w(k), 1, w(dweight.offset), 0, 2];
         self.dispatch(Kernel::Matmul, &params, &[dweight.buf, dout.buf, inp.buf, inp.buf], matmul_groups(n, k));
     }
 
@@ -358,7 +376,15 @@ impl Backend for GpuBackend {
         self.dispatch(Kernel::GeluBackward, &params, &[dinp.buf, inp.buf, dout.buf], groups(dinp.len, GROUP));
     }
 
-    fn softmax_xent_forward(&mut self, probs: View, losses: View, logits: View, targets: View, rows: usize, vocab: usize) {
+    fn softmax_xent_forward(
+        &mut self,
+        probs: View,
+        losses: View,
+        logits: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+    ) {
         checks::softmax_xent_forward(probs, losses, logits, targets, rows, vocab);
         let params = [w(rows), w(vocab), w(probs.offset), w(losses.offset), w(logits.offset), w(targets.offset)];
         let buffers = [probs.buf, logits.buf, targets.buf, losses.buf];
@@ -382,9 +408,18 @@ impl Backend for GpuBackend {
         checks::adamw(params, grads, m, v);
         let (bc1, bc2) = h.bias_corrections();
         let words = [
-            w(params.len), w(params.offset), w(grads.offset), w(m.offset), w(v.offset),
-            h.lr.to_bits(), h.beta1.to_bits(), h.beta2.to_bits(), h.eps.to_bits(), h.weight_decay.to_bits(),
-            bc1.to_bits(), bc2.to_bits(),
+            w(params.len),
+            w(params.offset),
+            w(grads.offset),
+            w(m.offset),
+            w(v.offset),
+            h.lr.to_bits(),
+            h.beta1.to_bits(),
+            h.beta2.to_bits(),
+            h.eps.to_bits(),
+            h.weight_decay.to_bits(),
+            bc1.to_bits(),
+            bc2.to_bits(),
         ];
         self.dispatch(Kernel::AdamW, &words, &[params.buf, grads.buf, m.buf, v.buf], groups(params.len, GROUP));
     }

@@ -53,7 +53,10 @@ async fn browser(driver: &Chromedriver, page: &str, device: &str, steps: u32, ba
     let _ = tab.close().await;
     assert!(result["error"].is_null(), "browser bench on {device} failed: {}", result["error"]);
     let kind = result["device"]["kind"].as_str().unwrap_or("?").to_string();
-    (format!("{} [{kind}]", result["device"]["adapter"].as_str().unwrap_or("?")), result["steps_per_second"].as_f64().unwrap_or(0.0))
+    (
+        format!("{} [{kind}]", result["device"]["adapter"].as_str().unwrap_or("?")),
+        result["steps_per_second"].as_f64().unwrap_or(0.0),
+    )
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -89,10 +92,18 @@ async fn main() {
     let reference = rows[0].steps_per_second;
     println!("\n{:<40} {:>10} {:>16}  adapter", "backend", "steps/s", "vs CPU reference");
     for row in &rows {
-        println!("{:<40} {:>10.1} {:>15.2}×  {}", row.name, row.steps_per_second, row.steps_per_second / reference, row.adapter);
+        println!(
+            "{:<40} {:>10.1} {:>15.2}×  {}",
+            row.name,
+            row.steps_per_second,
+            row.steps_per_second / reference,
+            row.adapter
+        );
     }
-    println!("\nratios: gpu-native/cpu-reference = {:.2}×, gpu-browser/cpu-reference = {:.2}×, gpu-browser/gpu-native = {:.2}×",
+    println!(
+        "\nratios: gpu-native/cpu-reference = {:.2}×, gpu-browser/cpu-reference = {:.2}×, gpu-browser/gpu-native = {:.2}×",
         rows[1].steps_per_second / reference,
         rows[2].steps_per_second / reference,
-        rows[2].steps_per_second / rows[1].steps_per_second);
+        rows[2].steps_per_second / rows[1].steps_per_second
+    );
 }
