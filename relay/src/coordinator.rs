@@ -332,13 +332,12 @@ impl Coordinator {
     pub fn tick(&mut self, now: Instant) {
         let mut reopened = false;
         for unit in self.units.values_mut() {
-            if let UnitState::Assigned { session, deadline } = unit.state
+            // The late session stays busy (its result will be refused as not assigned),
+            // so the unit goes to someone else.
+            if let UnitState::Assigned { deadline, .. } = unit.state
                 && now >= deadline
             {
                 unit.state = UnitState::Open;
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.unit = None;
-                }
                 self.counters.reassigned += 1;
                 reopened = true;
             }

@@ -49,7 +49,10 @@ impl Closing {
 /// Runs one connection to its end.
 pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_submission: usize) {
     let (mut sink, mut stream) = socket.split();
+    // The coordinator gets the only sender at hello, so when it drops the session (too
+    // slow, or gone) the inbox ends and so does this loop.
     let (outbox, mut inbox) = mpsc::channel::<ServerMsg>(OUTBOX);
+    let mut outbox = Some(outbox);
     let mut session: Option<u64> = None;
     let hello_by = tokio::time::Instant::now() + HELLO_TIMEOUT;
     let closing = loop {
@@ -70,7 +73,8 @@ pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_su
                 let mut coordinator = coordinator.lock().expect("coordinator lock");
                 match (msg, session) {
                     (ClientMsg::Hello(hello), None) => {
-                        session = Some(coordinator.join(outbox.clone(), hello.device, Instant::now()));
+                        let outbox = outbox.take().expect("hello is handled once");
+                        session = Some(coordinator.join(outbox, hello.device, Instant::now()));
                     }
                     (ClientMsg::Hello(_), Some(_)) => break Some(Closing::new(close::POLICY, "hello was already sent")),
                     (ClientMsg::Submit(_), None) => break Some(Closing::new(close::POLICY, "say hello first")),

@@ -1,0 +1,144 @@
+//! The coordinator's rules, driven directly with a simulated clock: units move to
+//! another contributor when theirs leaves or misses the deadline, rounds close at
+//! their target or deadline, and bad results are rejected with the right reason.
+
+use std::time::{Duration, Instant};
+
+use crowdgrad_relay::config::JobConfig;
+use crowdgrad_relay::coordinator::{Coordinator, Rejection};
+use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::protocol::{ServerMsg, Submission, WorkUnit};
+use tokio::sync::mpsc;
+
+fn job() -> JobConfig {
+    JobConfig {
+        inner_steps: 2,
+        target_results: 2,
+        min_results: 1,
+        round_deadline: Duration::from_secs(10),
+        unit_deadline: Duration::from_secs(5),
+        eval_batches: 1,
+        ..JobConfig::default()
+    }
+}
+
+fn device() -> DeviceInfo {
+    DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true }
+}
+
+struct Client {
+    id: u64,
+    inbox: mpsc::Receiver<ServerMsg>,
+}
+
+impl Client {
+    fn join(c: &mut Coordinator, now: Instant) -> Client {
+        let (tx, inbox) = mpsc::channel(16);
+        Client { id: c.join(tx, device(), now), inbox }
+    }
+
+    /// The next assignment in the inbox, skipping other messages.
+    fn assignment(&mut self) -> Option<WorkUnit> {
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let ServerMsg::Assign(unit) = msg {
+                return Some(unit);
+            }
+        }
+        None
+    }
+
+    fn result(&self, unit: &WorkUnit, params: usize) -> Submission {
+        Submission {
+            unit_id: unit.unit_id,
+            version: unit.version,
+            steps: unit.steps,
+            loss_before: 5.0,
+            loss_after: 4.0,
+            delta: vec![1e-3; params],
+        }
+    }
+}
+
+#[test]
+fn a_unit_whose_contributor_leaves_goes_to_another() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let mut a = Client::join(&mut c, t0);
+    let mut b = Client::join(&mut c, t0);
+    let mut late = Client::join(&mut c, t0);
+    let (ua, ub) = (a.assignment().expect("a has work"), b.assignment().expect("b has work"));
+    assert_ne!(ua.unit_id, ub.unit_id);
+    assert!(late.assignment().is_none(), "the round's two units are taken");
+    c.leave(a.id, t0);
+    let moved = late.assignment().expect("a's unit moves to the idle contributor");
+    assert_eq!(moved.unit_id, ua.unit_id);
+    assert_eq!(c.status().counters.reassigned, 1);
+}
+
+#[test]
+fn a_unit_past_its_deadline_is_reassigned_and_the_slow_result_refused() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let mut slow = Client::join(&mut c, t0);
+    let unit = slow.assignment().expect("work");
+    let _other = Client::join(&mut c, t0);
+    let mut idle = Client::join(&mut c, t0);
+    c.tick(t0 + Duration::from_secs(6));
+    assert_eq!(idle.assignment().map(|u| u.unit_id), Some(unit.unit_id), "reassigned after the unit deadline");
+    let verdict = c.submit(slow.id, slow.result(&unit, c.param_count()), t0 + Duration::from_secs(7));
+    assert_eq!(verdict, Err(Rejection::NotAssigned));
+}
+
+#[test]
+fn a_round_closes_at_its_target_and_at_its_deadline() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let mut a = Client::join(&mut c, t0);
+    for _ in 0..2 {
+        let unit = a.assignment().expect("work");
+        assert_eq!(unit.version, 0);
+        assert_eq!(c.submit(a.id, a.result(&unit, c.param_count()), t0), Ok(()));
+    }
+    // Target (2) reached: version 1 is out and a fresh unit is already assigned.
+    assert_eq!(c.status().version, 1);
+    let unit = a.assignment().expect("work on version 1");
+    assert_eq!(unit.version, 1);
+    assert_eq!(c.submit(a.id, a.result(&unit, c.param_count()), t0), Ok(()));
+    c.tick(t0 + Duration::from_secs(9));
+    assert_eq!(c.status().version, 1, "one result of two, before the deadline");
+    c.tick(t0 + Duration::from_secs(11));
+    assert_eq!(c.status().version, 2, "the deadline closes the round with min_results");
+    let history = c.status().history;
+    assert_eq!(history.iter().map(|r| r.results).collect::<Vec<_>>(), vec![0, 2, 1]);
+}
+
+#[test]
+fn bad_results_are_rejected_with_their_reason() {
+    let t0 = Instant::now();
+    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let mut a = Client::join(&mut c, t0);
+    let n = c.param_count();
+    let unit = a.assignment().expect("work");
+    let cases: Vec<(Submission, Rejection)> = vec![
+        (Submission { delta: vec![f32::NAN; n], ..a.result(&unit, n) }, Rejection::NonFinite),
+        (Submission { loss_after: f32::INFINITY, ..a.result(&unit, n) }, Rejection::NonFinite),
+        (Submission { delta: vec![0.0; n - 1], ..a.result(&unit, n) }, Rejection::WrongSize),
+        (Submission { steps: 3, ..a.result(&unit, n) }, Rejection::WrongSteps),
+        (Submission { version: 7, ..a.result(&unit, n) }, Rejection::WrongVersion),
+        (Submission { unit_id: 999, ..a.result(&unit, n) }, Rejection::UnknownUnit),
+    ];
+    for (submission, reason) in cases {
+        assert_eq!(c.submit(a.id, submission, t0), Err(reason));
+    }
+    // The unit is still the contributor's: the honest result is accepted once, and a
+    // replay of it is refused.
+    assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
+    assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::NotAssigned));
+    let next = a.assignment().expect("next unit");
+    assert_eq!(c.submit(a.id, a.result(&next, n), t0), Ok(()));
+    assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::Stale), "its round has closed");
+    let rejected = c.status().counters.rejected;
+    assert_eq!(rejected.get("non_finite"), Some(&2));
+    assert_eq!(rejected.values().sum::<u64>(), 8);
+}
