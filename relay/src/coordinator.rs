@@ -152,7 +152,8 @@ pub struct Coordinator {
     versions: VecDeque<(u64, VersionFile)>,
     shards: Vec<ShardFile>,
     round: u64,
-    round_deadline: Instant,
+    /// Set when the round's first unit is handed out: an empty relay never times out.
+    round_deadline: Option<Instant>,
     units: BTreeMap<u64, Unit>,
     results: Vec<Vec<f32>>,
     train_losses: Vec<f32>,
@@ -185,7 +186,7 @@ impl Coordinator {
             versions: VecDeque::new(),
             shards,
             round: 1,
-            round_deadline: now + job.round_deadline,
+            round_deadline: None,
             units: BTreeMap::new(),
             results: Vec::new(),
             train_losses: Vec::new(),
@@ -342,11 +343,13 @@ impl Coordinator {
                 reopened = true;
             }
         }
-        if now >= self.round_deadline {
+        if let Some(deadline) = self.round_deadline
+            && now >= deadline
+        {
             if self.results.len() >= self.job.min_results {
                 self.commit(now);
             } else {
-                self.round_deadline = now + self.job.round_deadline;
+                self.round_deadline = Some(now + self.job.round_deadline);
             }
         }
         if reopened {
@@ -371,7 +374,7 @@ impl Coordinator {
         }
         self.version += 1;
         self.round += 1;
-        self.round_deadline = now + self.job.round_deadline;
+        self.round_deadline = None;
         self.units.clear();
         self.results.clear();
         for s in self.sessions.values_mut() {
@@ -428,7 +431,7 @@ impl Coordinator {
         let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open).map(|(id, _)| *id);
         let unit_id = match open {
             Some(id) => Some(id),
-            None if self.units.len() < self.job.target_results => Some(self.create_unit()),
+            None if self.units.len() < self.job.target_results => Some(self.create_unit(now)),
             None => None,
         };
         let Some(unit_id) = unit_id else {
@@ -464,7 +467,8 @@ impl Coordinator {
         self.send(session, msg);
     }
 
-    fn create_unit(&mut self) -> u64 {
+    fn create_unit(&mut self, now: Instant) -> u64 {
+        self.round_deadline.get_or_insert(now + self.job.round_deadline);
         let id = self.next_unit;
         self.next_unit += 1;
         let mut rng = Rng::from_parts(&[self.job.seed, id]);
