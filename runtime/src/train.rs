@@ -104,11 +104,6 @@ impl<B: Backend> Trainer<B> {
         Ok(Trainer { backend, cfg, layout, batch, params, grads, m, v: v_state, acts, losses, adam_step: 0 })
     }
 
-    /// The backend, for its [`Backend::info`].
-    pub fn backend(&self) -> &B {
-        &self.backend
-    }
-
     /// Gives the backend back, dropping this trainer's buffers from use.
     pub fn into_backend(self) -> B {
         self.backend

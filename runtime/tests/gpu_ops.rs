@@ -79,13 +79,9 @@ async fn execute<B: Backend>(be: &mut B, case: &Case, op: impl Fn(&mut B, &[View
     results
 }
 
-/// Runs `op` on both backends and asserts every output agrees within [`TOLERANCE`].
-async fn compare(name: &str, case: Case, op: impl Fn(&mut dyn OpTarget, &[View], &[View], &[View])) {
-    let mut cpu = CpuBackend::new();
-    let mut gpu = gpu().await;
-    let expected = execute(&mut cpu, &case, |be, o, f, i| op(&mut OpOn(be), o, f, i)).await;
-    let actual = execute(&mut gpu, &case, |be, o, f, i| op(&mut OpOn(be), o, f, i)).await;
-    for (k, (e, a)) in expected.iter().zip(&actual).enumerate() {
+/// Asserts every output of the GPU agrees with the CPU reference within [`TOLERANCE`].
+fn assert_close(name: &str, expected: &[Vec<f32>], actual: &[Vec<f32>]) {
+    for (k, (e, a)) in expected.iter().zip(actual).enumerate() {
         assert_eq!(e.len(), a.len());
         let scale = e.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let err = e.iter().zip(a).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
@@ -94,84 +90,19 @@ async fn compare(name: &str, case: Case, op: impl Fn(&mut dyn OpTarget, &[View],
     }
 }
 
-/// Object-safe face of the ops, so one closure can drive either backend.
-trait OpTarget {
-    fn embedding_forward(&mut self, out: View, tokens: View, table: View, vocab: usize, dim: usize);
-    fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize);
-    fn matmul_forward(&mut self, out: View, inp: View, weight: View, bias: Option<View>, dims: (usize, usize, usize));
-    fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, dims: (usize, usize, usize));
-    fn matmul_backward_weight(&mut self, dweight: View, dout: View, inp: View, dims: (usize, usize, usize));
-    fn bias_backward(&mut self, dbias: View, dout: View, rows: usize, n: usize);
-    fn gelu_forward(&mut self, out: View, inp: View);
-    fn gelu_backward(&mut self, dinp: View, inp: View, dout: View);
-    fn softmax_xent_forward(
-        &mut self,
-        probs: View,
-        losses: View,
-        logits: View,
-        targets: View,
-        rows: usize,
-        vocab: usize,
-    );
-    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize);
-    fn mean(&mut self, out: View, values: View);
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW);
-}
-
-struct OpOn<'a, B>(&'a mut B);
-
-impl<B: Backend> OpTarget for OpOn<'_, B> {
-    fn embedding_forward(&mut self, out: View, tokens: View, table: View, vocab: usize, dim: usize) {
-        self.0.embedding_forward(out, tokens, table, vocab, dim)
-    }
-    fn embedding_backward(&mut self, dtable: View, tokens: View, dout: View, vocab: usize, dim: usize) {
-        self.0.embedding_backward(dtable, tokens, dout, vocab, dim)
-    }
-    fn matmul_forward(
-        &mut self,
-        out: View,
-        inp: View,
-        weight: View,
-        bias: Option<View>,
-        (r, k, n): (usize, usize, usize),
-    ) {
-        self.0.matmul_forward(out, inp, weight, bias, r, k, n)
-    }
-    fn matmul_backward_input(&mut self, dinp: View, dout: View, weight: View, (r, k, n): (usize, usize, usize)) {
-        self.0.matmul_backward_input(dinp, dout, weight, r, k, n)
-    }
-    fn matmul_backward_weight(&mut self, dweight: View, dout: View, inp: View, (r, k, n): (usize, usize, usize)) {
-        self.0.matmul_backward_weight(dweight, dout, inp, r, k, n)
-    }
-    fn bias_backward(&mut self, dbias: View, dout: View, rows: usize, n: usize) {
-        self.0.bias_backward(dbias, dout, rows, n)
-    }
-    fn gelu_forward(&mut self, out: View, inp: View) {
-        self.0.gelu_forward(out, inp)
-    }
-    fn gelu_backward(&mut self, dinp: View, inp: View, dout: View) {
-        self.0.gelu_backward(dinp, inp, dout)
-    }
-    fn softmax_xent_forward(
-        &mut self,
-        probs: View,
-        losses: View,
-        logits: View,
-        targets: View,
-        rows: usize,
-        vocab: usize,
-    ) {
-        self.0.softmax_xent_forward(probs, losses, logits, targets, rows, vocab)
-    }
-    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize) {
-        self.0.softmax_xent_backward(dlogits, probs, targets, rows, vocab)
-    }
-    fn mean(&mut self, out: View, values: View) {
-        self.0.mean(out, values)
-    }
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {
-        self.0.adamw(params, grads, m, v, h)
-    }
+/// Runs one op on the CPU reference and on the GPU and compares the outputs. The op is
+/// written once as `|backend, outputs, floats, ints| …` and expanded for each backend
+/// type, since a closure cannot be generic.
+macro_rules! compare {
+    ($name:expr, $case:expr, |$be:ident, $o:pat_param, $f:pat_param, $i:pat_param| $op:expr) => {{
+        let case = $case;
+        let expected =
+            execute(&mut CpuBackend::new(), &case, |$be: &mut CpuBackend, $o: &[View], $f: &[View], $i: &[View]| $op)
+                .await;
+        let actual =
+            execute(&mut gpu().await, &case, |$be: &mut GpuBackend, $o: &[View], $f: &[View], $i: &[View]| $op).await;
+        assert_close(&$name, &expected, &actual);
+    }};
 }
 
 /// Shapes that are not multiples of the 64×64×16 matmul tile, plus an exact fit.
@@ -186,10 +117,9 @@ gpu_test!(matmul_forward_matches_cpu, async {
                 ints: vec![],
                 outputs: vec![vec![0.0; r * n]],
             };
-            compare(&format!("matmul_forward {r}x{k}x{n} bias={with_bias}"), case, |be, o, f, _| {
-                be.matmul_forward(o[0], f[0], f[1], with_bias.then_some(f[2]), (r, k, n))
-            })
-            .await;
+            compare!(format!("matmul_forward {r}x{k}x{n} bias={with_bias}"), case, |be, o, f, _| {
+                be.matmul_forward(o[0], f[0], f[1], with_bias.then_some(f[2]), r, k, n)
+            });
         }
     }
 });
@@ -202,10 +132,9 @@ gpu_test!(matmul_backward_input_matches_cpu, async {
             ints: vec![],
             outputs: vec![random(&mut rng, r * k, 1.0)],
         };
-        compare(&format!("matmul_backward_input {r}x{k}x{n}"), case, |be, o, f, _| {
-            be.matmul_backward_input(o[0], f[0], f[1], (r, k, n))
-        })
-        .await;
+        compare!(format!("matmul_backward_input {r}x{k}x{n}"), case, |be, o, f, _| {
+            be.matmul_backward_input(o[0], f[0], f[1], r, k, n)
+        });
     }
 });
 
@@ -217,10 +146,9 @@ gpu_test!(matmul_backward_weight_matches_cpu, async {
             ints: vec![],
             outputs: vec![random(&mut rng, n * k, 1.0)],
         };
-        compare(&format!("matmul_backward_weight {r}x{k}x{n}"), case, |be, o, f, _| {
-            be.matmul_backward_weight(o[0], f[0], f[1], (r, k, n))
-        })
-        .await;
+        compare!(format!("matmul_backward_weight {r}x{k}x{n}"), case, |be, o, f, _| {
+            be.matmul_backward_weight(o[0], f[0], f[1], r, k, n)
+        });
     }
 });
 
@@ -229,7 +157,7 @@ gpu_test!(bias_backward_matches_cpu, async {
     let (rows, n) = (33, 300);
     let case =
         Case { floats: vec![random(&mut rng, rows * n, 1.0)], ints: vec![], outputs: vec![random(&mut rng, n, 1.0)] };
-    compare("bias_backward", case, |be, o, f, _| be.bias_backward(o[0], f[0], rows, n)).await;
+    compare!("bias_backward", case, |be, o, f, _| be.bias_backward(o[0], f[0], rows, n));
 });
 
 gpu_test!(embedding_matches_cpu, async {
@@ -242,26 +170,26 @@ gpu_test!(embedding_matches_cpu, async {
         ints: vec![tokens.clone()],
         outputs: vec![vec![0.0; rows * dim]],
     };
-    compare("embedding_forward", forward, |be, o, f, i| be.embedding_forward(o[0], i[0], f[0], vocab, dim)).await;
+    compare!("embedding_forward", forward, |be, o, f, i| be.embedding_forward(o[0], i[0], f[0], vocab, dim));
     let backward = Case {
         floats: vec![random(&mut rng, rows * dim, 1.0)],
         ints: vec![tokens],
         outputs: vec![random(&mut rng, vocab * dim, 1.0)],
     };
-    compare("embedding_backward", backward, |be, o, f, i| be.embedding_backward(o[0], i[0], f[0], vocab, dim)).await;
+    compare!("embedding_backward", backward, |be, o, f, i| be.embedding_backward(o[0], i[0], f[0], vocab, dim));
 });
 
 gpu_test!(gelu_matches_cpu, async {
     let mut rng = Rng::new(6);
     let len = 1000;
     let forward = Case { floats: vec![random(&mut rng, len, 3.0)], ints: vec![], outputs: vec![vec![0.0; len]] };
-    compare("gelu_forward", forward, |be, o, f, _| be.gelu_forward(o[0], f[0])).await;
+    compare!("gelu_forward", forward, |be, o, f, _| be.gelu_forward(o[0], f[0]));
     let backward = Case {
         floats: vec![random(&mut rng, len, 3.0), random(&mut rng, len, 1.0)],
         ints: vec![],
         outputs: vec![vec![0.0; len]],
     };
-    compare("gelu_backward", backward, |be, o, f, _| be.gelu_backward(o[0], f[0], f[1])).await;
+    compare!("gelu_backward", backward, |be, o, f, _| be.gelu_backward(o[0], f[0], f[1]));
 });
 
 gpu_test!(softmax_xent_matches_cpu, async {
@@ -273,17 +201,15 @@ gpu_test!(softmax_xent_matches_cpu, async {
             ints: vec![targets.clone()],
             outputs: vec![vec![0.0; rows * vocab], vec![0.0; rows]],
         };
-        compare(&format!("softmax_xent_forward {rows}x{vocab}"), forward, |be, o, f, i| {
+        compare!(format!("softmax_xent_forward {rows}x{vocab}"), forward, |be, o, f, i| {
             be.softmax_xent_forward(o[0], o[1], f[0], i[0], rows, vocab)
-        })
-        .await;
+        });
         let mut probs = random(&mut rng, rows * vocab, 1.0).into_iter().map(f32::abs).collect::<Vec<_>>();
         probs.iter_mut().for_each(|p| *p /= vocab as f32);
         let backward = Case { floats: vec![probs], ints: vec![targets], outputs: vec![vec![0.0; rows * vocab]] };
-        compare(&format!("softmax_xent_backward {rows}x{vocab}"), backward, |be, o, f, i| {
+        compare!(format!("softmax_xent_backward {rows}x{vocab}"), backward, |be, o, f, i| {
             be.softmax_xent_backward(o[0], f[0], i[0], rows, vocab)
-        })
-        .await;
+        });
     }
 });
 
@@ -291,7 +217,7 @@ gpu_test!(mean_matches_cpu, async {
     let mut rng = Rng::new(8);
     for len in [1, 255, 1000] {
         let case = Case { floats: vec![random(&mut rng, len, 1.0)], ints: vec![], outputs: vec![vec![0.0]] };
-        compare(&format!("mean {len}"), case, |be, o, f, _| be.mean(o[0], f[0])).await;
+        compare!(format!("mean {len}"), case, |be, o, f, _| be.mean(o[0], f[0]));
     }
 });
 
@@ -308,7 +234,7 @@ gpu_test!(adamw_matches_cpu, async {
         ],
     };
     let h = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, step: 3 };
-    compare("adamw", case, |be, o, f, _| be.adamw(o[0], f[0], o[1], o[2], h)).await;
+    compare!("adamw", case, |be, o, f, _| be.adamw(o[0], f[0], o[1], o[2], h));
 });
 
 /// Loss must fall by at least this many nats over a 200-step run on the built-in corpus:

@@ -14,8 +14,7 @@ use std::future::Future;
 
 use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
 use crate::ops::AdamW;
-pub use kernels::Kernel;
-use kernels::Pipelines;
+use kernels::{Kernel, Pipelines};
 
 /// Bytes of each op's uniform parameter block (16 words).
 const PARAM_BYTES: u64 = 64;
@@ -102,11 +101,6 @@ impl GpuBackend {
     /// from wgpu; the page reads it from `GPUAdapterInfo` instead).
     pub fn set_adapter_name(&mut self, name: String) {
         self.info.adapter = name;
-    }
-
-    /// The adapter's limits, as granted to the device.
-    pub fn limits(&self) -> &wgpu::Limits {
-        &self.limits
     }
 
     fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
