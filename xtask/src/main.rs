@@ -60,6 +60,12 @@ fn test() -> Result<(), String> {
     tools::ensure_browser_and_vulkan()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The browser-side code too: it only compiles for wasm32.
+    let wasm_crates = ["-p", "crowdgrad-runtime", "-p", "crowdgrad-web"];
+    run(cargo()
+        .args(["clippy", "--target", "wasm32-unknown-unknown", "--all-targets"])
+        .args(wasm_crates)
+        .args(["--", "-D", "warnings"]))?;
     wasm::build_bundle(&config)?;
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
