@@ -194,3 +194,201 @@ pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], h:
         params[i] -= h.lr * (mhat / (vhat.sqrt() + h.eps) + h.weight_decay * params[i]);
     }
 }
+
+/// Token plus position embedding. `tokens: [b, t]`, `wte: [vocab, c]`, `wpe: [≥t, c]` →
+/// `out: [b, t, c]`, `out[b, t] = wte[tokens[b, t]] + wpe[t]`.
+pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize, vocab: usize) {
+    for (row, &tok) in tokens.iter().enumerate() {
+        let (tok, pos) = ((tok as usize).min(vocab - 1), row % t);
+        for i in 0..c {
+            out[row * c + i] = wte[tok * c + i] + wpe[pos * c + i];
+        }
+    }
+}
+
+/// Position-embedding backward: `dwpe[t, c] += Σ_b dout[b, t, c]`, batches in order.
+/// (The token part is [`embedding_backward`].)
+pub fn position_backward(dwpe: &mut [f32], dout: &[f32], b: usize, t: usize, c: usize) {
+    for pos in 0..t {
+        for i in 0..c {
+            let mut acc = 0.0;
+            for batch in 0..b {
+                acc += dout[(batch * t + pos) * c + i];
+            }
+            dwpe[pos * c + i] += acc;
+        }
+    }
+}
+
+/// LayerNorm epsilon, as PyTorch's default.
+pub const LN_EPS: f32 = 1e-5;
+
+/// LayerNorm over the last dimension. `inp: [rows, c]`, `weight, bias: [c]` →
+/// `out: [rows, c]`, and per row the `mean: [rows]` and `rstd: [rows]` (1/σ) that the
+/// backward pass reuses.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    c: usize,
+) {
+    for r in 0..rows {
+        let x = &inp[r * c..(r + 1) * c];
+        let m = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|v| (v - m) * (v - m)).sum::<f32>() / c as f32;
+        let s = 1.0 / (var + LN_EPS).sqrt();
+        for i in 0..c {
+            out[r * c + i] = (x[i] - m) * s * weight[i] + bias.map_or(0.0, |b| b[i]);
+        }
+        mean[r] = m;
+        rstd[r] = s;
+    }
+}
+
+/// LayerNorm backward. Overwrites `dinp: [rows, c]`; accumulates `dweight: [c]` and
+/// `dbias: [c]` (summed over rows in order).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    rows: usize,
+    c: usize,
+) {
+    for r in 0..rows {
+        let (x, g) = (&inp[r * c..(r + 1) * c], &dout[r * c..(r + 1) * c]);
+        let (m, s) = (mean[r], rstd[r]);
+        let mut dnorm_mean = 0.0;
+        let mut dnorm_norm_mean = 0.0;
+        for i in 0..c {
+            let dnorm = weight[i] * g[i];
+            dnorm_mean += dnorm;
+            dnorm_norm_mean += dnorm * (x[i] - m) * s;
+        }
+        dnorm_mean /= c as f32;
+        dnorm_norm_mean /= c as f32;
+        for i in 0..c {
+            let norm = (x[i] - m) * s;
+            dinp[r * c + i] = (weight[i] * g[i] - dnorm_mean - norm * dnorm_norm_mean) * s;
+        }
+    }
+    for i in 0..c {
+        let (mut dw, mut db) = (0.0, 0.0);
+        for r in 0..rows {
+            dw += (inp[r * c + i] - mean[r]) * rstd[r] * dout[r * c + i];
+            db += dout[r * c + i];
+        }
+        dweight[i] += dw;
+        if let Some(dbias) = dbias.as_deref_mut() {
+            dbias[i] += db;
+        }
+    }
+}
+
+/// Causal multi-head self-attention. `qkv: [b, t, 3c]` holds each position's query, key
+/// and value (heads of `c / heads` channels side by side) → `out: [b, t, c]`, and
+/// `att: [b, heads, t, t]`, the softmax weights (zero above the diagonal) that the
+/// backward pass reuses. Scores are scaled by `1/√(c / heads)`.
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, heads: usize) {
+    let hs = c / heads;
+    let scale = 1.0 / (hs as f32).sqrt();
+    for batch in 0..b {
+        for h in 0..heads {
+            for t1 in 0..t {
+                let q = &qkv[(batch * t + t1) * 3 * c + h * hs..][..hs];
+                let row = &mut att[((batch * heads + h) * t + t1) * t..][..t];
+                let mut max = f32::NEG_INFINITY;
+                for (t2, a) in row.iter_mut().enumerate().take(t1 + 1) {
+                    let k = &qkv[(batch * t + t2) * 3 * c + c + h * hs..][..hs];
+                    *a = q.iter().zip(k).map(|(x, y)| x * y).sum::<f32>() * scale;
+                    max = max.max(*a);
+                }
+                let mut sum = 0.0;
+                for a in row.iter_mut().take(t1 + 1) {
+                    *a = (*a - max).exp();
+                    sum += *a;
+                }
+                for (t2, a) in row.iter_mut().enumerate() {
+                    *a = if t2 <= t1 { *a / sum } else { 0.0 };
+                }
+                let o = &mut out[(batch * t + t1) * c + h * hs..][..hs];
+                o.fill(0.0);
+                for (t2, &a) in row.iter().enumerate().take(t1 + 1) {
+                    let v = &qkv[(batch * t + t2) * 3 * c + 2 * c + h * hs..][..hs];
+                    for i in 0..hs {
+                        o[i] += a * v[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Attention backward. Overwrites `dqkv: [b, t, 3c]` from `dout: [b, t, c]`, the
+/// forward's `qkv` and `att`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    heads: usize,
+) {
+    let hs = c / heads;
+    let scale = 1.0 / (hs as f32).sqrt();
+    dqkv[..b * t * 3 * c].fill(0.0);
+    let mut dpre = vec![0.0; t];
+    for batch in 0..b {
+        for h in 0..heads {
+            for t1 in 0..t {
+                let row = &att[((batch * heads + h) * t + t1) * t..][..t];
+                let g = &dout[(batch * t + t1) * c + h * hs..][..hs];
+                // d(att)[t2] = g · v[t2]; softmax backward to the scores.
+                let mut dot = 0.0;
+                for t2 in 0..=t1 {
+                    let v = &qkv[(batch * t + t2) * 3 * c + 2 * c + h * hs..][..hs];
+                    dpre[t2] = g.iter().zip(v).map(|(x, y)| x * y).sum::<f32>();
+                    dot += row[t2] * dpre[t2];
+                }
+                for t2 in 0..=t1 {
+                    dpre[t2] = row[t2] * (dpre[t2] - dot) * scale;
+                }
+                for t2 in 0..=t1 {
+                    let base1 = (batch * t + t1) * 3 * c + h * hs;
+                    let base2 = (batch * t + t2) * 3 * c + h * hs;
+                    for i in 0..hs {
+                        // dq[t1] += dpre·k[t2]; dk[t2] += dpre·q[t1]; dv[t2] += att·g.
+                        dqkv[base1 + i] += dpre[t2] * qkv[base2 + c + i];
+                        dqkv[base2 + c + i] += dpre[t2] * qkv[base1 + i];
+                        dqkv[base2 + 2 * c + i] += row[t2] * g[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Elementwise `out = a + b` (the residual connection), equal lengths.
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+}
+
+/// Sum of squares of `values` in f32, in index order (for global-norm clipping).
+pub fn sum_squares(values: &[f32]) -> f32 {
+    values.iter().map(|v| v * v).sum()
+}

@@ -122,6 +122,62 @@ fn softmax_xent_backward_matches_finite_differences() {
 }
 
 #[test]
+fn encoder_backward_matches_finite_differences() {
+    let mut rng = Rng::new(5);
+    let (b, t, c, vocab) = (2, 3, 4, 5);
+    let tokens = vec![0u32, 4, 4, 1, 2, 0];
+    let (wte, wpe, proj) = (random(&mut rng, vocab * c, 1.0), random(&mut rng, t * c, 1.0), random(&mut rng, b * t * c, 1.0));
+    let forward = |wte: &[f32], wpe: &[f32]| {
+        let mut out = vec![0.0; b * t * c];
+        ops::encoder_forward(&mut out, &tokens, wte, wpe, t, c, vocab);
+        project(&out, &proj)
+    };
+    let mut dwte = vec![0.0; vocab * c];
+    ops::embedding_backward(&mut dwte, &tokens, &proj, vocab, c);
+    check("encoder dwte", &wte, &dwte, |x| forward(x, &wpe), 1e-2);
+    let mut dwpe = vec![0.0; t * c];
+    ops::position_backward(&mut dwpe, &proj, b, t, c);
+    check("encoder dwpe", &wpe, &dwpe, |x| forward(&wte, x), 1e-2);
+}
+
+#[test]
+fn layernorm_backward_matches_finite_differences() {
+    let mut rng = Rng::new(6);
+    let (rows, c) = (3, 8);
+    let (inp, weight, bias, proj) =
+        (random(&mut rng, rows * c, 2.0), random(&mut rng, c, 1.0), random(&mut rng, c, 1.0), random(&mut rng, rows * c, 1.0));
+    let forward = |inp: &[f32], weight: &[f32], bias: &[f32]| {
+        let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+        ops::layernorm_forward(&mut out, &mut mean, &mut rstd, inp, weight, Some(bias), rows, c);
+        project(&out, &proj)
+    };
+    let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+    ops::layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &weight, Some(&bias), rows, c);
+    let (mut dinp, mut dweight, mut dbias) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+    ops::layernorm_backward(&mut dinp, &mut dweight, Some(&mut dbias), &proj, &inp, &weight, &mean, &rstd, rows, c);
+    check("layernorm dinp", &inp, &dinp, |x| forward(x, &weight, &bias), 1e-2);
+    check("layernorm dweight", &weight, &dweight, |x| forward(&inp, x, &bias), 1e-2);
+    check("layernorm dbias", &bias, &dbias, |x| forward(&inp, &weight, x), 1e-2);
+}
+
+#[test]
+fn attention_backward_matches_finite_differences() {
+    let mut rng = Rng::new(7);
+    let (b, t, c, heads) = (2, 4, 6, 2);
+    let (qkv, proj) = (random(&mut rng, b * t * 3 * c, 1.0), random(&mut rng, b * t * c, 1.0));
+    let forward = |qkv: &[f32]| {
+        let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * heads * t * t]);
+        ops::attention_forward(&mut out, &mut att, qkv, b, t, c, heads);
+        project(&out, &proj)
+    };
+    let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * heads * t * t]);
+    ops::attention_forward(&mut out, &mut att, &qkv, b, t, c, heads);
+    let mut dqkv = vec![0.0; b * t * 3 * c];
+    ops::attention_backward(&mut dqkv, &proj, &qkv, &att, b, t, c, heads);
+    check("attention dqkv", &qkv, &dqkv, forward, 1e-2);
+}
+
+#[test]
 fn whole_model_gradient_matches_finite_differences() {
     // The loss is an f32 mean near 5.5 (≈5e-7 resolution): a wider step keeps the
     // difference quotient's rounding noise well below the tolerance.
