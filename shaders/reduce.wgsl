@@ -1,7 +1,8 @@
-// Reductions in a fixed order: the mean of a vector, and the bias gradient (column sums).
+// Reductions in a fixed order: the mean and the sum of squares of a vector, and the bias
+// gradient (column sums).
 
 struct Params {
-    rows: u32,     // mean: number of values; bias: rows of dout
+    rows: u32,     // mean, sum_squares: number of values; bias: rows of dout
     cols: u32,     // bias only: columns of dout
     dst_off: u32,
     src_off: u32,
@@ -13,13 +14,13 @@ struct Params {
 
 var<workgroup> scratch: array<f32, 256>;
 
-// A single workgroup: each thread sums a strided slice, then a tree combines them.
-@compute @workgroup_size(256, 1, 1)
-fn mean(@builtin(local_invocation_id) lid3: vec3<u32>) {
-    let lid = lid3.x;
+// A single workgroup: each thread sums a strided slice (of values, or their squares),
+// then a tree combines the partial sums. Called from uniform control flow only.
+fn block_sum(lid: u32, squares: bool) -> f32 {
     var acc = 0.0;
     for (var i = lid; i < p.rows; i += 256u) {
-        acc += src[p.src_off + i];
+        let v = src[p.src_off + i];
+        acc += select(v, v * v, squares);
     }
     scratch[lid] = acc;
     workgroupBarrier();
@@ -29,8 +30,22 @@ fn mean(@builtin(local_invocation_id) lid3: vec3<u32>) {
         }
         workgroupBarrier();
     }
-    if (lid == 0u) {
-        dst[p.dst_off] = scratch[0] / f32(max(p.rows, 1u));
+    return scratch[0];
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn mean(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let total = block_sum(lid.x, false);
+    if (lid.x == 0u) {
+        dst[p.dst_off] = total / f32(max(p.rows, 1u));
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn sum_squares(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let total = block_sum(lid.x, true);
+    if (lid.x == 0u) {
+        dst[p.dst_off] = total;
     }
 }
 

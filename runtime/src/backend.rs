@@ -132,6 +132,61 @@ pub trait Backend {
     fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize);
     /// `out: [1] = mean(values)`, in a fixed reduction order.
     fn mean(&mut self, out: View, values: View);
+    /// `out: [b·t, c] = wte[tokens] + wpe[position]`, `tokens: [b·t]` u32, `wte: [vocab, c]`, `wpe: [≥t, c]`.
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_forward(&mut self, out: View, tokens: View, wte: View, wpe: View, t: usize, c: usize, vocab: usize);
+    /// `dwpe: [t, c] += Σ_b dout: [b, t, c]`.
+    fn position_backward(&mut self, dwpe: View, dout: View, b: usize, t: usize, c: usize);
+    /// LayerNorm of `inp: [rows, c]` with `weight, bias: [c]` → `out: [rows, c]`, `mean, rstd: [rows]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &mut self,
+        out: View,
+        mean: View,
+        rstd: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        c: usize,
+    );
+    /// LayerNorm backward: `dinp: [rows, c]` (overwritten), `dweight, dbias: [c]` (accumulated).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &mut self,
+        dinp: View,
+        dweight: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        weight: View,
+        mean: View,
+        rstd: View,
+        rows: usize,
+        c: usize,
+    );
+    /// Causal attention: `qkv: [b, t, 3c]` → `out: [b, t, c]`, `att: [b, heads, t, t]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(&mut self, out: View, att: View, qkv: View, b: usize, t: usize, c: usize, heads: usize);
+    /// Attention backward: `dqkv: [b, t, 3c]` (overwritten) from `dout: [b, t, c]`; `scratch: [b, heads, t, t]`
+    /// holds the score gradients between the two passes a GPU needs.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &mut self,
+        dqkv: View,
+        scratch: View,
+        dout: View,
+        qkv: View,
+        att: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+    );
+    /// `out = a + b`, elementwise, equal lengths.
+    fn add(&mut self, out: View, a: View, b: View);
+    /// `out: [1] = Σ values²`, in a fixed reduction order.
+    fn sum_squares(&mut self, out: View, values: View);
     /// One AdamW update of `params` from `grads`, with moments `m`, `v` (equal lengths).
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW);
 }
@@ -237,6 +292,117 @@ pub mod checks {
     pub fn mean(out: View, values: View) {
         check_len("mean", "out", out, 1);
         check_distinct("mean", out, &[values]);
+    }
+
+    /// See [`super::Backend::encoder_forward`].
+    pub fn encoder_forward(out: View, tokens: View, wte: View, wpe: View, t: usize, c: usize, vocab: usize) {
+        check_len("encoder_forward", "out", out, tokens.len * c);
+        check_len("encoder_forward", "wte", wte, vocab * c);
+        assert!(wpe.len >= t * c && tokens.len.is_multiple_of(t), "encoder_forward: wpe or tokens do not fit t = {t}");
+        check_distinct("encoder_forward", out, &[tokens, wte, wpe]);
+    }
+
+    /// See [`super::Backend::position_backward`].
+    pub fn position_backward(dwpe: View, dout: View, b: usize, t: usize, c: usize) {
+        check_len("position_backward", "dwpe", dwpe, t * c);
+        check_len("position_backward", "dout", dout, b * t * c);
+        check_distinct("position_backward", dwpe, &[dout]);
+    }
+
+    /// See [`super::Backend::layernorm_forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_forward(
+        out: View,
+        mean: View,
+        rstd: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        c: usize,
+    ) {
+        check_len("layernorm_forward", "out", out, rows * c);
+        check_len("layernorm_forward", "inp", inp, rows * c);
+        check_len("layernorm_forward", "mean", mean, rows);
+        check_len("layernorm_forward", "rstd", rstd, rows);
+        check_len("layernorm_forward", "weight", weight, c);
+        let inputs = [inp, weight, bias.unwrap_or(weight)];
+        for o in [out, mean, rstd] {
+            check_distinct("layernorm_forward", o, &inputs);
+        }
+        assert!(
+            out.buf != mean.buf && out.buf != rstd.buf && mean.buf != rstd.buf,
+            "layernorm_forward: outputs share a buffer"
+        );
+    }
+
+    /// See [`super::Backend::layernorm_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        dinp: View,
+        dweight: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        weight: View,
+        mean: View,
+        rstd: View,
+        rows: usize,
+        c: usize,
+    ) {
+        check_len("layernorm_backward", "dinp", dinp, rows * c);
+        check_len("layernorm_backward", "dout", dout, rows * c);
+        check_len("layernorm_backward", "dweight", dweight, c);
+        let inputs = [dout, inp, weight, mean, rstd];
+        check_distinct("layernorm_backward", dinp, &inputs);
+        check_distinct("layernorm_backward", dweight, &inputs);
+        if let Some(db) = dbias {
+            check_len("layernorm_backward", "dbias", db, c);
+            check_distinct("layernorm_backward", db, &inputs);
+        }
+    }
+
+    /// See [`super::Backend::attention_forward`].
+    pub fn attention_forward(out: View, att: View, qkv: View, b: usize, t: usize, c: usize, heads: usize) {
+        assert!(heads > 0 && c.is_multiple_of(heads), "attention_forward: {c} channels do not split into {heads} heads");
+        check_len("attention_forward", "out", out, b * t * c);
+        check_len("attention_forward", "att", att, b * heads * t * t);
+        check_len("attention_forward", "qkv", qkv, b * t * 3 * c);
+        check_distinct("attention_forward", out, &[qkv, att]);
+        check_distinct("attention_forward", att, &[qkv]);
+    }
+
+    /// See [`super::Backend::attention_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        dqkv: View,
+        scratch: View,
+        dout: View,
+        qkv: View,
+        att: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+    ) {
+        attention_forward(dout, att, qkv, b, t, c, heads);
+        check_len("attention_backward", "dqkv", dqkv, b * t * 3 * c);
+        check_len("attention_backward", "scratch", scratch, b * heads * t * t);
+        check_distinct("attention_backward", dqkv, &[dout, qkv, att, scratch]);
+        check_distinct("attention_backward", scratch, &[dout, qkv, att]);
+    }
+
+    /// See [`super::Backend::add`].
+    pub fn add(out: View, a: View, b: View) {
+        check_len("add", "a", a, out.len);
+        check_len("add", "b", b, out.len);
+        check_distinct("add", out, &[a, b]);
+    }
+
+    /// See [`super::Backend::sum_squares`].
+    pub fn sum_squares(out: View, values: View) {
+        check_len("sum_squares", "out", out, 1);
+        check_distinct("sum_squares", out, &[values]);
     }
 
     /// See [`super::Backend::adamw`].

@@ -179,6 +179,98 @@ impl Backend for CpuBackend {
         self.with_out(out, |s, o| o[0] = ops::mean(s.f32(values)));
     }
 
+    fn encoder_forward(&mut self, out: View, tokens: View, wte: View, wpe: View, t: usize, c: usize, vocab: usize) {
+        checks::encoder_forward(out, tokens, wte, wpe, t, c, vocab);
+        self.with_out(out, |s, o| ops::encoder_forward(o, s.u32(tokens), s.f32(wte), s.f32(wpe), t, c, vocab));
+    }
+
+    fn position_backward(&mut self, dwpe: View, dout: View, b: usize, t: usize, c: usize) {
+        checks::position_backward(dwpe, dout, b, t, c);
+        self.with_out(dwpe, |s, o| ops::position_backward(o, s.f32(dout), b, t, c));
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: View,
+        mean: View,
+        rstd: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        c: usize,
+    ) {
+        checks::layernorm_forward(out, mean, rstd, inp, weight, bias, rows, c);
+        let (mut mean_data, mut rstd_data) = (self.take(mean.buf), self.take(rstd.buf));
+        let (m, r) = (&mut mean_data[mean.offset..][..mean.len], &mut rstd_data[rstd.offset..][..rstd.len]);
+        self.with_out(out, |s, o| {
+            ops::layernorm_forward(o, m, r, s.f32(inp), s.f32(weight), bias.map(|b| s.f32(b)), rows, c)
+        });
+        self.put(mean.buf, mean_data);
+        self.put(rstd.buf, rstd_data);
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: View,
+        dweight: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        weight: View,
+        mean: View,
+        rstd: View,
+        rows: usize,
+        c: usize,
+    ) {
+        checks::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, c);
+        let mut dweight_data = self.take(dweight.buf);
+        let dw = &mut dweight_data[dweight.offset..][..dweight.len];
+        self.with_out(dinp, |s, o| {
+            let (g, x, w, m, r) = (s.f32(dout), s.f32(inp), s.f32(weight), s.f32(mean), s.f32(rstd));
+            ops::layernorm_backward(o, dw, None, g, x, w, m, r, rows, c)
+        });
+        self.put(dweight.buf, dweight_data);
+        // The bias gradient is the column sum of dout, as for a linear layer.
+        if let Some(db) = dbias {
+            self.bias_backward(db, dout, rows, c);
+        }
+    }
+
+    fn attention_forward(&mut self, out: View, att: View, qkv: View, b: usize, t: usize, c: usize, heads: usize) {
+        checks::attention_forward(out, att, qkv, b, t, c, heads);
+        let mut att_data = self.take(att.buf);
+        let a = &mut att_data[att.offset..][..att.len];
+        self.with_out(out, |s, o| ops::attention_forward(o, a, s.f32(qkv), b, t, c, heads));
+        self.put(att.buf, att_data);
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: View,
+        scratch: View,
+        dout: View,
+        qkv: View,
+        att: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+    ) {
+        checks::attention_backward(dqkv, scratch, dout, qkv, att, b, t, c, heads);
+        self.with_out(dqkv, |s, o| ops::attention_backward(o, s.f32(dout), s.f32(qkv), s.f32(att), b, t, c, heads));
+    }
+
+    fn add(&mut self, out: View, a: View, b: View) {
+        checks::add(out, a, b);
+        self.with_out(out, |s, o| ops::add(o, s.f32(a), s.f32(b)));
+    }
+
+    fn sum_squares(&mut self, out: View, values: View) {
+        checks::sum_squares(out, values);
+        self.with_out(out, |s, o| o[0] = ops::sum_squares(s.f32(values)));
+    }
+
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {
         checks::adamw(params, grads, m, v);
         let (mut m_data, mut v_data) = (self.take(m.buf), self.take(v.buf));

@@ -8,7 +8,7 @@ use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::MlpConfig;
-use crowdgrad_runtime::ops::AdamW;
+use crowdgrad_runtime::ops::{self, AdamW};
 use crowdgrad_runtime::rng::Rng;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 
@@ -235,6 +235,91 @@ gpu_test!(adamw_matches_cpu, async {
     };
     let h = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1, step: 3 };
     compare!("adamw", case, |be, o, f, _| be.adamw(o[0], f[0], o[1], o[2], h));
+});
+
+gpu_test!(encoder_matches_cpu, async {
+    let mut rng = Rng::new(10);
+    let (b, t, c, vocab) = (3, 17, 24, 65);
+    let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
+    let forward = Case {
+        floats: vec![random(&mut rng, vocab * c, 1.0), random(&mut rng, t * c, 1.0)],
+        ints: vec![tokens],
+        outputs: vec![vec![0.0; b * t * c]],
+    };
+    compare!("encoder_forward", forward, |be, o, f, i| be.encoder_forward(o[0], i[0], f[0], f[1], t, c, vocab));
+    let backward = Case {
+        floats: vec![random(&mut rng, b * t * c, 1.0)],
+        ints: vec![],
+        outputs: vec![random(&mut rng, t * c, 1.0)],
+    };
+    compare!("position_backward", backward, |be, o, f, _| be.position_backward(o[0], f[0], b, t, c));
+});
+
+gpu_test!(layernorm_matches_cpu, async {
+    let mut rng = Rng::new(11);
+    let (rows, c) = (37, 48);
+    for with_bias in [false, true] {
+        let forward = Case {
+            floats: vec![random(&mut rng, rows * c, 2.0), random(&mut rng, c, 1.0), random(&mut rng, c, 1.0)],
+            ints: vec![],
+            outputs: vec![vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]],
+        };
+        compare!(format!("layernorm_forward bias={with_bias}"), forward, |be, o, f, _| {
+            be.layernorm_forward(o[0], o[1], o[2], f[0], f[1], with_bias.then_some(f[2]), rows, c)
+        });
+        // Backward inputs: dout, inp, weight, and the forward's mean and rstd (from the CPU).
+        let (inp, weight) = (random(&mut rng, rows * c, 2.0), random(&mut rng, c, 1.0));
+        let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
+        ops::layernorm_forward(&mut out, &mut mean, &mut rstd, &inp, &weight, None, rows, c);
+        let backward = Case {
+            floats: vec![random(&mut rng, rows * c, 1.0), inp, weight, mean, rstd],
+            ints: vec![],
+            outputs: vec![vec![0.0; rows * c], random(&mut rng, c, 1.0), random(&mut rng, c, 1.0)],
+        };
+        compare!(format!("layernorm_backward bias={with_bias}"), backward, |be, o, f, _| {
+            be.layernorm_backward(o[0], o[1], with_bias.then_some(o[2]), f[0], f[1], f[2], f[3], f[4], rows, c)
+        });
+    }
+});
+
+gpu_test!(attention_matches_cpu, async {
+    let mut rng = Rng::new(12);
+    for (b, t, c, heads) in [(2, 13, 24, 3), (1, 64, 128, 4)] {
+        let qkv = random(&mut rng, b * t * 3 * c, 1.0);
+        let forward = Case {
+            floats: vec![qkv.clone()],
+            ints: vec![],
+            outputs: vec![vec![0.0; b * t * c], vec![0.0; b * heads * t * t]],
+        };
+        compare!(format!("attention_forward {b}x{t}x{c}/{heads}"), forward, |be, o, f, _| {
+            be.attention_forward(o[0], o[1], f[0], b, t, c, heads)
+        });
+        let (mut out, mut att) = (vec![0.0; b * t * c], vec![0.0; b * heads * t * t]);
+        ops::attention_forward(&mut out, &mut att, &qkv, b, t, c, heads);
+        // The score-gradient scratch is working memory, not an output: it rides along
+        // as an input buffer and is not compared.
+        let backward = Case {
+            floats: vec![random(&mut rng, b * t * c, 1.0), qkv, att, vec![0.0; b * heads * t * t]],
+            ints: vec![],
+            outputs: vec![vec![0.0; b * t * 3 * c]],
+        };
+        compare!(format!("attention_backward {b}x{t}x{c}/{heads}"), backward, |be, o, f, _| {
+            be.attention_backward(o[0], f[3], f[0], f[1], f[2], b, t, c, heads)
+        });
+    }
+});
+
+gpu_test!(add_and_sum_squares_match_cpu, async {
+    let mut rng = Rng::new(13);
+    let len = 1003;
+    let case = Case {
+        floats: vec![random(&mut rng, len, 1.0), random(&mut rng, len, 1.0)],
+        ints: vec![],
+        outputs: vec![vec![0.0; len]],
+    };
+    compare!("add", case, |be, o, f, _| be.add(o[0], f[0], f[1]));
+    let case = Case { floats: vec![random(&mut rng, 70_000, 1.0)], ints: vec![], outputs: vec![vec![0.0]] };
+    compare!("sum_squares", case, |be, o, f, _| be.sum_squares(o[0], f[0]));
 });
 
 /// Loss must fall by at least this many nats over a 200-step run on the built-in corpus:

@@ -126,7 +126,8 @@ fn encoder_backward_matches_finite_differences() {
     let mut rng = Rng::new(5);
     let (b, t, c, vocab) = (2, 3, 4, 5);
     let tokens = vec![0u32, 4, 4, 1, 2, 0];
-    let (wte, wpe, proj) = (random(&mut rng, vocab * c, 1.0), random(&mut rng, t * c, 1.0), random(&mut rng, b * t * c, 1.0));
+    let (wte, wpe, proj) =
+        (random(&mut rng, vocab * c, 1.0), random(&mut rng, t * c, 1.0), random(&mut rng, b * t * c, 1.0));
     let forward = |wte: &[f32], wpe: &[f32]| {
         let mut out = vec![0.0; b * t * c];
         ops::encoder_forward(&mut out, &tokens, wte, wpe, t, c, vocab);
@@ -144,8 +145,12 @@ fn encoder_backward_matches_finite_differences() {
 fn layernorm_backward_matches_finite_differences() {
     let mut rng = Rng::new(6);
     let (rows, c) = (3, 8);
-    let (inp, weight, bias, proj) =
-        (random(&mut rng, rows * c, 2.0), random(&mut rng, c, 1.0), random(&mut rng, c, 1.0), random(&mut rng, rows * c, 1.0));
+    let (inp, weight, bias, proj) = (
+        random(&mut rng, rows * c, 2.0),
+        random(&mut rng, c, 1.0),
+        random(&mut rng, c, 1.0),
+        random(&mut rng, rows * c, 1.0),
+    );
     let forward = |inp: &[f32], weight: &[f32], bias: &[f32]| {
         let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
         ops::layernorm_forward(&mut out, &mut mean, &mut rstd, inp, weight, Some(bias), rows, c);

@@ -9,10 +9,30 @@ pub enum Kernel {
     EmbeddingForward,
     /// `embedding.wgsl` deterministic scatter-add.
     EmbeddingBackward,
-    /// `gelu.wgsl` forward.
+    /// `elementwise.wgsl` GELU forward.
     GeluForward,
-    /// `gelu.wgsl` backward.
+    /// `elementwise.wgsl` GELU backward.
     GeluBackward,
+    /// `elementwise.wgsl` sum of two tensors.
+    Add,
+    /// `encoder.wgsl` token plus position embedding.
+    EncoderForward,
+    /// `encoder.wgsl` position-table gradient.
+    PositionBackward,
+    /// `layernorm.wgsl` forward.
+    LayerNorm,
+    /// `layernorm_backward.wgsl` input gradient.
+    LayerNormBackwardInput,
+    /// `layernorm_backward.wgsl` weight gradient.
+    LayerNormBackwardWeight,
+    /// `attention.wgsl` causal attention forward.
+    Attention,
+    /// `attention_backward.wgsl` pass 1: score gradients and dq.
+    AttentionBackwardQueries,
+    /// `attention_backward.wgsl` pass 2: dk and dv.
+    AttentionBackwardKeysValues,
+    /// `reduce.wgsl` sum of squares.
+    SumSquares,
     /// `xent.wgsl` softmax and per-row loss.
     XentForward,
     /// `xent.wgsl` gradient of the mean loss.
@@ -27,12 +47,22 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline-table order.
-    pub const ALL: [Kernel; 10] = [
+    pub const ALL: [Kernel; 20] = [
         Kernel::Matmul,
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackward,
         Kernel::GeluForward,
         Kernel::GeluBackward,
+        Kernel::Add,
+        Kernel::EncoderForward,
+        Kernel::PositionBackward,
+        Kernel::LayerNorm,
+        Kernel::LayerNormBackwardInput,
+        Kernel::LayerNormBackwardWeight,
+        Kernel::Attention,
+        Kernel::AttentionBackwardQueries,
+        Kernel::AttentionBackwardKeysValues,
+        Kernel::SumSquares,
         Kernel::XentForward,
         Kernel::XentBackward,
         Kernel::Mean,
@@ -44,7 +74,12 @@ impl Kernel {
     fn source(self) -> (&'static str, &'static str, &'static str) {
         const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
         const EMBEDDING: &str = include_str!("../../../shaders/embedding.wgsl");
-        const GELU: &str = include_str!("../../../shaders/gelu.wgsl");
+        const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+        const ENCODER: &str = include_str!("../../../shaders/encoder.wgsl");
+        const LAYERNORM: &str = include_str!("../../../shaders/layernorm.wgsl");
+        const LAYERNORM_BACKWARD: &str = include_str!("../../../shaders/layernorm_backward.wgsl");
+        const ATTENTION: &str = include_str!("../../../shaders/attention.wgsl");
+        const ATTENTION_BACKWARD: &str = include_str!("../../../shaders/attention_backward.wgsl");
         const XENT: &str = include_str!("../../../shaders/xent.wgsl");
         const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
         const ADAMW: &str = include_str!("../../../shaders/adamw.wgsl");
@@ -52,8 +87,18 @@ impl Kernel {
             Kernel::Matmul => ("matmul.wgsl", MATMUL, "main"),
             Kernel::EmbeddingForward => ("embedding.wgsl", EMBEDDING, "forward"),
             Kernel::EmbeddingBackward => ("embedding.wgsl", EMBEDDING, "backward"),
-            Kernel::GeluForward => ("gelu.wgsl", GELU, "forward"),
-            Kernel::GeluBackward => ("gelu.wgsl", GELU, "backward"),
+            Kernel::GeluForward => ("elementwise.wgsl", ELEMENTWISE, "forward"),
+            Kernel::GeluBackward => ("elementwise.wgsl", ELEMENTWISE, "backward"),
+            Kernel::Add => ("elementwise.wgsl", ELEMENTWISE, "add"),
+            Kernel::EncoderForward => ("encoder.wgsl", ENCODER, "forward"),
+            Kernel::PositionBackward => ("encoder.wgsl", ENCODER, "position_backward"),
+            Kernel::LayerNorm => ("layernorm.wgsl", LAYERNORM, "main"),
+            Kernel::LayerNormBackwardInput => ("layernorm_backward.wgsl", LAYERNORM_BACKWARD, "input"),
+            Kernel::LayerNormBackwardWeight => ("layernorm_backward.wgsl", LAYERNORM_BACKWARD, "weight_grad"),
+            Kernel::Attention => ("attention.wgsl", ATTENTION, "main"),
+            Kernel::AttentionBackwardQueries => ("attention_backward.wgsl", ATTENTION_BACKWARD, "queries"),
+            Kernel::AttentionBackwardKeysValues => ("attention_backward.wgsl", ATTENTION_BACKWARD, "keys_values"),
+            Kernel::SumSquares => ("reduce.wgsl", REDUCE, "sum_squares"),
             Kernel::XentForward => ("xent.wgsl", XENT, "forward"),
             Kernel::XentBackward => ("xent.wgsl", XENT, "backward"),
             Kernel::Mean => ("reduce.wgsl", REDUCE, "mean"),

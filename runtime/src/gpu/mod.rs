@@ -18,8 +18,10 @@ use kernels::{Kernel, Pipelines};
 
 /// Bytes of each op's uniform parameter block (16 words).
 const PARAM_BYTES: u64 = 64;
-/// Threads per workgroup of the 1-D kernels.
+/// Threads per workgroup of the 1-D elementwise kernels.
 const GROUP: u32 = 256;
+/// Threads per workgroup of the one-thread-per-row kernels (layernorm, attention).
+const ROW_GROUP: u32 = 64;
 /// Workgroups per dispatch dimension that WebGPU guarantees.
 const MAX_GROUPS_PER_DIM: u32 = 65_535;
 
@@ -396,6 +398,138 @@ impl Backend for GpuBackend {
         checks::mean(out, values);
         let params = [w(values.len), 0, w(out.offset), w(values.offset)];
         self.dispatch(Kernel::Mean, &params, &[out.buf, values.buf], (1, 1));
+    }
+
+    fn encoder_forward(&mut self, out: View, tokens: View, wte: View, wpe: View, t: usize, c: usize, vocab: usize) {
+        checks::encoder_forward(out, tokens, wte, wpe, t, c, vocab);
+        let params =
+            [w(tokens.len), w(t), w(c), w(vocab), w(out.offset), w(tokens.offset), w(wte.offset), w(wpe.offset)];
+        self.dispatch(
+            Kernel::EncoderForward,
+            &params,
+            &[out.buf, wte.buf, wpe.buf, tokens.buf],
+            groups(out.len, GROUP),
+        );
+    }
+
+    fn position_backward(&mut self, dwpe: View, dout: View, b: usize, t: usize, c: usize) {
+        checks::position_backward(dwpe, dout, b, t, c);
+        let params = [w(b * t), w(t), w(c), 0, w(dwpe.offset), 0, w(dout.offset), 0];
+        self.dispatch(Kernel::PositionBackward, &params, &[dwpe.buf, dout.buf], groups(dwpe.len, GROUP));
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: View,
+        mean: View,
+        rstd: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        rows: usize,
+        c: usize,
+    ) {
+        checks::layernorm_forward(out, mean, rstd, inp, weight, bias, rows, c);
+        let b = bias.unwrap_or(weight);
+        let params = [
+            w(rows),
+            w(c),
+            w(out.offset),
+            w(mean.offset),
+            w(rstd.offset),
+            w(inp.offset),
+            w(weight.offset),
+            w(b.offset),
+            u32::from(bias.is_some()),
+        ];
+        let buffers = [out.buf, mean.buf, rstd.buf, inp.buf, weight.buf, b.buf];
+        self.dispatch(Kernel::LayerNorm, &params, &buffers, groups(rows, ROW_GROUP));
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: View,
+        dweight: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        weight: View,
+        mean: View,
+        rstd: View,
+        rows: usize,
+        c: usize,
+    ) {
+        checks::layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, rows, c);
+        // Params: rows, c, destination offset, then dout, inp, mean, rstd, weight offsets.
+        let mut params = [
+            w(rows),
+            w(c),
+            w(dinp.offset),
+            w(dout.offset),
+            w(inp.offset),
+            w(mean.offset),
+            w(rstd.offset),
+            w(weight.offset),
+        ];
+        let buffers = [dinp.buf, dout.buf, inp.buf, mean.buf, rstd.buf, weight.buf];
+        self.dispatch(Kernel::LayerNormBackwardInput, &params, &buffers, groups(rows, ROW_GROUP));
+        params[2] = w(dweight.offset);
+        let buffers = [dweight.buf, dout.buf, inp.buf, mean.buf, rstd.buf];
+        self.dispatch(Kernel::LayerNormBackwardWeight, &params, &buffers, groups(c, ROW_GROUP));
+        if let Some(db) = dbias {
+            self.bias_backward(db, dout, rows, c);
+        }
+    }
+
+    fn attention_forward(&mut self, out: View, att: View, qkv: View, b: usize, t: usize, c: usize, heads: usize) {
+        checks::attention_forward(out, att, qkv, b, t, c, heads);
+        let scale = 1.0 / ((c / heads) as f32).sqrt();
+        let params = [w(b), w(t), w(c), w(heads), w(out.offset), w(att.offset), w(qkv.offset), scale.to_bits()];
+        self.dispatch(Kernel::Attention, &params, &[out.buf, att.buf, qkv.buf], groups(b * heads * t, ROW_GROUP));
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: View,
+        scratch: View,
+        dout: View,
+        qkv: View,
+        att: View,
+        b: usize,
+        t: usize,
+        c: usize,
+        heads: usize,
+    ) {
+        checks::attention_backward(dqkv, scratch, dout, qkv, att, b, t, c, heads);
+        let scale = 1.0 / ((c / heads) as f32).sqrt();
+        let params = [
+            w(b),
+            w(t),
+            w(c),
+            w(heads),
+            w(dqkv.offset),
+            w(scratch.offset),
+            w(dout.offset),
+            w(qkv.offset),
+            w(att.offset),
+            scale.to_bits(),
+        ];
+        let buffers = [dqkv.buf, scratch.buf, dout.buf, qkv.buf, att.buf];
+        let rows = groups(b * heads * t, ROW_GROUP);
+        self.dispatch(Kernel::AttentionBackwardQueries, &params, &buffers, rows);
+        self.dispatch(Kernel::AttentionBackwardKeysValues, &params, &buffers, rows);
+    }
+
+    fn add(&mut self, out: View, a: View, b: View) {
+        checks::add(out, a, b);
+        let params = [w(out.len), w(out.offset), w(a.offset), w(b.offset)];
+        self.dispatch(Kernel::Add, &params, &[out.buf, a.buf, b.buf], groups(out.len, GROUP));
+    }
+
+    fn sum_squares(&mut self, out: View, values: View) {
+        checks::sum_squares(out, values);
+        let params = [w(values.len), 0, w(out.offset), w(values.offset)];
+        self.dispatch(Kernel::SumSquares, &params, &[out.buf, values.buf], (1, 1));
     }
 
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {

@@ -1,10 +1,10 @@
-// GELU, tanh approximation (as GPT-2), forward and backward, elementwise.
+// Elementwise kernels: GELU (tanh approximation, as GPT-2) forward and backward, and add.
 
 struct Params {
     len: u32,
     dst_off: u32,   // forward: out; backward: dinp
     inp_off: u32,
-    dout_off: u32,  // backward only
+    dout_off: u32,  // gelu backward: dout; add: the second operand
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,4 +38,14 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let t = tanh(SCALE * (x + 0.044715 * x * x * x));
     let du = SCALE * (1.0 + 3.0 * 0.044715 * x * x);
     dst[p.dst_off + i] = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[p.dout_off + i];
+}
+
+// out = inp + dout (here the second operand): the residual connection.
+@compute @workgroup_size(256, 1, 1)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.len) {
+        return;
+    }
+    dst[p.dst_off + i] = inp[p.inp_off + i] + dout[p.dout_off + i];
 }
