@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crowdgrad_runtime::model::MlpConfig;
+use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS};
 use crowdgrad_runtime::train::InnerOptim;
 
@@ -14,7 +14,7 @@ pub struct JobConfig {
     /// Name shown to contributors.
     pub name: String,
     /// The model's shape.
-    pub model: MlpConfig,
+    pub model: GptConfig,
     /// Inner AdamW settings.
     pub optim: InnerOptim,
     /// Inner steps H per unit.
@@ -48,11 +48,11 @@ pub struct JobConfig {
 impl Default for JobConfig {
     fn default() -> Self {
         JobConfig {
-            name: "byte-mlp".into(),
-            model: MlpConfig::default(),
+            name: "byte-gpt".into(),
+            model: GptConfig::default(),
             optim: InnerOptim::default(),
             inner_steps: 20,
-            batch: 32,
+            batch: 8,
             dataset: None,
             shards: 16,
             target_results: 4,

@@ -187,8 +187,10 @@ pub trait Backend {
     fn add(&mut self, out: View, a: View, b: View);
     /// `out: [1] = Σ values²`, in a fixed reduction order.
     fn sum_squares(&mut self, out: View, values: View);
-    /// One AdamW update of `params` from `grads`, with moments `m`, `v` (equal lengths).
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW);
+    /// One AdamW update of `params` from `grads`, with moments `m`, `v` (equal lengths),
+    /// clipping by the global norm whose square is in `grad_sumsq: [1]` (see
+    /// [`crate::ops::clip_factor`]).
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, grad_sumsq: View, h: AdamW);
 }
 
 /// Panics with a message naming the op when a view's length is not what its shape says.
@@ -364,7 +366,10 @@ pub mod checks {
 
     /// See [`super::Backend::attention_forward`].
     pub fn attention_forward(out: View, att: View, qkv: View, b: usize, t: usize, c: usize, heads: usize) {
-        assert!(heads > 0 && c.is_multiple_of(heads), "attention_forward: {c} channels do not split into {heads} heads");
+        assert!(
+            heads > 0 && c.is_multiple_of(heads),
+            "attention_forward: {c} channels do not split into {heads} heads"
+        );
         check_len("attention_forward", "out", out, b * t * c);
         check_len("attention_forward", "att", att, b * heads * t * t);
         check_len("attention_forward", "qkv", qkv, b * t * 3 * c);
@@ -406,12 +411,13 @@ pub mod checks {
     }
 
     /// See [`super::Backend::adamw`].
-    pub fn adamw(params: View, grads: View, m: View, v: View) {
+    pub fn adamw(params: View, grads: View, m: View, v: View, grad_sumsq: View) {
         for (name, view) in [("grads", grads), ("m", m), ("v", v)] {
             check_len("adamw", name, view, params.len);
         }
-        check_distinct("adamw", params, &[grads, m, v]);
-        check_distinct("adamw", m, &[grads, v]);
-        check_distinct("adamw", v, &[grads]);
+        check_len("adamw", "grad_sumsq", grad_sumsq, 1);
+        check_distinct("adamw", params, &[grads, m, v, grad_sumsq]);
+        check_distinct("adamw", m, &[grads, v, grad_sumsq]);
+        check_distinct("adamw", v, &[grads, grad_sumsq]);
     }
 }

@@ -35,7 +35,10 @@ pub fn encode(layout: &ParamLayout, params: &[f32], metadata: &[(&str, String)])
     let bytes: &[u8] = bytemuck::cast_slice(params);
     let views = layout.entries.iter().map(|e| {
         let data = &bytes[e.offset * 4..(e.offset + e.len) * 4];
-        (e.name, TensorView::new(Dtype::F32, e.shape.clone(), data).expect("shape matches data by construction"))
+        (
+            e.name.as_str(),
+            TensorView::new(Dtype::F32, e.shape.clone(), data).expect("shape matches data by construction"),
+        )
     });
     let info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     safetensors::serialize(views, Some(info)).expect("serialising well-formed tensors cannot fail")
@@ -46,10 +49,10 @@ pub fn decode(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, Checkpoint
     let file = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
     let mut params = vec![0f32; layout.total];
     for e in &layout.entries {
-        let t = file.tensor(e.name).map_err(|_| CheckpointError::Missing(e.name.to_string()))?;
+        let t = file.tensor(&e.name).map_err(|_| CheckpointError::Missing(e.name.clone()))?;
         if t.dtype() != Dtype::F32 || t.shape() != e.shape.as_slice() {
             return Err(CheckpointError::Shape {
-                name: e.name.to_string(),
+                name: e.name.clone(),
                 dtype: t.dtype(),
                 shape: t.shape().to_vec(),
                 expected: e.shape.clone(),

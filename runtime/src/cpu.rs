@@ -271,11 +271,12 @@ impl Backend for CpuBackend {
         self.with_out(out, |s, o| o[0] = ops::sum_squares(s.f32(values)));
     }
 
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {
-        checks::adamw(params, grads, m, v);
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, grad_sumsq: View, h: AdamW) {
+        checks::adamw(params, grads, m, v, grad_sumsq);
+        let clip = ops::clip_factor(self.f32(grad_sumsq)[0], h.max_grad_norm);
         let (mut m_data, mut v_data) = (self.take(m.buf), self.take(v.buf));
         let (m_slice, v_slice) = (&mut m_data[m.offset..m.offset + m.len], &mut v_data[v.offset..v.offset + v.len]);
-        self.with_out(params, |s, p| ops::adamw(p, s.f32(grads), m_slice, v_slice, h));
+        self.with_out(params, |s, p| ops::adamw(p, s.f32(grads), m_slice, v_slice, h, clip));
         self.put(m.buf, m_data);
         self.put(v.buf, v_data);
     }

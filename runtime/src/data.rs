@@ -77,28 +77,29 @@ impl Corpus {
     }
 }
 
-/// One batch: `tokens: [batch, context]` inputs and `targets: [batch]` next tokens.
+/// One batch of `rows` windows: `tokens: [rows, context]` inputs and `targets: [rows,
+/// context]`, each window's tokens shifted by one (the next token at every position).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Batch {
-    /// Row-major context windows, `batch · context` token ids.
+    /// Row-major windows, `rows · context` token ids.
     pub tokens: Vec<u32>,
-    /// The token after each window.
+    /// The token after each input token.
     pub targets: Vec<u32>,
 }
 
-/// The batch for inner step `step` of a unit with seed `seed`: `batch` windows of
+/// The batch for inner step `step` of a unit with seed `seed`: `rows` windows of
 /// `context` tokens, each at a position drawn uniformly from `data`
 /// (`data.len() > context`).
-pub fn sample_batch(data: &[u8], seed: u64, step: u32, batch: usize, context: usize) -> Batch {
+pub fn sample_batch(data: &[u8], seed: u64, step: u32, rows: usize, context: usize) -> Batch {
     assert!(data.len() > context, "{} bytes cannot hold a window of {context} + 1", data.len());
     let span = (data.len() - context) as u64;
     let mut rng = Rng::from_parts(&[seed, step as u64]);
-    let mut tokens = Vec::with_capacity(batch * context);
-    let mut targets = Vec::with_capacity(batch);
-    for _ in 0..batch {
+    let mut tokens = Vec::with_capacity(rows * context);
+    let mut targets = Vec::with_capacity(rows * context);
+    for _ in 0..rows {
         let pos = rng.below(span) as usize;
         tokens.extend(data[pos..pos + context].iter().map(|&b| b as u32));
-        targets.push(data[pos + context] as u32);
+        targets.extend(data[pos + 1..pos + context + 1].iter().map(|&b| b as u32));
     }
     Batch { tokens, targets }
 }

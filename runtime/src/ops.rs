@@ -173,6 +173,8 @@ pub struct AdamW {
     pub weight_decay: f32,
     /// 1-based step count, for bias correction.
     pub step: u32,
+    /// Global gradient-norm limit; 0 disables clipping.
+    pub max_grad_norm: f32,
 }
 
 impl AdamW {
@@ -182,11 +184,19 @@ impl AdamW {
     }
 }
 
-/// AdamW update, elementwise over equal-length `params`, `grads`, `m`, `v`.
-pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW) {
+/// The factor gradients are scaled by so that their global norm `√grad_sumsq` stays
+/// within `max_norm` (PyTorch's `clip_grad_norm_`); 1 when `max_norm` is 0.
+pub fn clip_factor(grad_sumsq: f32, max_norm: f32) -> f32 {
+    let norm = grad_sumsq.sqrt();
+    if max_norm > 0.0 && norm > max_norm { max_norm / (norm + 1e-6) } else { 1.0 }
+}
+
+/// AdamW update, elementwise over equal-length `params`, `grads`, `m`, `v`, with the
+/// gradients first scaled by `clip` (see [`clip_factor`]).
+pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW, clip: f32) {
     let (bc1, bc2) = h.bias_corrections();
     for i in 0..params.len() {
-        let g = grads[i];
+        let g = grads[i] * clip;
         m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
         v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
         let mhat = m[i] / bc1;

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::DeviceInfo;
-use crate::model::MlpConfig;
+use crate::model::GptConfig;
 use crate::train::InnerOptim;
 
 /// Two bytes that open every frame.
@@ -118,7 +118,7 @@ pub struct WorkUnit {
     /// Rows per batch.
     pub batch: u32,
     /// The model's shape.
-    pub model: MlpConfig,
+    pub model: GptConfig,
     /// Inner optimizer settings.
     pub optim: InnerOptim,
 }

@@ -20,7 +20,7 @@ pub fn repo_root() -> PathBuf {
 pub fn test_job(target: usize) -> JobConfig {
     JobConfig {
         inner_steps: 10,
-        batch: 32,
+        batch: 4,
         target_results: target,
         min_results: 1,
         round_deadline: Duration::from_secs(5),

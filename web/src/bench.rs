@@ -4,7 +4,7 @@ use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
-use crowdgrad_runtime::model::MlpConfig;
+use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
@@ -47,7 +47,7 @@ pub async fn bench(device: String, steps: u32, batch: u32) -> Result<JsValue, Js
 
 async fn measure<B: Backend>(backend: B, steps: u32, batch: u32) -> Result<BenchResult, String> {
     let device = backend.info();
-    let cfg = MlpConfig::default();
+    let cfg = GptConfig::default();
     let corpus = Corpus::builtin();
     let mut trainer = Trainer::new(backend, cfg, batch as usize, steps as usize + 1).map_err(|e| e.to_string())?;
     let (start, optim) = (cfg.init(1), InnerOptim::default());

@@ -532,8 +532,8 @@ impl Backend for GpuBackend {
         self.dispatch(Kernel::SumSquares, &params, &[out.buf, values.buf], (1, 1));
     }
 
-    fn adamw(&mut self, params: View, grads: View, m: View, v: View, h: AdamW) {
-        checks::adamw(params, grads, m, v);
+    fn adamw(&mut self, params: View, grads: View, m: View, v: View, grad_sumsq: View, h: AdamW) {
+        checks::adamw(params, grads, m, v, grad_sumsq);
         let (bc1, bc2) = h.bias_corrections();
         let words = [
             w(params.len),
@@ -541,6 +541,7 @@ impl Backend for GpuBackend {
             w(grads.offset),
             w(m.offset),
             w(v.offset),
+            w(grad_sumsq.offset),
             h.lr.to_bits(),
             h.beta1.to_bits(),
             h.beta2.to_bits(),
@@ -548,8 +549,10 @@ impl Backend for GpuBackend {
             h.weight_decay.to_bits(),
             bc1.to_bits(),
             bc2.to_bits(),
+            h.max_grad_norm.to_bits(),
         ];
-        self.dispatch(Kernel::AdamW, &words, &[params.buf, grads.buf, m.buf, v.buf], groups(params.len, GROUP));
+        let buffers = [params.buf, grads.buf, m.buf, v.buf, grad_sumsq.buf];
+        self.dispatch(Kernel::AdamW, &words, &buffers, groups(params.len, GROUP));
     }
 }
 

@@ -6,7 +6,7 @@
 //! - the wasm CPU backend in headless Chromium,
 //!
 //! each with its adapter's name, and every ratio against the CPU reference.
-//! Usage: `bench [STEPS] [BATCH]` (default 100 steps of 32 rows).
+//! Usage: `bench [STEPS] [BATCH]` (default 20 steps of 8 windows of the default model).
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
-use crowdgrad_runtime::model::MlpConfig;
+use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use crowdgrad_tests::browser::Chromedriver;
 use crowdgrad_tests::{start_relay, test_job};
@@ -28,7 +28,7 @@ struct Row {
 /// Steps/s of `steps` training steps of `batch` rows on `backend`, after 2 warm-up steps.
 async fn native<B: Backend>(backend: B, steps: u32, batch: usize) -> (String, f64) {
     let adapter = backend.info().adapter;
-    let cfg = MlpConfig::default();
+    let cfg = GptConfig::default();
     let corpus = Corpus::builtin();
     let mut trainer = Trainer::new(backend, cfg, batch, steps as usize + 1).expect("allocate");
     let (start, optim) = (cfg.init(1), InnerOptim::default());
@@ -62,16 +62,18 @@ async fn browser(driver: &Chromedriver, page: &str, device: &str, steps: u32, ba
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<u32>().expect("STEPS and BATCH are numbers"));
-    let steps = args.next().unwrap_or(100);
-    let batch = args.next().unwrap_or(32) as usize;
-    let cfg = MlpConfig::default();
+    let steps = args.next().unwrap_or(20);
+    let batch = args.next().unwrap_or(8) as usize;
+    let cfg = GptConfig::default();
     println!(
-        "model: byte MLP, context {} × embed {} → hidden {} → vocab {} ({} parameters); {steps} steps of {batch} rows",
+        "model: GPT, {} layers × {} heads × {} wide, context {}, vocab {} ({} parameters); {steps} steps of {batch} × {} tokens",
+        cfg.layers,
+        cfg.heads,
+        cfg.width,
         cfg.context,
-        cfg.embed,
-        cfg.hidden,
         cfg.vocab,
-        cfg.layout().total
+        cfg.layout().total,
+        cfg.context
     );
     let mut rows = Vec::new();
     let (adapter, sps) = native(CpuBackend::new(), steps, batch).await;
