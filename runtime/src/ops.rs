@@ -31,8 +31,45 @@ pub fn embedding_backward(dtable: &mut [f32], tokens: &[u32], dout: &[f32], voca
     }
 }
 
+/// Splits `out` into runs of whole rows of `row_len` and calls `f(first_row, rows)` on
+/// each: on every core natively, inline in the browser. Each output element is computed
+/// by exactly one call, in the same order whatever the thread count, so results do not
+/// depend on it.
+fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    #[cfg(not(target_arch = "wasm32"))]
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(rows).max(1);
+    #[cfg(target_arch = "wasm32")]
+    let threads = 1;
+    if threads == 1 || out.len() < 16 * 1024 {
+        return f(0, out);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut chunks = out.chunks_mut(per * row_len).enumerate();
+        let (_, first) = chunks.next().expect("at least one row");
+        for (i, chunk) in chunks {
+            let f = &f;
+            scope.spawn(move || f(i * per, chunk));
+        }
+        f(0, first);
+    });
+}
+
+/// `y[i] += a · x[i]`, the inner loop of every matmul; it vectorises.
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+/// Rows processed together by the matmuls, so that each weight row fetched from cache
+/// serves several outputs.
+const BLOCK: usize = 4;
+
 /// Linear layer. `inp: [rows, k]`, `weight: [n, k]`, `bias: [n]` → `out: [rows, n]`,
-/// `out = inp · weightᵀ + bias`.
+/// `out = inp · weightᵀ + bias`. Each output row is `bias + Σ_i inp[r, i] · weightᵀ[i]`,
+/// summed in `i` order.
 pub fn matmul_forward(
     out: &mut [f32],
     inp: &[f32],
@@ -42,46 +79,60 @@ pub fn matmul_forward(
     k: usize,
     n: usize,
 ) {
-    for r in 0..rows {
-        let x = &inp[r * k..(r + 1) * k];
-        for o in 0..n {
-            let w = &weight[o * k..(o + 1) * k];
-            let mut acc = bias.map_or(0.0, |b| b[o]);
-            for i in 0..k {
-                acc += x[i] * w[i];
-            }
-            out[r * n + o] = acc;
+    let mut wt = vec![0.0; k * n];
+    for o in 0..n {
+        for i in 0..k {
+            wt[i * n + o] = weight[o * k + i];
         }
     }
+    par_rows(&mut out[..rows * n], n, |first, chunk| {
+        for (j, block) in chunk.chunks_mut(BLOCK * n).enumerate() {
+            let r0 = first + j * BLOCK;
+            for o in block.chunks_mut(n) {
+                match bias {
+                    Some(b) => o.copy_from_slice(&b[..n]),
+                    None => o.fill(0.0),
+                }
+            }
+            for i in 0..k {
+                let w = &wt[i * n..][..n];
+                for (q, o) in block.chunks_mut(n).enumerate() {
+                    axpy(o, inp[(r0 + q) * k + i], w);
+                }
+            }
+        }
+    });
 }
 
 /// Linear backward to the input: `dinp[rows, k] = dout[rows, n] · weight[n, k]` (overwrites).
 pub fn matmul_backward_input(dinp: &mut [f32], dout: &[f32], weight: &[f32], rows: usize, k: usize, n: usize) {
-    dinp[..rows * k].fill(0.0);
-    for r in 0..rows {
-        for o in 0..n {
-            let g = dout[r * n + o];
-            let w = &weight[o * k..(o + 1) * k];
-            let d = &mut dinp[r * k..(r + 1) * k];
-            for i in 0..k {
-                d[i] += g * w[i];
+    par_rows(&mut dinp[..rows * k], k, |first, chunk| {
+        for (j, block) in chunk.chunks_mut(BLOCK * k).enumerate() {
+            let r0 = first + j * BLOCK;
+            block.fill(0.0);
+            for o in 0..n {
+                let w = &weight[o * k..][..k];
+                for (q, d) in block.chunks_mut(k).enumerate() {
+                    axpy(d, dout[(r0 + q) * n + o], w);
+                }
             }
         }
-    }
+    });
 }
 
 /// Linear backward to the weight: `dweight[n, k] += doutᵀ[n, rows] · inp[rows, k]`.
 pub fn matmul_backward_weight(dweight: &mut [f32], dout: &[f32], inp: &[f32], rows: usize, k: usize, n: usize) {
-    for o in 0..n {
-        let dw = &mut dweight[o * k..(o + 1) * k];
-        for r in 0..rows {
-            let g = dout[r * n + o];
-            let x = &inp[r * k..(r + 1) * k];
-            for i in 0..k {
-                dw[i] += g * x[i];
+    par_rows(&mut dweight[..n * k], k, |first, chunk| {
+        for (j, block) in chunk.chunks_mut(BLOCK * k).enumerate() {
+            let o0 = first + j * BLOCK;
+            for r in 0..rows {
+                let x = &inp[r * k..][..k];
+                for (q, dw) in block.chunks_mut(k).enumerate() {
+                    axpy(dw, dout[r * n + o0 + q], x);
+                }
             }
         }
-    }
+    });
 }
 
 /// Linear backward to the bias: `dbias[n] += Σ_rows dout[rows, n]`.
@@ -95,22 +146,30 @@ pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, n: usize) {
     }
 }
 
+/// Elements per parallel chunk of the elementwise ops.
+const CHUNK: usize = 4096;
+
 /// GELU (tanh approximation), elementwise: `out[i] = gelu(inp[i])`.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    for (o, &x) in out.iter_mut().zip(inp) {
-        *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh());
-    }
+    par_rows(out, CHUNK, |first, chunk| {
+        for (o, &x) in chunk.iter_mut().zip(&inp[first * CHUNK..]) {
+            *o = 0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh());
+        }
+    });
 }
 
 /// GELU backward, elementwise: `dinp[i] = gelu'(inp[i]) · dout[i]` (overwrites).
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-    for i in 0..dinp.len() {
-        let x = inp[i];
-        let u = GELU_SCALE * (x + 0.044715 * x * x * x);
-        let t = u.tanh();
-        let du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-        dinp[i] = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[i];
-    }
+    par_rows(dinp, CHUNK, |first, chunk| {
+        let (inp, dout) = (&inp[first * CHUNK..], &dout[first * CHUNK..]);
+        for (i, d) in chunk.iter_mut().enumerate() {
+            let x = inp[i];
+            let u = GELU_SCALE * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            let du = GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x);
+            *d = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[i];
+        }
+    });
 }
 
 /// Softmax cross-entropy. `logits: [rows, vocab]`, `targets: [rows]` →
