@@ -386,9 +386,8 @@ impl Coordinator {
 
     /// Writes the current parameters as a downloadable version and records its loss.
     fn publish(&mut self, now: Instant, results: usize) {
-        let layout = self.job.model.layout();
         let bytes = checkpoint::encode(
-            &layout,
+            &self.job.model,
             &self.params,
             &[("version", self.version.to_string()), ("job", self.job.name.clone())],
         );

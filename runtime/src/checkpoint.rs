@@ -1,14 +1,19 @@
-//! Parameters as safetensors files: one f32 tensor per named view, in layout order.
+//! Parameters as safetensors files: one f32 tensor per named view, with nanoGPT's
+//! state-dict names, plus `lm_head.weight` (a copy of the tied token embedding, as
+//! nanoGPT's state dict has it) and the model config as JSON in the metadata (`config`).
 
 use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::model::ParamLayout;
+use crate::model::GptConfig;
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The metadata has no usable `config`.
+    #[error("no model config in the checkpoint's metadata: {0}")]
+    Config(String),
     /// Not a safetensors file.
     #[error("not a safetensors file: {0}")]
     Format(String),
@@ -29,23 +34,39 @@ pub enum CheckpointError {
     },
 }
 
-/// Serialises `params` (`layout.total` floats) with `metadata` (string pairs).
-pub fn encode(layout: &ParamLayout, params: &[f32], metadata: &[(&str, String)]) -> Vec<u8> {
+/// Serialises `params` (`cfg.layout().total` floats) with `metadata` (string pairs).
+pub fn encode(cfg: &GptConfig, params: &[f32], metadata: &[(&str, String)]) -> Vec<u8> {
+    let layout = cfg.layout();
     assert_eq!(params.len(), layout.total, "parameter count");
     let bytes: &[u8] = bytemuck::cast_slice(params);
-    let views = layout.entries.iter().map(|e| {
-        let data = &bytes[e.offset * 4..(e.offset + e.len) * 4];
-        (
-            e.name.as_str(),
-            TensorView::new(Dtype::F32, e.shape.clone(), data).expect("shape matches data by construction"),
-        )
-    });
-    let info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let view = |offset: usize, len: usize, shape: &[usize]| {
+        TensorView::new(Dtype::F32, shape.to_vec(), &bytes[offset * 4..(offset + len) * 4]).expect("shape matches data")
+    };
+    let wte = layout.find("transformer.wte.weight").expect("every GPT has wte");
+    let mut views: Vec<(&str, TensorView)> =
+        layout.entries.iter().map(|e| (e.name.as_str(), view(e.offset, e.len, &e.shape))).collect();
+    views.push(("lm_head.weight", view(wte.offset, wte.len, &wte.shape)));
+    let mut info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    info.insert("config".into(), serde_json::to_string(cfg).expect("a config serialises"));
     safetensors::serialize(views, Some(info)).expect("serialising well-formed tensors cannot fail")
 }
 
-/// Reads the tensors of `layout` from `bytes` into one flat buffer.
-pub fn decode(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
+/// The model config stored in a checkpoint's metadata.
+pub fn read_config(bytes: &[u8]) -> Result<GptConfig, CheckpointError> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config"))
+        .ok_or_else(|| CheckpointError::Config("absent".into()))?;
+    let cfg: GptConfig = serde_json::from_str(json).map_err(|e| CheckpointError::Config(e.to_string()))?;
+    cfg.validate().map_err(CheckpointError::Config)?;
+    Ok(cfg)
+}
+
+/// Reads the tensors of `cfg`'s layout from `bytes` into one flat buffer.
+pub fn decode(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
+    let layout = cfg.layout();
     let file = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
     let mut params = vec![0f32; layout.total];
     for e in &layout.entries {

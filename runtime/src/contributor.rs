@@ -176,10 +176,9 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             s.state = "fetching".into();
             s.version = s.version.max(unit.version);
         });
-        let layout = unit.model.layout();
         if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
             let bytes = self.download("weights", &format!("/api/weights/{}", unit.version), &unit.weights_hash).await?;
-            self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&layout, &bytes)?));
+            self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&unit.model, &bytes)?));
         }
         if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
             let bytes = self.download("shard", &format!("/api/shards/{}", unit.shard), &unit.shard_hash).await?;

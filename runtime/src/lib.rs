@@ -1,6 +1,6 @@
 //! crowdgrad's runtime: everything a contributor and the relay share.
 //!
-//! - [`model`]: the byte-level MLP language model and its parameter layout.
+//! - [`model`]: the GPT and its parameter layout (nanoGPT names).
 //! - [`ops`]: CPU reference implementations of every op (the ground truth).
 //! - [`backend`]: the op set, implemented by [`cpu::CpuBackend`] and [`gpu::GpuBackend`].
 //! - [`train`]: forward, backward and AdamW written once against any backend.
@@ -8,6 +8,7 @@
 //! - [`protocol`]: the versioned binary frames between relay and contributors.
 //! - [`checkpoint`]: safetensors encoding of parameters.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
+//! - [`sample`]: text generation from a trained model.
 
 pub mod backend;
 pub mod checkpoint;
@@ -19,4 +20,5 @@ pub mod model;
 pub mod ops;
 pub mod protocol;
 pub mod rng;
+pub mod sample;
 pub mod train;

@@ -412,6 +412,17 @@ impl<B: Backend> Trainer<B> {
         be.position_backward(g.wpe.slice(0, t * c), d.res_a, b, t, c);
     }
 
+    /// The next-token logits `[V]` after `tokens[..=position]`, for one window of
+    /// `context` tokens (needs a trainer with 1 row). Positions after `position` may
+    /// hold anything: attention is causal.
+    pub async fn next_logits(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>, BackendError> {
+        let (t, v) = (self.cfg.context, self.cfg.vocab);
+        assert!(self.rows == 1 && tokens.len() == t && position < t, "one window of {t} tokens, position < {t}");
+        let batch = Batch { tokens: tokens.to_vec(), targets: vec![0; t] };
+        self.forward(&batch, 0);
+        self.backend.read(self.acts.logits.slice(position * v, v)).await
+    }
+
     /// Reads the gradients of `batch`'s mean loss (for tests).
     pub async fn gradients(&mut self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
         self.forward(batch, 0);

@@ -7,10 +7,12 @@
 //! c.start();           // trains until stop(); uses WebGPU when there is an adapter
 //! c.stats();           // { state, device: { kind, adapter, software }, units_done, … }
 //! c.stop();
+//! const text = await sample(new Uint8Array(await (await fetch("/api/weights/3")).arrayBuffer()), "ROMEO:", 200, 1n);
 //! ```
 
 mod adapter;
 mod bench;
+mod sample;
 mod transport;
 
 use std::cell::RefCell;
@@ -23,6 +25,7 @@ use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
 pub use bench::bench;
+pub use sample::sample;
 use transport::WebTransport;
 
 const AGENT: &str = concat!("crowdgrad-web/", env!("CARGO_PKG_VERSION"));

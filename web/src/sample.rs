@@ -1,0 +1,21 @@
+//! Text generation in the tab, from a checkpoint the page downloaded.
+
+use crowdgrad_runtime::checkpoint;
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::sample::{SampleOptions, generate};
+use wasm_bindgen::prelude::*;
+
+/// Continues `prompt` by `tokens` bytes with the model in `checkpoint` (the bytes of a
+/// `/api/weights/{version}` file), at temperature 0.8 among the 40 likeliest bytes.
+/// Runs on the wasm CPU backend: generation is one window at a time, too little work
+/// per step to gain from the GPU. Resolves to the generated text (without the prompt).
+#[wasm_bindgen]
+pub async fn sample(checkpoint: Vec<u8>, prompt: String, tokens: usize, seed: u64) -> Result<String, JsValue> {
+    let err = |e: String| JsValue::from_str(&e);
+    let cfg = checkpoint::read_config(&checkpoint).map_err(|e| err(e.to_string()))?;
+    let params = checkpoint::decode(&cfg, &checkpoint).map_err(|e| err(e.to_string()))?;
+    let options = SampleOptions { tokens, seed, ..SampleOptions::default() };
+    let text =
+        generate(CpuBackend::new(), cfg, &params, prompt.as_bytes(), options).await.map_err(|e| err(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
