@@ -31,7 +31,7 @@ impl Evaluator {
             self.trainer.forward(batch, slot);
         }
         // The CPU backend's readback is immediate, so this completes on the first poll.
-        let losses = pollster::block_on(self.trainer.losses(self.batches.len())).expect("CPU readback cannot fail");
+        let losses = pollster::block_on(self.trainer.losses(0..self.batches.len())).expect("CPU readback cannot fail");
         losses.iter().sum::<f32>() / losses.len() as f32
     }
 }

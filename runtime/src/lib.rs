@@ -9,8 +9,10 @@
 //! - [`checkpoint`]: safetensors encoding of parameters.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
 //! - [`sample`]: text generation from a trained model.
+//! - [`bench`]: throughput measurements shared by the native and browser benches.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod contributor;
 pub mod cpu;

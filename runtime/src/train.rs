@@ -310,9 +310,9 @@ impl<B: Backend> Trainer<B> {
         self.backend.read(self.params).await
     }
 
-    /// Reads loss slots `0..n` back (one readback for a whole unit).
-    pub async fn losses(&mut self, n: usize) -> Result<Vec<f32>, BackendError> {
-        self.backend.read(self.losses.slice(0, n)).await
+    /// Reads loss slots `slots` back (one readback for a whole unit).
+    pub async fn losses(&mut self, slots: std::ops::Range<usize>) -> Result<Vec<f32>, BackendError> {
+        self.backend.read(self.losses.slice(slots.start, slots.len())).await
     }
 
     /// `(layer view of an [L, n] activation buffer)`.
@@ -493,7 +493,7 @@ pub async fn run_unit<B: Backend>(
         trainer.step(&batch, opt, opt.lr, step as usize);
     }
     trainer.forward(&first, steps as usize);
-    let mut losses = trainer.losses(slots).await?;
+    let mut losses = trainer.losses(0..slots).await?;
     let loss_after = losses.pop().unwrap_or(f32::NAN);
     let end = trainer.params().await?;
     let delta = start.iter().zip(&end).map(|(s, e)| s - e).collect();

@@ -199,7 +199,7 @@ fn whole_model_gradient_matches_finite_differences() {
     let mut loss_at = |p: &[f32]| {
         trainer.load(p);
         trainer.forward(&batch, 0);
-        pollster::block_on(trainer.losses(1)).unwrap()[0] as f64
+        pollster::block_on(trainer.losses(0..1)).unwrap()[0] as f64
     };
     // A spread of coordinates in every tensor (for the token table, rows of the batch's
     // tokens: the others have zero gradient).

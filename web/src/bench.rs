@@ -1,66 +1,65 @@
-//! Training throughput in the tab, for `cargo xtask bench`.
+//! Throughput in the tab, for `cargo xtask bench` (it drives `www/bench.html`).
 
 use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::bench::{matmul_gflops, training_throughput};
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
-
-/// One measurement.
-#[derive(Serialize)]
-struct BenchResult {
-    device: crowdgrad_runtime::backend::DeviceInfo,
-    steps: u32,
-    batch: u32,
-    seconds: f64,
-    steps_per_second: f64,
-    final_loss: f32,
-}
 
 fn now_seconds() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now() / 1000.0).unwrap_or(0.0)
 }
 
-/// Trains the default model for `steps` steps of `batch` rows on `"gpu"` (WebGPU,
-/// failing without an adapter) or `"cpu"`, after 2 warm-up steps, and resolves to
-/// `{ device, steps, batch, seconds, steps_per_second, final_loss }`.
-#[wasm_bindgen]
-pub async fn bench(device: String, steps: u32, batch: u32) -> Result<JsValue, JsValue> {
-    let err = |e: String| JsValue::from_str(&e);
-    let result = match device.as_str() {
-        "gpu" => {
-            let mut gpu = GpuBackend::new().await.map_err(|e| err(e.to_string()))?;
-            if let Some(name) = crate::adapter::describe().await {
-                gpu.set_adapter_name(name);
-            }
-            measure(gpu, steps, batch).await
-        }
-        "cpu" => measure(CpuBackend::new(), steps, batch).await,
-        other => return Err(err(format!("unknown device {other:?}; use \"gpu\" or \"cpu\""))),
-    }
-    .map_err(err)?;
-    serde_wasm_bindgen::to_value(&result).map_err(|e| err(e.to_string()))
+fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
+    serde_wasm_bindgen::to_value(value).map_err(|e| JsValue::from_str(&e.to_string()))
 }
 
-async fn measure<B: Backend>(backend: B, steps: u32, batch: u32) -> Result<BenchResult, String> {
-    let device = backend.info();
-    let cfg = GptConfig::default();
-    let corpus = Corpus::builtin();
-    let mut trainer = Trainer::new(backend, cfg, batch as usize, steps as usize + 1).map_err(|e| e.to_string())?;
-    let (start, optim) = (cfg.init(1), InnerOptim::default());
-    run_unit(&mut trainer, &start, corpus.train(), 0, 2, &optim).await.map_err(|e| e.to_string())?;
-    let t0 = now_seconds();
-    let outcome = run_unit(&mut trainer, &start, corpus.train(), 1, steps, &optim).await.map_err(|e| e.to_string())?;
-    let seconds = now_seconds() - t0;
-    Ok(BenchResult {
-        device,
-        steps,
-        batch,
-        seconds,
-        steps_per_second: steps as f64 / seconds,
-        final_loss: outcome.loss_after,
-    })
+/// The `"default"` model or nanoGPT's `"shakespeare_char"`.
+fn model(name: &str) -> Result<GptConfig, JsValue> {
+    match name {
+        "default" => Ok(GptConfig::default()),
+        "shakespeare_char" => Ok(GptConfig::shakespeare_char()),
+        other => Err(JsValue::from_str(&format!("unknown model {other:?}"))),
+    }
+}
+
+/// WebGPU in this tab (with the browser's adapter name), failing without an adapter.
+async fn gpu() -> Result<GpuBackend, JsValue> {
+    let mut gpu = GpuBackend::new().await.map_err(|e| JsValue::from_str(&e.to_string()))?;
+    if let Some(name) = crate::adapter::describe().await {
+        gpu.set_adapter_name(name);
+    }
+    Ok(gpu)
+}
+
+/// Times `steps` training steps of `rows` windows of `model` on `"gpu"` or `"cpu"`;
+/// resolves to `{ device, steps, tokens_per_step, seconds }`.
+#[wasm_bindgen]
+pub async fn bench(device: String, model_name: String, steps: u32, rows: u32) -> Result<JsValue, JsValue> {
+    let cfg = model(&model_name)?;
+    let result = match device.as_str() {
+        "gpu" => training_throughput(gpu().await?, cfg, rows as usize, steps, now_seconds).await,
+        "cpu" => training_throughput(CpuBackend::new(), cfg, rows as usize, steps, now_seconds).await,
+        other => return Err(JsValue::from_str(&format!("unknown device {other:?}; use \"gpu\" or \"cpu\""))),
+    };
+    to_js(&result.map_err(|e| JsValue::from_str(&e.to_string()))?)
+}
+
+/// GFLOP/s of the matmul kernel `[rows, k] · [n, k]ᵀ` on WebGPU; resolves to
+/// `{ adapter, gflops }`.
+#[wasm_bindgen]
+pub async fn bench_matmul(rows: u32, k: u32, n: u32, reps: u32) -> Result<JsValue, JsValue> {
+    let gpu = gpu().await?;
+    let adapter = gpu.info().adapter;
+    let (_, gflops) = matmul_gflops(gpu, (rows as usize, k as usize, n as usize), reps, now_seconds)
+        .await
+        .map_err(|e| JsValue::from_str(&e.to_string()))?;
+    #[derive(Serialize)]
+    struct Result {
+        adapter: String,
+        gflops: f64,
+    }
+    to_js(&Result { adapter, gflops })
 }

@@ -24,7 +24,7 @@ use crowdgrad_runtime::gpu::GpuBackend;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
-pub use bench::bench;
+pub use bench::{bench, bench_matmul};
 pub use sample::sample;
 use transport::WebTransport;
 

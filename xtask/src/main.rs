@@ -14,7 +14,11 @@ commands:
   serve [ARGS…]   build the wasm bundle into www/pkg and run the relay (`crowdgrad serve ARGS…`)
   test            install what is missing, then run every test: native, WebGPU on lavapipe,
                   WebGPU in headless Chromium, and the end-to-end relay tests
-  bench [ARGS…]   training steps/s on the CPU reference, native GPU and GPU in headless Chromium";
+  bench [backends] [STEPS ROWS]
+                  training throughput on the CPU reference, native GPU and GPU in headless Chromium
+  bench gpt [--iters N --gpu-iters N --browser-iters N --torch-iters N --dataset PATH]
+                  nanoGPT's shakespeare_char run: val loss at 2000 iterations, GPU against CPU,
+                  tokens/s beside PyTorch, matmul GFLOP/s";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

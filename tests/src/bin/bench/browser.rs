@@ -1,0 +1,60 @@
+//! Calls into `www/bench.html` in headless Chromium.
+
+use std::time::Duration;
+
+use crowdgrad_relay::Relay;
+use crowdgrad_tests::browser::Chromedriver;
+use crowdgrad_tests::{start_relay, test_job};
+
+/// A relay serving the bench page, and chromedriver.
+pub struct BenchPage {
+    relay: Relay,
+    driver: Chromedriver,
+}
+
+impl BenchPage {
+    /// Starts both.
+    pub async fn start() -> Self {
+        let relay = start_relay(test_job(1)).await;
+        BenchPage { relay, driver: Chromedriver::start().expect("chromedriver") }
+    }
+
+    /// Opens the page in a fresh tab and resolves `call` (a JS expression using the
+    /// page's `crowdgrad*` functions and `args`); panics with the page's error.
+    pub async fn call(&self, call: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        let tab = self.driver.session(&[]).await.expect("chromium session");
+        tab.goto(&format!("http://{}/bench.html", self.relay.addr)).await.expect("open the bench page");
+        let script = format!(
+            "const done = arguments[arguments.length - 1]; const args = Array.from(arguments).slice(0, -1);
+             window.crowdgradReady.then(() => {call}).then(done, (e) => done({{ error: String(e) }}));"
+        );
+        let result = tokio::time::timeout(Duration::from_secs(900), tab.execute_async(&script, args))
+            .await
+            .expect("browser bench within 15 minutes")
+            .expect("bench script");
+        let _ = tab.close().await;
+        assert!(result["error"].is_null(), "browser bench `{call}` failed: {}", result["error"]);
+        result
+    }
+
+    /// Stops the relay.
+    pub async fn stop(self) {
+        self.relay.stop().await;
+    }
+}
+
+/// `adapter [kind]` of a measurement's `device`.
+pub fn device_name(result: &serde_json::Value) -> String {
+    format!(
+        "{} [{}]",
+        result["device"]["adapter"].as_str().unwrap_or("?"),
+        result["device"]["kind"].as_str().unwrap_or("?")
+    )
+}
+
+/// Tokens/s of a `crowdgradBench` measurement.
+pub fn tokens_per_second(result: &serde_json::Value) -> f64 {
+    let steps = result["steps"].as_f64().unwrap_or(0.0);
+    let tokens = result["tokens_per_step"].as_f64().unwrap_or(0.0);
+    steps * tokens / result["seconds"].as_f64().unwrap_or(f64::INFINITY)
+}

@@ -1,0 +1,31 @@
+//! `cargo xtask bench [backends | gpt]`.
+//!
+//! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
+//!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
+//!   Chromium, with every ratio against the CPU reference.
+//! - `gpt [--iters N] [--gpu-iters N] [--browser-iters N] [--dataset PATH]`: nanoGPT's
+//!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
+//!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
+
+mod backends;
+mod browser;
+mod gpt;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None | Some("backends") => backends::run(args.get(1..).unwrap_or_default()).await,
+        Some("gpt") => gpt::run(&args[1..]).await,
+        Some(other) => {
+            eprintln!("unknown bench {other:?}; use `backends` or `gpt`");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Seconds since an arbitrary start, for the shared measurement helpers.
+fn clock() -> impl Fn() -> f64 {
+    let start = std::time::Instant::now();
+    move || start.elapsed().as_secs_f64()
+}
