@@ -8,6 +8,9 @@ use crate::data::Corpus;
 use crate::model::GptConfig;
 use crate::train::{InnerOptim, Trainer, run_unit};
 
+/// Untimed steps before a throughput measurement (pipelines compile, caches fill).
+const WARM_UP: u32 = 2;
+
 /// Training throughput of one device.
 #[derive(Clone, Debug, Serialize)]
 pub struct Throughput {
@@ -43,9 +46,9 @@ pub async fn training_throughput<B: Backend>(
 ) -> Result<Throughput, BackendError> {
     let device = backend.info();
     let corpus = Corpus::builtin();
-    let mut trainer = Trainer::new(backend, cfg, rows, steps as usize + 1)?;
+    let mut trainer = Trainer::new(backend, cfg, rows, steps.max(WARM_UP) as usize + 1)?;
     let (start, optim) = (cfg.init(1), InnerOptim::default());
-    run_unit(&mut trainer, &start, corpus.train(), 0, 2, &optim).await?;
+    run_unit(&mut trainer, &start, corpus.train(), 0, WARM_UP, &optim).await?;
     let t0 = clock();
     run_unit(&mut trainer, &start, corpus.train(), 1, steps, &optim).await?;
     Ok(Throughput { device, steps, tokens_per_step: rows * cfg.context, seconds: clock() - t0 })

@@ -30,6 +30,13 @@ use transport::WebTransport;
 
 const AGENT: &str = concat!("crowdgrad-web/", env!("CARGO_PKG_VERSION"));
 
+/// Runs when the module loads: a Rust panic then shows its message in the console
+/// instead of a bare `unreachable` trap.
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
 /// A tab's contribution to a relay's training job.
 #[wasm_bindgen]
 pub struct Contributor {

@@ -5,6 +5,10 @@ use std::time::Duration;
 use crowdgrad_relay::Relay;
 use crowdgrad_tests::browser::Chromedriver;
 use crowdgrad_tests::{start_relay, test_job};
+use fantoccini::wd::TimeoutConfiguration;
+
+/// How long one measurement in the browser may take (SwiftShader is slow).
+const LIMIT: Duration = Duration::from_secs(900);
 
 /// A relay serving the bench page, and chromedriver.
 pub struct BenchPage {
@@ -23,12 +27,14 @@ impl BenchPage {
     /// page's `crowdgrad*` functions and `args`); panics with the page's error.
     pub async fn call(&self, call: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
         let tab = self.driver.session(&[]).await.expect("chromium session");
+        let timeouts = TimeoutConfiguration::new(Some(LIMIT), Some(Duration::from_secs(60)), Some(Duration::ZERO));
+        tab.update_timeouts(timeouts).await.expect("script timeout");
         tab.goto(&format!("http://{}/bench.html", self.relay.addr)).await.expect("open the bench page");
         let script = format!(
             "const done = arguments[arguments.length - 1]; const args = Array.from(arguments).slice(0, -1);
              window.crowdgradReady.then(() => {call}).then(done, (e) => done({{ error: String(e) }}));"
         );
-        let result = tokio::time::timeout(Duration::from_secs(900), tab.execute_async(&script, args))
+        let result = tokio::time::timeout(LIMIT + Duration::from_secs(10), tab.execute_async(&script, args))
             .await
             .expect("browser bench within 15 minutes")
             .expect("bench script");

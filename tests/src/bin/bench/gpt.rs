@@ -1,4 +1,6 @@
 //! nanoGPT's shakespeare_char run (DESIGN.md, "How we measure") on every backend.
+//! Flags: `--iters`, `--gpu-iters`, `--browser-iters`, `--browser-rows` (windows per
+//! browser step; SwiftShader is slow), `--torch-iters`, `--dataset`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -27,6 +29,7 @@ struct Flags {
     iters: u32,
     gpu_iters: u32,
     browser_iters: u32,
+    browser_rows: u32,
     torch_iters: u32,
     dataset: PathBuf,
 }
@@ -36,6 +39,7 @@ fn flags(args: &[String]) -> Flags {
         iters: 2000,
         gpu_iters: 100,
         browser_iters: 2,
+        browser_rows: ROWS as u32,
         torch_iters: 100,
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
     };
@@ -47,6 +51,7 @@ fn flags(args: &[String]) -> Flags {
             "--iters" => f.iters = number(),
             "--gpu-iters" => f.gpu_iters = number(),
             "--browser-iters" => f.browser_iters = number(),
+            "--browser-rows" => f.browser_rows = number(),
             "--torch-iters" => f.torch_iters = number(),
             "--dataset" => f.dataset = PathBuf::from(value),
             other => panic!("unknown flag {other}"),
@@ -166,14 +171,24 @@ pub async fn run(args: &[String]) {
 
     println!("\nGPU loss curve against the CPU's (mean training loss of the 10 steps before each):");
     let last = gpu.losses.len();
-    for step in [100, 500, last].into_iter().filter(|&s| s <= last && s > 0) {
+    let mut checkpoints = vec![100, 500, last];
+    checkpoints.retain(|&s| s <= last && s > 0);
+    checkpoints.dedup();
+    for step in checkpoints {
         let (c, g) = (cpu.loss_near(step), gpu.loss_near(step));
         println!("  step {step:>5}: CPU {c:.4}, GPU {g:.4}, difference {:.2}% (bar: 2%)", 100.0 * (g - c).abs() / c);
     }
 
     let page = BenchPage::start().await;
-    let args = vec!["gpu".into(), "shakespeare_char".into(), flags.browser_iters.into(), ROWS.into()];
+    let args = vec!["gpu".into(), "shakespeare_char".into(), flags.browser_iters.into(), flags.browser_rows.into()];
+    let t0 = Instant::now();
     let browser = page.call("window.crowdgradBench(...args)", args).await;
+    eprintln!(
+        "  [browser] {} + 2 warm-up steps of {} rows in {:.0} s",
+        flags.browser_iters,
+        flags.browser_rows,
+        t0.elapsed().as_secs_f64()
+    );
     let (m, k, n) = MATMUL;
     let browser_matmul =
         page.call("window.crowdgradMatmul(...args)", vec![m.into(), k.into(), n.into(), 5.into()]).await;
