@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
@@ -94,17 +95,12 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Res
     let agent = concat!("crowdgrad-native/", env!("CARGO_PKG_VERSION"));
     if gpu {
         let backend = GpuBackend::new().await.context("--gpu")?;
-        tracing::info!(adapter = %backend_name(&backend), "training on the GPU");
+        tracing::info!(adapter = %backend.info().adapter, "training on the GPU");
         Contributor::new(transport, backend, agent, stats).run().await?;
     } else {
         Contributor::new(transport, CpuBackend::new(), agent, stats).run().await?;
     }
     Ok(())
-}
-
-fn backend_name(backend: &GpuBackend) -> String {
-    use crowdgrad_runtime::backend::Backend;
-    backend.info().adapter
 }
 
 /// Like [`contribute`], reconnecting after each ended session with a backoff that

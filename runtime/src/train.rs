@@ -409,7 +409,7 @@ impl<B: Backend> Trainer<B> {
         }
         // d.res_a now holds d(encoded).
         be.embedding_backward(g.wte, a.tokens, d.res_a, vocab, c);
-        be.position_backward(g.wpe.slice(0, t * c), d.res_a, b, t, c);
+        be.position_backward(g.wpe, d.res_a, b, t, c);
     }
 
     /// The next-token logits `[V]` after `tokens[..=position]`, for one window of
