@@ -1,103 +1,299 @@
-//! The training job a relay runs, and how it serves.
+//! The training job a relay runs, read from a TOML file where every key is optional,
+//! and how the relay serves it.
+//!
+//! ```toml
+//! name = "byte-gpt"
+//! seed = 1
+//! [model]   # vocab, context, layers, heads, width, bias
+//! [data]    # path (a text file; none: the built-in corpus), shards, eval_batches
+//! [inner]   # steps, batch, lr, min_lr, warmup_steps, decay_steps, beta1, beta2, eps, weight_decay, grad_clip
+//! [outer]   # lr, momentum
+//! [round]   # target, min, deadline_secs, unit_deadline_secs
+//! [storage] # dir, keep_last, keep_every
+//! ```
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS};
-use crowdgrad_runtime::train::InnerOptim;
+use crowdgrad_runtime::train::{InnerOptim, Schedule};
+use serde::{Deserialize, Serialize};
 
-/// One training job: the model, the data, and the DiLoCo round settings.
-#[derive(Clone, Debug)]
+/// One training job: the model, the data, the inner and outer optimizers, the rounds,
+/// and where versions are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobConfig {
     /// Name shown to contributors.
     pub name: String,
-    /// The model's shape.
-    pub model: GptConfig,
-    /// Inner AdamW settings.
-    pub optim: InnerOptim,
-    /// Inner steps H per unit.
-    pub inner_steps: u32,
-    /// Rows per inner batch.
-    pub batch: u32,
-    /// Text file to train on; `None` uses the built-in generated corpus.
-    pub dataset: Option<PathBuf>,
-    /// How many shards the training split is cut into.
-    pub shards: u32,
-    /// Results that close a round at once.
-    pub target_results: usize,
-    /// Results a round needs to close at its deadline (it waits longer for fewer).
-    pub min_results: usize,
-    /// How long a round stays open for its target.
-    pub round_deadline: Duration,
-    /// How long a contributor may hold a unit before it is reassigned.
-    pub unit_deadline: Duration,
-    /// Outer Nesterov learning rate.
-    pub outer_lr: f32,
-    /// Outer Nesterov momentum.
-    pub outer_momentum: f32,
     /// Seed of the initial weights and of every unit's sampling.
     pub seed: u64,
-    /// Model versions kept for download.
-    pub keep_versions: usize,
-    /// Validation batches (of `batch` rows) for the held-out loss of each version.
+    /// The model's shape.
+    pub model: GptConfig,
+    /// The training text.
+    pub data: DataConfig,
+    /// What each contributor runs: H steps of AdamW.
+    pub inner: InnerConfig,
+    /// How the relay applies the averaged update.
+    pub outer: OuterConfig,
+    /// When rounds close.
+    pub round: RoundConfig,
+    /// Where committed versions and the ledger live.
+    pub storage: StorageConfig,
+}
+
+/// The training text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Text file to train on; `None` uses the built-in generated corpus.
+    pub path: Option<PathBuf>,
+    /// How many shards the training split is cut into.
+    pub shards: u32,
+    /// Validation batches (of `inner.batch` rows) for the held-out loss of each version.
     pub eval_batches: u32,
 }
 
+/// The inner loop each unit runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InnerConfig {
+    /// Inner steps H per unit.
+    pub steps: u32,
+    /// Rows per inner batch.
+    pub batch: u32,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Learning rate at and after `decay_steps`.
+    pub min_lr: f32,
+    /// Inner steps (counted over the whole job: version × H) of linear warmup.
+    pub warmup_steps: u32,
+    /// Inner step at which the cosine decay reaches `min_lr`; 0 keeps `lr` constant.
+    pub decay_steps: u32,
+    /// AdamW first-moment decay.
+    pub beta1: f32,
+    /// AdamW second-moment decay.
+    pub beta2: f32,
+    /// AdamW denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Global gradient-norm limit (0: none).
+    pub grad_clip: f32,
+}
+
+/// The outer Nesterov step on the mean of the round's deltas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OuterConfig {
+    /// Outer learning rate.
+    pub lr: f32,
+    /// Outer momentum.
+    pub momentum: f32,
+}
+
+/// When a round closes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoundConfig {
+    /// Results that close a round at once.
+    pub target: usize,
+    /// Results a round needs to close at its deadline (it waits longer for fewer).
+    pub min: usize,
+    /// Seconds a round stays open for its target, from its first unit.
+    pub deadline_secs: f64,
+    /// Seconds a contributor may hold a unit before it is reassigned.
+    pub unit_deadline_secs: f64,
+}
+
+/// Where committed versions and the ledger live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Folder of the ledger (`ledger.sqlite`) and the checkpoints (`versions/`).
+    pub dir: PathBuf,
+    /// The newest versions kept on disk and for download.
+    pub keep_last: usize,
+    /// Every version divisible by this is kept as well (0: none).
+    pub keep_every: u64,
+}
+
 impl Default for JobConfig {
+    /// The GPT on the built-in corpus, rounds of 4 results, data in `crowdgrad-data/`.
     fn default() -> Self {
         JobConfig {
             name: "byte-gpt".into(),
-            model: GptConfig::default(),
-            optim: InnerOptim::default(),
-            inner_steps: 20,
-            batch: 8,
-            dataset: None,
-            shards: 16,
-            target_results: 4,
-            min_results: 1,
-            round_deadline: Duration::from_secs(20),
-            unit_deadline: Duration::from_secs(60),
-            outer_lr: 0.7,
-            outer_momentum: 0.9,
             seed: 1,
-            keep_versions: 16,
-            eval_batches: 8,
+            model: GptConfig::default(),
+            data: DataConfig::default(),
+            inner: InnerConfig::default(),
+            outer: OuterConfig::default(),
+            round: RoundConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
 
-impl JobConfig {
-    /// Checks every value; the error names the setting and why.
-    pub fn validate(&self) -> Result<(), String> {
-        self.model.validate()?;
-        self.optim.validate().map_err(|e| format!("optim: {e}"))?;
-        if self.inner_steps == 0 || self.inner_steps > MAX_INNER_STEPS {
-            return Err(format!("inner_steps = {} is outside 1..={MAX_INNER_STEPS}", self.inner_steps));
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { path: None, shards: 16, eval_batches: 8 }
+    }
+}
+
+impl Default for InnerConfig {
+    fn default() -> Self {
+        let o = InnerOptim::default();
+        InnerConfig {
+            steps: 20,
+            batch: 8,
+            lr: o.lr,
+            min_lr: o.lr,
+            warmup_steps: 0,
+            decay_steps: 0,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+            grad_clip: o.grad_clip,
         }
-        if self.batch == 0 || self.batch > MAX_BATCH {
-            return Err(format!("batch = {} is outside 1..={MAX_BATCH}", self.batch));
-        }
-        if self.shards == 0 {
-            return Err("shards must be at least 1".into());
-        }
-        if self.min_results == 0 || self.min_results > self.target_results {
-            return Err(format!(
-                "min_results = {} must be in 1..=target_results ({})",
-                self.min_results, self.target_results
-            ));
-        }
-        if !(self.outer_lr.is_finite() && self.outer_lr > 0.0 && self.outer_lr <= 10.0) {
-            return Err(format!("outer_lr = {} must be in (0, 10]", self.outer_lr));
-        }
-        if !(self.outer_momentum.is_finite() && (0.0..1.0).contains(&self.outer_momentum)) {
-            return Err(format!("outer_momentum = {} must be in [0, 1)", self.outer_momentum));
-        }
-        if self.keep_versions == 0 || self.eval_batches == 0 {
-            return Err("keep_versions and eval_batches must be at least 1".into());
-        }
+    }
+}
+
+impl Default for OuterConfig {
+    fn default() -> Self {
+        OuterConfig { lr: 0.7, momentum: 0.9 }
+    }
+}
+
+impl Default for RoundConfig {
+    fn default() -> Self {
+        RoundConfig { target: 4, min: 1, deadline_secs: 20.0, unit_deadline_secs: 60.0 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { dir: PathBuf::from("crowdgrad-data"), keep_last: 16, keep_every: 100 }
+    }
+}
+
+/// A bad job setting: which key, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, dotted (`round.min`), or the file for errors of the whole file.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An error about `key`.
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+/// Checks that `value` is finite and in `lo..=hi`.
+fn within(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
+    } else {
+        Err(bad(key, format!("{value} is outside {lo}..={hi}")))
+    }
+}
+
+impl JobConfig {
+    /// Reads a TOML job file; unknown keys and wrong types are errors that name the key.
+    pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| bad(&file, format!("cannot read: {e}")))?;
+        let job: JobConfig = toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks every value; the error names the key and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(bad("name", "must be 1 to 64 bytes"));
+        }
+        self.model.validate().map_err(|e| match e.split_once(" = ") {
+            Some((key, rest)) => bad(key, format!("= {rest}")),
+            None => bad("model", e),
+        })?;
+        if let Some(path) = &self.data.path
+            && !path.is_file()
+        {
+            return Err(bad("data.path", format!("{} is not a readable file", path.display())));
+        }
+        within("data.shards", self.data.shards as f64, 1.0, 65_536.0)?;
+        within("data.eval_batches", self.data.eval_batches as f64, 1.0, 1024.0)?;
+        let i = &self.inner;
+        within("inner.steps", i.steps as f64, 1.0, MAX_INNER_STEPS as f64)?;
+        within("inner.batch", i.batch as f64, 1.0, MAX_BATCH as f64)?;
+        within("inner.lr", i.lr as f64, 1e-9, 1.0)?;
+        within("inner.min_lr", i.min_lr as f64, 0.0, i.lr as f64)?;
+        within("inner.warmup_steps", i.warmup_steps as f64, 0.0, 1e9)?;
+        if i.decay_steps != 0 && i.decay_steps < i.warmup_steps {
+            return Err(bad("inner.decay_steps", "must be 0 (constant lr) or at least inner.warmup_steps"));
+        }
+        within("inner.beta1", i.beta1 as f64, 0.0, 0.999_999)?;
+        within("inner.beta2", i.beta2 as f64, 0.0, 0.999_999)?;
+        within("inner.eps", i.eps as f64, 1e-12, 1.0)?;
+        within("inner.weight_decay", i.weight_decay as f64, 0.0, 1.0)?;
+        within("inner.grad_clip", i.grad_clip as f64, 0.0, 1e6)?;
+        within("outer.lr", self.outer.lr as f64, 1e-6, 10.0)?;
+        within("outer.momentum", self.outer.momentum as f64, 0.0, 0.999)?;
+        within("round.target", self.round.target as f64, 1.0, 100_000.0)?;
+        within("round.min", self.round.min as f64, 1.0, self.round.target as f64)?;
+        within("round.deadline_secs", self.round.deadline_secs, 0.1, 86_400.0)?;
+        within("round.unit_deadline_secs", self.round.unit_deadline_secs, 0.1, 86_400.0)?;
+        if self.storage.dir.as_os_str().is_empty() {
+            return Err(bad("storage.dir", "must name a folder"));
+        }
+        within("storage.keep_last", self.storage.keep_last as f64, 1.0, 1e9)?;
+        Ok(())
+    }
+
+    /// The inner optimizer of a unit that starts from `version`: the learning rate
+    /// follows the warmup + cosine schedule over the job's inner steps (version × H).
+    pub fn inner_optim(&self, version: u64) -> InnerOptim {
+        let i = &self.inner;
+        let step = (version.saturating_mul(i.steps as u64)).min(u32::MAX as u64) as u32;
+        let lr = if i.decay_steps == 0 && step >= i.warmup_steps {
+            i.lr
+        } else {
+            let schedule =
+                Schedule { max_lr: i.lr, min_lr: i.min_lr, warmup_steps: i.warmup_steps, decay_steps: i.decay_steps };
+            schedule.lr(step)
+        };
+        InnerOptim {
+            lr,
+            beta1: i.beta1,
+            beta2: i.beta2,
+            eps: i.eps,
+            weight_decay: i.weight_decay,
+            grad_clip: i.grad_clip,
+        }
+    }
+
+    /// How long a round stays open for its target.
+    pub fn round_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.round.deadline_secs)
+    }
+
+    /// How long a contributor may hold a unit.
+    pub fn unit_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.round.unit_deadline_secs)
     }
 }
 

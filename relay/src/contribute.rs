@@ -104,16 +104,17 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Res
 }
 
 /// Like [`contribute`], reconnecting after each ended session with a backoff that
-/// doubles from 1 s up to 30 s and resets after a session that did some work.
+/// doubles from 1 s up to 30 s and resets after a session the relay welcomed. The
+/// relay's resume token, kept in `stats`, makes each new session the same contributor.
 pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        let before = stats.lock().expect("stats lock").units_done;
+        let before = stats.lock().expect("stats lock").session;
         match contribute(url, gpu, stats.clone()).await {
             Ok(()) => tracing::info!("session ended"),
             Err(e) => tracing::warn!("session failed: {e:#}"),
         }
-        if stats.lock().expect("stats lock").units_done > before {
+        if stats.lock().expect("stats lock").session != before {
             backoff = Duration::from_secs(1);
         }
         tracing::info!("reconnecting in {backoff:?}");

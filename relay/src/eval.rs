@@ -13,13 +13,14 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// `job.eval_batches` batches of `job.batch` rows from the validation split,
+    /// `data.eval_batches` batches of `inner.batch` rows from the validation split,
     /// fixed for the whole job so that losses of different versions compare.
     pub fn new(job: &JobConfig, corpus: Corpus) -> Self {
-        let (rows, context) = (job.batch as usize, job.model.context);
-        let batches =
-            (0..job.eval_batches).map(|i| sample_batch(corpus.val(), job.seed ^ 0x5EED, i, rows, context)).collect();
-        let trainer = Trainer::new(CpuBackend::new(), job.model, rows, job.eval_batches as usize)
+        let (rows, context) = (job.inner.batch as usize, job.model.context);
+        let batches = (0..job.data.eval_batches)
+            .map(|i| sample_batch(corpus.val(), job.seed ^ 0x5EED, i, rows, context))
+            .collect();
+        let trainer = Trainer::new(CpuBackend::new(), job.model, rows, job.data.eval_batches as usize)
             .expect("the CPU backend has no allocation limits");
         Evaluator { trainer, batches }
     }

@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the job and serving settings.
 //! - [`coordinator`]: rounds, units, verdicts, aggregation.
+//! - [`ledger`]: the SQLite record of versions, rounds, units, contributors, results.
+//! - [`store`]: committed versions' checkpoint files.
 //! - [`session`]: one contributor connection.
 //! - [`server`]: HTTP routes.
 //! - [`eval`]: held-out loss of each version.
@@ -12,11 +14,12 @@ pub mod config;
 pub mod contribute;
 pub mod coordinator;
 pub mod eval;
+pub mod ledger;
 pub mod server;
 pub mod session;
+pub mod store;
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use anyhow::Context;
 use crowdgrad_runtime::data::Corpus;
@@ -52,11 +55,11 @@ impl Relay {
 /// Loads the job's data, binds `config.addr` and starts serving in the background.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
-    let corpus = match &config.job.dataset {
+    let corpus = match &config.job.data.path {
         Some(path) => Corpus::from_file(path).with_context(|| format!("dataset {}", path.display()))?,
         None => Corpus::builtin(),
     };
-    let coordinator = Coordinator::new(config.job.clone(), corpus, Instant::now());
+    let coordinator = Coordinator::open(config.job.clone(), corpus)?;
     let state = AppState::new(coordinator);
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
@@ -68,7 +71,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
         let clock = async move {
             loop {
                 interval.tick().await;
-                ticker.lock().expect("coordinator lock").tick(Instant::now());
+                ticker.lock().expect("coordinator lock").tick(std::time::Instant::now());
             }
         };
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {

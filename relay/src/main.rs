@@ -1,8 +1,7 @@
 //! `crowdgrad`: run a relay (`serve`) or contribute to one (`contribute`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -30,18 +29,11 @@ enum Command {
         /// Folder of the static site (the page and its wasm bundle).
         #[arg(long, env = "CROWDGRAD_WWW", default_value = "www")]
         www: PathBuf,
-        /// Text file to train on (default: a built-in generated corpus).
-        #[arg(long, env = "CROWDGRAD_DATASET")]
-        dataset: Option<PathBuf>,
-        /// Inner steps per work unit.
-        #[arg(long, default_value_t = JobConfig::default().inner_steps)]
-        inner_steps: u32,
-        /// Results that close a round.
-        #[arg(long, default_value_t = JobConfig::default().target_results)]
-        target_results: usize,
-        /// Seconds a round waits for its target before closing with what it has.
-        #[arg(long, default_value_t = JobConfig::default().round_deadline.as_secs())]
-        round_deadline: u64,
+        /// The job, as a TOML file (see the README); without one, the default job.
+        #[arg(long, env = "CROWDGRAD_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: JobOverrides,
     },
     /// Generate text from a checkpoint (a version file from `/api/weights/{version}`).
     Sample {
@@ -78,20 +70,51 @@ enum Command {
     },
 }
 
+/// Flags that override the job file's keys.
+#[derive(clap::Args)]
+struct JobOverrides {
+    /// `data.path`: text file to train on.
+    #[arg(long, env = "CROWDGRAD_DATASET")]
+    dataset: Option<PathBuf>,
+    /// `storage.dir`: folder of the ledger and the checkpoints.
+    #[arg(long, env = "CROWDGRAD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// `inner.steps`: inner steps per work unit.
+    #[arg(long)]
+    inner_steps: Option<u32>,
+    /// `round.target`: results that close a round.
+    #[arg(long)]
+    target_results: Option<usize>,
+    /// `round.deadline_secs`: seconds a round waits for its target.
+    #[arg(long)]
+    round_deadline: Option<f64>,
+}
+
+impl JobOverrides {
+    /// The job from `file` (or the default), with these flags applied and checked.
+    fn job(self, file: Option<&Path>) -> anyhow::Result<JobConfig> {
+        let mut job = match file {
+            Some(path) => JobConfig::load(path)?,
+            None => JobConfig::default(),
+        };
+        job.data.path = self.dataset.or(job.data.path);
+        job.storage.dir = self.data_dir.unwrap_or(job.storage.dir);
+        job.inner.steps = self.inner_steps.unwrap_or(job.inner.steps);
+        job.round.target = self.target_results.unwrap_or(job.round.target);
+        job.round.deadline_secs = self.round_deadline.unwrap_or(job.round.deadline_secs);
+        job.validate()?;
+        Ok(job)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
-        Command::Serve { addr, www, dataset, inner_steps, target_results, round_deadline } => {
-            let job = JobConfig {
-                dataset,
-                inner_steps,
-                target_results,
-                round_deadline: Duration::from_secs(round_deadline),
-                ..JobConfig::default()
-            };
+        Command::Serve { addr, www, config, overrides } => {
+            let job = overrides.job(config.as_deref())?;
             let relay = crowdgrad_relay::start(ServeConfig { addr, www, job }).await?;
             println!("crowdgrad relay on http://{}", relay.addr);
             relay.wait().await;

@@ -10,7 +10,7 @@ use axum::routing::get;
 use crowdgrad_runtime::protocol::max_submission_frame;
 use tower_http::services::ServeDir;
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, VersionSource};
 use crate::session;
 
 /// Shared by every handler.
@@ -61,14 +61,23 @@ async fn status(State(state): State<AppState>) -> Response {
 
 async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Response {
     let file = state.coordinator.lock().expect("coordinator lock").version_file(version);
-    match file {
-        Some((bytes, hash)) => (
-            [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::ETAG, format!("\"{hash}\""))],
-            bytes,
-        )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, format!("version {version} is not kept")).into_response(),
-    }
+    let Some((source, hash)) = file else {
+        return (StatusCode::NOT_FOUND, format!("version {version} is not kept")).into_response();
+    };
+    let bytes = match source {
+        VersionSource::Memory(bytes) => bytes,
+        VersionSource::Disk(path) => match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes.into(),
+            Err(e) => {
+                tracing::error!(version, "reading {}: {e}", path.display());
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("version {version} cannot be read"))
+                    .into_response();
+            }
+        },
+    };
+    let headers =
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::ETAG, format!("\"{hash}\""))];
+    (headers, bytes).into_response()
 }
 
 async fn shard(State(state): State<AppState>, Path(index): Path<u32>) -> Response {

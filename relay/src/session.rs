@@ -74,7 +74,7 @@ pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_su
                 match (msg, session) {
                     (ClientMsg::Hello(hello), None) => {
                         let outbox = outbox.take().expect("hello is handled once");
-                        session = Some(coordinator.join(outbox, hello.device, Instant::now()));
+                        session = Some(coordinator.join(outbox, hello, Instant::now()));
                     }
                     (ClientMsg::Hello(_), Some(_)) => break Some(Closing::new(close::POLICY, "hello was already sent")),
                     (ClientMsg::Submit(_), None) => break Some(Closing::new(close::POLICY, "say hello first")),

@@ -8,19 +8,17 @@ use crowdgrad_relay::config::JobConfig;
 use crowdgrad_relay::coordinator::{Coordinator, Rejection};
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::data::Corpus;
-use crowdgrad_runtime::protocol::{ServerMsg, Submission, WorkUnit};
+use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, WorkUnit};
 use tokio::sync::mpsc;
 
-fn job() -> JobConfig {
-    JobConfig {
-        inner_steps: 2,
-        target_results: 2,
-        min_results: 1,
-        round_deadline: Duration::from_secs(10),
-        unit_deadline: Duration::from_secs(5),
-        eval_batches: 1,
-        ..JobConfig::default()
-    }
+/// A coordinator for rounds of 2 units of 2 steps, deadlines 10 s (round) and 5 s
+/// (unit), its storage in `dir`.
+fn open(dir: &tempfile::TempDir) -> Coordinator {
+    let mut job = JobConfig::default();
+    (job.inner.steps, job.data.eval_batches) = (2, 1);
+    (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (2, 1, 10.0, 5.0);
+    job.storage.dir = dir.path().to_path_buf();
+    Coordinator::open(job, Corpus::builtin()).expect("coordinator opens")
 }
 
 fn device() -> DeviceInfo {
@@ -35,7 +33,8 @@ struct Client {
 impl Client {
     fn join(c: &mut Coordinator, now: Instant) -> Client {
         let (tx, inbox) = mpsc::channel(16);
-        Client { id: c.join(tx, device(), now), inbox }
+        let hello = Hello { agent: "test".into(), device: device(), resume: None };
+        Client { id: c.join(tx, hello, now), inbox }
     }
 
     /// The next assignment in the inbox, skipping other messages.
@@ -63,7 +62,8 @@ impl Client {
 #[test]
 fn a_unit_whose_contributor_leaves_goes_to_another() {
     let t0 = Instant::now();
-    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open(&dir);
     let mut a = Client::join(&mut c, t0);
     let mut b = Client::join(&mut c, t0);
     let mut late = Client::join(&mut c, t0);
@@ -79,7 +79,8 @@ fn a_unit_whose_contributor_leaves_goes_to_another() {
 #[test]
 fn a_unit_past_its_deadline_is_reassigned_and_the_slow_result_refused() {
     let t0 = Instant::now();
-    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open(&dir);
     let mut slow = Client::join(&mut c, t0);
     let unit = slow.assignment().expect("work");
     let _other = Client::join(&mut c, t0);
@@ -93,7 +94,8 @@ fn a_unit_past_its_deadline_is_reassigned_and_the_slow_result_refused() {
 #[test]
 fn a_round_closes_at_its_target_and_at_its_deadline() {
     let t0 = Instant::now();
-    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open(&dir);
     let mut a = Client::join(&mut c, t0);
     for _ in 0..2 {
         let unit = a.assignment().expect("work");
@@ -116,7 +118,8 @@ fn a_round_closes_at_its_target_and_at_its_deadline() {
 #[test]
 fn bad_results_are_rejected_with_their_reason() {
     let t0 = Instant::now();
-    let mut c = Coordinator::new(job(), Corpus::builtin(), t0);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open(&dir);
     let mut a = Client::join(&mut c, t0);
     let n = c.param_count();
     let unit = a.assignment().expect("work");
@@ -141,4 +144,33 @@ fn bad_results_are_rejected_with_their_reason() {
     let rejected = c.status().counters.rejected;
     assert_eq!(rejected.get("non_finite"), Some(&2));
     assert_eq!(rejected.values().sum::<u64>(), 8);
+}
+
+#[test]
+fn an_unwritable_checkpoint_folder_keeps_the_last_good_version_until_writing_works() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open(&dir);
+    // A file where the checkpoint folder should be: every write fails (even for root).
+    let versions = dir.path().join("versions");
+    std::fs::remove_dir_all(&versions).expect("remove the folder");
+    std::fs::write(&versions, b"not a folder").expect("put a file in its place");
+    let (mut a, mut b) = (Client::join(&mut c, t0), Client::join(&mut c, t0));
+    let (ua, ub) = (a.assignment().expect("a has work"), b.assignment().expect("b has work"));
+    let n = c.param_count();
+    c.submit(a.id, a.result(&ua, n), t0).expect("accepted");
+    c.submit(b.id, b.result(&ub, n), t0).expect("accepted");
+    let s = c.status();
+    assert_eq!(s.version, 0, "nothing unsaved is served");
+    let error = s.storage_error.expect("status says why");
+    assert!(error.contains("version 1 could not be saved") && error.contains("serving version 0"), "{error}");
+    c.tick(t0 + Duration::from_secs(2));
+    assert_eq!(c.status().version, 0, "still failing");
+    std::fs::remove_file(&versions).expect("clear the way");
+    c.tick(t0 + Duration::from_secs(4));
+    let s = c.status();
+    assert_eq!((s.version, s.storage_error), (1, None), "the retry commits once writing works");
+    assert!(
+        versions.join("v00000001.safetensors").is_file() && versions.join("v00000001.momentum.safetensors").is_file()
+    );
 }

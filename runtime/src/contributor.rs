@@ -69,6 +69,10 @@ pub struct Stats {
     pub device: Option<DeviceInfo>,
     /// Session id given by the relay.
     pub session: u64,
+    /// The contributor's lasting id on the relay.
+    pub contributor: u64,
+    /// The relay's resume token, sent back on reconnect to stay the same contributor.
+    pub resume_token: Option<String>,
     /// The relay's current model version.
     pub version: u64,
     /// Units accepted by the relay.
@@ -133,13 +137,16 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
 
     async fn session(&mut self) -> Result<(), ContributorError> {
         self.update(|s| s.state = "connecting".into());
-        let hello = ClientMsg::Hello(Hello { agent: self.agent.clone(), device: self.device.clone() });
+        let resume = self.stats.lock().expect("stats lock").resume_token.clone();
+        let hello = ClientMsg::Hello(Hello { agent: self.agent.clone(), device: self.device.clone(), resume });
         self.transport.send(protocol::encode(&hello)).await?;
         loop {
             let frame = self.transport.recv().await?;
             match protocol::decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME)? {
                 ServerMsg::Welcome(w) => self.update(|s| {
                     s.session = w.session;
+                    s.contributor = w.contributor;
+                    s.resume_token = Some(w.token);
                     s.version = w.version;
                 }),
                 ServerMsg::Wait { .. } => self.update(|s| s.state = "waiting".into()),

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
 
-/// Shape of the model.
+/// Shape of the model. In a job file every key is optional (defaults below).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GptConfig {
     /// Vocabulary size (≤ 256: tokens are bytes).
     pub vocab: usize,

@@ -16,7 +16,7 @@ use crate::train::InnerOptim;
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
 /// The protocol version this build speaks; a frame with another is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -51,6 +51,9 @@ pub struct Hello {
     pub agent: String,
     /// The device the contributor will train on.
     pub device: DeviceInfo,
+    /// The token of an earlier [`Welcome`], to continue as the same contributor after a
+    /// reconnect or a relay restart.
+    pub resume: Option<String>,
 }
 
 /// A finished unit.
@@ -89,8 +92,12 @@ pub enum ServerMsg {
 /// Session facts sent once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Welcome {
-    /// This session's id on the relay.
+    /// This connection's id on the relay.
     pub session: u64,
+    /// The contributor's lasting id (kept across reconnects that resume).
+    pub contributor: u64,
+    /// Secret to send as [`Hello::resume`] next time; the relay stores only its hash.
+    pub token: String,
     /// The job's name.
     pub job: String,
     /// The current model version.
@@ -180,7 +187,8 @@ impl Validate for ClientMsg {
             ClientMsg::Hello(h) => {
                 check_string("agent", &h.agent)?;
                 check_string("device.kind", &h.device.kind)?;
-                check_string("device.adapter", &h.device.adapter)
+                check_string("device.adapter", &h.device.adapter)?;
+                check_string("resume", h.resume.as_deref().unwrap_or_default())
             }
             ClientMsg::Submit(s) => {
                 if s.delta.len() > MAX_PARAMS {
@@ -198,7 +206,10 @@ impl Validate for ClientMsg {
 impl Validate for ServerMsg {
     fn validate(&self) -> Result<(), String> {
         match self {
-            ServerMsg::Welcome(w) => check_string("job", &w.job),
+            ServerMsg::Welcome(w) => {
+                check_string("job", &w.job)?;
+                check_string("token", &w.token)
+            }
             ServerMsg::Wait { reason } => check_string("reason", reason),
             ServerMsg::Ack(a) => check_string("reason", &a.reason),
             ServerMsg::Assign(u) => {

@@ -4,7 +4,7 @@
 pub mod browser;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crowdgrad_relay::Relay;
@@ -16,17 +16,14 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// A small, fast job: 10 inner steps, rounds of `target` results, short deadlines.
-pub fn test_job(target: usize) -> JobConfig {
-    JobConfig {
-        inner_steps: 10,
-        batch: 4,
-        target_results: target,
-        min_results: 1,
-        round_deadline: Duration::from_secs(5),
-        unit_deadline: Duration::from_secs(30),
-        ..JobConfig::default()
-    }
+/// A small, fast job: 10 inner steps, rounds of `target` results, short deadlines,
+/// storage in `dir`.
+pub fn test_job(target: usize, dir: &Path) -> JobConfig {
+    let mut job = JobConfig::default();
+    (job.inner.steps, job.inner.batch) = (10, 4);
+    (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (target, 1, 5.0, 30.0);
+    job.storage.dir = dir.to_path_buf();
+    job
 }
 
 /// Starts a relay for `job` on 127.0.0.1 with an ephemeral port, serving `www/`.

@@ -37,7 +37,9 @@ async fn close_reason(addr: SocketAddr, frames: Vec<Message>) -> (u16, String) {
 
 fn hello() -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
-    Message::Binary(protocol::encode(&ClientMsg::Hello(Hello { agent: "bad-frames-test".into(), device })).into())
+    Message::Binary(
+        protocol::encode(&ClientMsg::Hello(Hello { agent: "bad-frames-test".into(), device, resume: None })).into(),
+    )
 }
 
 fn frame_with_header(payload: &[u8]) -> Message {
@@ -49,7 +51,8 @@ fn frame_with_header(payload: &[u8]) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
-    let relay = start_relay(test_job(1)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(1, dir.path())).await;
     let addr = relay.addr;
     let (honest, stats) = spawn_native_contributor(addr);
     wait_for("the honest contributor's first accepted unit", Duration::from_secs(60), || {
@@ -65,7 +68,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
     future_version.extend_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
     let (code, reason) = close_reason(addr, vec![Message::Binary(future_version.into())]).await;
     assert_eq!(code, 1008);
-    assert!(reason.contains("protocol version 2 is not supported"), "{reason}");
+    assert!(reason.contains(&format!("protocol version {} is not supported", PROTOCOL_VERSION + 1)), "{reason}");
 
     let (code, reason) = close_reason(addr, vec![frame_with_header(&[0xff; 10])]).await;
     assert_eq!(code, 1008);
@@ -101,7 +104,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
 
     // An oversized string inside a well-formed frame.
     let device = DeviceInfo { kind: "cpu".into(), adapter: "x".repeat(1000), software: true };
-    let long = ClientMsg::Hello(Hello { agent: "a".into(), device });
+    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&long).into())]).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("device.adapter is 1000 bytes"), "{reason}");

@@ -13,7 +13,8 @@ async fn two_chromium_tabs_train_on_webgpu() {
         repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
         "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
     );
-    let relay = start_relay(test_job(2)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(2, dir.path())).await;
     let addr = relay.addr;
     let driver = Chromedriver::start().expect("chromedriver");
     let mut tabs = Vec::new();

@@ -6,7 +6,8 @@ use crowdgrad_tests::{loss_history, spawn_native_contributor, start_relay, statu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
-    let relay = start_relay(test_job(3)).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(3, dir.path())).await;
     let addr = relay.addr;
     let contributors: Vec<_> = (0..3).map(|_| spawn_native_contributor(addr)).collect();
     let final_status = wait_for("5 committed versions", Duration::from_secs(120), || {

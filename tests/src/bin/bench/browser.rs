@@ -14,13 +14,16 @@ const LIMIT: Duration = Duration::from_secs(900);
 pub struct BenchPage {
     relay: Relay,
     driver: Chromedriver,
+    /// The relay's storage, deleted with the page.
+    _storage: tempfile::TempDir,
 }
 
 impl BenchPage {
     /// Starts both.
     pub async fn start() -> Self {
-        let relay = start_relay(test_job(1)).await;
-        BenchPage { relay, driver: Chromedriver::start().expect("chromedriver") }
+        let storage = tempfile::tempdir().expect("temp dir");
+        let relay = start_relay(test_job(1, storage.path())).await;
+        BenchPage { relay, driver: Chromedriver::start().expect("chromedriver"), _storage: storage }
     }
 
     /// Opens the page in a fresh tab and resolves `call` (a JS expression using the

@@ -1,0 +1,148 @@
+//! Closing a round: the outer Nesterov step on the mean delta, then the new version
+//! written to the store and the ledger before it is served. When writing fails the
+//! relay stays at its last good version, says so in status, and tries again.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use super::{Coordinator, HISTORY_LEN, VersionRecord};
+use crate::config::JobConfig;
+use crate::ledger::{Ledger, VersionRow, now_ms};
+use crate::store::Store;
+
+/// How long after a failed write the commit is tried again.
+const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+impl From<VersionRow> for VersionRecord {
+    fn from(row: VersionRow) -> Self {
+        VersionRecord {
+            version: row.version,
+            val_loss: row.val_loss,
+            train_loss: row.train_loss,
+            results: row.results,
+            at_ms: row.committed_ms,
+        }
+    }
+}
+
+/// Writes `version`'s files durably, then its ledger row (closing `round`'s row when
+/// given); returns the weights file and its hash.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn persist(
+    store: &Store,
+    ledger: &mut Ledger,
+    job: &JobConfig,
+    version: u64,
+    params: &[f32],
+    momentum: &[f32],
+    val_loss: f32,
+    train_loss: Option<f32>,
+    results: u32,
+    round: Option<u64>,
+) -> anyhow::Result<(Bytes, String)> {
+    let written = store.write(&job.model, version, params, momentum, &job.name)?;
+    let row = VersionRow {
+        version,
+        weights_hash: written.weights_hash.clone(),
+        momentum_hash: written.momentum_hash,
+        val_loss,
+        train_loss,
+        results,
+        committed_ms: now_ms(),
+    };
+    ledger.commit_version(&row, round)?;
+    Ok((Bytes::from(written.weights), written.weights_hash))
+}
+
+impl Coordinator {
+    /// Averages the round's results and takes the outer Nesterov step; once the new
+    /// version is written, serves it and opens the next round.
+    pub(super) fn commit(&mut self, now: Instant) {
+        let n = self.results.len();
+        let mut mean = vec![0f32; self.params.len()];
+        for delta in &self.results {
+            for (m, d) in mean.iter_mut().zip(delta) {
+                *m += d / n as f32;
+            }
+        }
+        let (lr, mu) = (self.job.outer.lr, self.job.outer.momentum);
+        let mut params = self.params.clone();
+        let mut momentum = self.momentum.clone();
+        for ((p, m), g) in params.iter_mut().zip(momentum.iter_mut()).zip(&mean) {
+            *m = mu * *m + g;
+            *p -= lr * (g + mu * *m);
+        }
+        let version = self.version + 1;
+        let val_loss = self.evaluator.loss(&params);
+        let train_loss = (!self.train_losses.is_empty())
+            .then(|| self.train_losses.iter().sum::<f32>() / self.train_losses.len() as f32);
+        let written = persist(
+            &self.store,
+            &mut self.ledger,
+            &self.job,
+            version,
+            &params,
+            &momentum,
+            val_loss,
+            train_loss,
+            n as u32,
+            Some(self.round),
+        );
+        let current = match written {
+            Ok(current) => current,
+            Err(e) => {
+                let message = format!("version {version} could not be saved ({e:#}); serving version {}", self.version);
+                tracing::error!("{message}; retrying in {COMMIT_RETRY:?}");
+                self.storage_error = Some(message);
+                self.retry_commit_at = Some(now + COMMIT_RETRY);
+                return;
+            }
+        };
+        if self.storage_error.take().is_some() {
+            tracing::info!(version, "storage works again");
+        }
+        self.retry_commit_at = None;
+        self.params = params;
+        self.momentum = momentum;
+        self.version = version;
+        self.current = current;
+        tracing::info!(version, val_loss, results = n, "committed version");
+        self.history.push_back(VersionRecord { version, val_loss, train_loss, results: n as u32, at_ms: now_ms() });
+        while self.history.len() > HISTORY_LEN {
+            self.history.pop_front();
+        }
+        self.prune();
+        self.round += 1;
+        let opened = self.ledger.open_round(self.round, version);
+        self.note_storage("opening a round", opened);
+        self.round_deadline = None;
+        self.units.clear();
+        self.results.clear();
+        self.train_losses.clear();
+        for s in self.sessions.values_mut() {
+            s.unit = None;
+        }
+        self.offer_all(now);
+    }
+
+    /// Deletes the files of versions that are neither among the newest `keep_last` nor
+    /// a multiple of `keep_every`.
+    fn prune(&mut self) {
+        let kept = self.ledger.kept_versions();
+        let Some(kept) = self.note_storage("listing kept versions", kept) else { return };
+        let (last, every) = (self.job.storage.keep_last as u64, self.job.storage.keep_every);
+        for version in kept {
+            if version + last > self.version || (every != 0 && version.is_multiple_of(every)) {
+                continue;
+            }
+            match self.store.remove(version) {
+                Ok(()) => {
+                    let forgot = self.ledger.forget_version(version);
+                    self.note_storage("forgetting a version", forgot);
+                }
+                Err(e) => tracing::warn!(version, "could not delete an old version: {e}"),
+            }
+        }
+    }
+}

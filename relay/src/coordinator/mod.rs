@@ -1,0 +1,508 @@
+//! DiLoCo rounds: hands out units, judges results, averages them into new versions.
+//!
+//! The coordinator is plain state behind a mutex, driven by three kinds of calls:
+//! session events ([`Coordinator::join`], [`Coordinator::submit`],
+//! [`Coordinator::leave`]) and the clock ([`Coordinator::tick`]). It sends messages to
+//! sessions through their bounded outboxes and never blocks on them. Every event is
+//! written to the [`Ledger`]; committed versions go to the [`Store`] first
+//! (see [`commit`]), so a restarted relay resumes at its last committed version.
+
+mod commit;
+mod report;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::checkpoint::hash_hex;
+use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Welcome, WorkUnit};
+use crowdgrad_runtime::rng::Rng;
+use tokio::sync::mpsc;
+
+pub use self::report::{Counters, Rejection, Status, VersionRecord};
+use crate::config::JobConfig;
+use crate::eval::Evaluator;
+use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
+use crate::store::Store;
+
+/// A session's outbox; when it is full the session is too slow and is dropped.
+pub type Outbox = mpsc::Sender<ServerMsg>;
+
+/// How often [`Coordinator::tick`] runs.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Versions of loss history kept in memory for `/api/status`.
+const HISTORY_LEN: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UnitState {
+    Open,
+    Assigned { session: u64, deadline: Instant },
+    Done,
+}
+
+struct Unit {
+    shard: u32,
+    seed: u64,
+    state: UnitState,
+}
+
+struct Session {
+    outbox: Outbox,
+    contributor: u64,
+    device: DeviceInfo,
+    unit: Option<u64>,
+    told_to_wait: bool,
+}
+
+/// A shard of the training split, as served for download.
+pub struct ShardFile {
+    /// The shard's bytes.
+    pub bytes: Bytes,
+    /// blake3 of `bytes`, hex.
+    pub hash: String,
+}
+
+/// Where a kept version's weights file is: the current one is in memory, older ones
+/// are read from the store.
+pub enum VersionSource {
+    /// The current version's bytes.
+    Memory(Bytes),
+    /// An older kept version's file.
+    Disk(PathBuf),
+}
+
+/// The relay's training state.
+pub struct Coordinator {
+    job: JobConfig,
+    params: Vec<f32>,
+    momentum: Vec<f32>,
+    version: u64,
+    /// The current version's weights file and its blake3 hex.
+    current: (Bytes, String),
+    shards: Vec<ShardFile>,
+    round: u64,
+    /// Set when the round's first unit is handed out: an empty relay never times out.
+    round_deadline: Option<Instant>,
+    units: BTreeMap<u64, Unit>,
+    results: Vec<Vec<f32>>,
+    train_losses: Vec<f32>,
+    next_unit: u64,
+    next_session: u64,
+    sessions: BTreeMap<u64, Session>,
+    evaluator: Evaluator,
+    history: VecDeque<VersionRecord>,
+    counters: Counters,
+    ledger: Ledger,
+    store: Store,
+    storage_error: Option<String>,
+    /// When a commit that could not be written is tried again.
+    retry_commit_at: Option<Instant>,
+}
+
+impl Coordinator {
+    /// Opens the job's storage and resumes at its last committed version, or commits
+    /// version 0 from the job's seed; abandons the rounds a previous run left open and
+    /// opens the next.
+    pub fn open(job: JobConfig, corpus: Corpus) -> anyhow::Result<Self> {
+        let mut ledger = Ledger::open(&job.storage.dir, &job)?;
+        let store = Store::new(&job.storage.dir);
+        let overlap = job.model.context + 1;
+        let shards = (0..job.data.shards)
+            .map(|i| {
+                let bytes = corpus.shard(i, job.data.shards, overlap).to_vec();
+                ShardFile { hash: hash_hex(&bytes), bytes: Bytes::from(bytes) }
+            })
+            .collect();
+        let mut evaluator = Evaluator::new(&job, corpus);
+        let (version, params, momentum, current) = match ledger.last_version()? {
+            Some(row) => {
+                let (bytes, params, momentum) = store
+                    .read(&job.model, row.version, &row.weights_hash, &row.momentum_hash)
+                    .with_context(|| format!("loading committed version {}", row.version))?;
+                (row.version, params, momentum, (Bytes::from(bytes), row.weights_hash))
+            }
+            None => {
+                let params = job.model.init(job.seed);
+                let momentum = vec![0.0; params.len()];
+                let loss = evaluator.loss(&params);
+                let row = commit::persist(&store, &mut ledger, &job, 0, &params, &momentum, loss, None, 0, None)
+                    .context("writing version 0")?;
+                (0, params, momentum, row)
+            }
+        };
+        let (round, next_unit) = ledger.abandon_open_rounds()?;
+        ledger.open_round(round, version)?;
+        let history = ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
+        tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
+        Ok(Coordinator {
+            params,
+            momentum,
+            version,
+            current,
+            shards,
+            round,
+            round_deadline: None,
+            units: BTreeMap::new(),
+            results: Vec::new(),
+            train_losses: Vec::new(),
+            next_unit,
+            next_session: 1,
+            sessions: BTreeMap::new(),
+            evaluator,
+            history,
+            counters: Counters::default(),
+            ledger,
+            store,
+            storage_error: None,
+            retry_commit_at: None,
+            job,
+        })
+    }
+
+    /// The job being run.
+    pub fn job(&self) -> &JobConfig {
+        &self.job
+    }
+
+    /// Number of model parameters.
+    pub fn param_count(&self) -> usize {
+        self.params.len()
+    }
+
+    /// The current model version.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Where `version`'s weights file is, with its blake3 hex, if it is kept.
+    pub fn version_file(&mut self, version: u64) -> Option<(VersionSource, String)> {
+        if version == self.version {
+            return Some((VersionSource::Memory(self.current.0.clone()), self.current.1.clone()));
+        }
+        let hash = self.ledger.kept_version(version);
+        let hash = self.note_storage("looking up a version", hash)??;
+        Some((VersionSource::Disk(self.store.weights_path(version)), hash))
+    }
+
+    /// The bytes of shard `index`.
+    pub fn shard_file(&self, index: u32) -> Option<Bytes> {
+        self.shards.get(index as usize).map(|s| s.bytes.clone())
+    }
+
+    /// A snapshot for `/api/status`.
+    pub fn status(&self) -> Status {
+        let mut devices = BTreeMap::new();
+        for s in self.sessions.values() {
+            *devices.entry(s.device.kind.clone()).or_insert(0) += 1;
+        }
+        Status {
+            job: self.job.name.clone(),
+            version: self.version,
+            round: self.round,
+            contributors_online: self.sessions.len(),
+            round_results: self.results.len(),
+            counters: self.counters.clone(),
+            history: self.history.iter().cloned().collect(),
+            devices,
+            storage_error: self.storage_error.clone(),
+        }
+    }
+
+    /// Registers a session that has said hello, as the contributor its resume token
+    /// names or as a new one; greets it and gives it work if any.
+    pub fn join(&mut self, outbox: Outbox, hello: Hello, now: Instant) -> u64 {
+        let id = self.next_session;
+        self.next_session += 1;
+        let resumed = match hello.resume.as_deref() {
+            Some(token) => {
+                let found = self.ledger.resume_contributor(token);
+                self.note_storage("resuming a contributor", found).flatten().map(|c| (c, token.to_string()))
+            }
+            None => None,
+        };
+        let (contributor, token) = match resumed {
+            Some(known) => {
+                self.counters.resumed += 1;
+                known
+            }
+            None => {
+                let token = new_token();
+                let device = format!("{} ({})", hello.device.kind, hello.device.adapter);
+                let created = self.ledger.new_contributor(&token, &hello.agent, &device);
+                (self.note_storage("registering a contributor", created).unwrap_or(0), token)
+            }
+        };
+        let welcome = ServerMsg::Welcome(Welcome {
+            session: id,
+            contributor,
+            token,
+            job: self.job.name.clone(),
+            version: self.version,
+        });
+        let session = Session { outbox, contributor, device: hello.device, unit: None, told_to_wait: false };
+        self.sessions.insert(id, session);
+        self.send(id, welcome);
+        self.offer(id, now);
+        id
+    }
+
+    /// Forgets a session; its unit goes back to the pool and to an idle session.
+    pub fn leave(&mut self, session: u64, now: Instant) {
+        if let Some(s) = self.sessions.remove(&session)
+            && let Some(unit_id) = s.unit
+            && self
+                .units
+                .get(&unit_id)
+                .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
+        {
+            self.reopen(unit_id);
+            self.offer_all(now);
+        }
+    }
+
+    /// Judges a submission, records and acknowledges it, and gives the session its next
+    /// unit.
+    pub fn submit(&mut self, session: u64, sub: Submission, now: Instant) -> Result<(), Rejection> {
+        let verdict = self.judge(session, &sub);
+        let reason = verdict.err().map(|r| format!("{}: {}", r.code(), self.explain(r, &sub))).unwrap_or_default();
+        let contributor = self.sessions.get(&session).map_or(0, |s| s.contributor);
+        let row = ResultRow {
+            unit: sub.unit_id,
+            contributor,
+            version: sub.version,
+            accepted: verdict.is_ok(),
+            reason: &reason,
+            losses: (sub.loss_before, sub.loss_after),
+        };
+        let recorded = self.ledger.record_result(&row);
+        self.note_storage("recording a result", recorded);
+        match verdict {
+            Ok(()) => {
+                let unit = self.units.get_mut(&sub.unit_id).expect("judged present");
+                unit.state = UnitState::Done;
+                let (shard, seed) = (unit.shard, unit.seed);
+                let put = self.ledger.put_unit(
+                    sub.unit_id,
+                    self.round,
+                    shard,
+                    seed,
+                    UnitRowState::Done,
+                    Some(contributor),
+                    None,
+                );
+                self.note_storage("recording a unit", put);
+                self.results.push(sub.delta);
+                self.train_losses.push(sub.loss_after);
+                self.counters.accepted += 1;
+            }
+            Err(r) => *self.counters.rejected.entry(r.code()).or_insert(0) += 1,
+        }
+        if let Some(s) = self.sessions.get_mut(&session)
+            && s.unit == Some(sub.unit_id)
+        {
+            s.unit = None;
+        }
+        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
+            self.commit(now);
+        }
+        let ack = Ack { unit_id: sub.unit_id, accepted: verdict.is_ok(), reason, version: self.version };
+        self.send(session, ServerMsg::Ack(ack));
+        self.offer(session, now);
+        verdict
+    }
+
+    fn judge(&self, session: u64, sub: &Submission) -> Result<(), Rejection> {
+        let Some(unit) = self.units.get(&sub.unit_id) else {
+            return Err(if sub.unit_id < self.next_unit { Rejection::Stale } else { Rejection::UnknownUnit });
+        };
+        match unit.state {
+            UnitState::Assigned { session: holder, .. } if holder == session => {}
+            _ => return Err(Rejection::NotAssigned),
+        }
+        if sub.version != self.version {
+            return Err(Rejection::WrongVersion);
+        }
+        if sub.steps != self.job.inner.steps {
+            return Err(Rejection::WrongSteps);
+        }
+        if sub.delta.len() != self.params.len() {
+            return Err(Rejection::WrongSize);
+        }
+        if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && sub.delta.iter().all(|x| x.is_finite())) {
+            return Err(Rejection::NonFinite);
+        }
+        Ok(())
+    }
+
+    fn explain(&self, r: Rejection, sub: &Submission) -> String {
+        match r {
+            Rejection::UnknownUnit => format!("unit {} was never issued", sub.unit_id),
+            Rejection::Stale => {
+                format!("unit {} is from a closed round; the model is at version {}", sub.unit_id, self.version)
+            }
+            Rejection::NotAssigned => format!("unit {} is not assigned to this session", sub.unit_id),
+            Rejection::WrongVersion => format!("version {} but the unit is for version {}", sub.version, self.version),
+            Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, self.job.inner.steps),
+            Rejection::WrongSize => format!("delta has {} values, the model {}", sub.delta.len(), self.params.len()),
+            Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
+        }
+    }
+
+    /// Reassigns units past their deadline, closes the round at its deadline, and
+    /// retries a commit that could not be written.
+    pub fn tick(&mut self, now: Instant) {
+        // The late session stays busy (its result will be refused as not assigned), so
+        // the unit goes to someone else.
+        let expired: Vec<u64> = self
+            .units
+            .iter()
+            .filter(|(_, u)| matches!(u.state, UnitState::Assigned { deadline, .. } if now >= deadline))
+            .map(|(id, _)| *id)
+            .collect();
+        for &unit in &expired {
+            self.reopen(unit);
+        }
+        if let Some(retry) = self.retry_commit_at
+            && now >= retry
+        {
+            self.commit(now);
+        } else if let Some(deadline) = self.round_deadline
+            && now >= deadline
+            && self.retry_commit_at.is_none()
+        {
+            if self.results.len() >= self.job.round.min {
+                self.commit(now);
+            } else {
+                self.round_deadline = Some(now + self.job.round_deadline());
+            }
+        }
+        if !expired.is_empty() {
+            self.offer_all(now);
+        }
+    }
+
+    /// Puts a held unit back in the pool.
+    fn reopen(&mut self, unit_id: u64) {
+        let Some(unit) = self.units.get_mut(&unit_id) else { return };
+        unit.state = UnitState::Open;
+        let (shard, seed) = (unit.shard, unit.seed);
+        self.counters.reassigned += 1;
+        let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
+        self.note_storage("recording a unit", put);
+    }
+
+    fn offer_all(&mut self, now: Instant) {
+        let idle: Vec<u64> = self.sessions.iter().filter(|(_, s)| s.unit.is_none()).map(|(id, _)| *id).collect();
+        for id in idle {
+            self.offer(id, now);
+        }
+    }
+
+    /// Gives an idle session an open unit (creating one while the round is short of its
+    /// target), or tells it once to wait.
+    fn offer(&mut self, session: u64, now: Instant) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.unit.is_some() {
+            return;
+        }
+        let contributor = s.contributor;
+        let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open).map(|(id, _)| *id);
+        let unit_id = match open {
+            Some(id) => Some(id),
+            None if self.units.len() < self.job.round.target && self.retry_commit_at.is_none() => {
+                Some(self.create_unit(now))
+            }
+            None => None,
+        };
+        let Some(unit_id) = unit_id else {
+            let s = self.sessions.get_mut(&session).expect("checked above");
+            if !s.told_to_wait {
+                s.told_to_wait = true;
+                let reason =
+                    format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
+                self.send(session, ServerMsg::Wait { reason });
+            }
+            return;
+        };
+        let deadline = now + self.job.unit_deadline();
+        let unit = self.units.get_mut(&unit_id).expect("found or created above");
+        unit.state = UnitState::Assigned { session, deadline };
+        let (shard, seed) = (unit.shard, unit.seed);
+        let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
+        let put = self.ledger.put_unit(
+            unit_id,
+            self.round,
+            shard,
+            seed,
+            UnitRowState::Assigned,
+            Some(contributor),
+            Some(deadline_ms),
+        );
+        self.note_storage("recording a unit", put);
+        let s = self.sessions.get_mut(&session).expect("checked above");
+        s.unit = Some(unit_id);
+        s.told_to_wait = false;
+        self.counters.assigned += 1;
+        let msg = ServerMsg::Assign(WorkUnit {
+            unit_id,
+            version: self.version,
+            weights_hash: self.current.1.clone(),
+            shard,
+            shard_hash: self.shards[shard as usize].hash.clone(),
+            seed,
+            steps: self.job.inner.steps,
+            batch: self.job.inner.batch,
+            model: self.job.model,
+            optim: self.job.inner_optim(self.version),
+        });
+        self.send(session, msg);
+    }
+
+    fn create_unit(&mut self, now: Instant) -> u64 {
+        self.round_deadline.get_or_insert(now + self.job.round_deadline());
+        let id = self.next_unit;
+        self.next_unit += 1;
+        let mut rng = Rng::from_parts(&[self.job.seed, id]);
+        let shard = rng.below(self.job.data.shards as u64) as u32;
+        self.units.insert(id, Unit { shard, seed: rng.next_u64(), state: UnitState::Open });
+        id
+    }
+
+    /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and
+    /// closing the outbox makes its connection end (and [`Self::leave`] follow).
+    fn send(&mut self, session: u64, msg: ServerMsg) {
+        if let Some(s) = self.sessions.get(&session)
+            && s.outbox.try_send(msg).is_err()
+        {
+            tracing::warn!(session, "outbox full or closed; dropping the session");
+            if let Some(unit) = self.sessions.remove(&session).and_then(|s| s.unit) {
+                self.reopen(unit);
+            }
+        }
+    }
+
+    /// Passes `result` through; on an error, logs it and shows it in status until the
+    /// next version is written.
+    fn note_storage<T>(&mut self, what: &str, result: anyhow::Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(e) => {
+                tracing::error!("ledger: {what} failed: {e:#}");
+                self.storage_error = Some(format!("{what} failed: {e:#}"));
+                None
+            }
+        }
+    }
+}
+
+/// A fresh resume token: 128 random bits, hex.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,93 @@
+//! What the coordinator reports: verdict codes, counters, the loss history, status.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Why a result was refused. The code is what `/api/status` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// No such unit, in this round or any kept.
+    UnknownUnit,
+    /// The unit belongs to a round that has closed.
+    Stale,
+    /// The unit is held by another session, or was reassigned.
+    NotAssigned,
+    /// The submission names another version than its unit.
+    WrongVersion,
+    /// Another number of inner steps than assigned.
+    WrongSteps,
+    /// Δ has another length than the model.
+    WrongSize,
+    /// Δ or a loss is NaN or infinite.
+    NonFinite,
+}
+
+impl Rejection {
+    /// Short stable code, e.g. `non_finite`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::UnknownUnit => "unknown_unit",
+            Rejection::Stale => "stale",
+            Rejection::NotAssigned => "not_assigned",
+            Rejection::WrongVersion => "wrong_version",
+            Rejection::WrongSteps => "wrong_steps",
+            Rejection::WrongSize => "wrong_size",
+            Rejection::NonFinite => "non_finite",
+        }
+    }
+}
+
+/// One row of the loss history.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionRecord {
+    /// Model version.
+    pub version: u64,
+    /// Held-out (validation split) loss of this version, nats.
+    pub val_loss: f32,
+    /// Mean of the accepted units' last-step training losses that made it, nats.
+    pub train_loss: Option<f32>,
+    /// Results averaged into it.
+    pub results: u32,
+    /// When it was committed, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+/// Counters for `/api/status`, since this relay process started.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    /// Units handed out (reassignments included).
+    pub assigned: u64,
+    /// Results accepted.
+    pub accepted: u64,
+    /// Results rejected, by [`Rejection::code`].
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Units reassigned after a disconnect or a missed deadline.
+    pub reassigned: u64,
+    /// Sessions that resumed as an earlier contributor through its token.
+    pub resumed: u64,
+}
+
+/// The JSON body of `/api/status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Job name.
+    pub job: String,
+    /// Current (last committed) model version.
+    pub version: u64,
+    /// Current round number.
+    pub round: u64,
+    /// Sessions connected and past hello.
+    pub contributors_online: usize,
+    /// Results in the open round.
+    pub round_results: usize,
+    /// Counters since this process started.
+    pub counters: Counters,
+    /// Loss history, oldest first (the last 200 versions).
+    pub history: Vec<VersionRecord>,
+    /// Devices online, by kind (`webgpu`, `cpu`, …).
+    pub devices: BTreeMap<String, usize>,
+    /// Why the last write of a version or of the ledger failed; `None` once writing
+    /// works again. While set, the relay stays at its last good version.
+    pub storage_error: Option<String>,
+}

@@ -1,0 +1,356 @@
+//! The SQLite ledger (`ledger.sqlite` in the storage folder): the job, every committed
+//! version, rounds, units, contributors and every result with its verdict.
+//!
+//! A version row is written only after its checkpoint files are durable, so every
+//! version the ledger lists can be loaded. WAL journaling with `synchronous = NORMAL`:
+//! a killed process loses nothing committed.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::config::JobConfig;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    version INTEGER PRIMARY KEY,
+    weights_hash TEXT NOT NULL,
+    momentum_hash TEXT NOT NULL,
+    val_loss REAL NOT NULL,
+    train_loss REAL,
+    results INTEGER NOT NULL,
+    committed_ms INTEGER NOT NULL,
+    kept INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'abandoned')),
+    opened_ms INTEGER NOT NULL,
+    closed_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS units (
+    unit INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL REFERENCES rounds(round),
+    shard INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('open', 'assigned', 'done', 'abandoned')),
+    contributor INTEGER REFERENCES contributors(id),
+    deadline_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS contributors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token_hash TEXT NOT NULL UNIQUE,
+    agent TEXT NOT NULL,
+    device TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    accepted INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit INTEGER NOT NULL,
+    contributor INTEGER NOT NULL REFERENCES contributors(id),
+    version INTEGER NOT NULL,
+    accepted INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    loss_before REAL,
+    loss_after REAL,
+    at_ms INTEGER NOT NULL
+);
+";
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A committed version as the ledger records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionRow {
+    /// Model version.
+    pub version: u64,
+    /// blake3 of the weights file, hex.
+    pub weights_hash: String,
+    /// blake3 of the momentum file, hex.
+    pub momentum_hash: String,
+    /// Held-out loss, nats.
+    pub val_loss: f32,
+    /// Mean last-step training loss of the results that made it, nats.
+    pub train_loss: Option<f32>,
+    /// Results averaged into it.
+    pub results: u32,
+    /// When it was committed, ms since the Unix epoch.
+    pub committed_ms: i64,
+}
+
+/// A unit's ledger state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitRowState {
+    /// Created, not held.
+    Open,
+    /// Held by a contributor until a deadline.
+    Assigned,
+    /// Its result was accepted.
+    Done,
+}
+
+impl UnitRowState {
+    fn as_str(self) -> &'static str {
+        match self {
+            UnitRowState::Open => "open",
+            UnitRowState::Assigned => "assigned",
+            UnitRowState::Done => "done",
+        }
+    }
+}
+
+/// One result's ledger entry.
+pub struct ResultRow<'a> {
+    /// The unit it answers.
+    pub unit: u64,
+    /// Who sent it.
+    pub contributor: u64,
+    /// The version it claims to start from.
+    pub version: u64,
+    /// The verdict.
+    pub accepted: bool,
+    /// Rejection code and explanation; empty when accepted.
+    pub reason: &'a str,
+    /// Loss before and after the unit's steps, nats.
+    pub losses: (f32, f32),
+}
+
+/// The open ledger.
+pub struct Ledger {
+    db: Connection,
+}
+
+impl Ledger {
+    /// Opens (or creates) `dir/ledger.sqlite` for `job`. A ledger of another model shape
+    /// is refused: its checkpoints would not load.
+    pub fn open(dir: &Path, job: &JobConfig) -> anyhow::Result<Ledger> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("ledger.sqlite");
+        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        db.execute_batch(SCHEMA)?;
+        let config = serde_json::to_string(job)?;
+        let stored: Option<String> =
+            db.query_row("SELECT config FROM jobs WHERE id = 1", [], |r| r.get(0)).optional()?;
+        match stored {
+            None => {
+                db.execute(
+                    "INSERT INTO jobs (id, name, config, created_ms) VALUES (1, ?1, ?2, ?3)",
+                    params![job.name, config, now_ms()],
+                )?;
+            }
+            Some(stored) => {
+                let stored: JobConfig = serde_json::from_str(&stored).context("the ledger's job config")?;
+                anyhow::ensure!(
+                    stored.model == job.model,
+                    "{} holds a job with model {:?}, not {:?}; use another storage.dir",
+                    path.display(),
+                    stored.model,
+                    job.model
+                );
+                db.execute("UPDATE jobs SET name = ?1, config = ?2 WHERE id = 1", params![job.name, config])?;
+            }
+        }
+        Ok(Ledger { db })
+    }
+
+    /// The newest committed version, if any.
+    pub fn last_version(&self) -> anyhow::Result<Option<VersionRow>> {
+        Ok(self.versions_from_newest(1)?.pop())
+    }
+
+    /// Up to `limit` committed versions, oldest first, ending at the newest.
+    pub fn recent_versions(&self, limit: usize) -> anyhow::Result<Vec<VersionRow>> {
+        let mut rows = self.versions_from_newest(limit)?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn versions_from_newest(&self, limit: usize) -> anyhow::Result<Vec<VersionRow>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms
+             FROM versions ORDER BY version DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(VersionRow {
+                version: r.get::<_, i64>(0)? as u64,
+                weights_hash: r.get(1)?,
+                momentum_hash: r.get(2)?,
+                val_loss: r.get::<_, f64>(3)? as f32,
+                train_loss: r.get::<_, Option<f64>>(4)?.map(|l| l as f32),
+                results: r.get(5)?,
+                committed_ms: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The hash of `version`'s weights file if it is committed and still kept.
+    pub fn kept_version(&self, version: u64) -> anyhow::Result<Option<String>> {
+        let mut stmt = self.db.prepare_cached("SELECT weights_hash FROM versions WHERE version = ?1 AND kept = 1")?;
+        Ok(stmt.query_row([version as i64], |r| r.get(0)).optional()?)
+    }
+
+    /// Records a committed version and closes `round` as committed, in one transaction.
+    pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>) -> anyhow::Result<()> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                row.version as i64,
+                row.weights_hash,
+                row.momentum_hash,
+                row.val_loss as f64,
+                row.train_loss.map(|l| l as f64),
+                row.results,
+                row.committed_ms
+            ],
+        )?;
+        if let Some(round) = round {
+            tx.execute(
+                "UPDATE rounds SET state = 'committed', closed_ms = ?2 WHERE round = ?1",
+                params![round as i64, row.committed_ms],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks `version`'s files as deleted.
+    pub fn forget_version(&self, version: u64) -> anyhow::Result<()> {
+        self.db.execute("UPDATE versions SET kept = 0 WHERE version = ?1", [version as i64])?;
+        Ok(())
+    }
+
+    /// Versions whose files are still kept, oldest first.
+    pub fn kept_versions(&self) -> anyhow::Result<Vec<u64>> {
+        let mut stmt = self.db.prepare_cached("SELECT version FROM versions WHERE kept = 1 ORDER BY version")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        Ok(rows.map(|v| v.map(|v| v as u64)).collect::<Result<_, _>>()?)
+    }
+
+    /// Closes rounds a previous run left open, with their units; returns the next
+    /// round number and the next unit id, so that ids never repeat.
+    pub fn abandon_open_rounds(&mut self) -> anyhow::Result<(u64, u64)> {
+        let tx = self.db.transaction()?;
+        tx.execute(
+            "UPDATE units SET state = 'abandoned', contributor = NULL, deadline_ms = NULL
+             WHERE state IN ('open', 'assigned')",
+            [],
+        )?;
+        tx.execute("UPDATE rounds SET state = 'abandoned', closed_ms = ?1 WHERE state = 'open'", [now_ms()])?;
+        let round: i64 = tx.query_row("SELECT COALESCE(MAX(round), 0) + 1 FROM rounds", [], |r| r.get(0))?;
+        let unit: i64 = tx.query_row("SELECT COALESCE(MAX(unit), 0) + 1 FROM units", [], |r| r.get(0))?;
+        tx.commit()?;
+        Ok((round as u64, unit as u64))
+    }
+
+    /// Records that `round` opened on `version`.
+    pub fn open_round(&self, round: u64, version: u64) -> anyhow::Result<()> {
+        self.db.execute(
+            "INSERT INTO rounds (round, version, state, opened_ms) VALUES (?1, ?2, 'open', ?3)",
+            params![round as i64, version as i64, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Creates or updates a unit: its state, holder and deadline.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_unit(
+        &self,
+        unit: u64,
+        round: u64,
+        shard: u32,
+        seed: u64,
+        state: UnitRowState,
+        contributor: Option<u64>,
+        deadline_ms: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let mut stmt = self.db.prepare_cached(
+            "INSERT INTO units (unit, round, shard, seed, state, contributor, deadline_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (unit) DO UPDATE SET state = excluded.state, contributor = excluded.contributor,
+                 deadline_ms = excluded.deadline_ms",
+        )?;
+        // Seeds are full 64-bit; SQLite integers are signed, so store the bit pattern.
+        stmt.execute(params![
+            unit as i64,
+            round as i64,
+            shard,
+            seed as i64,
+            state.as_str(),
+            contributor.map(|c| c as i64),
+            deadline_ms
+        ])?;
+        Ok(())
+    }
+
+    /// The contributor holding `token` (hashed in the ledger), after updating its last
+    /// visit, or `None` for an unknown token.
+    pub fn resume_contributor(&self, token: &str) -> anyhow::Result<Option<u64>> {
+        let mut stmt =
+            self.db.prepare_cached("UPDATE contributors SET last_seen_ms = ?2 WHERE token_hash = ?1 RETURNING id")?;
+        let id: Option<i64> = stmt.query_row(params![token_hash(token), now_ms()], |r| r.get(0)).optional()?;
+        Ok(id.map(|id| id as u64))
+    }
+
+    /// Registers a new contributor reachable through `token`; returns its id.
+    pub fn new_contributor(&self, token: &str, agent: &str, device: &str) -> anyhow::Result<u64> {
+        let now = now_ms();
+        let mut stmt = self.db.prepare_cached(
+            "INSERT INTO contributors (token_hash, agent, device, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?4) RETURNING id",
+        )?;
+        let id: i64 = stmt.query_row(params![token_hash(token), agent, device, now], |r| r.get(0))?;
+        Ok(id as u64)
+    }
+
+    /// Records a verdict and counts it for its contributor.
+    pub fn record_result(&self, row: &ResultRow) -> anyhow::Result<()> {
+        let mut insert = self.db.prepare_cached(
+            "INSERT INTO results (unit, contributor, version, accepted, reason, loss_before, loss_after, at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let finite = |l: f32| l.is_finite().then_some(l as f64);
+        insert.execute(params![
+            row.unit as i64,
+            row.contributor as i64,
+            row.version as i64,
+            row.accepted,
+            row.reason,
+            finite(row.losses.0),
+            finite(row.losses.1),
+            now_ms()
+        ])?;
+        let column = if row.accepted { "accepted" } else { "rejected" };
+        self.db.execute(
+            &format!("UPDATE contributors SET {column} = {column} + 1 WHERE id = ?1"),
+            [row.contributor as i64],
+        )?;
+        Ok(())
+    }
+}
+
+/// The ledger keeps tokens only as blake3 hashes, so reading it does not let anyone
+/// resume someone else's session.
+fn token_hash(token: &str) -> String {
+    blake3::hash(token.as_bytes()).to_hex().to_string()
+}

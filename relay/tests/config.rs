@@ -1,0 +1,95 @@
+//! Job files: the example loads, every key's bad value is refused with an error that
+//! names the key, and unknown keys or wrong types name theirs.
+
+use std::path::{Path, PathBuf};
+
+use crowdgrad_relay::config::JobConfig;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("relay/ has a parent").to_path_buf()
+}
+
+/// Writes `toml` to a job file and loads it.
+fn load(toml: &str) -> Result<JobConfig, String> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, toml).expect("write job file");
+    JobConfig::load(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_example_job_loads_with_its_values() {
+    let text = std::fs::read_to_string(repo().join("relay/jobs/shakespeare.toml")).expect("example job");
+    // Its dataset path is relative to the repository root.
+    let job = load(&text.replace("../shared", &repo().join("../shared").display().to_string()));
+    if !repo().join("../shared/datasets/tinyshakespeare.txt").is_file() {
+        assert!(job.unwrap_err().contains("data.path"), "a missing dataset names data.path");
+        return;
+    }
+    let job = job.expect("the example loads");
+    assert_eq!((job.model.layers, job.model.width, job.inner.steps, job.round.target), (4, 128, 50, 8));
+    assert_eq!(job.round.deadline_secs, 60.0, "integers are accepted for seconds");
+}
+
+#[test]
+fn an_empty_file_is_the_default_job() {
+    assert_eq!(load("").expect("empty file"), JobConfig::default());
+}
+
+#[test]
+fn every_bad_value_names_its_key() {
+    let cases = [
+        ("name = \"\"", "name"),
+        ("[model]\nvocab = 300", "model.vocab"),
+        ("[model]\ncontext = 0", "model.context"),
+        ("[model]\nlayers = 0", "model.layers"),
+        ("[model]\nheads = 0", "model.heads"),
+        ("[model]\nwidth = 65", "model.width"),
+        ("[data]\npath = \"/no/such/file.txt\"", "data.path"),
+        ("[data]\nshards = 0", "data.shards"),
+        ("[data]\neval_batches = 0", "data.eval_batches"),
+        ("[inner]\nsteps = 0", "inner.steps"),
+        ("[inner]\nsteps = 1000000", "inner.steps"),
+        ("[inner]\nbatch = 0", "inner.batch"),
+        ("[inner]\nlr = 0.0", "inner.lr"),
+        ("[inner]\nlr = nan", "inner.lr"),
+        ("[inner]\nmin_lr = 1.0", "inner.min_lr"),
+        ("[inner]\nwarmup_steps = 100\ndecay_steps = 10", "inner.decay_steps"),
+        ("[inner]\nbeta1 = 1.0", "inner.beta1"),
+        ("[inner]\nbeta2 = -0.1", "inner.beta2"),
+        ("[inner]\neps = 0.0", "inner.eps"),
+        ("[inner]\nweight_decay = 2.0", "inner.weight_decay"),
+        ("[inner]\ngrad_clip = -1.0", "inner.grad_clip"),
+        ("[outer]\nlr = 0.0", "outer.lr"),
+        ("[outer]\nmomentum = 1.0", "outer.momentum"),
+        ("[round]\ntarget = 0", "round.target"),
+        ("[round]\ntarget = 2\nmin = 3", "round.min"),
+        ("[round]\ndeadline_secs = 0", "round.deadline_secs"),
+        ("[round]\nunit_deadline_secs = inf", "round.unit_deadline_secs"),
+        ("[storage]\ndir = \"\"", "storage.dir"),
+        ("[storage]\nkeep_last = 0", "storage.keep_last"),
+    ];
+    for (toml, key) in cases {
+        let err = load(toml).expect_err(toml);
+        assert!(err.starts_with(&format!("{key}: ")), "{toml:?} should name {key}, got: {err}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_wrong_types_name_the_key() {
+    for (toml, key) in [
+        ("[round]\ntarjet = 3", "tarjet"),
+        ("colour = 1", "colour"),
+        ("[inner]\nsteps = \"many\"", "steps"),
+        ("[model]\nbias = 1", "bias"),
+    ] {
+        let err = load(toml).expect_err(toml);
+        assert!(err.contains(key), "{toml:?} should mention {key}, got: {err}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_that_names_it() {
+    let err = JobConfig::load(Path::new("/no/such/job.toml")).expect_err("missing file").to_string();
+    assert!(err.starts_with("/no/such/job.toml: cannot read"), "{err}");
+}
