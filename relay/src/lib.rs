@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the job and serving settings.
 //! - [`coordinator`]: rounds, units, verdicts, aggregation.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`ledger`]: the SQLite record of versions, rounds, units, contributors, results.
 //! - [`store`]: committed versions' checkpoint files.
 //! - [`session`]: one contributor connection.
@@ -15,6 +16,7 @@ pub mod contribute;
 pub mod coordinator;
 pub mod eval;
 pub mod ledger;
+pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod store;

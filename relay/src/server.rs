@@ -11,6 +11,7 @@ use crowdgrad_runtime::protocol::max_submission_frame;
 use tower_http::services::ServeDir;
 
 use crate::coordinator::{Coordinator, VersionSource};
+use crate::metrics::Metrics;
 use crate::session;
 
 /// Shared by every handler.
@@ -20,13 +21,16 @@ pub struct AppState {
     pub coordinator: Arc<Mutex<Coordinator>>,
     /// Largest submission frame for this job's model, bytes.
     pub max_submission: usize,
+    /// The relay's metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// State for `coordinator`, with frame limits derived from its model.
     pub fn new(coordinator: Coordinator) -> Self {
         let max_submission = max_submission_frame(coordinator.param_count());
-        AppState { coordinator: Arc::new(Mutex::new(coordinator)), max_submission }
+        let metrics = coordinator.metrics();
+        AppState { coordinator: Arc::new(Mutex::new(coordinator)), max_submission, metrics }
     }
 }
 
@@ -35,6 +39,8 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .route("/api/status", get(status))
+        .route("/api/history", get(history))
+        .route("/metrics", get(metrics))
         .route("/api/weights/{version}", get(weights))
         .route("/api/shards/{shard}", get(shard))
         .fallback_service(ServeDir::new(www))
@@ -51,12 +57,22 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         .max_write_buffer_size(limit)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, state.coordinator, state.max_submission))
+        .on_upgrade(move |socket| session::run(socket, state.coordinator, state.metrics, state.max_submission))
 }
 
 async fn status(State(state): State<AppState>) -> Response {
     let status = state.coordinator.lock().expect("coordinator lock").status();
     Json(status).into_response()
+}
+
+async fn history(State(state): State<AppState>) -> Response {
+    let history = state.coordinator.lock().expect("coordinator lock").history();
+    Json(history).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
 }
 
 async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Response {
@@ -75,6 +91,7 @@ async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Res
             }
         },
     };
+    state.metrics.bytes_out.inc_by(bytes.len() as u64);
     let headers =
         [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::ETAG, format!("\"{hash}\""))];
     (headers, bytes).into_response()
@@ -83,7 +100,10 @@ async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Res
 async fn shard(State(state): State<AppState>, Path(index): Path<u32>) -> Response {
     let bytes = state.coordinator.lock().expect("coordinator lock").shard_file(index);
     match bytes {
-        Some(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
+        Some(bytes) => {
+            state.metrics.bytes_out.inc_by(bytes.len() as u64);
+            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
+        }
         None => (StatusCode::NOT_FOUND, format!("no shard {index}")).into_response(),
     }
 }

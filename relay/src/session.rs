@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::coordinator::Coordinator;
+use crate::metrics::Metrics;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -46,8 +47,14 @@ impl Closing {
     }
 }
 
-/// Runs one connection to its end.
-pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_submission: usize) {
+/// Runs one connection to its end, counting it and its bytes in `metrics`.
+pub async fn run(
+    socket: WebSocket,
+    coordinator: Arc<Mutex<Coordinator>>,
+    metrics: Arc<Metrics>,
+    max_submission: usize,
+) {
+    metrics.sessions.inc();
     let (mut sink, mut stream) = socket.split();
     // The coordinator gets the only sender at hello, so when it drops the session (too
     // slow, or gone) the inbox ends and so does this loop.
@@ -65,6 +72,7 @@ pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_su
                     Some(Ok(Message::Text(_))) => break Some(Closing::new(close::UNSUPPORTED, "text frames are not part of the protocol")),
                     Some(Ok(_)) => continue, // ping/pong are answered by the library
                 };
+                metrics.bytes_in.inc_by(frame.len() as u64);
                 let limit = if session.is_some() { max_submission } else { MAX_CONTROL_FRAME };
                 let msg = match protocol::decode::<ClientMsg>(&frame, limit) {
                     Ok(msg) => msg,
@@ -90,7 +98,9 @@ pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_su
                 let Some(msg) = queued else {
                     break Some(Closing::new(close::POLICY, "too slow: messages were piling up"));
                 };
-                if sink.send(Message::Binary(protocol::encode(&msg).into())).await.is_err() {
+                let frame = protocol::encode(&msg);
+                metrics.bytes_out.inc_by(frame.len() as u64);
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
                     break None;
                 }
             }
@@ -108,4 +118,5 @@ pub async fn run(socket: WebSocket, coordinator: Arc<Mutex<Coordinator>>, max_su
     });
     let frame = frame.or(Some(CloseFrame { code: close::NORMAL, reason: "bye".into() }));
     let _ = sink.send(Message::Close(frame)).await;
+    metrics.sessions.dec();
 }

@@ -1,5 +1,7 @@
-//! Relay with three native CPU contributors on an ephemeral port.
+//! Relay with three native CPU contributors on an ephemeral port; its `/metrics` and
+//! `/api/history` describe what happened.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crowdgrad_tests::{loss_history, spawn_native_contributor, start_relay, status, test_job, wait_for};
@@ -27,10 +29,39 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
     for (_, stats) in &contributors {
         assert!(stats.lock().unwrap().units_done >= 1, "every contributor had work accepted");
     }
+
+    let metrics = get(addr, "/metrics");
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in {metrics}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
+    };
+    assert_eq!(value("crowdgrad_sessions"), 3.0);
+    assert!(value("crowdgrad_results_accepted_total") >= 15.0, "5 rounds of 3");
+    assert!(value("crowdgrad_units_assigned_total") >= 15.0);
+    assert!(value("crowdgrad_round_seconds_count") >= 5.0);
+    assert!(value("crowdgrad_bytes_in_total") > 15.0 * 4.0 * 100_000.0, "15 deltas of 118,528 floats came in");
+    assert!(value("crowdgrad_bytes_out_total") > 0.0);
+    assert!(value("crowdgrad_version") >= 5.0);
+    assert!(value("crowdgrad_val_loss") < first.1 as f64);
+
+    let history: serde_json::Value = serde_json::from_str(&get(addr, "/api/history")).expect("history is JSON");
+    let versions = history["versions"].as_array().expect("versions");
+    assert!(versions.len() >= 6, "versions 0..=5 at least");
+    assert!(versions.windows(2).all(|w| w[1]["version"].as_u64() == w[0]["version"].as_u64().map(|v| v + 1)));
+    assert!(history["contributors"].as_array().is_some_and(|c| !c.is_empty()), "contributors online are sampled");
     relay.stop().await;
     for (handle, stats) in contributors {
         // The relay stopping ends each session with an error, which is expected here.
         let _ = handle.join().expect("contributor thread");
         assert_eq!(stats.lock().unwrap().state, "stopped");
     }
+}
+
+/// The body of `GET path` on the relay.
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut response = ureq::get(&format!("http://{addr}{path}")).call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    response.body_mut().read_to_string().expect("body")
 }

@@ -108,6 +108,12 @@ impl Coordinator {
         self.version = version;
         self.current = current;
         tracing::info!(version, val_loss, results = n, "committed version");
+        self.metrics.version.set(version as i64);
+        self.metrics.val_loss.set(val_loss as f64);
+        self.metrics.train_loss.set(train_loss.unwrap_or(f32::NAN) as f64);
+        if let Some(started) = self.round_started.take() {
+            self.metrics.round_seconds.observe(now.duration_since(started).as_secs_f64());
+        }
         self.history.push_back(VersionRecord { version, val_loss, train_loss, results: n as u32, at_ms: now_ms() });
         while self.history.len() > HISTORY_LEN {
             self.history.pop_front();

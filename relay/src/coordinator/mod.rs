@@ -12,6 +12,7 @@ mod report;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,10 +24,11 @@ use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Welcome, Wo
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
-pub use self::report::{Counters, Rejection, Status, VersionRecord};
+pub use self::report::{Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
+use crate::metrics::{Metrics, Reason};
 use crate::store::Store;
 
 /// A session's outbox; when it is full the session is too slow and is dropped.
@@ -37,6 +39,12 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// Versions of loss history kept in memory for `/api/status`.
 const HISTORY_LEN: usize = 200;
+/// Versions `/api/history` returns at most.
+const FULL_HISTORY_LEN: usize = 10_000;
+/// How often the number of contributors online is sampled.
+const ONLINE_EVERY: Duration = Duration::from_secs(10);
+/// Samples of contributors online kept (a day at one per 10 s).
+const ONLINE_LEN: usize = 8640;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UnitState {
@@ -86,6 +94,8 @@ pub struct Coordinator {
     current: (Bytes, String),
     shards: Vec<ShardFile>,
     round: u64,
+    /// When the round's first unit was created.
+    round_started: Option<Instant>,
     /// Set when the round's first unit is handed out: an empty relay never times out.
     round_deadline: Option<Instant>,
     units: BTreeMap<u64, Unit>,
@@ -102,6 +112,10 @@ pub struct Coordinator {
     storage_error: Option<String>,
     /// When a commit that could not be written is tried again.
     retry_commit_at: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// Contributors online over time, oldest first.
+    online: VecDeque<OnlineSample>,
+    last_online_sample: Option<Instant>,
 }
 
 impl Coordinator {
@@ -137,8 +151,15 @@ impl Coordinator {
         };
         let (round, next_unit) = ledger.abandon_open_rounds()?;
         ledger.open_round(round, version)?;
-        let history = ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
+        let history: VecDeque<VersionRecord> =
+            ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
+        let metrics = Arc::new(Metrics::default());
+        metrics.version.set(version as i64);
+        if let Some(last) = history.back() {
+            metrics.val_loss.set(last.val_loss as f64);
+            metrics.train_loss.set(last.train_loss.unwrap_or(f32::NAN) as f64);
+        }
         Ok(Coordinator {
             params,
             momentum,
@@ -146,6 +167,7 @@ impl Coordinator {
             current,
             shards,
             round,
+            round_started: None,
             round_deadline: None,
             units: BTreeMap::new(),
             results: Vec::new(),
@@ -160,8 +182,16 @@ impl Coordinator {
             store,
             storage_error: None,
             retry_commit_at: None,
+            metrics,
+            online: VecDeque::new(),
+            last_online_sample: None,
             job,
         })
+    }
+
+    /// The relay's metrics, shared with sessions and the HTTP handlers.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The job being run.
@@ -210,6 +240,17 @@ impl Coordinator {
             history: self.history.iter().cloned().collect(),
             devices,
             storage_error: self.storage_error.clone(),
+        }
+    }
+
+    /// The loss curve of every committed version (up to the last 10,000) and the
+    /// number of contributors online over time, for `/api/history`.
+    pub fn history(&mut self) -> History {
+        let versions = self.ledger.recent_versions(FULL_HISTORY_LEN);
+        let versions = self.note_storage("reading the history", versions).unwrap_or_default();
+        History {
+            versions: versions.into_iter().map(VersionRecord::from).collect(),
+            contributors: self.online.iter().cloned().collect(),
         }
     }
 
@@ -299,8 +340,12 @@ impl Coordinator {
                 self.results.push(sub.delta);
                 self.train_losses.push(sub.loss_after);
                 self.counters.accepted += 1;
+                self.metrics.accepted.inc();
             }
-            Err(r) => *self.counters.rejected.entry(r.code()).or_insert(0) += 1,
+            Err(r) => {
+                *self.counters.rejected.entry(r.code()).or_insert(0) += 1;
+                self.metrics.rejected.get_or_create(&Reason { reason: r.code().into() }).inc();
+            }
         }
         if let Some(s) = self.sessions.get_mut(&session)
             && s.unit == Some(sub.unit_id)
@@ -356,6 +401,13 @@ impl Coordinator {
     /// Reassigns units past their deadline, closes the round at its deadline, and
     /// retries a commit that could not be written.
     pub fn tick(&mut self, now: Instant) {
+        if self.last_online_sample.is_none_or(|last| now >= last + ONLINE_EVERY) {
+            self.last_online_sample = Some(now);
+            self.online.push_back(OnlineSample { at_ms: now_ms(), online: self.sessions.len() });
+            if self.online.len() > ONLINE_LEN {
+                self.online.pop_front();
+            }
+        }
         // The late session stays busy (its result will be refused as not assigned), so
         // the unit goes to someone else.
         let expired: Vec<u64> = self
@@ -448,6 +500,7 @@ impl Coordinator {
         s.unit = Some(unit_id);
         s.told_to_wait = false;
         self.counters.assigned += 1;
+        self.metrics.assigned.inc();
         let msg = ServerMsg::Assign(WorkUnit {
             unit_id,
             version: self.version,
@@ -465,6 +518,7 @@ impl Coordinator {
 
     fn create_unit(&mut self, now: Instant) -> u64 {
         self.round_deadline.get_or_insert(now + self.job.round_deadline());
+        self.round_started.get_or_insert(now);
         let id = self.next_unit;
         self.next_unit += 1;
         let mut rng = Rng::from_parts(&[self.job.seed, id]);

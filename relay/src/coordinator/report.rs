@@ -91,3 +91,21 @@ pub struct Status {
     /// works again. While set, the relay stays at its last good version.
     pub storage_error: Option<String>,
 }
+
+/// How many contributors were online at a moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct OnlineSample {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// Sessions past hello.
+    pub online: usize,
+}
+
+/// The JSON body of `/api/history`.
+#[derive(Clone, Debug, Serialize)]
+pub struct History {
+    /// Every committed version (the last 10,000), oldest first.
+    pub versions: Vec<VersionRecord>,
+    /// Contributors online, sampled every 10 s since this process started.
+    pub contributors: Vec<OnlineSample>,
+}
