@@ -10,6 +10,7 @@
 //! [outer]   # lr, momentum
 //! [round]   # target, min, deadline_secs, unit_deadline_secs
 //! [storage] # dir, keep_last, keep_every
+//! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
 
 use std::fmt;
@@ -43,6 +44,8 @@ pub struct JobConfig {
     pub round: RoundConfig,
     /// Where committed versions and the ledger live.
     pub storage: StorageConfig,
+    /// What each connection may do.
+    pub limits: Limits,
 }
 
 /// The training text.
@@ -121,6 +124,30 @@ pub struct StorageConfig {
     pub keep_every: u64,
 }
 
+/// What each connection may do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// WebSocket sessions one IP address may hold at once.
+    pub sessions_per_ip: usize,
+    /// Frames a session may send per minute (bursts up to this many).
+    pub messages_per_minute: u32,
+    /// Page origins (`https://example.org`) allowed to open sessions; empty allows any.
+    /// Clients that send no `Origin` (native contributors) are always allowed.
+    pub origins: Vec<String>,
+    /// Seconds between the relay's pings. Browsers answer pings without running page
+    /// code, so background tabs (whose timers Chrome wakes once a minute) still answer.
+    pub ping_secs: f64,
+    /// Seconds without any frame (pongs included) after which a session is closed.
+    pub idle_secs: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { sessions_per_ip: 16, messages_per_minute: 120, origins: Vec::new(), ping_secs: 20.0, idle_secs: 90.0 }
+    }
+}
+
 impl Default for JobConfig {
     /// The GPT on the built-in corpus, rounds of 4 results, data in `crowdgrad-data/`.
     fn default() -> Self {
@@ -133,6 +160,7 @@ impl Default for JobConfig {
             outer: OuterConfig::default(),
             round: RoundConfig::default(),
             storage: StorageConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -261,6 +289,17 @@ impl JobConfig {
             return Err(bad("storage.dir", "must name a folder"));
         }
         within("storage.keep_last", self.storage.keep_last as f64, 1.0, 1e9)?;
+        let l = &self.limits;
+        within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
+        within("limits.messages_per_minute", l.messages_per_minute as f64, 1.0, 1e6)?;
+        if let Some(bad_origin) =
+            l.origins.iter().find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err(bad("limits.origins", format!("{bad_origin:?} is not an origin like https://example.org")));
+        }
+        within("limits.ping_secs", l.ping_secs, 0.1, 3600.0)?;
+        // Chrome wakes background tabs once a minute; pongs come without it, but leave room.
+        within("limits.idle_secs", l.idle_secs, 2.0 * l.ping_secs, 86_400.0)?;
         Ok(())
     }
 
@@ -306,4 +345,6 @@ pub struct ServeConfig {
     pub www: PathBuf,
     /// The job.
     pub job: JobConfig,
+    /// The operator's secret for `/api/admin/*`; `None` turns job control off.
+    pub admin_token: Option<String>,
 }

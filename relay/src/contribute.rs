@@ -11,6 +11,7 @@ use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::protocol::{MAX_PARAMS, max_submission_frame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -19,8 +20,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 const MAX_DOWNLOAD: u64 = (MAX_PARAMS * 4 + 1024 * 1024) as u64;
 
 /// A relay session over WebSocket plus plain HTTP downloads from the same host.
+///
+/// The socket lives in its own task, which keeps reading while the contributor trains,
+/// so the relay's pings are answered even in the middle of a long unit.
 pub struct NativeTransport {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    outgoing: mpsc::Sender<Vec<u8>>,
+    incoming: mpsc::Receiver<Result<Vec<u8>, TransportError>>,
     http_base: String,
 }
 
@@ -35,8 +40,48 @@ impl NativeTransport {
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
             .await
             .with_context(|| format!("connecting to {url}"))?;
-        Ok(NativeTransport { socket, http_base })
+        let (outgoing, to_send) = mpsc::channel(4);
+        let (received, incoming) = mpsc::channel(16);
+        tokio::spawn(pump(socket, to_send, received));
+        Ok(NativeTransport { outgoing, incoming, http_base })
     }
+}
+
+/// Moves frames between the socket and the transport's channels until either side
+/// ends; reading answers pings as it goes.
+async fn pump(
+    mut socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    mut to_send: mpsc::Receiver<Vec<u8>>,
+    received: mpsc::Sender<Result<Vec<u8>, TransportError>>,
+) {
+    loop {
+        tokio::select! {
+            frame = to_send.recv() => {
+                let Some(frame) = frame else { break };
+                if let Err(e) = socket.send(Message::Binary(frame.into())).await {
+                    let _ = received.send(Err(TransportError(e.to_string()))).await;
+                    break;
+                }
+            }
+            message = socket.next() => {
+                let item = match message {
+                    Some(Ok(Message::Binary(bytes))) => Ok(bytes.to_vec()),
+                    Some(Ok(Message::Close(frame))) => {
+                        let reason = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
+                        Err(TransportError(format!("relay closed the session: {reason}")))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => Err(TransportError(e.to_string())),
+                    None => Err(TransportError("connection ended".into())),
+                };
+                let ended = item.is_err();
+                if received.send(item).await.is_err() || ended {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = socket.close(None).await;
 }
 
 /// `ws://h/ws` → `http://h`, `wss://h/ws` → `https://h`.
@@ -53,22 +98,11 @@ fn http_base(ws_url: &str) -> Option<String> {
 
 impl Transport for NativeTransport {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError> {
-        self.socket.send(Message::Binary(frame.into())).await.map_err(|e| TransportError(e.to_string()))
+        self.outgoing.send(frame).await.map_err(|_| TransportError("connection ended".into()))
     }
 
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
-        loop {
-            match self.socket.next().await {
-                Some(Ok(Message::Binary(bytes))) => return Ok(bytes.to_vec()),
-                Some(Ok(Message::Close(frame))) => {
-                    let reason = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                    return Err(TransportError(format!("relay closed the session: {reason}")));
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(TransportError(e.to_string())),
-                None => return Err(TransportError("connection ended".into())),
-            }
-        }
+        self.incoming.recv().await.unwrap_or_else(|| Err(TransportError("connection ended".into())))
     }
 
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {

@@ -8,9 +8,11 @@
 //! - [`store`]: committed versions' checkpoint files.
 //! - [`session`]: one contributor connection.
 //! - [`server`]: HTTP routes.
+//! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 
+pub mod admin;
 pub mod config;
 pub mod contribute;
 pub mod coordinator;
@@ -22,13 +24,15 @@ pub mod session;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use crowdgrad_runtime::data::Corpus;
 use tokio::net::TcpListener;
 
-use crate::config::ServeConfig;
+use crate::config::{JobConfig, ServeConfig};
 use crate::coordinator::{Coordinator, TICK};
+use crate::metrics::Metrics;
 use crate::server::AppState;
 
 /// A running relay.
@@ -54,15 +58,21 @@ impl Relay {
     }
 }
 
-/// Loads the job's data, binds `config.addr` and starts serving in the background.
-pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
-    config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
-    let corpus = match &config.job.data.path {
+/// Loads `job`'s data and opens its coordinator (resuming its storage).
+pub fn open_coordinator(job: JobConfig, metrics: Arc<Metrics>) -> anyhow::Result<Coordinator> {
+    let corpus = match &job.data.path {
         Some(path) => Corpus::from_file(path).with_context(|| format!("dataset {}", path.display()))?,
         None => Corpus::builtin(),
     };
-    let coordinator = Coordinator::open(config.job.clone(), corpus)?;
-    let state = AppState::new(coordinator);
+    Coordinator::open(job, corpus, metrics)
+}
+
+/// Loads the job's data, binds `config.addr` and starts serving in the background.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
+    config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let coordinator = open_coordinator(config.job.clone(), metrics.clone())?;
+    let state = AppState::new(coordinator, metrics, config.job.limits.clone(), config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let ticker = state.coordinator.clone();
@@ -76,6 +86,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
                 ticker.lock().expect("coordinator lock").tick(std::time::Instant::now());
             }
         };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
         });

@@ -32,6 +32,9 @@ enum Command {
         /// The job, as a TOML file (see the README); without one, the default job.
         #[arg(long, env = "CROWDGRAD_CONFIG")]
         config: Option<PathBuf>,
+        /// Secret for job control (`/api/admin/pause|resume|job`); without it, off.
+        #[arg(long, env = "CROWDGRAD_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         #[command(flatten)]
         overrides: JobOverrides,
     },
@@ -113,9 +116,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match Cli::parse().command {
-        Command::Serve { addr, www, config, overrides } => {
+        Command::Serve { addr, www, config, admin_token, overrides } => {
             let job = overrides.job(config.as_deref())?;
-            let relay = crowdgrad_relay::start(ServeConfig { addr, www, job }).await?;
+            let relay = crowdgrad_relay::start(ServeConfig { addr, www, job, admin_token }).await?;
             println!("crowdgrad relay on http://{}", relay.addr);
             relay.wait().await;
         }

@@ -1,40 +1,54 @@
-//! The HTTP face of the relay: the static site, `/ws`, and the JSON and file APIs.
+//! The HTTP face of the relay: the static site, `/ws`, the JSON and file APIs,
+//! `/metrics`, and the operator's `/api/admin/*` (see [`crate::admin`]).
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Path, State, WebSocketUpgrade};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use crowdgrad_runtime::protocol::max_submission_frame;
 use tower_http::services::ServeDir;
 
+use crate::admin;
+use crate::config::Limits;
 use crate::coordinator::{Coordinator, VersionSource};
 use crate::metrics::Metrics;
-use crate::session;
+use crate::session::{self, SessionContext};
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
-    /// The training state.
+    /// The training state; the operator can swap in a new job.
     pub coordinator: Arc<Mutex<Coordinator>>,
-    /// Largest submission frame for this job's model, bytes.
-    pub max_submission: usize,
-    /// The relay's metrics.
+    /// The relay's metrics, kept across job changes.
     pub metrics: Arc<Metrics>,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Sessions open per client address.
+    sessions_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// blake3 of the operator's token; `None` disables `/api/admin/*`.
+    pub admin_token: Option<blake3::Hash>,
 }
 
 impl AppState {
-    /// State for `coordinator`, with frame limits derived from its model.
-    pub fn new(coordinator: Coordinator) -> Self {
-        let max_submission = max_submission_frame(coordinator.param_count());
-        let metrics = coordinator.metrics();
-        AppState { coordinator: Arc::new(Mutex::new(coordinator)), max_submission, metrics }
+    /// State for `coordinator`; `admin_token` enables job control.
+    pub fn new(coordinator: Coordinator, metrics: Arc<Metrics>, limits: Limits, admin_token: Option<&str>) -> Self {
+        AppState {
+            coordinator: Arc::new(Mutex::new(coordinator)),
+            metrics,
+            limits,
+            sessions_by_ip: Arc::default(),
+            admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
+        }
     }
 }
 
-/// The router: API routes first, then files from `www`.
+/// The router: API routes first, then files from `www`. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` (sessions are counted per IP).
 pub fn router(state: AppState, www: &std::path::Path) -> Router {
     Router::new()
         .route("/ws", get(websocket))
@@ -43,21 +57,88 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/weights/{version}", get(weights))
         .route("/api/shards/{shard}", get(shard))
+        .route("/api/admin/pause", post(admin::pause))
+        .route("/api/admin/resume", post(admin::resume))
+        .route("/api/admin/job", post(admin::new_job))
         .fallback_service(ServeDir::new(www))
         .with_state(state)
 }
 
-async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+/// One session's hold on its address's count; released when dropped.
+struct IpSlot {
+    ip: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("ip counts lock");
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl AppState {
+    /// A slot for one more session from `ip`, or `None` at the limit.
+    fn ip_slot(&self, ip: IpAddr) -> Option<IpSlot> {
+        let mut counts = self.sessions_by_ip.lock().expect("ip counts lock");
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.limits.sessions_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { ip, counts: self.sessions_by_ip.clone() })
+    }
+
+    /// Whether a page of `origin` may open sessions.
+    fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(origin) => self.limits.origins.is_empty() || self.limits.origins.iter().any(|o| o == origin),
+        }
+    }
+}
+
+async fn websocket(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("(not text)"));
+    if !state.origin_allowed(origin) {
+        let origin = origin.unwrap_or_default();
+        tracing::info!(%peer, origin, "refused a session from an origin not allowed");
+        return (StatusCode::FORBIDDEN, format!("origin {origin} may not contribute here")).into_response();
+    }
+    let Some(slot) = state.ip_slot(peer.ip()) else {
+        let limit = state.limits.sessions_per_ip;
+        return (StatusCode::TOO_MANY_REQUESTS, format!("at most {limit} sessions per address")).into_response();
+    };
+    let max_submission = max_submission_frame(state.coordinator.lock().expect("coordinator lock").param_count());
     // Frames up to twice the largest valid message reach the decoder, which refuses
     // oversize ones with a reason; beyond that the library cuts the connection.
-    let limit = state.max_submission * 2;
+    let limit = max_submission * 2;
+    let cx = SessionContext {
+        coordinator: state.coordinator.clone(),
+        metrics: state.metrics.clone(),
+        max_submission,
+        limits: state.limits.clone(),
+    };
     upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(limit)
         .max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| session::run(socket, state.coordinator, state.metrics, state.max_submission))
+        .on_upgrade(move |socket| async move {
+            session::run(socket, cx).await;
+            drop(slot);
+        })
 }
 
 async fn status(State(state): State<AppState>) -> Response {

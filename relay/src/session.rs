@@ -1,6 +1,9 @@
 //! One contributor's WebSocket: hello, then submissions; everything else closes it
-//! with a reason. The coordinator talks back through the session's outbox.
+//! with a reason. The coordinator talks back through the session's outbox. The relay
+//! pings every `limits.ping_secs` and closes sessions silent for `limits.idle_secs`,
+//! and a session sending faster than `limits.messages_per_minute` is closed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -9,12 +12,14 @@ use crowdgrad_runtime::protocol::{self, ClientMsg, FrameError, MAX_CONTROL_FRAME
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::config::Limits;
 use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
     pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
     pub const UNSUPPORTED: u16 = 1003;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
@@ -22,8 +27,18 @@ mod close {
 
 /// Messages a session may have queued for it before it counts as too slow.
 const OUTBOX: usize = 16;
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Time a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Session ids, unique for the life of the process (across job changes).
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh session id.
+pub fn next_session_id() -> u64 {
+    NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
+}
 
 /// What ends a session, sent to the peer as a close frame.
 struct Closing {
@@ -47,13 +62,47 @@ impl Closing {
     }
 }
 
-/// Runs one connection to its end, counting it and its bytes in `metrics`.
-pub async fn run(
-    socket: WebSocket,
-    coordinator: Arc<Mutex<Coordinator>>,
-    metrics: Arc<Metrics>,
-    max_submission: usize,
-) {
+/// A token bucket: `capacity` frames, refilled at `capacity` per minute.
+struct RateLimit {
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn per_minute(capacity: u32) -> Self {
+        RateLimit { capacity: capacity as f64, tokens: capacity as f64, last: Instant::now() }
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.last).as_secs_f64() * self.capacity / 60.0;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+/// Everything a session needs besides its socket.
+#[derive(Clone)]
+pub struct SessionContext {
+    /// The training state.
+    pub coordinator: Arc<Mutex<Coordinator>>,
+    /// The relay's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest submission frame for the job's model, bytes.
+    pub max_submission: usize,
+    /// Rate, ping and idle limits.
+    pub limits: Limits,
+}
+
+/// Runs one connection to its end, counting it and its bytes in the metrics.
+pub async fn run(socket: WebSocket, cx: SessionContext) {
+    let SessionContext { coordinator, metrics, max_submission, limits } = cx;
     metrics.sessions.inc();
     let (mut sink, mut stream) = socket.split();
     // The coordinator gets the only sender at hello, so when it drops the session (too
@@ -62,17 +111,25 @@ pub async fn run(
     let mut outbox = Some(outbox);
     let mut session: Option<u64> = None;
     let hello_by = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    let mut rate = RateLimit::per_minute(limits.messages_per_minute);
+    let idle = Duration::from_secs_f64(limits.idle_secs);
+    let mut ping = tokio::time::interval(Duration::from_secs_f64(limits.ping_secs));
+    let mut last_heard = Instant::now();
     let closing = loop {
         tokio::select! {
             incoming = stream.next() => {
+                last_heard = Instant::now();
                 let frame = match incoming {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => break Some(Closing::new(close::TOO_BIG, format!("read error: {e}"))),
                     Some(Ok(Message::Binary(bytes))) => bytes,
                     Some(Ok(Message::Text(_))) => break Some(Closing::new(close::UNSUPPORTED, "text frames are not part of the protocol")),
-                    Some(Ok(_)) => continue, // ping/pong are answered by the library
+                    Some(Ok(_)) => continue, // pings are answered by the library; pongs only count as traffic
                 };
                 metrics.bytes_in.inc_by(frame.len() as u64);
+                if !rate.take(last_heard) {
+                    break Some(Closing::new(close::POLICY, format!("rate limit: more than {} messages a minute", limits.messages_per_minute)));
+                }
                 let limit = if session.is_some() { max_submission } else { MAX_CONTROL_FRAME };
                 let msg = match protocol::decode::<ClientMsg>(&frame, limit) {
                     Ok(msg) => msg,
@@ -94,13 +151,21 @@ pub async fn run(
                     }
                 }
             }
-            queued = inbox.recv() => {
+            queued = inbox.recv(), if session.is_some() => {
                 let Some(msg) = queued else {
-                    break Some(Closing::new(close::POLICY, "too slow: messages were piling up"));
+                    break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, or the job changed)"));
                 };
                 let frame = protocol::encode(&msg);
                 metrics.bytes_out.inc_by(frame.len() as u64);
                 if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > idle {
+                    break Some(Closing::new(close::POLICY, format!("silent for {} s", idle.as_secs_f64())));
+                }
+                if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                     break None;
                 }
             }
@@ -118,5 +183,15 @@ pub async fn run(
     });
     let frame = frame.or(Some(CloseFrame { code: close::NORMAL, reason: "bye".into() }));
     let _ = sink.send(Message::Close(frame)).await;
+    // Finish the closing handshake: wait briefly for the peer's close, ignoring whatever
+    // else it still sends, so the reason reaches it before the connection drops.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     metrics.sessions.dec();
 }

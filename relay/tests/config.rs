@@ -68,6 +68,11 @@ fn every_bad_value_names_its_key() {
         ("[round]\nunit_deadline_secs = inf", "round.unit_deadline_secs"),
         ("[storage]\ndir = \"\"", "storage.dir"),
         ("[storage]\nkeep_last = 0", "storage.keep_last"),
+        ("[limits]\nsessions_per_ip = 0", "limits.sessions_per_ip"),
+        ("[limits]\nmessages_per_minute = 0", "limits.messages_per_minute"),
+        ("[limits]\norigins = [\"example.org\"]", "limits.origins"),
+        ("[limits]\nping_secs = 0", "limits.ping_secs"),
+        ("[limits]\nping_secs = 30\nidle_secs = 40", "limits.idle_secs"),
     ];
     for (toml, key) in cases {
         let err = load(toml).expect_err(toml);

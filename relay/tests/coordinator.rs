@@ -18,7 +18,7 @@ fn open(dir: &tempfile::TempDir) -> Coordinator {
     (job.inner.steps, job.data.eval_batches) = (2, 1);
     (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (2, 1, 10.0, 5.0);
     job.storage.dir = dir.path().to_path_buf();
-    Coordinator::open(job, Corpus::builtin()).expect("coordinator opens")
+    Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
 }
 
 fn device() -> DeviceInfo {

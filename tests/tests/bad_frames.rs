@@ -83,7 +83,8 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
     assert!(reason.contains("exceeds the limit"), "{reason}");
 
     // After hello, a frame over the submission limit for this model.
-    let limit = relay.state.max_submission;
+    let params = relay.state.coordinator.lock().unwrap().param_count();
+    let limit = protocol::max_submission_frame(params);
     let (code, reason) = close_reason(addr, vec![hello(), frame_with_header(&vec![0u8; limit + 1])]).await;
     assert_eq!(code, 1009);
     assert!(reason.contains(&format!("exceeds the limit of {limit}")), "{reason}");

@@ -45,7 +45,7 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
     assert!(value("crowdgrad_bytes_in_total") > 15.0 * 4.0 * 100_000.0, "15 deltas of 118,528 floats came in");
     assert!(value("crowdgrad_bytes_out_total") > 0.0);
     assert!(value("crowdgrad_version") >= 5.0);
-    assert!(value("crowdgrad_val_loss") < first.1 as f64);
+    assert!(value("crowdgrad_val_loss") < first.1);
 
     let history: serde_json::Value = serde_json::from_str(&get(addr, "/api/history")).expect("history is JSON");
     let versions = history["versions"].as_array().expect("versions");

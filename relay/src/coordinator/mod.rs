@@ -102,7 +102,6 @@ pub struct Coordinator {
     results: Vec<Vec<f32>>,
     train_losses: Vec<f32>,
     next_unit: u64,
-    next_session: u64,
     sessions: BTreeMap<u64, Session>,
     evaluator: Evaluator,
     history: VecDeque<VersionRecord>,
@@ -113,6 +112,8 @@ pub struct Coordinator {
     /// When a commit that could not be written is tried again.
     retry_commit_at: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// Set by the operator: no new units are handed out and rounds do not time out.
+    paused: bool,
     /// Contributors online over time, oldest first.
     online: VecDeque<OnlineSample>,
     last_online_sample: Option<Instant>,
@@ -121,8 +122,8 @@ pub struct Coordinator {
 impl Coordinator {
     /// Opens the job's storage and resumes at its last committed version, or commits
     /// version 0 from the job's seed; abandons the rounds a previous run left open and
-    /// opens the next.
-    pub fn open(job: JobConfig, corpus: Corpus) -> anyhow::Result<Self> {
+    /// opens the next. Events are counted in `metrics`.
+    pub fn open(job: JobConfig, corpus: Corpus, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut ledger = Ledger::open(&job.storage.dir, &job)?;
         let store = Store::new(&job.storage.dir);
         let overlap = job.model.context + 1;
@@ -154,7 +155,6 @@ impl Coordinator {
         let history: VecDeque<VersionRecord> =
             ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
-        let metrics = Arc::new(Metrics::default());
         metrics.version.set(version as i64);
         if let Some(last) = history.back() {
             metrics.val_loss.set(last.val_loss as f64);
@@ -173,7 +173,6 @@ impl Coordinator {
             results: Vec::new(),
             train_losses: Vec::new(),
             next_unit,
-            next_session: 1,
             sessions: BTreeMap::new(),
             evaluator,
             history,
@@ -183,15 +182,11 @@ impl Coordinator {
             storage_error: None,
             retry_commit_at: None,
             metrics,
+            paused: false,
             online: VecDeque::new(),
             last_online_sample: None,
             job,
         })
-    }
-
-    /// The relay's metrics, shared with sessions and the HTTP handlers.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
     }
 
     /// The job being run.
@@ -240,6 +235,7 @@ impl Coordinator {
             history: self.history.iter().cloned().collect(),
             devices,
             storage_error: self.storage_error.clone(),
+            paused: self.paused,
         }
     }
 
@@ -254,11 +250,27 @@ impl Coordinator {
         }
     }
 
+    /// Pauses (no new units; rounds wait) or resumes the job.
+    pub fn set_paused(&mut self, paused: bool, now: Instant) {
+        if self.paused == paused {
+            return;
+        }
+        self.paused = paused;
+        tracing::info!(paused, "job control");
+        if paused {
+            for s in self.sessions.values_mut() {
+                s.told_to_wait = false;
+            }
+        } else if let Some(deadline) = self.round_deadline.as_mut() {
+            *deadline = (*deadline).max(now + self.job.round_deadline());
+        }
+        self.offer_all(now);
+    }
+
     /// Registers a session that has said hello, as the contributor its resume token
     /// names or as a new one; greets it and gives it work if any.
     pub fn join(&mut self, outbox: Outbox, hello: Hello, now: Instant) -> u64 {
-        let id = self.next_session;
-        self.next_session += 1;
+        let id = crate::session::next_session_id();
         let resumed = match hello.resume.as_deref() {
             Some(token) => {
                 let found = self.ledger.resume_contributor(token);
@@ -426,6 +438,7 @@ impl Coordinator {
         } else if let Some(deadline) = self.round_deadline
             && now >= deadline
             && self.retry_commit_at.is_none()
+            && !self.paused
         {
             if self.results.len() >= self.job.round.min {
                 self.commit(now);
@@ -463,6 +476,10 @@ impl Coordinator {
             return;
         }
         let contributor = s.contributor;
+        if self.paused {
+            self.tell_to_wait(session, "the job is paused by its operator".into());
+            return;
+        }
         let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open).map(|(id, _)| *id);
         let unit_id = match open {
             Some(id) => Some(id),
@@ -472,13 +489,8 @@ impl Coordinator {
             None => None,
         };
         let Some(unit_id) = unit_id else {
-            let s = self.sessions.get_mut(&session).expect("checked above");
-            if !s.told_to_wait {
-                s.told_to_wait = true;
-                let reason =
-                    format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
-                self.send(session, ServerMsg::Wait { reason });
-            }
+            let reason = format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
+            self.tell_to_wait(session, reason);
             return;
         };
         let deadline = now + self.job.unit_deadline();
@@ -514,6 +526,15 @@ impl Coordinator {
             optim: self.job.inner_optim(self.version),
         });
         self.send(session, msg);
+    }
+
+    /// Tells an idle session to wait, once until it next gets work.
+    fn tell_to_wait(&mut self, session: u64, reason: String) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if !s.told_to_wait {
+            s.told_to_wait = true;
+            self.send(session, ServerMsg::Wait { reason });
+        }
     }
 
     fn create_unit(&mut self, now: Instant) -> u64 {

@@ -90,6 +90,8 @@ pub struct Status {
     /// Why the last write of a version or of the ledger failed; `None` once writing
     /// works again. While set, the relay stays at its last good version.
     pub storage_error: Option<String>,
+    /// Whether the operator has paused the job.
+    pub paused: bool,
 }
 
 /// How many contributors were online at a moment.
