@@ -8,7 +8,7 @@
 //! [data]    # path (a text file; none: the built-in corpus), shards, eval_batches
 //! [inner]   # steps, batch, lr, min_lr, warmup_steps, decay_steps, beta1, beta2, eps, weight_decay, grad_clip
 //! [outer]   # lr, momentum
-//! [round]   # target, min, deadline_secs, unit_deadline_secs
+//! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
 //! [storage] # dir, keep_last, keep_every
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
@@ -106,10 +106,15 @@ pub struct RoundConfig {
     pub target: usize,
     /// Results a round needs to close at its deadline (it waits longer for fewer).
     pub min: usize,
-    /// Seconds a round stays open for its target, from its first unit.
+    /// Seconds a round stays open for its target, from its first unit, until enough
+    /// results have arrived to adapt it (1.5 × their 90th-percentile arrival time,
+    /// between a quarter and four times this).
     pub deadline_secs: f64,
-    /// Seconds a contributor may hold a unit before it is reassigned.
+    /// Seconds a contributor may hold a unit before it is reassigned. Units are sized
+    /// (fewer inner steps) so that each device fills about half of it.
     pub unit_deadline_secs: f64,
+    /// Versions a result may be behind and still count (weighted 1 / (1 + behind)).
+    pub max_staleness: u32,
 }
 
 /// Where committed versions and the ledger live.
@@ -198,7 +203,7 @@ impl Default for OuterConfig {
 
 impl Default for RoundConfig {
     fn default() -> Self {
-        RoundConfig { target: 4, min: 1, deadline_secs: 20.0, unit_deadline_secs: 60.0 }
+        RoundConfig { target: 4, min: 1, deadline_secs: 20.0, unit_deadline_secs: 60.0, max_staleness: 1 }
     }
 }
 
@@ -285,6 +290,7 @@ impl JobConfig {
         within("round.min", self.round.min as f64, 1.0, self.round.target as f64)?;
         within("round.deadline_secs", self.round.deadline_secs, 0.1, 86_400.0)?;
         within("round.unit_deadline_secs", self.round.unit_deadline_secs, 0.1, 86_400.0)?;
+        within("round.max_staleness", self.round.max_staleness as f64, 0.0, 16.0)?;
         if self.storage.dir.as_os_str().is_empty() {
             return Err(bad("storage.dir", "must name a folder"));
         }

@@ -1,10 +1,11 @@
 //! The native contributor: the runtime's contributor loop over tokio-tungstenite for
 //! the session and HTTP (ureq) for weights and shards.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
@@ -127,12 +128,16 @@ impl Transport for NativeTransport {
 pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Result<()> {
     let transport = NativeTransport::connect(url).await?;
     let agent = concat!("crowdgrad-native/", env!("CARGO_PKG_VERSION"));
+    let started = Instant::now();
+    let clock = move || started.elapsed().as_secs_f64();
     if gpu {
         let backend = GpuBackend::new().await.context("--gpu")?;
-        tracing::info!(adapter = %backend.info().adapter, "training on the GPU");
-        Contributor::new(transport, backend, agent, stats).run().await?;
+        let gflops = calibrate(GpuBackend::new().await.context("--gpu")?, clock).await;
+        tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
+        Contributor::new(transport, backend, agent, stats, gflops).run().await?;
     } else {
-        Contributor::new(transport, CpuBackend::new(), agent, stats).run().await?;
+        let gflops = calibrate(CpuBackend::new(), clock).await;
+        Contributor::new(transport, CpuBackend::new(), agent, stats, gflops).run().await?;
     }
     Ok(())
 }

@@ -102,6 +102,8 @@ pub enum UnitRowState {
     Assigned,
     /// Its result was accepted.
     Done,
+    /// Given up: late and past its deadline, or its round was abandoned.
+    Abandoned,
 }
 
 impl UnitRowState {
@@ -110,6 +112,7 @@ impl UnitRowState {
             UnitRowState::Open => "open",
             UnitRowState::Assigned => "assigned",
             UnitRowState::Done => "done",
+            UnitRowState::Abandoned => "abandoned",
         }
     }
 }

@@ -66,6 +66,7 @@ fn every_bad_value_names_its_key() {
         ("[round]\ntarget = 2\nmin = 3", "round.min"),
         ("[round]\ndeadline_secs = 0", "round.deadline_secs"),
         ("[round]\nunit_deadline_secs = inf", "round.unit_deadline_secs"),
+        ("[round]\nmax_staleness = 17", "round.max_staleness"),
         ("[storage]\ndir = \"\"", "storage.dir"),
         ("[storage]\nkeep_last = 0", "storage.keep_last"),
         ("[limits]\nsessions_per_ip = 0", "limits.sessions_per_ip"),

@@ -4,66 +4,18 @@
 
 use std::time::{Duration, Instant};
 
-use crowdgrad_relay::config::JobConfig;
-use crowdgrad_relay::coordinator::{Coordinator, Rejection};
-use crowdgrad_runtime::backend::DeviceInfo;
-use crowdgrad_runtime::data::Corpus;
-use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, WorkUnit};
-use tokio::sync::mpsc;
+use crowdgrad_relay::coordinator::Rejection;
+use crowdgrad_runtime::protocol::Submission;
 
-/// A coordinator for rounds of 2 units of 2 steps, deadlines 10 s (round) and 5 s
-/// (unit), its storage in `dir`.
-fn open(dir: &tempfile::TempDir) -> Coordinator {
-    let mut job = JobConfig::default();
-    (job.inner.steps, job.data.eval_batches) = (2, 1);
-    (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (2, 1, 10.0, 5.0);
-    job.storage.dir = dir.path().to_path_buf();
-    Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
-}
+mod common;
 
-fn device() -> DeviceInfo {
-    DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true }
-}
-
-struct Client {
-    id: u64,
-    inbox: mpsc::Receiver<ServerMsg>,
-}
-
-impl Client {
-    fn join(c: &mut Coordinator, now: Instant) -> Client {
-        let (tx, inbox) = mpsc::channel(16);
-        let hello = Hello { agent: "test".into(), device: device(), resume: None };
-        Client { id: c.join(tx, hello, now), inbox }
-    }
-
-    /// The next assignment in the inbox, skipping other messages.
-    fn assignment(&mut self) -> Option<WorkUnit> {
-        while let Ok(msg) = self.inbox.try_recv() {
-            if let ServerMsg::Assign(unit) = msg {
-                return Some(unit);
-            }
-        }
-        None
-    }
-
-    fn result(&self, unit: &WorkUnit, params: usize) -> Submission {
-        Submission {
-            unit_id: unit.unit_id,
-            version: unit.version,
-            steps: unit.steps,
-            loss_before: 5.0,
-            loss_after: 4.0,
-            delta: vec![1e-3; params],
-        }
-    }
-}
+use common::{Client, open_with};
 
 #[test]
 fn a_unit_whose_contributor_leaves_goes_to_another() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = open(&dir);
+    let mut c = open_with(&dir, |_| {});
     let mut a = Client::join(&mut c, t0);
     let mut b = Client::join(&mut c, t0);
     let mut late = Client::join(&mut c, t0);
@@ -80,7 +32,7 @@ fn a_unit_whose_contributor_leaves_goes_to_another() {
 fn a_unit_past_its_deadline_is_reassigned_and_the_slow_result_refused() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = open(&dir);
+    let mut c = open_with(&dir, |_| {});
     let mut slow = Client::join(&mut c, t0);
     let unit = slow.assignment().expect("work");
     let _other = Client::join(&mut c, t0);
@@ -95,7 +47,7 @@ fn a_unit_past_its_deadline_is_reassigned_and_the_slow_result_refused() {
 fn a_round_closes_at_its_target_and_at_its_deadline() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = open(&dir);
+    let mut c = open_with(&dir, |_| {});
     let mut a = Client::join(&mut c, t0);
     for _ in 0..2 {
         let unit = a.assignment().expect("work");
@@ -119,7 +71,7 @@ fn a_round_closes_at_its_target_and_at_its_deadline() {
 fn bad_results_are_rejected_with_their_reason() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = open(&dir);
+    let mut c = open_with(&dir, |_| {});
     let mut a = Client::join(&mut c, t0);
     let n = c.param_count();
     let unit = a.assignment().expect("work");
@@ -150,7 +102,7 @@ fn bad_results_are_rejected_with_their_reason() {
 fn an_unwritable_checkpoint_folder_keeps_the_last_good_version_until_writing_works() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut c = open(&dir);
+    let mut c = open_with(&dir, |_| {});
     // A file where the checkpoint folder should be: every write fails (even for root).
     let versions = dir.path().join("versions");
     std::fs::remove_dir_all(&versions).expect("remove the folder");

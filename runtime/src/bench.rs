@@ -54,10 +54,16 @@ pub async fn training_throughput<B: Backend>(
     Ok(Throughput { device, steps, tokens_per_step: rows * cfg.context, seconds: clock() - t0 })
 }
 
+/// The calibration a contributor sends in its hello: GFLOP/s of a 256×256×256 matmul
+/// on `backend` (use a spare instance: its buffers are not freed), 0 if it fails.
+pub async fn calibrate<B: Backend>(mut backend: B, clock: impl Fn() -> f64) -> f32 {
+    matmul_gflops(&mut backend, (256, 256, 256), 8, clock).await.map_or(0.0, |(_, gflops)| gflops as f32)
+}
+
 /// GFLOP/s of `reps` forward matmuls `[rows, k] · [n, k]ᵀ` (2·rows·k·n flops each),
 /// timed from first record to a readback that waits for the last.
 pub async fn matmul_gflops<B: Backend>(
-    mut backend: B,
+    backend: &mut B,
     (rows, k, n): (usize, usize, usize),
     reps: u32,
     clock: impl Fn() -> f64,

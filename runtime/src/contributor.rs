@@ -102,11 +102,13 @@ pub struct Contributor<B: Backend, T: Transport> {
     weights: Option<(String, Vec<f32>)>,
     shard: Option<(String, Vec<u8>)>,
     stats: SharedStats,
+    gflops: f32,
 }
 
 impl<B: Backend, T: Transport> Contributor<B, T> {
-    /// A contributor that will train on `backend`, introducing itself as `agent`.
-    pub fn new(transport: T, backend: B, agent: &str, stats: SharedStats) -> Self {
+    /// A contributor that will train on `backend`, introducing itself as `agent` with
+    /// the device's calibration `gflops` ([`crate::bench::calibrate`]; 0 if unknown).
+    pub fn new(transport: T, backend: B, agent: &str, stats: SharedStats, gflops: f32) -> Self {
         let device = backend.info();
         stats.lock().expect("stats lock").device = Some(device.clone());
         Contributor {
@@ -118,6 +120,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             weights: None,
             shard: None,
             stats,
+            gflops,
         }
     }
 
@@ -138,7 +141,12 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     async fn session(&mut self) -> Result<(), ContributorError> {
         self.update(|s| s.state = "connecting".into());
         let resume = self.stats.lock().expect("stats lock").resume_token.clone();
-        let hello = ClientMsg::Hello(Hello { agent: self.agent.clone(), device: self.device.clone(), resume });
+        let hello = ClientMsg::Hello(Hello {
+            agent: self.agent.clone(),
+            device: self.device.clone(),
+            resume,
+            gflops: self.gflops,
+        });
         self.transport.send(protocol::encode(&hello)).await?;
         loop {
             let frame = self.transport.recv().await?;

@@ -54,6 +54,9 @@ pub struct Hello {
     /// The token of an earlier [`Welcome`], to continue as the same contributor after a
     /// reconnect or a relay restart.
     pub resume: Option<String>,
+    /// The device's speed: GFLOP/s of a 256×256×256 matmul measured before connecting
+    /// ([`crate::bench::calibrate`]); 0 when unknown. Units are sized to it.
+    pub gflops: f32,
 }
 
 /// A finished unit.
@@ -188,7 +191,11 @@ impl Validate for ClientMsg {
                 check_string("agent", &h.agent)?;
                 check_string("device.kind", &h.device.kind)?;
                 check_string("device.adapter", &h.device.adapter)?;
-                check_string("resume", h.resume.as_deref().unwrap_or_default())
+                check_string("resume", h.resume.as_deref().unwrap_or_default())?;
+                if !(h.gflops.is_finite() && h.gflops >= 0.0) {
+                    return Err(format!("gflops = {} must be finite and not negative", h.gflops));
+                }
+                Ok(())
             }
             ClientMsg::Submit(s) => {
                 if s.delta.len() > MAX_PARAMS {

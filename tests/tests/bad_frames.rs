@@ -38,7 +38,13 @@ async fn close_reason(addr: SocketAddr, frames: Vec<Message>) -> (u16, String) {
 fn hello() -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
     Message::Binary(
-        protocol::encode(&ClientMsg::Hello(Hello { agent: "bad-frames-test".into(), device, resume: None })).into(),
+        protocol::encode(&ClientMsg::Hello(Hello {
+            agent: "bad-frames-test".into(),
+            device,
+            resume: None,
+            gflops: 0.0,
+        }))
+        .into(),
     )
 }
 
@@ -105,7 +111,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
 
     // An oversized string inside a well-formed frame.
     let device = DeviceInfo { kind: "cpu".into(), adapter: "x".repeat(1000), software: true };
-    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None });
+    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None, gflops: 0.0 });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&long).into())]).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("device.adapter is 1000 bytes"), "{reason}");

@@ -8,7 +8,7 @@ use crowdgrad_runtime::model::GptConfig;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-fn now_seconds() -> f64 {
+pub(crate) fn now_seconds() -> f64 {
     web_sys::window().and_then(|w| w.performance()).map(|p| p.now() / 1000.0).unwrap_or(0.0)
 }
 
@@ -53,7 +53,7 @@ pub async fn bench(device: String, model_name: String, steps: u32, rows: u32) ->
 pub async fn bench_matmul(rows: u32, k: u32, n: u32, reps: u32) -> Result<JsValue, JsValue> {
     let gpu = gpu().await?;
     let adapter = gpu.info().adapter;
-    let (_, gflops) = matmul_gflops(gpu, (rows as usize, k as usize, n as usize), reps, now_seconds)
+    let (_, gflops) = matmul_gflops(&mut { gpu }, (rows as usize, k as usize, n as usize), reps, now_seconds)
         .await
         .map_err(|e| JsValue::from_str(&e.to_string()))?;
     #[derive(Serialize)]

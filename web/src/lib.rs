@@ -18,12 +18,14 @@ mod transport;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor as Loop, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
+use bench::now_seconds;
 pub use bench::{bench, bench_matmul};
 pub use sample::sample;
 use transport::WebTransport;
@@ -97,11 +99,16 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
             if let Some(name) = adapter::describe().await {
                 gpu.set_adapter_name(name);
             }
-            Loop::new(transport, gpu, AGENT, stats).run().await.map_err(|e| e.to_string())
+            let gflops = match GpuBackend::new().await {
+                Ok(spare) => calibrate(spare, now_seconds).await,
+                Err(_) => 0.0,
+            };
+            Loop::new(transport, gpu, AGENT, stats, gflops).run().await.map_err(|e| e.to_string())
         }
         Err(e) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
-            Loop::new(transport, CpuBackend::new(), AGENT, stats).run().await.map_err(|e| e.to_string())
+            let gflops = calibrate(CpuBackend::new(), now_seconds).await;
+            Loop::new(transport, CpuBackend::new(), AGENT, stats, gflops).run().await.map_err(|e| e.to_string())
         }
     }
 }

@@ -59,11 +59,14 @@ impl Coordinator {
     /// Averages the round's results and takes the outer Nesterov step; once the new
     /// version is written, serves it and opens the next round.
     pub(super) fn commit(&mut self, now: Instant) {
+        // Each Δ counts by its share of H, discounted when late: Σ weight·Δ / Σ share.
         let n = self.results.len();
+        let shares: f32 = self.results.iter().map(|c| c.share).sum();
         let mut mean = vec![0f32; self.params.len()];
-        for delta in &self.results {
-            for (m, d) in mean.iter_mut().zip(delta) {
-                *m += d / n as f32;
+        for c in &self.results {
+            let scale = c.weight / shares;
+            for (m, d) in mean.iter_mut().zip(&c.delta) {
+                *m += scale * d;
             }
         }
         let (lr, mu) = (self.job.outer.lr, self.job.outer.momentum);
@@ -123,7 +126,9 @@ impl Coordinator {
         let opened = self.ledger.open_round(self.round, version);
         self.note_storage("opening a round", opened);
         self.round_deadline = None;
-        self.units.clear();
+        // Units still out become late units while their version is recent enough.
+        let oldest = version.saturating_sub(self.job.round.max_staleness as u64);
+        self.units.retain(|_, u| matches!(u.state, super::UnitState::Assigned { .. }) && u.version >= oldest);
         self.results.clear();
         self.train_losses.clear();
         for s in self.sessions.values_mut() {

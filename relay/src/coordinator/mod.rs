@@ -8,6 +8,7 @@
 //! (see [`commit`]), so a restarted relay resumes at its last committed version.
 
 mod commit;
+mod pacing;
 mod report;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -53,10 +54,17 @@ enum UnitState {
     Done,
 }
 
+/// A unit of work. Units assigned when their round closes stay, as late units, while
+/// their version is at most `round.max_staleness` behind.
 struct Unit {
+    round: u64,
+    version: u64,
     shard: u32,
     seed: u64,
+    /// Inner steps, sized to the device it is assigned to.
+    steps: u32,
     state: UnitState,
+    assigned_at: Option<Instant>,
 }
 
 struct Session {
@@ -65,6 +73,17 @@ struct Session {
     device: DeviceInfo,
     unit: Option<u64>,
     told_to_wait: bool,
+    /// Seconds per inner step: from the hello's calibration, then from its results.
+    step_secs: Option<f64>,
+}
+
+/// An accepted result waiting for its round to close.
+struct Contribution {
+    delta: Vec<f32>,
+    /// Its steps as a fraction of H.
+    share: f32,
+    /// `share`, discounted for staleness.
+    weight: f32,
 }
 
 /// A shard of the training split, as served for download.
@@ -99,7 +118,7 @@ pub struct Coordinator {
     /// Set when the round's first unit is handed out: an empty relay never times out.
     round_deadline: Option<Instant>,
     units: BTreeMap<u64, Unit>,
-    results: Vec<Vec<f32>>,
+    results: Vec<Contribution>,
     train_losses: Vec<f32>,
     next_unit: u64,
     sessions: BTreeMap<u64, Session>,
@@ -114,6 +133,8 @@ pub struct Coordinator {
     metrics: Arc<Metrics>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
     paused: bool,
+    /// Recent arrival times, for the adaptive round deadline.
+    arrivals: pacing::Arrivals,
     /// Contributors online over time, oldest first.
     online: VecDeque<OnlineSample>,
     last_online_sample: Option<Instant>,
@@ -183,6 +204,7 @@ impl Coordinator {
             retry_commit_at: None,
             metrics,
             paused: false,
+            arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
             job,
@@ -236,6 +258,7 @@ impl Coordinator {
             devices,
             storage_error: self.storage_error.clone(),
             paused: self.paused,
+            round_deadline_secs: self.arrivals.deadline(self.job.round_deadline()).as_secs_f64(),
         }
     }
 
@@ -297,7 +320,8 @@ impl Coordinator {
             job: self.job.name.clone(),
             version: self.version,
         });
-        let session = Session { outbox, contributor, device: hello.device, unit: None, told_to_wait: false };
+        let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
+        let session = Session { outbox, contributor, device: hello.device, unit: None, told_to_wait: false, step_secs };
         self.sessions.insert(id, session);
         self.send(id, welcome);
         self.offer(id, now);
@@ -313,7 +337,7 @@ impl Coordinator {
                 .get(&unit_id)
                 .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
         {
-            self.reopen(unit_id);
+            self.release(unit_id);
             self.offer_all(now);
         }
     }
@@ -338,18 +362,26 @@ impl Coordinator {
             Ok(()) => {
                 let unit = self.units.get_mut(&sub.unit_id).expect("judged present");
                 unit.state = UnitState::Done;
-                let (shard, seed) = (unit.shard, unit.seed);
-                let put = self.ledger.put_unit(
-                    sub.unit_id,
-                    self.round,
-                    shard,
-                    seed,
-                    UnitRowState::Done,
-                    Some(contributor),
-                    None,
-                );
+                let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
+                let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
+                let behind = self.version - unit.version;
+                let put =
+                    self.ledger.put_unit(sub.unit_id, round, shard, seed, UnitRowState::Done, Some(contributor), None);
                 self.note_storage("recording a unit", put);
-                self.results.push(sub.delta);
+                if let (Some(s), Some(took)) = (self.sessions.get_mut(&session), took) {
+                    // Half old, half new: one slow unit (a download) does not halve the next.
+                    s.step_secs = Some(s.step_secs.map_or(took, |old| 0.5 * (old + took)));
+                }
+                if behind == 0
+                    && let Some(started) = self.round_started
+                {
+                    self.arrivals.record(now.duration_since(started));
+                } else if behind > 0 {
+                    self.counters.late_accepted += 1;
+                }
+                let share = steps as f32 / self.job.inner.steps as f32;
+                let weight = share * pacing::staleness_weight(behind);
+                self.results.push(Contribution { delta: sub.delta, share, weight });
                 self.train_losses.push(sub.loss_after);
                 self.counters.accepted += 1;
                 self.metrics.accepted.inc();
@@ -381,10 +413,10 @@ impl Coordinator {
             UnitState::Assigned { session: holder, .. } if holder == session => {}
             _ => return Err(Rejection::NotAssigned),
         }
-        if sub.version != self.version {
+        if sub.version != unit.version {
             return Err(Rejection::WrongVersion);
         }
-        if sub.steps != self.job.inner.steps {
+        if sub.steps != unit.steps {
             return Err(Rejection::WrongSteps);
         }
         if sub.delta.len() != self.params.len() {
@@ -397,14 +429,18 @@ impl Coordinator {
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
+        let unit = self.units.get(&sub.unit_id);
         match r {
             Rejection::UnknownUnit => format!("unit {} was never issued", sub.unit_id),
-            Rejection::Stale => {
-                format!("unit {} is from a closed round; the model is at version {}", sub.unit_id, self.version)
-            }
+            Rejection::Stale => format!(
+                "unit {} is from a round more than {} versions behind; the model is at version {}",
+                sub.unit_id, self.job.round.max_staleness, self.version
+            ),
             Rejection::NotAssigned => format!("unit {} is not assigned to this session", sub.unit_id),
-            Rejection::WrongVersion => format!("version {} but the unit is for version {}", sub.version, self.version),
-            Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, self.job.inner.steps),
+            Rejection::WrongVersion => {
+                format!("version {} but the unit is for version {}", sub.version, unit.map_or(0, |u| u.version))
+            }
+            Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, unit.map_or(0, |u| u.steps)),
             Rejection::WrongSize => format!("delta has {} values, the model {}", sub.delta.len(), self.params.len()),
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
         }
@@ -429,7 +465,7 @@ impl Coordinator {
             .map(|(id, _)| *id)
             .collect();
         for &unit in &expired {
-            self.reopen(unit);
+            self.release(unit);
         }
         if let Some(retry) = self.retry_commit_at
             && now >= retry
@@ -443,7 +479,7 @@ impl Coordinator {
             if self.results.len() >= self.job.round.min {
                 self.commit(now);
             } else {
-                self.round_deadline = Some(now + self.job.round_deadline());
+                self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
             }
         }
         if !expired.is_empty() {
@@ -451,10 +487,19 @@ impl Coordinator {
         }
     }
 
-    /// Puts a held unit back in the pool.
-    fn reopen(&mut self, unit_id: u64) {
+    /// Takes a unit from its holder: a unit of the open round goes back to the pool; a
+    /// late unit is dropped.
+    fn release(&mut self, unit_id: u64) {
         let Some(unit) = self.units.get_mut(&unit_id) else { return };
+        if unit.round != self.round {
+            let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
+            self.units.remove(&unit_id);
+            let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
+            self.note_storage("recording a unit", put);
+            return;
+        }
         unit.state = UnitState::Open;
+        unit.assigned_at = None;
         let (shard, seed) = (unit.shard, unit.seed);
         self.counters.reassigned += 1;
         let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
@@ -480,12 +525,12 @@ impl Coordinator {
             self.tell_to_wait(session, "the job is paused by its operator".into());
             return;
         }
-        let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open).map(|(id, _)| *id);
+        let round = self.round;
+        let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open && u.round == round).map(|(id, _)| *id);
+        let created = self.units.values().filter(|u| u.round == round).count();
         let unit_id = match open {
             Some(id) => Some(id),
-            None if self.units.len() < self.job.round.target && self.retry_commit_at.is_none() => {
-                Some(self.create_unit(now))
-            }
+            None if created < self.job.round.target && self.retry_commit_at.is_none() => Some(self.create_unit(now)),
             None => None,
         };
         let Some(unit_id) = unit_id else {
@@ -494,8 +539,10 @@ impl Coordinator {
             return;
         };
         let deadline = now + self.job.unit_deadline();
+        let steps = pacing::unit_steps(&self.job, self.sessions[&session].step_secs);
         let unit = self.units.get_mut(&unit_id).expect("found or created above");
         unit.state = UnitState::Assigned { session, deadline };
+        (unit.steps, unit.assigned_at) = (steps, Some(now));
         let (shard, seed) = (unit.shard, unit.seed);
         let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
         let put = self.ledger.put_unit(
@@ -520,7 +567,7 @@ impl Coordinator {
             shard,
             shard_hash: self.shards[shard as usize].hash.clone(),
             seed,
-            steps: self.job.inner.steps,
+            steps,
             batch: self.job.inner.batch,
             model: self.job.model,
             optim: self.job.inner_optim(self.version),
@@ -538,13 +585,22 @@ impl Coordinator {
     }
 
     fn create_unit(&mut self, now: Instant) -> u64 {
-        self.round_deadline.get_or_insert(now + self.job.round_deadline());
+        self.round_deadline.get_or_insert(now + self.arrivals.deadline(self.job.round_deadline()));
         self.round_started.get_or_insert(now);
         let id = self.next_unit;
         self.next_unit += 1;
         let mut rng = Rng::from_parts(&[self.job.seed, id]);
         let shard = rng.below(self.job.data.shards as u64) as u32;
-        self.units.insert(id, Unit { shard, seed: rng.next_u64(), state: UnitState::Open });
+        let unit = Unit {
+            round: self.round,
+            version: self.version,
+            shard,
+            seed: rng.next_u64(),
+            steps: self.job.inner.steps,
+            state: UnitState::Open,
+            assigned_at: None,
+        };
+        self.units.insert(id, unit);
         id
     }
 
@@ -556,7 +612,7 @@ impl Coordinator {
         {
             tracing::warn!(session, "outbox full or closed; dropping the session");
             if let Some(unit) = self.sessions.remove(&session).and_then(|s| s.unit) {
-                self.reopen(unit);
+                self.release(unit);
             }
         }
     }

@@ -66,6 +66,8 @@ pub struct Counters {
     pub reassigned: u64,
     /// Sessions that resumed as an earlier contributor through its token.
     pub resumed: u64,
+    /// Results accepted after their round had closed (weighted down by staleness).
+    pub late_accepted: u64,
 }
 
 /// The JSON body of `/api/status`.
@@ -92,6 +94,8 @@ pub struct Status {
     pub storage_error: Option<String>,
     /// Whether the operator has paused the job.
     pub paused: bool,
+    /// The round deadline now in force, adapted to recent arrival times, seconds.
+    pub round_deadline_secs: f64,
 }
 
 /// How many contributors were online at a moment.

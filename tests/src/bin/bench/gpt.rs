@@ -193,9 +193,9 @@ pub async fn run(args: &[String]) {
     let browser_matmul =
         page.call("window.crowdgradMatmul(...args)", vec![m.into(), k.into(), n.into(), 5.into()]).await;
     page.stop().await;
-    let cpu_matmul = matmul_gflops(CpuBackend::new(), MATMUL, 20, clock()).await.expect("CPU matmul").1;
+    let cpu_matmul = matmul_gflops(&mut CpuBackend::new(), MATMUL, 20, clock()).await.expect("CPU matmul").1;
     let gpu_matmul =
-        matmul_gflops(GpuBackend::new().await.expect("adapter"), MATMUL, 20, clock()).await.expect("GPU matmul").1;
+        matmul_gflops(&mut GpuBackend::new().await.expect("adapter"), MATMUL, 20, clock()).await.expect("GPU matmul").1;
 
     let torch = pytorch(&flags, threads);
     let torch_tps = torch.as_ref().and_then(|t| t["tokens_per_s"].as_f64());

@@ -1,0 +1,64 @@
+//! Helpers for driving a [`Coordinator`] directly: contributors are outboxes and the
+//! clock is whatever `Instant` a test passes.
+
+use crowdgrad_relay::config::JobConfig;
+use crowdgrad_relay::coordinator::Coordinator;
+use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, WorkUnit};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// A coordinator for rounds of 2 units of 2 steps, deadlines 10 s (round) and 5 s
+/// (unit), its storage in `dir`, with `adjust` applied to the job first.
+pub fn open_with(dir: &tempfile::TempDir, adjust: impl FnOnce(&mut JobConfig)) -> Coordinator {
+    let mut job = JobConfig::default();
+    (job.inner.steps, job.data.eval_batches) = (2, 1);
+    (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (2, 1, 10.0, 5.0);
+    job.storage.dir = dir.path().to_path_buf();
+    adjust(&mut job);
+    Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
+}
+
+/// A contributor: its session id and its inbox.
+pub struct Client {
+    pub id: u64,
+    pub inbox: mpsc::Receiver<ServerMsg>,
+}
+
+impl Client {
+    /// Joins with an unknown speed.
+    pub fn join(c: &mut Coordinator, now: Instant) -> Client {
+        Client::join_calibrated(c, now, 0.0)
+    }
+
+    /// Joins with a calibration of `gflops`.
+    pub fn join_calibrated(c: &mut Coordinator, now: Instant, gflops: f32) -> Client {
+        let (tx, inbox) = mpsc::channel(16);
+        let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
+        let hello = Hello { agent: "test".into(), device, resume: None, gflops };
+        Client { id: c.join(tx, hello, now), inbox }
+    }
+
+    /// The next assignment in the inbox, skipping other messages.
+    pub fn assignment(&mut self) -> Option<WorkUnit> {
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let ServerMsg::Assign(unit) = msg {
+                return Some(unit);
+            }
+        }
+        None
+    }
+
+    /// An honest-looking result for `unit`: every Δ value 1e-3.
+    pub fn result(&self, unit: &WorkUnit, params: usize) -> Submission {
+        Submission {
+            unit_id: unit.unit_id,
+            version: unit.version,
+            steps: unit.steps,
+            loss_before: 5.0,
+            loss_after: 4.0,
+            delta: vec![1e-3; params],
+        }
+    }
+}
