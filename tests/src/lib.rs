@@ -2,6 +2,7 @@
 //! port, native contributors on their own threads, chromedriver, and polling.
 
 pub mod browser;
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,10 @@ commands:
                   training throughput on the CPU reference, native GPU and GPU in headless Chromium
   bench gpt [--iters N --gpu-iters N --browser-iters N --torch-iters N --dataset PATH]
                   nanoGPT's shakespeare_char run: val loss at 2000 iterations, GPU against CPU,
-                  tokens/s beside PyTorch, matmul GFLOP/s";
+                  tokens/s beside PyTorch, matmul GFLOP/s
+  bench relay [--idle N --active N --seconds S]
+                  the relay under load: RSS per idle session, results/s and latency of active
+                  contributors, lost results, and the outer step's time for a 10M model";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,6 +88,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     tools::ensure_wasm_tools()?;
     tools::ensure_browser_and_vulkan()?;
     wasm::build_bundle(&config)?;
+    // `bench relay` runs the relay as its own process.
+    run(cargo().args(["build", "--release", "-p", "crowdgrad-relay", "--bin", "crowdgrad"]))?;
     let mut bench = cargo();
     bench.args(["run", "--release", "-p", "crowdgrad-tests", "--bin", "bench", "--"]).args(args);
     tools::test_env(&mut bench);

@@ -25,6 +25,7 @@ use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Welcome, Wo
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
+pub use self::commit::outer_step;
 pub use self::report::{Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [backends | gpt]`.
+//! `cargo xtask bench [backends | gpt | relay]`.
 //!
 //! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
 //!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
@@ -6,10 +6,12 @@
 //! - `gpt [--iters N] [--gpu-iters N] [--browser-iters N] [--dataset PATH]`: nanoGPT's
 //!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
+//! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
 
 mod backends;
 mod browser;
 mod gpt;
+mod relay;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -17,8 +19,9 @@ async fn main() {
     match args.first().map(String::as_str) {
         None | Some("backends") => backends::run(args.get(1..).unwrap_or_default()).await,
         Some("gpt") => gpt::run(&args[1..]).await,
+        Some("relay") => relay::run(&args[1..]).await,
         Some(other) => {
-            eprintln!("unknown bench {other:?}; use `backends` or `gpt`");
+            eprintln!("unknown bench {other:?}; use `backends`, `gpt` or `relay`");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,178 @@
+//! `bench relay`: the relay (`target/release/crowdgrad serve`, its own process) under
+//! load from simulated contributors in this process, over loopback.
+//!
+//! - (a) `--idle N` (10,000) sessions that said hello and stay: the relay's RSS per session.
+//! - (b) `--active N` (1,000) contributors answering every unit at once with a Δ the size of
+//!   a compressed update, for `--seconds S` (20): results/s, submit→ack p50/p99, lost.
+//! - (c) the outer step over 100 results for a 10M-parameter model.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crowdgrad_relay::coordinator::outer_step;
+use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_tests::load::{open_idle_sessions, run_active_contributors};
+use crowdgrad_tests::repo_root;
+
+/// The model of the active run: small, so that a dense Δ (4 bytes a parameter) is the
+/// size of a compressed update of a large model.
+const ACTIVE_MODEL: GptConfig = GptConfig { vocab: 256, context: 8, layers: 1, heads: 1, width: 16, bias: true };
+
+/// A `crowdgrad serve` process, killed when dropped.
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl RelayProcess {
+    /// Starts the release binary on a free port with `job` (TOML, without `[storage]`).
+    fn start(job: &str) -> RelayProcess {
+        let binary = repo_root().join("target/release/crowdgrad");
+        assert!(binary.is_file(), "{} is missing: cargo build --release -p crowdgrad-relay", binary.display());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("job.toml");
+        let storage =
+            format!("\n[storage]\ndir = {:?}\nkeep_last = 2\nkeep_every = 0\n", dir.path().display().to_string());
+        std::fs::write(&file, format!("{job}{storage}")).expect("write the job");
+        let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+        let child = Command::new(binary)
+            .args(["serve", "--addr", &addr.to_string(), "--config"])
+            .arg(&file)
+            .current_dir(repo_root())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the relay");
+        let relay = RelayProcess { child, addr, _dir: dir };
+        let start = Instant::now();
+        while relay.status().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(30), "the relay did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        relay
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let mut response = ureq::get(&format!("http://{}/api/status", self.addr)).call().ok()?;
+        serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// Resident memory, KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
+    }
+
+    /// Waits until `online` sessions have said hello.
+    async fn wait_online(&self, online: usize) {
+        let start = Instant::now();
+        while self.status().and_then(|s| s["contributors_online"].as_u64()) != Some(online as u64) {
+            assert!(start.elapsed() < Duration::from_secs(120), "{online} sessions never came online");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Limits loose enough for one address to hold every simulated session.
+const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\n";
+
+struct Flags {
+    idle: usize,
+    active: usize,
+    seconds: u64,
+}
+
+fn flags(args: &[String]) -> Flags {
+    let mut f = Flags { idle: 10_000, active: 1_000, seconds: 20 };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{flag} takes a number"));
+        match flag.as_str() {
+            "--idle" => f.idle = value,
+            "--active" => f.active = value,
+            "--seconds" => f.seconds = value as u64,
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    f
+}
+
+/// `relay [--idle N] [--active N] [--seconds S]`.
+pub async fn run(args: &[String]) {
+    let flags = flags(args);
+    let files = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
+    println!("open-file limit: {files}");
+
+    let relay = RelayProcess::start(LOOSE_LIMITS);
+    let before = relay.rss_kib();
+    let t0 = Instant::now();
+    let sessions = open_idle_sessions(relay.addr, flags.idle).await;
+    relay.wait_online(flags.idle).await;
+    let opened = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = relay.rss_kib();
+    let per_session = (after.saturating_sub(before)) as f64 / flags.idle as f64;
+    println!(
+        "(a) {} idle sessions (opened in {opened:.1} s): relay RSS {before} KiB → {after} KiB, {per_session:.1} KiB per session (goal < 50)",
+        flags.idle
+    );
+    sessions.iter().for_each(|s| s.abort());
+    drop(relay);
+
+    let model = ACTIVE_MODEL;
+    let params = model.layout().total;
+    let job = format!(
+        "[model]\nvocab = {}\ncontext = {}\nlayers = {}\nheads = {}\nwidth = {}\n[inner]\nsteps = 1\nbatch = 1\n\
+         [data]\neval_batches = 1\n[round]\ntarget = {}\ndeadline_secs = 5\n{LOOSE_LIMITS}",
+        model.vocab, model.context, model.layers, model.heads, model.width, flags.active
+    );
+    let relay = RelayProcess::start(&job);
+    let report = run_active_contributors(relay.addr, flags.active, params, Duration::from_secs(flags.seconds)).await;
+    let version = relay.status().and_then(|s| s["version"].as_u64()).unwrap_or(0);
+    println!(
+        "(b) {} active contributors for {} s, Δ of {} bytes: {:.0} results/s, submit→ack p50 {:.1} ms, p99 {:.1} ms; \
+         {} submitted, {} accepted, {} rejected, {} lost (must be 0); {version} versions committed",
+        flags.active,
+        flags.seconds,
+        params * 4,
+        report.results_per_second(),
+        report.latency_ms(0.5),
+        report.latency_ms(0.99),
+        report.submitted,
+        report.accepted,
+        report.rejected,
+        report.lost
+    );
+    drop(relay);
+
+    aggregate();
+    assert_eq!(report.lost, 0, "results were lost");
+}
+
+/// (c): the outer step over 100 results of a 10M-parameter model.
+fn aggregate() {
+    const PARAMS: usize = 10_000_000;
+    const RESULTS: usize = 100;
+    let deltas: Vec<Vec<f32>> = (0..RESULTS).map(|i| vec![1e-4 * (i as f32 + 1.0); PARAMS]).collect();
+    let results: Vec<(&[f32], f32)> = deltas.iter().map(|d| (d.as_slice(), 1.0)).collect();
+    let (mut params, mut momentum) = (vec![0.0f32; PARAMS], vec![0.0f32; PARAMS]);
+    let t0 = Instant::now();
+    outer_step(&mut params, &mut momentum, &results, RESULTS as f32, 0.7, 0.9);
+    let seconds = t0.elapsed().as_secs_f64();
+    println!(
+        "(c) aggregating a round of {RESULTS} results of a {}M-parameter model: {:.0} ms ({:.1} GB/s of Δ read)",
+        PARAMS / 1_000_000,
+        seconds * 1e3,
+        (RESULTS * PARAMS * 4) as f64 / seconds / 1e9
+    );
+}

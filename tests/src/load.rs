@@ -1,0 +1,152 @@
+//! Simulated contributors for load tests and `cargo xtask bench relay`: idle sessions
+//! that say hello and then only answer pings, and active ones that answer every
+//! assignment at once with a Δ of the model's size and time the acknowledgement.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Connections opened at once while ramping up.
+const CONNECTING_AT_ONCE: usize = 256;
+
+fn hello(agent: &str) -> Message {
+    let device = DeviceInfo { kind: "cpu".into(), adapter: "simulated".into(), software: true };
+    let msg = ClientMsg::Hello(Hello { agent: agent.into(), device, resume: None, gflops: 0.0 });
+    Message::Binary(protocol::encode(&msg).into())
+}
+
+/// Opens `n` sessions to the relay at `addr`, each saying hello and then reading (so
+/// answering pings) until the relay closes it or the task is aborted.
+pub async fn open_idle_sessions(addr: SocketAddr, n: usize) -> Vec<JoinHandle<()>> {
+    let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
+    let mut opened = Vec::with_capacity(n);
+    for _ in 0..n {
+        let permit = gate.clone().acquire_owned().await.expect("the gate stays open");
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        opened.push((
+            tokio::spawn(async move {
+                let (mut socket, _) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect an idle session");
+                socket.send(hello("idle")).await.expect("hello");
+                let _ = ready.send(());
+                drop(permit);
+                while let Some(Ok(_)) = socket.next().await {}
+            }),
+            is_ready,
+        ));
+    }
+    let mut handles = Vec::with_capacity(n);
+    for (handle, is_ready) in opened {
+        is_ready.await.expect("every idle session connects");
+        handles.push(handle);
+    }
+    handles
+}
+
+/// What a run of active contributors saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Submissions sent.
+    pub submitted: u64,
+    /// Acknowledgements received that accepted the result.
+    pub accepted: u64,
+    /// Acknowledgements that rejected it.
+    pub rejected: u64,
+    /// Submissions never acknowledged.
+    pub lost: u64,
+    /// Submit-to-acknowledgement times, milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+    /// Seconds the submitting lasted.
+    pub seconds: f64,
+}
+
+impl LoadReport {
+    /// Acknowledged results per second.
+    pub fn results_per_second(&self) -> f64 {
+        (self.accepted + self.rejected) as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The `q` quantile (0..=1) of the latencies, milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        let n = self.latencies_ms.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        self.latencies_ms[((n - 1) as f64 * q).round() as usize]
+    }
+}
+
+/// Runs `n` contributors against the relay at `addr` for `duration`: each answers
+/// every assignment at once with a Δ of `params` small values, and waits for its
+/// acknowledgement (at most 30 s after the end) before taking the next.
+pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, duration: Duration) -> LoadReport {
+    let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
+    let start = Instant::now() + Duration::from_secs(1);
+    let until = start + duration;
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let permit = gate.acquire_owned().await.expect("the gate stays open");
+                let (mut socket, _) =
+                    tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
+                drop(permit);
+                tokio::time::sleep_until(start.into()).await;
+                socket.send(hello("active")).await.expect("hello");
+                let mut report = LoadReport::default();
+                let mut pending: Option<(u64, Instant)> = None;
+                let give_up = until + Duration::from_secs(30);
+                while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(give_up.into(), socket.next()).await {
+                    let Message::Binary(bytes) = msg else { continue };
+                    match protocol::decode::<ServerMsg>(&bytes, MAX_CONTROL_FRAME).expect("a relay message") {
+                        ServerMsg::Assign(unit) if pending.is_none() && Instant::now() < until => {
+                            let submission = Submission {
+                                unit_id: unit.unit_id,
+                                version: unit.version,
+                                steps: unit.steps,
+                                loss_before: 2.0,
+                                loss_after: 1.9,
+                                delta: vec![1e-4; params],
+                            };
+                            pending = Some((unit.unit_id, Instant::now()));
+                            socket
+                                .send(Message::Binary(protocol::encode(&ClientMsg::Submit(submission)).into()))
+                                .await
+                                .expect("submit");
+                            report.submitted += 1;
+                        }
+                        ServerMsg::Ack(ack) if pending.is_some_and(|(id, _)| id == ack.unit_id) => {
+                            let (_, sent) = pending.take().expect("checked");
+                            report.latencies_ms.push(sent.elapsed().as_secs_f64() * 1e3);
+                            if ack.accepted { report.accepted += 1 } else { report.rejected += 1 }
+                        }
+                        _ => {}
+                    }
+                    if pending.is_none() && Instant::now() >= until {
+                        break;
+                    }
+                }
+                report.lost = u64::from(pending.is_some());
+                report
+            })
+        })
+        .collect();
+    let mut total = LoadReport { seconds: duration.as_secs_f64(), ..LoadReport::default() };
+    for task in tasks {
+        let r = task.await.expect("contributor task");
+        total.submitted += r.submitted;
+        total.accepted += r.accepted;
+        total.rejected += r.rejected;
+        total.lost += r.lost;
+        total.latencies_ms.extend(r.latencies_ms);
+    }
+    total.latencies_ms.sort_by(f64::total_cmp);
+    total
+}
