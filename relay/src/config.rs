@@ -5,7 +5,7 @@
 //! name = "byte-gpt"
 //! seed = 1
 //! [model]   # vocab, context, layers, heads, width, bias
-//! [data]    # path (a text file; none: the built-in corpus), shards, eval_batches
+//! [data]    # path, val_path, format (auto, text, tokens), shards, eval_batches
 //! [inner]   # steps, batch, lr, min_lr, warmup_steps, decay_steps, beta1, beta2, eps, weight_decay, grad_clip
 //! [outer]   # lr, momentum
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
@@ -18,8 +18,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS};
+use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS, MAX_PARAMS};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +49,18 @@ pub struct JobConfig {
     pub limits: Limits,
 }
 
-/// The training text.
+/// The training data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Text file to train on; `None` uses the built-in generated corpus.
+    /// File to train on: text, or nanoGPT's / llm.c's u16 tokens (`train.bin`); `None`
+    /// uses the built-in generated corpus.
     pub path: Option<PathBuf>,
+    /// A separate validation file of the same format (nanoGPT's `val.bin`); without it
+    /// the last 10% of `path` validates.
+    pub val_path: Option<PathBuf>,
+    /// How `path` stores tokens.
+    pub format: DataFormat,
     /// How many shards the training split is cut into.
     pub shards: u32,
     /// Validation batches (of `inner.batch` rows) for the held-out loss of each version.
@@ -170,9 +177,34 @@ impl Default for JobConfig {
     }
 }
 
+/// How a data file stores tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// `tokens` for files ending in `.bin`, `text` otherwise.
+    #[default]
+    Auto,
+    /// One byte a token.
+    Text,
+    /// Little-endian u16 tokens, with or without llm.c's 1 KiB header.
+    Tokens,
+}
+
+impl DataConfig {
+    /// The token width of `path` under `format`.
+    pub fn width(&self) -> TokenWidth {
+        let is_bin = self.path.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "bin"));
+        match self.format {
+            DataFormat::Tokens => TokenWidth::U16,
+            DataFormat::Auto if is_bin => TokenWidth::U16,
+            _ => TokenWidth::Byte,
+        }
+    }
+}
+
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { path: None, shards: 16, eval_batches: 8 }
+        DataConfig { path: None, val_path: None, format: DataFormat::Auto, shards: 16, eval_batches: 8 }
     }
 }
 
@@ -263,10 +295,27 @@ impl JobConfig {
             Some((key, rest)) => bad(key, format!("= {rest}")),
             None => bad("model", e),
         })?;
-        if let Some(path) = &self.data.path
-            && !path.is_file()
-        {
-            return Err(bad("data.path", format!("{} is not a readable file", path.display())));
+        for (key, path) in [("data.path", &self.data.path), ("data.val_path", &self.data.val_path)] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(bad(key, format!("{} is not a readable file", path.display())));
+            }
+        }
+        if self.data.val_path.is_some() && self.data.path.is_none() {
+            return Err(bad("data.val_path", "needs data.path"));
+        }
+        let width = self.data.width();
+        if self.model.vocab > width.max_vocab() {
+            let what = if width == TokenWidth::Byte { "text (one byte a token)" } else { "u16 tokens" };
+            return Err(bad(
+                "model.vocab",
+                format!("{} exceeds {}, the most {what} can address", self.model.vocab, width.max_vocab()),
+            ));
+        }
+        let params = self.model.layout().total;
+        if params > MAX_PARAMS {
+            return Err(bad("model", format!("{params} parameters exceed the protocol's limit of {MAX_PARAMS}")));
         }
         within("data.shards", self.data.shards as f64, 1.0, 65_536.0)?;
         within("data.eval_batches", self.data.eval_batches as f64, 1.0, 1024.0)?;

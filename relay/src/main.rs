@@ -10,7 +10,7 @@ use crowdgrad_relay::contribute::contribute_forever;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
-use crowdgrad_runtime::sample::{SampleOptions, generate};
+use crowdgrad_runtime::sample::{SampleOptions, encode_prompt, generate, render};
 
 #[derive(Parser)]
 #[command(name = "crowdgrad", version, about = "Train a shared model on the GPUs of whoever opens the page")]
@@ -124,8 +124,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, gpu } => {
             let options = SampleOptions { tokens, temperature, top_k, seed };
-            let text = sample(&checkpoint, prompt.as_bytes(), options, gpu).await?;
-            println!("{prompt}{}", String::from_utf8_lossy(&text));
+            let text = sample(&checkpoint, &prompt, options, gpu).await?;
+            println!("{prompt}{text}");
         }
         Command::Contribute { relay, gpu } => {
             contribute_forever(&relay, gpu, Default::default()).await;
@@ -134,14 +134,18 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads `path` and generates from it on the CPU or the GPU.
-async fn sample(path: &std::path::Path, prompt: &[u8], options: SampleOptions, gpu: bool) -> anyhow::Result<Vec<u8>> {
+/// Loads `path` and continues `prompt` with it on the CPU or the GPU: text for
+/// byte-level models, token ids (prompt and output) for larger vocabularies.
+async fn sample(path: &std::path::Path, prompt: &str, options: SampleOptions, gpu: bool) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = checkpoint::read_config(&bytes)?;
     let params = checkpoint::decode(&cfg, &bytes)?;
-    Ok(if gpu {
-        generate(GpuBackend::new().await.context("--gpu")?, cfg, &params, prompt, options).await?
+    let prompt = encode_prompt(cfg.vocab, prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
+    let tokens = if gpu {
+        generate(GpuBackend::new().await.context("--gpu")?, cfg, &params, &prompt, options).await?
     } else {
-        generate(CpuBackend::new(), cfg, &params, prompt, options).await?
-    })
+        generate(CpuBackend::new(), cfg, &params, &prompt, options).await?
+    };
+    let separator = if cfg.vocab > 256 && !prompt.is_empty() { " " } else { "" };
+    Ok(format!("{separator}{}", render(cfg.vocab, &tokens)))
 }

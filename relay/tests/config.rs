@@ -41,6 +41,9 @@ fn every_bad_value_names_its_key() {
     let cases = [
         ("name = \"\"", "name"),
         ("[model]\nvocab = 300", "model.vocab"),
+        ("[model]\nvocab = 70000", "model.vocab"),
+        ("[model]\nwidth = 4096\nlayers = 64", "model"),
+        ("[data]\nval_path = \"/no/such/val.bin\"", "data.val_path"),
         ("[model]\ncontext = 0", "model.context"),
         ("[model]\nlayers = 0", "model.layers"),
         ("[model]\nheads = 0", "model.heads"),

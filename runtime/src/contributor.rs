@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::checkpoint::{self, CheckpointError, hash_hex};
+use crate::data::Tokens;
 use crate::protocol::{self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, WorkUnit};
 use crate::train::{Trainer, run_unit};
 
@@ -197,7 +198,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         }
         if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
             let bytes = self.download("shard", &format!("/api/shards/{}", unit.shard), &unit.shard_hash).await?;
-            if bytes.len() <= unit.model.context {
+            if Tokens::new(&bytes, unit.tokens).len() <= unit.model.context {
                 return Err(ContributorError::ShardTooSmall(unit.shard));
             }
             self.shard = Some((unit.shard_hash.clone(), bytes));
@@ -207,6 +208,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         let trainer = self.trainer.as_mut().expect("prepared above");
         let (_, start) = self.weights.as_ref().expect("weights loaded above");
         let (_, data) = self.shard.as_ref().expect("shard loaded above");
+        let data = Tokens::new(data, unit.tokens);
         let outcome = run_unit(trainer, start, data, unit.seed, unit.steps, &unit.optim).await?;
         self.update(|s| {
             s.state = "submitting".into();

@@ -12,7 +12,7 @@ use crate::rng::Rng;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GptConfig {
-    /// Vocabulary size (≤ 256: tokens are bytes).
+    /// Vocabulary size: ≤ 256 for text (tokens are bytes), ≤ 65,536 for u16 token files.
     pub vocab: usize,
     /// Context length (block size) in tokens.
     pub context: usize,
@@ -36,6 +36,8 @@ impl Default for GptConfig {
 /// Upper bound on every dimension, so that a config from the network cannot ask for an
 /// absurd allocation.
 pub const MAX_DIM: usize = 4096;
+/// Largest vocabulary: tokens are at most u16.
+pub const MAX_VOCAB: usize = 65_536;
 
 impl GptConfig {
     /// nanoGPT's shakespeare_char model: 4 layers, 4 heads, 128 wide, block 64 (with a
@@ -46,19 +48,15 @@ impl GptConfig {
 
     /// Checks every dimension; the error names the field and why.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, v) in [
-            ("vocab", self.vocab),
-            ("context", self.context),
-            ("layers", self.layers),
-            ("heads", self.heads),
-            ("width", self.width),
-        ] {
+        if self.vocab == 0 || self.vocab > MAX_VOCAB {
+            return Err(format!("model.vocab = {} is outside 1..={MAX_VOCAB}", self.vocab));
+        }
+        for (name, v) in
+            [("context", self.context), ("layers", self.layers), ("heads", self.heads), ("width", self.width)]
+        {
             if v == 0 || v > MAX_DIM {
                 return Err(format!("model.{name} = {v} is outside 1..={MAX_DIM}"));
             }
-        }
-        if self.vocab > 256 {
-            return Err(format!("model.vocab = {} exceeds 256: tokens are bytes", self.vocab));
         }
         if !self.width.is_multiple_of(self.heads) {
             return Err(format!("model.width = {} is not a multiple of model.heads = {}", self.width, self.heads));

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::DeviceInfo;
+use crate::data::TokenWidth;
 use crate::model::GptConfig;
 use crate::train::InnerOptim;
 
@@ -127,6 +128,8 @@ pub struct WorkUnit {
     pub steps: u32,
     /// Rows per batch.
     pub batch: u32,
+    /// How the shard stores tokens.
+    pub tokens: TokenWidth,
     /// The model's shape.
     pub model: GptConfig,
     /// Inner optimizer settings.

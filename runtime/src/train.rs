@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, View};
-use crate::data::{Batch, sample_batch};
+use crate::data::{Batch, Tokens, sample_batch};
 use crate::model::{GptConfig, ParamLayout};
 use crate::ops::AdamW;
 
@@ -474,7 +474,7 @@ pub struct UnitOutcome {
 pub async fn run_unit<B: Backend>(
     trainer: &mut Trainer<B>,
     start: &[f32],
-    data: &[u8],
+    data: Tokens<'_>,
     seed: u64,
     steps: u32,
     opt: &InnerOptim,

@@ -5,7 +5,7 @@
 use crowdgrad_runtime::checkpoint::{self, CheckpointError};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::sample::{SampleOptions, generate};
+use crowdgrad_runtime::sample::{SampleOptions, encode_prompt, generate};
 use safetensors::SafeTensors;
 
 #[test]
@@ -46,7 +46,8 @@ fn sampling_is_deterministic_given_its_seed() {
     let params = cfg.init(2);
     let run = |seed| {
         let options = SampleOptions { tokens: 20, seed, ..SampleOptions::default() };
-        pollster::block_on(generate(CpuBackend::new(), cfg, &params, b"The cat", options)).unwrap()
+        let prompt = encode_prompt(cfg.vocab, "The cat").unwrap();
+        pollster::block_on(generate(CpuBackend::new(), cfg, &params, &prompt, options)).unwrap()
     };
     let (a, b, c) = (run(1), run(1), run(2));
     assert_eq!(a.len(), 20);

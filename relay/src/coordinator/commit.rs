@@ -58,14 +58,7 @@ pub(super) fn persist(
 /// The outer step: `g = Σ weightᵢ·Δᵢ / shares` (the round's weighted mean Δ), then
 /// Nesterov momentum `m = μ·m + g`, `params -= lr·(g + μ·m)`. All slices have the
 /// model's length; the work is split over cores by parameter ranges.
-pub fn outer_step(
-    params: &mut [f32],
-    momentum: &mut [f32],
-    results: &[(&[f32], f32)],
-    shares: f32,
-    lr: f32,
-    mu: f32,
-) {
+pub fn outer_step(params: &mut [f32], momentum: &mut [f32], results: &[(&[f32], f32)], shares: f32, lr: f32, mu: f32) {
     use rayon::prelude::*;
     const CHUNK: usize = 64 * 1024;
     params.par_chunks_mut(CHUNK).zip(momentum.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (p, m))| {

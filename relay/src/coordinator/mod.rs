@@ -20,7 +20,7 @@ use anyhow::Context;
 use axum::body::Bytes;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
-use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::data::{Corpus, TokenWidth};
 use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Welcome, WorkUnit};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
@@ -113,6 +113,8 @@ pub struct Coordinator {
     /// The current version's weights file and its blake3 hex.
     current: (Bytes, String),
     shards: Vec<ShardFile>,
+    /// How the shards store tokens.
+    tokens: TokenWidth,
     round: u64,
     /// When the round's first unit was created.
     round_started: Option<Instant>,
@@ -151,10 +153,11 @@ impl Coordinator {
         let overlap = job.model.context + 1;
         let shards = (0..job.data.shards)
             .map(|i| {
-                let bytes = corpus.shard(i, job.data.shards, overlap).to_vec();
+                let bytes = corpus.shard(i, job.data.shards, overlap).bytes().to_vec();
                 ShardFile { hash: hash_hex(&bytes), bytes: Bytes::from(bytes) }
             })
             .collect();
+        let width = corpus.width();
         let mut evaluator = Evaluator::new(&job, corpus);
         let (version, params, momentum, current) = match ledger.last_version()? {
             Some(row) => {
@@ -188,6 +191,7 @@ impl Coordinator {
             version,
             current,
             shards,
+            tokens: width,
             round,
             round_started: None,
             round_deadline: None,
@@ -570,6 +574,7 @@ impl Coordinator {
             seed,
             steps,
             batch: self.job.inner.batch,
+            tokens: self.tokens,
             model: self.job.model,
             optim: self.job.inner_optim(self.version),
         });
