@@ -326,6 +326,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "wasm32"))]
     fn token_files_with_and_without_the_llm_c_header() {
         let dir = std::env::temp_dir().join(format!("crowdgrad-data-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
