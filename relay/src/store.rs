@@ -77,6 +77,25 @@ impl Store {
         Ok((weights, params, momentum))
     }
 
+    /// Deletes every file in the folder that does not belong to a version in `kept`:
+    /// leftovers of a crash (temporary files, a version written but never recorded, a
+    /// version forgotten but not yet deleted). Returns how many were removed.
+    pub fn sweep(&self, kept: &[u64]) -> std::io::Result<usize> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Ok(0) };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let version = name.strip_prefix('v').and_then(|rest| rest.get(..8)).and_then(|v| v.parse::<u64>().ok());
+            let current = name.ends_with(".safetensors") && version.is_some_and(|v| kept.contains(&v));
+            if !current {
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes `version`'s files (missing ones are fine).
     pub fn remove(&self, version: u64) -> std::io::Result<()> {
         for path in [self.weights_path(version), self.momentum_path(version)] {
@@ -107,4 +126,34 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     drop(file);
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeping_keeps_exactly_the_kept_versions() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::new(dir.path());
+        let model = GptConfig { layers: 1, width: 8, heads: 1, context: 4, ..GptConfig::default() };
+        let params = model.init(1);
+        for version in 1..=3 {
+            store.write(&model, version, &params, &params, "test").expect("write");
+        }
+        fs::write(store.dir.join("v00000004.tmp"), b"half written").unwrap();
+        assert_eq!(store.sweep(&[2, 3]).expect("sweep"), 3, "version 1's two files and the temporary one");
+        let mut left: Vec<String> =
+            fs::read_dir(&store.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "v00000002.momentum.safetensors",
+                "v00000002.safetensors",
+                "v00000003.momentum.safetensors",
+                "v00000003.safetensors"
+            ]
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! - [`data`]: corpora and deterministic batches.
 //! - [`protocol`]: the versioned binary frames between relay and contributors.
 //! - [`checkpoint`]: safetensors encoding of parameters.
+//! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
 //! - [`sample`]: text generation from a trained model.
 //! - [`bench`]: throughput measurements shared by the native and browser benches.
@@ -14,6 +15,7 @@
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod codec;
 pub mod contributor;
 pub mod cpu;
 pub mod data;

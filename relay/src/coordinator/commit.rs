@@ -157,12 +157,13 @@ impl Coordinator {
             if version + last > self.version || (every != 0 && version.is_multiple_of(every)) {
                 continue;
             }
-            match self.store.remove(version) {
-                Ok(()) => {
-                    let forgot = self.ledger.forget_version(version);
-                    self.note_storage("forgetting a version", forgot);
-                }
-                Err(e) => tracing::warn!(version, "could not delete an old version: {e}"),
+            // The ledger forgets first: a crash in between leaves an orphan file, never a
+            // listed version without its file.
+            let forgot = self.ledger.forget_version(version);
+            if self.note_storage("forgetting a version", forgot).is_some()
+                && let Err(e) = self.store.remove(version)
+            {
+                tracing::warn!(version, "could not delete an old version: {e}");
             }
         }
     }

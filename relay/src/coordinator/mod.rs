@@ -175,6 +175,10 @@ impl Coordinator {
                 (0, params, momentum, row)
             }
         };
+        let swept = store.sweep(&ledger.kept_versions()?).context("cleaning the checkpoint folder")?;
+        if swept > 0 {
+            tracing::info!(files = swept, "removed checkpoint files a crash left behind");
+        }
         let (round, next_unit) = ledger.abandon_open_rounds()?;
         ledger.open_round(round, version)?;
         let history: VecDeque<VersionRecord> =

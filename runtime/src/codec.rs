@@ -1,0 +1,348 @@
+//! The wire format of an update: chunked top-k with per-chunk quantisation and
+//! delta-coded indices (DeMo / SparseLoCo style), with error feedback.
+//!
+//! The contributor adds its residual (what earlier updates did not send) to Δ, cuts the
+//! sum into chunks of `chunk` values, keeps the `k` largest magnitudes of each chunk,
+//! quantises them to `bits` bits against the chunk's largest kept magnitude, and keeps
+//! everything not sent (the dropped values and the rounding) as the new residual.
+//!
+//! Layout, little-endian: `CZ`, format version (u8), bits (u8), chunk (u32), k (u32),
+//! length (u32); then per chunk: scale (f32), count (u16), `count` indices as LEB128
+//! varints (the first absolute, then each gap minus one), and `count` values packed
+//! `bits` bits each (two's-complement levels in `−q..=q`, `q = 2^(bits−1) − 1`).
+//! [`decode`] checks every field against these bounds and the expected length.
+
+use serde::{Deserialize, Serialize};
+
+/// Two bytes that open every encoded update.
+const MAGIC: [u8; 2] = *b"CZ";
+/// This format's version.
+const FORMAT: u8 = 1;
+/// Bytes of the header.
+const HEADER: usize = 2 + 1 + 1 + 4 + 4 + 4;
+/// Largest chunk accepted.
+pub const MAX_CHUNK: u32 = 1 << 16;
+
+/// How updates are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodecConfig {
+    /// Values per chunk (4096 is DeMo's 64 × 64).
+    pub chunk: u32,
+    /// Values kept per chunk.
+    pub k: u32,
+    /// Bits per kept value: 8, 4 or 2.
+    pub bits: u8,
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        CodecConfig { chunk: 4096, k: 32, bits: 8 }
+    }
+}
+
+impl CodecConfig {
+    /// Checks the bounds above; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.chunk == 0 || self.chunk > MAX_CHUNK {
+            return Err(format!("chunk = {} is outside 1..={MAX_CHUNK}", self.chunk));
+        }
+        if self.k == 0 || self.k > self.chunk {
+            return Err(format!("k = {} is outside 1..=chunk ({})", self.k, self.chunk));
+        }
+        if ![2, 4, 8].contains(&self.bits) {
+            return Err(format!("bits = {} is not 2, 4 or 8", self.bits));
+        }
+        Ok(())
+    }
+
+    /// The largest quantisation level, `2^(bits−1) − 1`.
+    fn levels(&self) -> i32 {
+        (1 << (self.bits - 1)) - 1
+    }
+
+    /// The most bytes an update of `len` values can take.
+    pub fn max_bytes(&self, len: usize) -> usize {
+        let chunks = len.div_ceil(self.chunk as usize);
+        let per_chunk = 4 + 2 + self.k as usize * 3 + (self.k as usize * self.bits as usize).div_ceil(8);
+        HEADER + chunks * per_chunk
+    }
+}
+
+/// Why an encoded update was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("compressed update: {0}")]
+pub struct CodecError(pub String);
+
+fn bad<T>(reason: impl Into<String>) -> Result<T, CodecError> {
+    Err(CodecError(reason.into()))
+}
+
+/// Encodes `delta + residual` and leaves in `residual` what was not sent, so that
+/// `decode(encoded) + residual == delta + old residual` (up to float rounding; a
+/// non-finite sum is dropped). `delta` and `residual` have the same length.
+///
+/// Error bound, per chunk: a kept value is off by at most `scale / (2q)` (`scale` the
+/// chunk's largest kept magnitude, `q` the largest level), and a dropped value is no
+/// larger in magnitude than the smallest kept one.
+pub fn encode(delta: &[f32], residual: &mut [f32], cfg: &CodecConfig) -> Vec<u8> {
+    assert_eq!(delta.len(), residual.len(), "Δ and residual lengths differ");
+    cfg.validate().expect("a valid codec config");
+    let mut out = Vec::with_capacity(cfg.max_bytes(delta.len()));
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[FORMAT, cfg.bits]);
+    for field in [cfg.chunk, cfg.k, delta.len() as u32] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    let levels = cfg.levels() as f32;
+    let mut order: Vec<u32> = Vec::with_capacity(cfg.chunk as usize);
+    for (d, r) in delta.chunks(cfg.chunk as usize).zip(residual.chunks_mut(cfg.chunk as usize)) {
+        // A non-finite sum (a diverged step) is dropped rather than kept forever.
+        r.iter_mut().zip(d).for_each(|(r, d)| *r = if (*r + d).is_finite() { *r + d } else { 0.0 });
+        // The k largest magnitudes, then in index order.
+        order.clear();
+        order.extend((0..r.len() as u32).filter(|&i| r[i as usize] != 0.0));
+        let keep = (cfg.k as usize).min(order.len());
+        if keep < order.len() {
+            order.select_nth_unstable_by(keep, |&a, &b| r[b as usize].abs().total_cmp(&r[a as usize].abs()));
+            order.truncate(keep);
+        }
+        order.sort_unstable();
+        let scale = order.iter().fold(0f32, |m, &i| m.max(r[i as usize].abs()));
+        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&(order.len() as u16).to_le_bytes());
+        let mut previous: Option<u32> = None;
+        for &i in &order {
+            write_varint(&mut out, previous.map_or(i, |p| i - p - 1));
+            previous = Some(i);
+        }
+        let mut packer = BitPacker::new(&mut out, cfg.bits);
+        for &i in &order {
+            let level = (r[i as usize] / scale * levels).round().clamp(-levels, levels);
+            packer.push(level as i32);
+            r[i as usize] -= level / levels * scale;
+        }
+        packer.finish();
+    }
+    out
+}
+
+/// Decodes an update that must hold exactly `len` values; every field is checked.
+pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
+    if bytes.len() < HEADER || bytes[..2] != MAGIC {
+        return bad("not an encoded update (bad magic or too short)");
+    }
+    if bytes[2] != FORMAT {
+        return bad(format!("format {} is not supported (this side reads {FORMAT})", bytes[2]));
+    }
+    let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let cfg = CodecConfig { bits: bytes[3], chunk: word(4), k: word(8) };
+    cfg.validate().map_err(CodecError)?;
+    if word(12) as usize != len {
+        return bad(format!("{} values, the model has {len}", word(12)));
+    }
+    let levels = cfg.levels() as f32;
+    let mut out = vec![0f32; len];
+    let mut at = HEADER;
+    for (c, chunk) in out.chunks_mut(cfg.chunk as usize).enumerate() {
+        let Some(head) = bytes.get(at..at + 6) else { return bad(format!("chunk {c} is cut short")) };
+        let scale = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let count = u16::from_le_bytes([head[4], head[5]]) as usize;
+        at += 6;
+        if !(scale.is_finite() && scale >= 0.0) {
+            return bad(format!("chunk {c} has scale {scale}"));
+        }
+        if count > (cfg.k as usize).min(chunk.len()) {
+            return bad(format!("chunk {c} lists {count} values; at most {} fit", (cfg.k as usize).min(chunk.len())));
+        }
+        let mut indices = Vec::with_capacity(count);
+        let mut next = 0usize;
+        for _ in 0..count {
+            let gap = read_varint(bytes, &mut at).ok_or_else(|| CodecError(format!("chunk {c}: bad index")))?;
+            let index = next.checked_add(gap as usize).filter(|&i| i < chunk.len());
+            let Some(index) = index else { return bad(format!("chunk {c}: index past its {} values", chunk.len())) };
+            indices.push(index);
+            next = index + 1;
+        }
+        let packed = (count * cfg.bits as usize).div_ceil(8);
+        let Some(values) = bytes.get(at..at + packed) else { return bad(format!("chunk {c}: values cut short")) };
+        at += packed;
+        for (n, &index) in indices.iter().enumerate() {
+            let level = unpack(values, n, cfg.bits);
+            if level.unsigned_abs() > cfg.levels() as u32 {
+                return bad(format!("chunk {c}: level {level} outside ±{}", cfg.levels()));
+            }
+            chunk[index] = level as f32 / levels * scale;
+        }
+    }
+    if at != bytes.len() {
+        return bad(format!("{} trailing bytes", bytes.len() - at));
+    }
+    Ok(out)
+}
+
+/// Appends `value` as an LEB128 varint.
+fn write_varint(out: &mut Vec<u8>, mut value: u32) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads an LEB128 varint of at most 5 bytes at `*at`, advancing it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let mut value = 0u64;
+    for shift in 0..5 {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= ((byte & 0x7f) as u64) << (7 * shift);
+        if byte & 0x80 == 0 {
+            return u32::try_from(value).ok();
+        }
+    }
+    None
+}
+
+/// Writes signed levels `bits` bits each, low bits first.
+struct BitPacker<'a> {
+    out: &'a mut Vec<u8>,
+    bits: u8,
+    byte: u8,
+    used: u8,
+}
+
+impl<'a> BitPacker<'a> {
+    fn new(out: &'a mut Vec<u8>, bits: u8) -> Self {
+        BitPacker { out, bits, byte: 0, used: 0 }
+    }
+
+    fn push(&mut self, level: i32) {
+        let mask = (1u16 << self.bits) - 1;
+        self.byte |= ((level as u16 & mask) as u8) << self.used;
+        self.used += self.bits;
+        if self.used == 8 {
+            self.out.push(self.byte);
+            (self.byte, self.used) = (0, 0);
+        }
+    }
+
+    fn finish(self) {
+        if self.used > 0 {
+            self.out.push(self.byte);
+        }
+    }
+}
+
+/// The `n`th signed level of `bits` bits in `packed`.
+fn unpack(packed: &[u8], n: usize, bits: u8) -> i32 {
+    let per_byte = 8 / bits as usize;
+    let raw = (packed[n / per_byte] >> ((n % per_byte) * bits as usize)) & ((1u16 << bits) - 1) as u8;
+    let sign = 1u8 << (bits - 1);
+    if raw & sign != 0 { raw as i32 - (1 << bits) } else { raw as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_codec_sends_over_100_times_fewer_bytes_than_dense() {
+        let n = 1_000_000;
+        let delta: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-6 - 5e-4).collect();
+        let bytes = encode(&delta, &mut vec![0.0; n], &CodecConfig::default());
+        assert!(bytes.len() * 100 <= n * 4, "{} bytes for {} dense", bytes.len(), n * 4);
+        assert!(bytes.len() <= CodecConfig::default().max_bytes(n));
+    }
+
+    #[test]
+    fn error_feedback_sends_everything_eventually() {
+        let cfg = CodecConfig { chunk: 64, k: 4, bits: 4 };
+        let delta: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut residual, mut sent) = (vec![0.0; 256], vec![0.0f32; 256]);
+        let rounds = 200;
+        for _ in 0..rounds {
+            let decoded = decode(&encode(&delta, &mut residual, &cfg), 256).expect("decodes");
+            sent.iter_mut().zip(&decoded).for_each(|(s, d)| *s += d);
+        }
+        for ((s, d), r) in sent.iter().zip(&delta).zip(&residual) {
+            assert!((s + r - rounds as f32 * d).abs() < 1e-2, "sent + residual = total Δ");
+            // Each value waits at most about chunk / k rounds for its turn.
+            assert!(r.abs() <= (64 / 4 + 1) as f32, "the residual stays bounded: {r}");
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_refused_with_a_reason() {
+        let cfg = CodecConfig { chunk: 8, k: 2, bits: 8 };
+        let good = encode(&[1.0, -2.0, 0.5, 0.0, 3.0, 0.0, 0.0, 0.1, 7.0], &mut [0.0; 9], &cfg);
+        assert_eq!(decode(&good, 9).map(|v| v.len()), Ok(9));
+        assert!(decode(&good, 10).unwrap_err().0.contains("the model has 10"));
+        assert!(decode(&good[..good.len() - 1], 9).is_err());
+        assert!(decode(&[good.as_slice(), &[0]].concat(), 9).unwrap_err().0.contains("trailing"));
+        let mut bad_bits = good.clone();
+        bad_bits[3] = 3;
+        assert!(decode(&bad_bits, 9).unwrap_err().0.contains("bits = 3"));
+        let mut nan_scale = good.clone();
+        nan_scale[HEADER..HEADER + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(decode(&nan_scale, 9).unwrap_err().0.contains("scale"));
+        let mut too_many = good.clone();
+        too_many[HEADER + 4] = 9;
+        assert!(decode(&too_many, 9).unwrap_err().0.contains("lists 9 values"));
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn config() -> impl Strategy<Value = CodecConfig> {
+            (1u32..600, prop::sample::select(vec![2u8, 4, 8]))
+                .prop_flat_map(|(chunk, bits)| (Just(chunk), 1..=chunk, Just(bits)))
+                .prop_map(|(chunk, k, bits)| CodecConfig { chunk, k, bits })
+        }
+
+        proptest! {
+            #[test]
+            fn decoding_an_encoding_stays_within_the_stated_bound(
+                cfg in config(),
+                x in prop::collection::vec(-1e3f32..1e3, 1..3000),
+            ) {
+                let mut residual = vec![0.0; x.len()];
+                let decoded = decode(&encode(&x, &mut residual, &cfg), x.len()).expect("own encoding decodes");
+                for (c, (xs, ds)) in x.chunks(cfg.chunk as usize).zip(decoded.chunks(cfg.chunk as usize)).enumerate() {
+                    let kept: Vec<f32> = ds.iter().zip(xs).filter(|(d, _)| **d != 0.0).map(|(_, x)| x.abs()).collect();
+                    let scale = kept.iter().fold(0f32, |m, &v| m.max(v));
+                    let smallest_kept = kept.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                    let step = scale / (2.0 * cfg.levels() as f32);
+                    for (x, d) in xs.iter().zip(ds) {
+                        // f32 arithmetic adds a few ulps of the values involved.
+                        let slack = 1e-4 * step + 1e-6 * x.abs();
+                        let bound = if *d != 0.0 { step } else { smallest_kept.min(scale.max(x.abs())) };
+                        prop_assert!((x - d).abs() <= bound.max(step) + slack, "chunk {c}: {x} decoded as {d}, bound {bound}");
+                    }
+                }
+                for ((x, d), r) in x.iter().zip(&decoded).zip(&residual) {
+                    prop_assert!((d + r - x).abs() <= 1e-4 * x.abs().max(1.0), "decoded + residual = input");
+                }
+            }
+
+            #[test]
+            fn the_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..400), len in 0usize..2000) {
+                let _ = decode(&bytes, len);
+            }
+
+            #[test]
+            fn corrupted_encodings_never_panic(
+                x in prop::collection::vec(-1.0f32..1.0, 1..500),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let mut bytes = encode(&x, &mut vec![0.0; x.len()], &CodecConfig { chunk: 64, k: 8, bits: 4 });
+                let i = at.index(bytes.len());
+                bytes[i] = byte;
+                let _ = decode(&bytes, x.len());
+            }
+        }
+    }
+}
