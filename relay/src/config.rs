@@ -10,6 +10,7 @@
 //! [outer]   # lr, momentum
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
 //! [storage] # dir, keep_last, keep_every
+//! [compression] # enabled, chunk, k, bits
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
 
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crowdgrad_runtime::codec::{CodecConfig, MAX_CHUNK};
 use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS, MAX_PARAMS};
@@ -45,8 +47,38 @@ pub struct JobConfig {
     pub round: RoundConfig,
     /// Where committed versions and the ledger live.
     pub storage: StorageConfig,
+    /// How contributors compress their updates.
+    pub compression: CompressionConfig,
     /// What each connection may do.
     pub limits: Limits,
+}
+
+/// How contributors compress their updates (see `crowdgrad_runtime::codec`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Whether updates are compressed; off sends dense f32.
+    pub enabled: bool,
+    /// Values per chunk.
+    pub chunk: u32,
+    /// Values kept per chunk.
+    pub k: u32,
+    /// Bits per kept value: 8, 4 or 2.
+    pub bits: u8,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        let c = CodecConfig::default();
+        CompressionConfig { enabled: true, chunk: c.chunk, k: c.k, bits: c.bits }
+    }
+}
+
+impl CompressionConfig {
+    /// The codec units ask for, `None` when off.
+    pub fn codec(&self) -> Option<CodecConfig> {
+        self.enabled.then_some(CodecConfig { chunk: self.chunk, k: self.k, bits: self.bits })
+    }
 }
 
 /// The training data.
@@ -172,6 +204,7 @@ impl Default for JobConfig {
             outer: OuterConfig::default(),
             round: RoundConfig::default(),
             storage: StorageConfig::default(),
+            compression: CompressionConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -344,6 +377,12 @@ impl JobConfig {
             return Err(bad("storage.dir", "must name a folder"));
         }
         within("storage.keep_last", self.storage.keep_last as f64, 1.0, 1e9)?;
+        let c = &self.compression;
+        within("compression.chunk", c.chunk as f64, 1.0, MAX_CHUNK as f64)?;
+        within("compression.k", c.k as f64, 1.0, c.chunk as f64)?;
+        if ![2, 4, 8].contains(&c.bits) {
+            return Err(bad("compression.bits", format!("{} is not 2, 4 or 8", c.bits)));
+        }
         let l = &self.limits;
         within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
         within("limits.messages_per_minute", l.messages_per_minute as f64, 1.0, 1e6)?;

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use crowdgrad_relay::coordinator::Rejection;
-use crowdgrad_runtime::protocol::Submission;
+use crowdgrad_runtime::codec::{self, CodecConfig};
+use crowdgrad_runtime::protocol::{Submission, Update};
 
 mod common;
 
@@ -76,9 +77,14 @@ fn bad_results_are_rejected_with_their_reason() {
     let n = c.param_count();
     let unit = a.assignment().expect("work");
     let cases: Vec<(Submission, Rejection)> = vec![
-        (Submission { delta: vec![f32::NAN; n], ..a.result(&unit, n) }, Rejection::NonFinite),
+        (Submission { update: Update::Dense(vec![f32::NAN; n]), ..a.result(&unit, n) }, Rejection::NonFinite),
         (Submission { loss_after: f32::INFINITY, ..a.result(&unit, n) }, Rejection::NonFinite),
-        (Submission { delta: vec![0.0; n - 1], ..a.result(&unit, n) }, Rejection::WrongSize),
+        (Submission { update: Update::Dense(vec![0.0; n - 1]), ..a.result(&unit, n) }, Rejection::WrongSize),
+        (
+            Submission { update: Update::Compressed(b"not an update".to_vec()), ..a.result(&unit, n) },
+            Rejection::Malformed,
+        ),
+        (Submission { update: compressed(n - 1), ..a.result(&unit, n) }, Rejection::Malformed),
         (Submission { steps: 3, ..a.result(&unit, n) }, Rejection::WrongSteps),
         (Submission { version: 7, ..a.result(&unit, n) }, Rejection::WrongVersion),
         (Submission { unit_id: 999, ..a.result(&unit, n) }, Rejection::UnknownUnit),
@@ -91,11 +97,18 @@ fn bad_results_are_rejected_with_their_reason() {
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::NotAssigned));
     let next = a.assignment().expect("next unit");
-    assert_eq!(c.submit(a.id, a.result(&next, n), t0), Ok(()));
+    assert_eq!(next.codec, Some(CodecConfig::default()), "units ask for compressed updates");
+    assert_eq!(c.submit(a.id, Submission { update: compressed(n), ..a.result(&next, n) }, t0), Ok(()));
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::Stale), "its round has closed");
     let rejected = c.status().counters.rejected;
     assert_eq!(rejected.get("non_finite"), Some(&2));
-    assert_eq!(rejected.values().sum::<u64>(), 8);
+    assert_eq!(rejected.get("malformed"), Some(&2));
+    assert_eq!(rejected.values().sum::<u64>(), 10);
+}
+
+/// An honest compressed update of `n` values.
+fn compressed(n: usize) -> Update {
+    Update::Compressed(codec::encode(&vec![1e-3; n], &mut vec![0.0; n], &CodecConfig::default()))
 }
 
 #[test]

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::checkpoint::{self, CheckpointError, hash_hex};
+use crate::codec::{self, CodecConfig};
 use crate::data::Tokens;
-use crate::protocol::{self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, WorkUnit};
+use crate::protocol::{
+    self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
+};
 use crate::train::{Trainer, run_unit};
 
 /// A failure of the transport (socket closed, HTTP error).
@@ -86,6 +89,8 @@ pub struct Stats {
     pub last_loss: Option<f32>,
     /// Tokens predicted in training so far.
     pub tokens: u64,
+    /// Bytes of updates uploaded so far.
+    pub upload_bytes: u64,
     /// Why the loop stopped, if it failed.
     pub error: Option<String>,
 }
@@ -104,6 +109,8 @@ pub struct Contributor<B: Backend, T: Transport> {
     shard: Option<(String, Vec<u8>)>,
     stats: SharedStats,
     gflops: f32,
+    /// Error feedback: what earlier compressed updates did not send.
+    residual: Vec<f32>,
 }
 
 impl<B: Backend, T: Transport> Contributor<B, T> {
@@ -122,6 +129,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             shard: None,
             stats,
             gflops,
+            residual: Vec::new(),
         }
     }
 
@@ -213,7 +221,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         self.update(|s| {
             s.state = "submitting".into();
             s.last_loss = outcome.losses.last().copied();
-            s.tokens += unit.steps as u64 * unit.batch as u64;
+            s.tokens += unit.steps as u64 * unit.batch as u64 * unit.model.context as u64;
         });
         let submission = ClientMsg::Submit(Submission {
             unit_id: unit.unit_id,
@@ -221,10 +229,22 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             steps: unit.steps,
             loss_before: outcome.loss_before,
             loss_after: outcome.loss_after,
-            delta: outcome.delta,
+            update: self.compress(outcome.delta, unit.codec),
         });
-        self.transport.send(protocol::encode(&submission)).await?;
+        let frame = protocol::encode(&submission);
+        self.update(|s| s.upload_bytes += frame.len() as u64);
+        self.transport.send(frame).await?;
         Ok(())
+    }
+
+    /// `delta` as the unit asked: dense, or compressed with this contributor's residual
+    /// (reset when the model's size changes).
+    fn compress(&mut self, delta: Vec<f32>, codec: Option<CodecConfig>) -> Update {
+        let Some(cfg) = codec else { return Update::Dense(delta) };
+        if self.residual.len() != delta.len() {
+            self.residual = vec![0.0; delta.len()];
+        }
+        Update::Compressed(codec::encode(&delta, &mut self.residual, &cfg))
     }
 
     /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::DeviceInfo;
+use crate::codec::CodecConfig;
 use crate::data::TokenWidth;
 use crate::model::GptConfig;
 use crate::train::InnerOptim;
@@ -73,8 +74,17 @@ pub struct Submission {
     pub loss_before: f32,
     /// Loss on the same batch after training, nats.
     pub loss_after: f32,
-    /// Pseudo-gradient `θ_start − θ_end`, one f32 per parameter.
-    pub delta: Vec<f32>,
+    /// Pseudo-gradient `θ_start − θ_end`, dense or compressed as the unit asked.
+    pub update: Update,
+}
+
+/// A unit's pseudo-gradient on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Update {
+    /// One f32 per parameter.
+    Dense(Vec<f32>),
+    /// Encoded by [`crate::codec::encode`], with the contributor's error feedback.
+    Compressed(Vec<u8>),
 }
 
 /// Relay → contributor.
@@ -130,6 +140,8 @@ pub struct WorkUnit {
     pub batch: u32,
     /// How the shard stores tokens.
     pub tokens: TokenWidth,
+    /// How to compress the update; `None` sends it dense.
+    pub codec: Option<CodecConfig>,
     /// The model's shape.
     pub model: GptConfig,
     /// Inner optimizer settings.
@@ -201,8 +213,18 @@ impl Validate for ClientMsg {
                 Ok(())
             }
             ClientMsg::Submit(s) => {
-                if s.delta.len() > MAX_PARAMS {
-                    return Err(format!("delta has {} values, the limit is {MAX_PARAMS}", s.delta.len()));
+                match &s.update {
+                    Update::Dense(delta) if delta.len() > MAX_PARAMS => {
+                        return Err(format!("delta has {} values, the limit is {MAX_PARAMS}", delta.len()));
+                    }
+                    Update::Compressed(bytes) if bytes.len() > 4 * MAX_PARAMS => {
+                        return Err(format!(
+                            "compressed delta has {} bytes, the limit is {}",
+                            bytes.len(),
+                            4 * MAX_PARAMS
+                        ));
+                    }
+                    _ => {}
                 }
                 if s.steps > MAX_INNER_STEPS {
                     return Err(format!("steps = {} exceeds {MAX_INNER_STEPS}", s.steps));
@@ -227,6 +249,9 @@ impl Validate for ServerMsg {
                 check_string("shard_hash", &u.shard_hash)?;
                 u.model.validate()?;
                 u.optim.validate()?;
+                if let Some(codec) = &u.codec {
+                    codec.validate()?;
+                }
                 if u.steps == 0 || u.steps > MAX_INNER_STEPS {
                     return Err(format!("steps = {} is outside 1..={MAX_INNER_STEPS}", u.steps));
                 }

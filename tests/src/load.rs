@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crowdgrad_runtime::backend::DeviceInfo;
-use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission};
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -113,7 +113,7 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                                 steps: unit.steps,
                                 loss_before: 2.0,
                                 loss_after: 1.9,
-                                delta: vec![1e-4; params],
+                                update: Update::Dense(vec![1e-4; params]),
                             };
                             pending = Some((unit.unit_id, Instant::now()));
                             socket

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crowdgrad_runtime::backend::DeviceInfo;
-use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAGIC, PROTOCOL_VERSION, Submission};
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAGIC, PROTOCOL_VERSION, Submission, Update};
 use crowdgrad_tests::{spawn_native_contributor, start_relay, status, test_job, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -102,7 +102,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
         steps: 1,
         loss_before: 1.0,
         loss_after: 1.0,
-        delta: vec![],
+        update: Update::Dense(vec![]),
     });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&early).into())]).await;
     assert_eq!((code, reason.as_str()), (1008, "say hello first"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crowdgrad_relay::Relay;
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
 use crowdgrad_runtime::backend::DeviceInfo;
-use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission};
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update};
 use crowdgrad_tests::{repo_root, status, test_job};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -121,7 +121,14 @@ async fn a_session_sending_too_fast_is_closed() {
     let relay = start(job, None).await;
     let mut socket = connect(relay.addr, None).await.expect("connect");
     socket.send(hello()).await.expect("hello");
-    let bogus = Submission { unit_id: 999_999, version: 0, steps: 1, loss_before: 1.0, loss_after: 1.0, delta: vec![] };
+    let bogus = Submission {
+        unit_id: 999_999,
+        version: 0,
+        steps: 1,
+        loss_before: 1.0,
+        loss_after: 1.0,
+        update: Update::Dense(vec![]),
+    };
     for _ in 0..5 {
         socket.send(frame(&ClientMsg::Submit(bogus.clone()))).await.expect("submit");
     }

@@ -20,8 +20,9 @@ use anyhow::Context;
 use axum::body::Bytes;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
+use crowdgrad_runtime::codec;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
-use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Welcome, WorkUnit};
+use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Welcome, WorkUnit};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
@@ -355,7 +356,8 @@ impl Coordinator {
     /// unit.
     pub fn submit(&mut self, session: u64, sub: Submission, now: Instant) -> Result<(), Rejection> {
         let verdict = self.judge(session, &sub);
-        let reason = verdict.err().map(|r| format!("{}: {}", r.code(), self.explain(r, &sub))).unwrap_or_default();
+        let reason =
+            verdict.as_ref().err().map(|&r| format!("{}: {}", r.code(), self.explain(r, &sub))).unwrap_or_default();
         let contributor = self.sessions.get(&session).map_or(0, |s| s.contributor);
         let row = ResultRow {
             unit: sub.unit_id,
@@ -367,8 +369,10 @@ impl Coordinator {
         };
         let recorded = self.ledger.record_result(&row);
         self.note_storage("recording a result", recorded);
+        let accepted = verdict.is_ok();
+        let outcome = verdict.as_ref().map(|_| ()).map_err(|&r| r);
         match verdict {
-            Ok(()) => {
+            Ok(delta) => {
                 let unit = self.units.get_mut(&sub.unit_id).expect("judged present");
                 unit.state = UnitState::Done;
                 let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
@@ -390,7 +394,7 @@ impl Coordinator {
                 }
                 let share = steps as f32 / self.job.inner.steps as f32;
                 let weight = share * pacing::staleness_weight(behind);
-                self.results.push(Contribution { delta: sub.delta, share, weight });
+                self.results.push(Contribution { delta, share, weight });
                 self.train_losses.push(sub.loss_after);
                 self.counters.accepted += 1;
                 self.metrics.accepted.inc();
@@ -408,13 +412,14 @@ impl Coordinator {
         if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
             self.commit(now);
         }
-        let ack = Ack { unit_id: sub.unit_id, accepted: verdict.is_ok(), reason, version: self.version };
+        let ack = Ack { unit_id: sub.unit_id, accepted, reason, version: self.version };
         self.send(session, ServerMsg::Ack(ack));
         self.offer(session, now);
-        verdict
+        outcome
     }
 
-    fn judge(&self, session: u64, sub: &Submission) -> Result<(), Rejection> {
+    /// The submission's dense Δ if it is acceptable.
+    fn judge(&self, session: u64, sub: &Submission) -> Result<Vec<f32>, Rejection> {
         let Some(unit) = self.units.get(&sub.unit_id) else {
             return Err(if sub.unit_id < self.next_unit { Rejection::Stale } else { Rejection::UnknownUnit });
         };
@@ -428,13 +433,15 @@ impl Coordinator {
         if sub.steps != unit.steps {
             return Err(Rejection::WrongSteps);
         }
-        if sub.delta.len() != self.params.len() {
-            return Err(Rejection::WrongSize);
-        }
-        if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && sub.delta.iter().all(|x| x.is_finite())) {
+        let delta = match &sub.update {
+            Update::Dense(delta) if delta.len() != self.params.len() => return Err(Rejection::WrongSize),
+            Update::Dense(delta) => delta.clone(),
+            Update::Compressed(bytes) => codec::decode(bytes, self.params.len()).map_err(|_| Rejection::Malformed)?,
+        };
+        if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
             return Err(Rejection::NonFinite);
         }
-        Ok(())
+        Ok(delta)
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
@@ -450,8 +457,17 @@ impl Coordinator {
                 format!("version {} but the unit is for version {}", sub.version, unit.map_or(0, |u| u.version))
             }
             Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, unit.map_or(0, |u| u.steps)),
-            Rejection::WrongSize => format!("delta has {} values, the model {}", sub.delta.len(), self.params.len()),
+            Rejection::WrongSize => match &sub.update {
+                Update::Dense(delta) => format!("delta has {} values, the model {}", delta.len(), self.params.len()),
+                Update::Compressed(_) => "the compressed delta has the wrong size".into(),
+            },
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
+            Rejection::Malformed => match &sub.update {
+                Update::Compressed(bytes) => {
+                    codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)
+                }
+                Update::Dense(_) => String::new(),
+            },
         }
     }
 
@@ -579,6 +595,7 @@ impl Coordinator {
             steps,
             batch: self.job.inner.batch,
             tokens: self.tokens,
+            codec: self.job.compression.codec(),
             model: self.job.model,
             optim: self.job.inner_optim(self.version),
         });

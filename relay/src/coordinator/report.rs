@@ -21,6 +21,8 @@ pub enum Rejection {
     WrongSize,
     /// Δ or a loss is NaN or infinite.
     NonFinite,
+    /// The compressed Δ does not decode.
+    Malformed,
 }
 
 impl Rejection {
@@ -34,6 +36,7 @@ impl Rejection {
             Rejection::WrongSteps => "wrong_steps",
             Rejection::WrongSize => "wrong_size",
             Rejection::NonFinite => "non_finite",
+            Rejection::Malformed => "malformed",
         }
     }
 }

@@ -5,7 +5,7 @@ use crowdgrad_relay::config::JobConfig;
 use crowdgrad_relay::coordinator::Coordinator;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::data::Corpus;
-use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, WorkUnit};
+use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, WorkUnit};
 use std::time::Instant;
 use tokio::sync::mpsc;
 
@@ -58,7 +58,7 @@ impl Client {
             steps: unit.steps,
             loss_before: 5.0,
             loss_after: 4.0,
-            delta: vec![1e-3; params],
+            update: Update::Dense(vec![1e-3; params]),
         }
     }
 }
