@@ -21,7 +21,10 @@ commands:
                   tokens/s beside PyTorch, matmul GFLOP/s
   bench relay [--idle N --active N --seconds S]
                   the relay under load: RSS per idle session, results/s and latency of active
-                  contributors, lost results, and the outer step's time for a 10M model";
+                  contributors, lost results, and the outer step's time for a 10M model
+  bench diloco [--steps N --k 4,8 --h 10,50,100 --plot PATH]
+                  K simulated contributors against one trainer at equal tokens, compression
+                  on and off: val loss, upload bytes per round, and a PNG of the curves";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [backends | gpt | relay]`.
+//! `cargo xtask bench [backends | gpt | relay | diloco]`.
 //!
 //! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
 //!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
@@ -7,10 +7,14 @@
 //!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
 //! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
+//! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
+//!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
 
 mod backends;
 mod browser;
+mod diloco;
 mod gpt;
+mod plot;
 mod relay;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -20,8 +24,9 @@ async fn main() {
         None | Some("backends") => backends::run(args.get(1..).unwrap_or_default()).await,
         Some("gpt") => gpt::run(&args[1..]).await,
         Some("relay") => relay::run(&args[1..]).await,
+        Some("diloco") => diloco::run(&args[1..]),
         Some(other) => {
-            eprintln!("unknown bench {other:?}; use `backends`, `gpt` or `relay`");
+            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay` or `diloco`");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,231 @@
+//! `bench diloco`: DiLoCo with K simulated contributors (native, CPU) on tinyshakespeare
+//! against a single trainer at equal tokens, with and without compression.
+//!
+//! Each run is the relay's loop in miniature: every round, each of the K contributors
+//! runs H inner steps of the job's AdamW from the current weights on its own shard
+//! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
+//! when compression is on, and the mean of the decoded Δs takes the relay's outer
+//! Nesterov step (`outer_step`). Flags: `--tokens N` (the budget per run, default
+//! 1,000 single-trainer steps of 12 × 64), `--k 4,8`, `--h 10,50,100`, `--plot PATH`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crowdgrad_relay::coordinator::outer_step;
+use crowdgrad_runtime::codec::{self, CodecConfig};
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::data::{Batch, Corpus, sample_batch};
+use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_runtime::train::{InnerOptim, Schedule, Trainer, run_unit};
+use crowdgrad_tests::repo_root;
+
+/// Windows per batch (nanoGPT's shakespeare_char batch size).
+const ROWS: usize = 12;
+/// Validation batches per evaluation.
+const EVAL_BATCHES: usize = 20;
+/// Evaluations per run.
+const EVALS: usize = 10;
+/// Outer Nesterov settings (the relay's defaults).
+const OUTER_LR: f32 = 0.7;
+const OUTER_MOMENTUM: f32 = 0.9;
+
+struct Flags {
+    steps: u32,
+    ks: Vec<usize>,
+    hs: Vec<u32>,
+    plot: PathBuf,
+    dataset: PathBuf,
+}
+
+fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Vec<T> {
+    value.split(',').map(|v| v.parse().unwrap_or_else(|_| panic!("{flag} takes numbers, not {value:?}"))).collect()
+}
+
+fn flags(args: &[String]) -> Flags {
+    let mut f = Flags {
+        steps: 1000,
+        ks: vec![4, 8],
+        hs: vec![10, 50, 100],
+        plot: repo_root().join("target/diloco.png"),
+        dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--steps" => f.steps = list::<u32>(flag, value)[0],
+            "--k" => f.ks = list(flag, value),
+            "--h" => f.hs = list(flag, value),
+            "--plot" => f.plot = PathBuf::from(value),
+            "--dataset" => f.dataset = PathBuf::from(value),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    f
+}
+
+/// A run's validation curve: `(tokens trained, val loss)`, and its upload bytes per
+/// contributor per round (dense and as sent).
+struct Curve {
+    label: String,
+    /// Inner steps per round (1 for the single trainer).
+    h: u32,
+    points: Vec<(f64, f32)>,
+    bytes_sent: f64,
+    bytes_dense: f64,
+}
+
+struct Setup {
+    cfg: GptConfig,
+    corpus: Corpus,
+    val: Vec<Batch>,
+    evaluator: Trainer<CpuBackend>,
+    start: Vec<f32>,
+}
+
+impl Setup {
+    fn val_loss(&mut self, params: &[f32]) -> f32 {
+        self.evaluator.load(params);
+        for (slot, batch) in self.val.iter().enumerate() {
+            self.evaluator.forward(batch, slot);
+        }
+        let losses = pollster::block_on(self.evaluator.losses(0..EVAL_BATCHES)).expect("CPU readback");
+        losses.iter().sum::<f32>() / EVAL_BATCHES as f32
+    }
+}
+
+/// The job's inner learning rate over `steps` sequential inner steps: warmup 100, cosine
+/// to a tenth.
+fn schedule(steps: u32) -> Schedule {
+    Schedule { max_lr: 1e-3, min_lr: 1e-4, warmup_steps: 100.min(steps / 10), decay_steps: steps }
+}
+
+/// One trainer, `steps` AdamW steps.
+fn single(setup: &mut Setup, steps: u32) -> Curve {
+    let mut trainer = Trainer::new(CpuBackend::new(), setup.cfg, ROWS, steps as usize).expect("trainer");
+    trainer.load(&setup.start);
+    let (optim, lr) = (InnerOptim::default(), schedule(steps));
+    let start = setup.start.clone();
+    let mut points = vec![(0.0, setup.val_loss(&start))];
+    let every = (steps as usize / EVALS).max(1);
+    for step in 0..steps {
+        let batch = sample_batch(setup.corpus.train(), 1337, step, ROWS, setup.cfg.context);
+        trainer.step(&batch, &optim, lr.lr(step), step as usize);
+        if (step as usize + 1).is_multiple_of(every) {
+            let params = pollster::block_on(trainer.params()).expect("CPU readback");
+            points.push((((step + 1) as usize * ROWS * setup.cfg.context) as f64, setup.val_loss(&params)));
+        }
+    }
+    Curve { label: "single trainer".into(), h: 1, points, bytes_sent: 0.0, bytes_dense: 0.0 }
+}
+
+/// K contributors, H inner steps a round, as many rounds as the token budget of `steps`
+/// single-trainer steps allows.
+fn diloco(setup: &mut Setup, steps: u32, k: usize, h: u32, codec: Option<CodecConfig>) -> Curve {
+    let rounds = (steps as usize / (k * h as usize)).max(1);
+    let n = setup.start.len();
+    let mut trainers: Vec<_> =
+        (0..k).map(|_| Trainer::new(CpuBackend::new(), setup.cfg, ROWS, h as usize + 1).expect("trainer")).collect();
+    let mut residuals = vec![vec![0.0f32; n]; k];
+    let (mut params, mut momentum) = (setup.start.clone(), vec![0.0f32; n]);
+    let lr = schedule(rounds as u32 * h);
+    let mut points = vec![(0.0, setup.val_loss(&params))];
+    let (mut sent, every) = (0usize, (rounds / EVALS).max(1));
+    for round in 0..rounds {
+        let optim = InnerOptim { lr: lr.lr(round as u32 * h), ..InnerOptim::default() };
+        let mut deltas = Vec::with_capacity(k);
+        for (worker, trainer) in trainers.iter_mut().enumerate() {
+            let shard = setup.corpus.shard(worker as u32, k as u32, setup.cfg.context + 1);
+            let seed = (round * k + worker) as u64;
+            let outcome = pollster::block_on(run_unit(trainer, &params, shard, seed, h, &optim)).expect("unit");
+            deltas.push(match codec {
+                Some(cfg) => {
+                    let bytes = codec::encode(&outcome.delta, &mut residuals[worker], &cfg);
+                    sent += bytes.len();
+                    codec::decode(&bytes, n).expect("own encoding decodes")
+                }
+                None => {
+                    sent += 4 * n;
+                    outcome.delta
+                }
+            });
+        }
+        let results: Vec<(&[f32], f32)> = deltas.iter().map(|d| (d.as_slice(), 1.0)).collect();
+        outer_step(&mut params, &mut momentum, &results, k as f32, OUTER_LR, OUTER_MOMENTUM);
+        if (round + 1).is_multiple_of(every) || round + 1 == rounds {
+            let tokens = (round + 1) * k * h as usize * ROWS * setup.cfg.context;
+            points.push((tokens as f64, setup.val_loss(&params)));
+        }
+    }
+    let label = format!("K={k} H={h} {}", if codec.is_some() { "compressed" } else { "dense" });
+    Curve { label, h, points, bytes_sent: sent as f64 / (rounds * k) as f64, bytes_dense: 4.0 * n as f64 }
+}
+
+/// The single trainer's loss at `tokens`, interpolated.
+fn loss_at(curve: &Curve, tokens: f64) -> f32 {
+    let p = &curve.points;
+    let i = p.iter().position(|&(t, _)| t >= tokens).unwrap_or(p.len() - 1).max(1);
+    let ((t0, l0), (t1, l1)) = (p[i - 1], p[i]);
+    let w = ((tokens - t0) / (t1 - t0).max(1.0)).clamp(0.0, 1.0) as f32;
+    l0 + w * (l1 - l0)
+}
+
+/// `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH] [--dataset PATH]`.
+pub fn run(args: &[String]) {
+    let flags = flags(args);
+    let cfg = GptConfig::shakespeare_char();
+    let corpus = Corpus::from_file(&flags.dataset).unwrap_or_else(|e| panic!("{e} (pass --dataset PATH)"));
+    let val = (0..EVAL_BATCHES).map(|i| sample_batch(corpus.val(), 7, i as u32, ROWS, cfg.context)).collect();
+    let evaluator = Trainer::new(CpuBackend::new(), cfg, ROWS, EVAL_BATCHES).expect("evaluator");
+    let mut setup = Setup { cfg, corpus, val, evaluator, start: cfg.init(1337) };
+    let budget = flags.steps as usize * ROWS * cfg.context;
+    println!(
+        "DiLoCo on tinyshakespeare: {} parameters, batch {ROWS}×{}, budget {budget} tokens per run \
+         ({} single-trainer steps); outer Nesterov lr {OUTER_LR}, momentum {OUTER_MOMENTUM}; codec {:?}",
+        setup.start.len(),
+        cfg.context,
+        flags.steps,
+        CodecConfig::default()
+    );
+    let t0 = Instant::now();
+    let baseline = single(&mut setup, flags.steps);
+    eprintln!("  single trainer: {:.0} s", t0.elapsed().as_secs_f64());
+    let mut curves = Vec::new();
+    for &k in &flags.ks {
+        for &h in &flags.hs {
+            for codec in [None, Some(CodecConfig::default())] {
+                let t0 = Instant::now();
+                let curve = diloco(&mut setup, flags.steps, k, h, codec);
+                eprintln!("  {}: {:.0} s", curve.label, t0.elapsed().as_secs_f64());
+                curves.push(curve);
+            }
+        }
+    }
+    println!(
+        "\n{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>10} {:>12}",
+        "run", "tokens", "val loss", "single", "gap", "bytes/round", "vs dense", "vs dense×H"
+    );
+    for curve in &curves {
+        let &(tokens, loss) = curve.points.last().expect("evaluated");
+        let reference = loss_at(&baseline, tokens);
+        let ratio = curve.bytes_dense / curve.bytes_sent;
+        println!(
+            "{:<24} {:>10.0} {:>9.4} {:>9.4} {:>7.2}% {:>12.0} {:>9.0}× {:>11.0}×",
+            curve.label,
+            tokens,
+            loss,
+            reference,
+            100.0 * (loss - reference) / reference,
+            curve.bytes_sent,
+            ratio,
+            ratio * curve.h as f64
+        );
+    }
+    println!(
+        "\ngoal: compressed ≥ 100× fewer bytes than dense Δ (≥ 1000× counting H), val loss within 3% of the single trainer"
+    );
+    curves.insert(0, baseline);
+    let series: Vec<_> = curves.iter().map(|c| (c.label.as_str(), c.points.as_slice())).collect();
+    crate::plot::curves(&flags.plot, "held-out loss against tokens trained", &series);
+    println!("plot: {}", flags.plot.display());
+}
