@@ -9,6 +9,7 @@ use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{MAX_PARAMS, max_submission_frame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -124,8 +125,10 @@ impl Transport for NativeTransport {
 }
 
 /// Contributes to the relay at `url` until the session ends, on the GPU when `gpu`
-/// (failing if there is none) and on the CPU reference otherwise.
-pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Result<()> {
+/// (failing if there is none) and on the CPU reference otherwise, signing as the key
+/// pair of `secret`.
+pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 32]) -> anyhow::Result<()> {
+    let identity = Identity::from_secret(secret);
     let transport = NativeTransport::connect(url).await?;
     let agent = concat!("crowdgrad-native/", env!("CARGO_PKG_VERSION"));
     let started = Instant::now();
@@ -134,10 +137,10 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Res
         let backend = GpuBackend::new().await.context("--gpu")?;
         let gflops = calibrate(GpuBackend::new().await.context("--gpu")?, clock).await;
         tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
-        Contributor::new(transport, backend, agent, stats, gflops).run().await?;
+        Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
     } else {
         let gflops = calibrate(CpuBackend::new(), clock).await;
-        Contributor::new(transport, CpuBackend::new(), agent, stats, gflops).run().await?;
+        Contributor::new(transport, CpuBackend::new(), agent, stats, gflops, identity).run().await?;
     }
     Ok(())
 }
@@ -145,11 +148,11 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats) -> anyhow::Res
 /// Like [`contribute`], reconnecting after each ended session with a backoff that
 /// doubles from 1 s up to 30 s and resets after a session the relay welcomed. The
 /// relay's resume token, kept in `stats`, makes each new session the same contributor.
-pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats) {
+pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 32]) {
     let mut backoff = Duration::from_secs(1);
     loop {
         let before = stats.lock().expect("stats lock").session;
-        match contribute(url, gpu, stats.clone()).await {
+        match contribute(url, gpu, stats.clone(), secret).await {
             Ok(()) => tracing::info!("session ended"),
             Err(e) => tracing::warn!("session failed: {e:#}"),
         }

@@ -11,6 +11,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crowdgrad_runtime::identity::{Receipt, hex};
+use serde::Serialize;
+
 use crate::config::JobConfig;
 
 const SCHEMA: &str = "
@@ -28,7 +31,8 @@ CREATE TABLE IF NOT EXISTS versions (
     train_loss REAL,
     results INTEGER NOT NULL,
     committed_ms INTEGER NOT NULL,
-    kept INTEGER NOT NULL DEFAULT 1
+    kept INTEGER NOT NULL DEFAULT 1,
+    receipts_root TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
@@ -49,6 +53,7 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE TABLE IF NOT EXISTS contributors (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     token_hash TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL DEFAULT '',
     agent TEXT NOT NULL,
     device TEXT NOT NULL,
     first_seen_ms INTEGER NOT NULL,
@@ -67,6 +72,18 @@ CREATE TABLE IF NOT EXISTS results (
     loss_after REAL,
     at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receipts (
+    unit INTEGER PRIMARY KEY,
+    contributor_key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    flops INTEGER NOT NULL,
+    relay_key TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    in_version INTEGER
+);
+CREATE INDEX IF NOT EXISTS receipts_by_contributor ON receipts (contributor_key);
 ";
 
 /// Milliseconds since the Unix epoch.
@@ -91,6 +108,8 @@ pub struct VersionRow {
     pub results: u32,
     /// When it was committed, ms since the Unix epoch.
     pub committed_ms: i64,
+    /// Merkle root (blake3, hex) of the receipts of the results averaged into it.
+    pub receipts_root: String,
 }
 
 /// A unit's ledger state.
@@ -115,6 +134,29 @@ impl UnitRowState {
             UnitRowState::Abandoned => "abandoned",
         }
     }
+}
+
+/// A stored receipt, as `crowdgrad ledger export` and `/api/contributors/{key}` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReceiptRow {
+    /// The unit.
+    pub unit: u64,
+    /// The contributor's public key, hex.
+    pub contributor_key: String,
+    /// The version the unit started from.
+    pub version: u64,
+    /// Tokens trained.
+    pub tokens: u64,
+    /// Training FLOPs.
+    pub flops: u64,
+    /// The relay's public key, hex.
+    pub relay_key: String,
+    /// The relay's signature, hex.
+    pub signature: String,
+    /// blake3 of the receipt (its Merkle leaf), hex.
+    pub hash: String,
+    /// The version its result was averaged into (`None` until its round commits).
+    pub in_version: Option<u64>,
 }
 
 /// One result's ledger entry.
@@ -174,6 +216,14 @@ impl Ledger {
         Ok(Ledger { db })
     }
 
+    /// Opens an existing ledger in `dir` for reading only (`crowdgrad ledger export`).
+    pub fn open_read_only(dir: &Path) -> anyhow::Result<Ledger> {
+        let path = dir.join("ledger.sqlite");
+        let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Ledger { db })
+    }
+
     /// The newest committed version, if any.
     pub fn last_version(&self) -> anyhow::Result<Option<VersionRow>> {
         Ok(self.versions_from_newest(1)?.pop())
@@ -188,7 +238,7 @@ impl Ledger {
 
     fn versions_from_newest(&self, limit: usize) -> anyhow::Result<Vec<VersionRow>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms
+            "SELECT version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms, receipts_root
              FROM versions ORDER BY version DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -200,6 +250,7 @@ impl Ledger {
                 train_loss: r.get::<_, Option<f64>>(4)?.map(|l| l as f32),
                 results: r.get(5)?,
                 committed_ms: r.get(6)?,
+                receipts_root: r.get(7)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -211,12 +262,14 @@ impl Ledger {
         Ok(stmt.query_row([version as i64], |r| r.get(0)).optional()?)
     }
 
-    /// Records a committed version and closes `round` as committed, in one transaction.
-    pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>) -> anyhow::Result<()> {
+    /// Records a committed version, marks the receipts of `units` as averaged into it,
+    /// and closes `round`'s row as committed, in one transaction.
+    pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         tx.execute(
-            "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms,
+                 receipts_root)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 row.version as i64,
                 row.weights_hash,
@@ -224,9 +277,16 @@ impl Ledger {
                 row.val_loss as f64,
                 row.train_loss.map(|l| l as f64),
                 row.results,
-                row.committed_ms
+                row.committed_ms,
+                row.receipts_root
             ],
         )?;
+        {
+            let mut mark = tx.prepare_cached("UPDATE receipts SET in_version = ?2 WHERE unit = ?1")?;
+            for &unit in units {
+                mark.execute(params![unit as i64, row.version as i64])?;
+            }
+        }
         if let Some(round) = round {
             tx.execute(
                 "UPDATE rounds SET state = 'committed', closed_ms = ?2 WHERE round = ?1",
@@ -315,15 +375,66 @@ impl Ledger {
         Ok(id.map(|id| id as u64))
     }
 
-    /// Registers a new contributor reachable through `token`; returns its id.
-    pub fn new_contributor(&self, token: &str, agent: &str, device: &str) -> anyhow::Result<u64> {
+    /// Registers a new contributor reachable through `token`, signing as `public_key`
+    /// (hex); returns its id.
+    pub fn new_contributor(&self, token: &str, public_key: &str, agent: &str, device: &str) -> anyhow::Result<u64> {
         let now = now_ms();
         let mut stmt = self.db.prepare_cached(
-            "INSERT INTO contributors (token_hash, agent, device, first_seen_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?4) RETURNING id",
+            "INSERT INTO contributors (token_hash, public_key, agent, device, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
         )?;
-        let id: i64 = stmt.query_row(params![token_hash(token), agent, device, now], |r| r.get(0))?;
+        let id: i64 = stmt.query_row(params![token_hash(token), public_key, agent, device, now], |r| r.get(0))?;
         Ok(id as u64)
+    }
+
+    /// Stores the receipt of an accepted unit.
+    pub fn record_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
+        let f = &receipt.fields;
+        let mut stmt = self.db.prepare_cached(
+            "INSERT OR REPLACE INTO receipts (unit, contributor_key, version, tokens, flops, relay_key, signature, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        stmt.execute(params![
+            f.unit_id as i64,
+            hex(&f.contributor),
+            f.version as i64,
+            f.tokens as i64,
+            f.flops as i64,
+            hex(&receipt.relay),
+            hex(&receipt.signature),
+            hex(&receipt.hash())
+        ])?;
+        Ok(())
+    }
+
+    /// Receipts, oldest first: all of them, or those of one contributor key (hex).
+    pub fn receipts(&self, contributor_key: Option<&str>) -> anyhow::Result<Vec<ReceiptRow>> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version
+             FROM receipts WHERE ?1 IS NULL OR contributor_key = ?1 ORDER BY unit",
+        )?;
+        let rows = stmt.query_map([contributor_key], |r| {
+            Ok(ReceiptRow {
+                unit: r.get::<_, i64>(0)? as u64,
+                contributor_key: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                tokens: r.get::<_, i64>(3)? as u64,
+                flops: r.get::<_, i64>(4)? as u64,
+                relay_key: r.get(5)?,
+                signature: r.get(6)?,
+                hash: r.get(7)?,
+                in_version: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Accepted and rejected results of the contributors signing as `key` (hex).
+    pub fn contributor_counts(&self, key: &str) -> anyhow::Result<(u64, u64)> {
+        let mut stmt = self.db.prepare_cached(
+            "SELECT COALESCE(SUM(accepted), 0), COALESCE(SUM(rejected), 0) FROM contributors WHERE public_key = ?1",
+        )?;
+        Ok(stmt.query_row([key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
     }
 
     /// Records a verdict and counts it for its contributor.

@@ -7,9 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
 use crowdgrad_relay::contribute::contribute_forever;
+use crowdgrad_relay::ledger::Ledger;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::identity::{Identity, hex};
 use crowdgrad_runtime::sample::{SampleOptions, encode_prompt, generate, render};
 
 #[derive(Parser)]
@@ -62,6 +64,11 @@ enum Command {
         #[arg(long)]
         gpu: bool,
     },
+    /// Read a relay's ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Contribute this machine's CPU (or GPU) to a relay.
     Contribute {
         /// The relay's WebSocket URL.
@@ -70,6 +77,25 @@ enum Command {
         /// Train on the GPU through wgpu (fails if there is no adapter).
         #[arg(long)]
         gpu: bool,
+        /// File holding this contributor's ed25519 secret key (64 hex digits), made on
+        /// first use; without it, a key lives as long as the process.
+        #[arg(long, env = "CROWDGRAD_KEY")]
+        key: Option<PathBuf>,
+    },
+}
+
+/// What to do with a ledger.
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Print every receipt (unit, contributor key, versions, tokens, FLOPs, the relay's
+    /// key and signature, the receipt's hash), so that a contributor can prove its share.
+    Export {
+        /// The relay's storage folder (`storage.dir`).
+        #[arg(long, env = "CROWDGRAD_DATA_DIR", default_value = "crowdgrad-data")]
+        data_dir: PathBuf,
+        /// `csv` or `json`.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
     },
 }
 
@@ -127,8 +153,28 @@ async fn main() -> anyhow::Result<()> {
             let text = sample(&checkpoint, &prompt, options, gpu).await?;
             println!("{prompt}{text}");
         }
-        Command::Contribute { relay, gpu } => {
-            contribute_forever(&relay, gpu, Default::default()).await;
+        Command::Ledger { command: LedgerCommand::Export { data_dir, format } } => {
+            let receipts = Ledger::open_read_only(&data_dir)?.receipts(None)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string_pretty(&receipts)?);
+            } else {
+                println!("unit,contributor_key,version,in_version,tokens,flops,relay_key,signature,hash");
+                for r in receipts {
+                    let in_version = r.in_version.map(|v| v.to_string()).unwrap_or_default();
+                    println!(
+                        "{},{},{},{in_version},{},{},{},{},{}",
+                        r.unit, r.contributor_key, r.version, r.tokens, r.flops, r.relay_key, r.signature, r.hash
+                    );
+                }
+            }
+        }
+        Command::Contribute { relay, gpu, key } => {
+            let identity = match key {
+                Some(path) => Identity::load_or_create(&path).with_context(|| format!("--key {}", path.display()))?,
+                None => Identity::generate(),
+            };
+            tracing::info!(key = %hex(&identity.public()), "contributing");
+            contribute_forever(&relay, gpu, Default::default(), identity.secret()).await;
         }
     }
     Ok(())

@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use crowdgrad_runtime::identity::parse_hex32;
 use crowdgrad_runtime::protocol::max_submission_frame;
 use tower_http::services::ServeDir;
 
@@ -54,6 +55,7 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/ws", get(websocket))
         .route("/api/status", get(status))
         .route("/api/history", get(history))
+        .route("/api/contributors/{key}", get(contributor))
         .route("/metrics", get(metrics))
         .route("/api/weights/{version}", get(weights))
         .route("/api/shards/{shard}", get(shard))
@@ -149,6 +151,17 @@ async fn status(State(state): State<AppState>) -> Response {
 async fn history(State(state): State<AppState>) -> Response {
     let history = state.coordinator.lock().expect("coordinator lock").history();
     Json(history).into_response()
+}
+
+async fn contributor(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    if parse_hex32(&key).is_none() {
+        return (StatusCode::BAD_REQUEST, "a contributor key is 64 hex digits").into_response();
+    }
+    let report = state.coordinator.lock().expect("coordinator lock").contributor(&key.to_ascii_lowercase());
+    match report {
+        Some(report) => Json(report).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no contributor {key}")).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -43,7 +43,8 @@ impl Store {
         self.dir.join(format!("v{version:08}.momentum.safetensors"))
     }
 
-    /// Writes `version` durably: momentum first, then weights.
+    /// Writes `version` durably: momentum first, then weights; both carry the job's
+    /// name, the version and the Merkle root of its receipts in their metadata.
     pub fn write(
         &self,
         model: &GptConfig,
@@ -51,9 +52,11 @@ impl Store {
         params: &[f32],
         momentum: &[f32],
         job: &str,
+        receipts_root: &str,
     ) -> std::io::Result<Written> {
         fs::create_dir_all(&self.dir)?;
-        let meta = [("version", version.to_string()), ("job", job.to_string())];
+        let meta =
+            [("version", version.to_string()), ("job", job.to_string()), ("receipts_root", receipts_root.to_string())];
         let momentum_bytes = checkpoint::encode(model, momentum, &meta);
         write_atomically(&self.momentum_path(version), &momentum_bytes)?;
         let weights = checkpoint::encode(model, params, &meta);
@@ -139,7 +142,7 @@ mod tests {
         let model = GptConfig { layers: 1, width: 8, heads: 1, context: 4, ..GptConfig::default() };
         let params = model.init(1);
         for version in 1..=3 {
-            store.write(&model, version, &params, &params, "test").expect("write");
+            store.write(&model, version, &params, &params, "test", "").expect("write");
         }
         fs::write(store.dir.join("v00000004.tmp"), b"half written").unwrap();
         assert_eq!(store.sweep(&[2, 3]).expect("sweep"), 3, "version 1's two files and the temporary one");

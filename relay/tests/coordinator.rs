@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crowdgrad_relay::coordinator::Rejection;
 use crowdgrad_runtime::codec::{self, CodecConfig};
+use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{Submission, Update};
 
 mod common;
@@ -76,18 +77,23 @@ fn bad_results_are_rejected_with_their_reason() {
     let mut a = Client::join(&mut c, t0);
     let n = c.param_count();
     let unit = a.assignment().expect("work");
+    let stranger = Identity::generate();
+    let mut forged = a.result(&unit, n);
+    forged.signature = stranger.sign_submission(&forged);
     let cases: Vec<(Submission, Rejection)> = vec![
-        (Submission { update: Update::Dense(vec![f32::NAN; n]), ..a.result(&unit, n) }, Rejection::NonFinite),
-        (Submission { loss_after: f32::INFINITY, ..a.result(&unit, n) }, Rejection::NonFinite),
-        (Submission { update: Update::Dense(vec![0.0; n - 1]), ..a.result(&unit, n) }, Rejection::WrongSize),
+        (a.signed(Submission { update: Update::Dense(vec![f32::NAN; n]), ..a.result(&unit, n) }), Rejection::NonFinite),
+        (a.signed(Submission { loss_after: f32::INFINITY, ..a.result(&unit, n) }), Rejection::NonFinite),
+        (a.signed(Submission { update: Update::Dense(vec![0.0; n - 1]), ..a.result(&unit, n) }), Rejection::WrongSize),
         (
-            Submission { update: Update::Compressed(b"not an update".to_vec()), ..a.result(&unit, n) },
+            a.signed(Submission { update: Update::Compressed(b"not an update".to_vec()), ..a.result(&unit, n) }),
             Rejection::Malformed,
         ),
-        (Submission { update: compressed(n - 1), ..a.result(&unit, n) }, Rejection::Malformed),
-        (Submission { steps: 3, ..a.result(&unit, n) }, Rejection::WrongSteps),
-        (Submission { version: 7, ..a.result(&unit, n) }, Rejection::WrongVersion),
-        (Submission { unit_id: 999, ..a.result(&unit, n) }, Rejection::UnknownUnit),
+        (Submission { loss_after: 0.5, ..a.result(&unit, n) }, Rejection::BadSignature),
+        (forged, Rejection::BadSignature),
+        (a.signed(Submission { update: compressed(n - 1), ..a.result(&unit, n) }), Rejection::Malformed),
+        (a.signed(Submission { steps: 3, ..a.result(&unit, n) }), Rejection::WrongSteps),
+        (a.signed(Submission { version: 7, ..a.result(&unit, n) }), Rejection::WrongVersion),
+        (a.signed(Submission { unit_id: 999, ..a.result(&unit, n) }), Rejection::UnknownUnit),
     ];
     for (submission, reason) in cases {
         assert_eq!(c.submit(a.id, submission, t0), Err(reason));
@@ -98,12 +104,13 @@ fn bad_results_are_rejected_with_their_reason() {
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::NotAssigned));
     let next = a.assignment().expect("next unit");
     assert_eq!(next.codec, Some(CodecConfig::default()), "units ask for compressed updates");
-    assert_eq!(c.submit(a.id, Submission { update: compressed(n), ..a.result(&next, n) }, t0), Ok(()));
+    assert_eq!(c.submit(a.id, a.signed(Submission { update: compressed(n), ..a.result(&next, n) }), t0), Ok(()));
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::Stale), "its round has closed");
     let rejected = c.status().counters.rejected;
     assert_eq!(rejected.get("non_finite"), Some(&2));
     assert_eq!(rejected.get("malformed"), Some(&2));
-    assert_eq!(rejected.values().sum::<u64>(), 10);
+    assert_eq!(rejected.get("bad_signature"), Some(&2));
+    assert_eq!(rejected.values().sum::<u64>(), 12);
 }
 
 /// An honest compressed update of `n` values.

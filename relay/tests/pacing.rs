@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Client, open_with};
 use crowdgrad_relay::coordinator::Rejection;
+use crowdgrad_runtime::protocol::Submission;
 
 #[test]
 fn units_are_sized_to_each_device() {
@@ -19,8 +20,7 @@ fn units_are_sized_to_each_device() {
     assert_eq!(full.steps, 20, "no calibration: the job's H");
     assert!((1..20).contains(&short.steps), "a slow device gets fewer steps: {}", short.steps);
     let n = c.param_count();
-    let mut wrong = slow.result(&short, n);
-    wrong.steps = 20;
+    let wrong = slow.signed(Submission { steps: 20, ..slow.result(&short, n) });
     assert_eq!(c.submit(slow.id, wrong, t0), Err(Rejection::WrongSteps), "its unit has {} steps", short.steps);
 }
 

@@ -51,6 +51,12 @@ pub fn encode(cfg: &GptConfig, params: &[f32], metadata: &[(&str, String)]) -> V
     safetensors::serialize(views, Some(info)).expect("serialising well-formed tensors cannot fail")
 }
 
+/// The metadata entry `key` of a checkpoint (`version`, `job`, `receipts_root`, …).
+pub fn metadata(bytes: &[u8], key: &str) -> Option<String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).ok()?;
+    meta.metadata().as_ref()?.get(key).cloned()
+}
+
 /// The model config stored in a checkpoint's metadata.
 pub fn read_config(bytes: &[u8]) -> Result<GptConfig, CheckpointError> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;

@@ -13,6 +13,7 @@ use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::checkpoint::{self, CheckpointError, hash_hex};
 use crate::codec::{self, CodecConfig};
 use crate::data::Tokens;
+use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
     self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
@@ -91,9 +92,16 @@ pub struct Stats {
     pub tokens: u64,
     /// Bytes of updates uploaded so far.
     pub upload_bytes: u64,
+    /// This contributor's public key, hex.
+    pub key: String,
+    /// The relay's receipts for the last accepted units (at most 32), each checked.
+    pub receipts: Vec<Receipt>,
     /// Why the loop stopped, if it failed.
     pub error: Option<String>,
 }
+
+/// Receipts kept in [`Stats::receipts`].
+const RECEIPTS_KEPT: usize = 32;
 
 /// Shared, lock-protected [`Stats`]: the loop writes, the page reads.
 pub type SharedStats = Arc<Mutex<Stats>>;
@@ -109,16 +117,22 @@ pub struct Contributor<B: Backend, T: Transport> {
     shard: Option<(String, Vec<u8>)>,
     stats: SharedStats,
     gflops: f32,
+    identity: Identity,
     /// Error feedback: what earlier compressed updates did not send.
     residual: Vec<f32>,
 }
 
 impl<B: Backend, T: Transport> Contributor<B, T> {
     /// A contributor that will train on `backend`, introducing itself as `agent` with
-    /// the device's calibration `gflops` ([`crate::bench::calibrate`]; 0 if unknown).
-    pub fn new(transport: T, backend: B, agent: &str, stats: SharedStats, gflops: f32) -> Self {
+    /// the device's calibration `gflops` ([`crate::bench::calibrate`]; 0 if unknown) and
+    /// signing its submissions as `identity`.
+    pub fn new(transport: T, backend: B, agent: &str, stats: SharedStats, gflops: f32, identity: Identity) -> Self {
         let device = backend.info();
-        stats.lock().expect("stats lock").device = Some(device.clone());
+        {
+            let mut s = stats.lock().expect("stats lock");
+            s.device = Some(device.clone());
+            s.key = hex(&identity.public());
+        }
         Contributor {
             transport,
             agent: agent.into(),
@@ -129,6 +143,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             shard: None,
             stats,
             gflops,
+            identity,
             residual: Vec::new(),
         }
     }
@@ -155,6 +170,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             device: self.device.clone(),
             resume,
             gflops: self.gflops,
+            key: self.identity.public(),
         });
         self.transport.send(protocol::encode(&hello)).await?;
         loop {
@@ -174,10 +190,17 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     }
 
     fn record(&self, ack: Ack) {
+        let key = self.identity.public();
         self.update(|s| {
             s.version = s.version.max(ack.version);
             if ack.accepted {
                 s.units_done += 1;
+                if let Some(receipt) = ack.receipt.filter(|r| r.fields.contributor == key && r.verify()) {
+                    if s.receipts.len() == RECEIPTS_KEPT {
+                        s.receipts.remove(0);
+                    }
+                    s.receipts.push(receipt);
+                }
             } else {
                 s.units_rejected += 1;
                 s.last_rejection = ack.reason;
@@ -223,14 +246,17 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             s.last_loss = outcome.losses.last().copied();
             s.tokens += unit.steps as u64 * unit.batch as u64 * unit.model.context as u64;
         });
-        let submission = ClientMsg::Submit(Submission {
+        let mut submission = Submission {
             unit_id: unit.unit_id,
             version: unit.version,
             steps: unit.steps,
             loss_before: outcome.loss_before,
             loss_after: outcome.loss_after,
             update: self.compress(outcome.delta, unit.codec),
-        });
+            signature: Vec::new(),
+        };
+        submission.signature = self.identity.sign_submission(&submission);
+        let submission = ClientMsg::Submit(submission);
         let frame = protocol::encode(&submission);
         self.update(|s| s.upload_bytes += frame.len() as u64);
         self.transport.send(frame).await?;

@@ -8,6 +8,7 @@
 //! - [`protocol`]: the versioned binary frames between relay and contributors.
 //! - [`checkpoint`]: safetensors encoding of parameters.
 //! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
+//! - [`identity`]: ed25519 keys, signed submissions and receipts.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
 //! - [`sample`]: text generation from a trained model.
 //! - [`bench`]: throughput measurements shared by the native and browser benches.
@@ -20,6 +21,7 @@ pub mod contributor;
 pub mod cpu;
 pub mod data;
 pub mod gpu;
+pub mod identity;
 pub mod model;
 pub mod ops;
 pub mod protocol;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::DeviceInfo;
 use crate::codec::CodecConfig;
 use crate::data::TokenWidth;
+use crate::identity::{KEY_BYTES, Receipt, SIGNATURE_BYTES};
 use crate::model::GptConfig;
 use crate::train::InnerOptim;
 
@@ -59,6 +60,8 @@ pub struct Hello {
     /// The device's speed: GFLOP/s of a 256×256×256 matmul measured before connecting
     /// ([`crate::bench::calibrate`]); 0 when unknown. Units are sized to it.
     pub gflops: f32,
+    /// The contributor's ed25519 public key; every submission is signed with it.
+    pub key: [u8; KEY_BYTES],
 }
 
 /// A finished unit.
@@ -76,6 +79,9 @@ pub struct Submission {
     pub loss_after: f32,
     /// Pseudo-gradient `θ_start − θ_end`, dense or compressed as the unit asked.
     pub update: Update,
+    /// The contributor's ed25519 signature of everything above
+    /// ([`crate::identity::submission_digest`]), 64 bytes.
+    pub signature: Vec<u8>,
 }
 
 /// A unit's pseudo-gradient on the wire.
@@ -159,6 +165,8 @@ pub struct Ack {
     pub reason: String,
     /// The relay's current model version.
     pub version: u64,
+    /// The relay's signed receipt, for an accepted result.
+    pub receipt: Option<Receipt>,
 }
 
 /// Why a frame was refused.
@@ -226,6 +234,9 @@ impl Validate for ClientMsg {
                     }
                     _ => {}
                 }
+                if s.signature.len() > SIGNATURE_BYTES {
+                    return Err(format!("signature has {} bytes, not {SIGNATURE_BYTES}", s.signature.len()));
+                }
                 if s.steps > MAX_INNER_STEPS {
                     return Err(format!("steps = {} exceeds {MAX_INNER_STEPS}", s.steps));
                 }
@@ -243,7 +254,13 @@ impl Validate for ServerMsg {
                 check_string("token", &w.token)
             }
             ServerMsg::Wait { reason } => check_string("reason", reason),
-            ServerMsg::Ack(a) => check_string("reason", &a.reason),
+            ServerMsg::Ack(a) => {
+                check_string("reason", &a.reason)?;
+                match &a.receipt {
+                    Some(r) if r.signature.len() > SIGNATURE_BYTES => Err("receipt signature too long".into()),
+                    _ => Ok(()),
+                }
+            }
             ServerMsg::Assign(u) => {
                 check_string("weights_hash", &u.weights_hash)?;
                 check_string("shard_hash", &u.shard_hash)?;

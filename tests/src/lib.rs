@@ -54,7 +54,8 @@ pub fn spawn_native_contributor(addr: SocketAddr) -> (std::thread::JoinHandle<an
     let url = format!("ws://{addr}/ws");
     let handle = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(crowdgrad_relay::contribute::contribute(&url, false, shared))
+        let secret = crowdgrad_runtime::identity::Identity::generate().secret();
+        runtime.block_on(crowdgrad_relay::contribute::contribute(&url, false, shared, secret))
     });
     (handle, stats)
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -16,9 +17,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// Connections opened at once while ramping up.
 const CONNECTING_AT_ONCE: usize = 256;
 
-fn hello(agent: &str) -> Message {
+fn hello(agent: &str, key: [u8; 32]) -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "simulated".into(), software: true };
-    let msg = ClientMsg::Hello(Hello { agent: agent.into(), device, resume: None, gflops: 0.0 });
+    let msg = ClientMsg::Hello(Hello { agent: agent.into(), device, resume: None, gflops: 0.0, key });
     Message::Binary(protocol::encode(&msg).into())
 }
 
@@ -34,7 +35,7 @@ pub async fn open_idle_sessions(addr: SocketAddr, n: usize) -> Vec<JoinHandle<()
             tokio::spawn(async move {
                 let (mut socket, _) =
                     tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect an idle session");
-                socket.send(hello("idle")).await.expect("hello");
+                socket.send(hello("idle", Identity::generate().public())).await.expect("hello");
                 let _ = ready.send(());
                 drop(permit);
                 while let Some(Ok(_)) = socket.next().await {}
@@ -99,7 +100,8 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                     tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
                 drop(permit);
                 tokio::time::sleep_until(start.into()).await;
-                socket.send(hello("active")).await.expect("hello");
+                let identity = Identity::generate();
+                socket.send(hello("active", identity.public())).await.expect("hello");
                 let mut report = LoadReport::default();
                 let mut pending: Option<(u64, Instant)> = None;
                 let give_up = until + Duration::from_secs(30);
@@ -107,14 +109,16 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                     let Message::Binary(bytes) = msg else { continue };
                     match protocol::decode::<ServerMsg>(&bytes, MAX_CONTROL_FRAME).expect("a relay message") {
                         ServerMsg::Assign(unit) if pending.is_none() && Instant::now() < until => {
-                            let submission = Submission {
+                            let mut submission = Submission {
                                 unit_id: unit.unit_id,
                                 version: unit.version,
                                 steps: unit.steps,
                                 loss_before: 2.0,
                                 loss_after: 1.9,
                                 update: Update::Dense(vec![1e-4; params]),
+                                signature: Vec::new(),
                             };
+                            submission.signature = identity.sign_submission(&submission);
                             pending = Some((unit.unit_id, Instant::now()));
                             socket
                                 .send(Message::Binary(protocol::encode(&ClientMsg::Submit(submission)).into()))

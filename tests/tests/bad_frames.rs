@@ -43,6 +43,7 @@ fn hello() -> Message {
             device,
             resume: None,
             gflops: 0.0,
+            key: [7; 32],
         }))
         .into(),
     )
@@ -103,6 +104,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
         loss_before: 1.0,
         loss_after: 1.0,
         update: Update::Dense(vec![]),
+        signature: vec![],
     });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&early).into())]).await;
     assert_eq!((code, reason.as_str()), (1008, "say hello first"));
@@ -111,7 +113,7 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
 
     // An oversized string inside a well-formed frame.
     let device = DeviceInfo { kind: "cpu".into(), adapter: "x".repeat(1000), software: true };
-    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None, gflops: 0.0 });
+    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None, gflops: 0.0, key: [7; 32] });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&long).into())]).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("device.adapter is 1000 bytes"), "{reason}");

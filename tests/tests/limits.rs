@@ -48,7 +48,7 @@ fn frame(msg: &ClientMsg) -> Message {
 
 fn hello() -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
-    frame(&ClientMsg::Hello(Hello { agent: "limits-test".into(), device, resume: None, gflops: 0.0 }))
+    frame(&ClientMsg::Hello(Hello { agent: "limits-test".into(), device, resume: None, gflops: 0.0, key: [7; 32] }))
 }
 
 /// Reads until the close frame; `(code, reason)`.
@@ -128,6 +128,7 @@ async fn a_session_sending_too_fast_is_closed() {
         loss_before: 1.0,
         loss_after: 1.0,
         update: Update::Dense(vec![]),
+        signature: vec![],
     };
     for _ in 0..5 {
         socket.send(frame(&ClientMsg::Submit(bogus.clone()))).await.expect("submit");

@@ -12,6 +12,7 @@
 
 mod adapter;
 mod bench;
+mod identity;
 mod sample;
 mod transport;
 
@@ -103,12 +104,18 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
                 Ok(spare) => calibrate(spare, now_seconds).await,
                 Err(_) => 0.0,
             };
-            Loop::new(transport, gpu, AGENT, stats, gflops).run().await.map_err(|e| e.to_string())
+            Loop::new(transport, gpu, AGENT, stats, gflops, identity::load_or_create()?)
+                .run()
+                .await
+                .map_err(|e| e.to_string())
         }
         Err(e) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
             let gflops = calibrate(CpuBackend::new(), now_seconds).await;
-            Loop::new(transport, CpuBackend::new(), AGENT, stats, gflops).run().await.map_err(|e| e.to_string())
+            Loop::new(transport, CpuBackend::new(), AGENT, stats, gflops, identity::load_or_create()?)
+                .run()
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -10,6 +10,7 @@ use super::{Coordinator, HISTORY_LEN, VersionRecord};
 use crate::config::JobConfig;
 use crate::ledger::{Ledger, VersionRow, now_ms};
 use crate::store::Store;
+use crowdgrad_runtime::identity::{hex, merkle_root};
 
 /// How long after a failed write the commit is tried again.
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
@@ -26,32 +27,49 @@ impl From<VersionRow> for VersionRecord {
     }
 }
 
-/// Writes `version`'s files durably, then its ledger row (closing `round`'s row when
-/// given); returns the weights file and its hash.
+/// What a commit records about a version besides its tensors.
+pub(super) struct Written {
+    /// The version.
+    pub version: u64,
+    /// Its held-out loss, nats.
+    pub val_loss: f32,
+    /// Mean last-step training loss of its results, nats.
+    pub train_loss: Option<f32>,
+    /// Results averaged into it.
+    pub results: u32,
+}
+
+/// Writes a version's files durably (the Merkle root of `receipts`, `(unit, receipt
+/// hash)`, in their metadata), then its ledger row, closing `round`'s row when given;
+/// returns the weights file and its hash.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn persist(
     store: &Store,
     ledger: &mut Ledger,
     job: &JobConfig,
-    version: u64,
+    version: Written,
     params: &[f32],
     momentum: &[f32],
-    val_loss: f32,
-    train_loss: Option<f32>,
-    results: u32,
     round: Option<u64>,
+    receipts: &[(u64, [u8; 32])],
 ) -> anyhow::Result<(Bytes, String)> {
-    let written = store.write(&job.model, version, params, momentum, &job.name)?;
+    let mut receipts = receipts.to_vec();
+    receipts.sort_unstable();
+    let leaves: Vec<[u8; 32]> = receipts.iter().map(|(_, hash)| *hash).collect();
+    let receipts_root = hex(&merkle_root(&leaves));
+    let written = store.write(&job.model, version.version, params, momentum, &job.name, &receipts_root)?;
     let row = VersionRow {
-        version,
+        version: version.version,
         weights_hash: written.weights_hash.clone(),
         momentum_hash: written.momentum_hash,
-        val_loss,
-        train_loss,
-        results,
+        val_loss: version.val_loss,
+        train_loss: version.train_loss,
+        results: version.results,
         committed_ms: now_ms(),
+        receipts_root,
     };
-    ledger.commit_version(&row, round)?;
+    let units: Vec<u64> = receipts.iter().map(|(unit, _)| *unit).collect();
+    ledger.commit_version(&row, round, &units)?;
     Ok((Bytes::from(written.weights), written.weights_hash))
 }
 
@@ -94,13 +112,11 @@ impl Coordinator {
             &self.store,
             &mut self.ledger,
             &self.job,
-            version,
+            Written { version, val_loss, train_loss, results: n as u32 },
             &params,
             &momentum,
-            val_loss,
-            train_loss,
-            n as u32,
             Some(self.round),
+            &self.round_receipts,
         );
         let current = match written {
             Ok(current) => current,
@@ -116,6 +132,7 @@ impl Coordinator {
             tracing::info!(version, "storage works again");
         }
         self.retry_commit_at = None;
+        self.round_receipts.clear();
         self.params = params;
         self.momentum = momentum;
         self.version = version;

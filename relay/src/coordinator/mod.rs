@@ -22,12 +22,13 @@ use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
 use crowdgrad_runtime::codec;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, ReceiptFields, hex, verify_submission};
 use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Welcome, WorkUnit};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
 pub use self::commit::outer_step;
-pub use self::report::{Counters, History, OnlineSample, Rejection, Status, VersionRecord};
+pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
@@ -72,6 +73,8 @@ struct Unit {
 struct Session {
     outbox: Outbox,
     contributor: u64,
+    /// The ed25519 key its submissions must be signed with.
+    key: [u8; KEY_BYTES],
     device: DeviceInfo,
     unit: Option<u64>,
     told_to_wait: bool,
@@ -135,6 +138,10 @@ pub struct Coordinator {
     /// When a commit that could not be written is tried again.
     retry_commit_at: Option<Instant>,
     metrics: Arc<Metrics>,
+    /// The relay's key, which signs receipts.
+    identity: Identity,
+    /// Units accepted into the open round with their receipts' hashes.
+    round_receipts: Vec<(u64, [u8; 32])>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
     paused: bool,
     /// Recent arrival times, for the adaptive round deadline.
@@ -150,6 +157,8 @@ impl Coordinator {
     /// opens the next. Events are counted in `metrics`.
     pub fn open(job: JobConfig, corpus: Corpus, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut ledger = Ledger::open(&job.storage.dir, &job)?;
+        let key_file = job.storage.dir.join("relay.key");
+        let identity = Identity::load_or_create(&key_file).with_context(|| format!("{}", key_file.display()))?;
         let store = Store::new(&job.storage.dir);
         let overlap = job.model.context + 1;
         let shards = (0..job.data.shards)
@@ -171,7 +180,8 @@ impl Coordinator {
                 let params = job.model.init(job.seed);
                 let momentum = vec![0.0; params.len()];
                 let loss = evaluator.loss(&params);
-                let row = commit::persist(&store, &mut ledger, &job, 0, &params, &momentum, loss, None, 0, None)
+                let written = commit::Written { version: 0, val_loss: loss, train_loss: None, results: 0 };
+                let row = commit::persist(&store, &mut ledger, &job, written, &params, &momentum, None, &[])
                     .context("writing version 0")?;
                 (0, params, momentum, row)
             }
@@ -213,11 +223,34 @@ impl Coordinator {
             storage_error: None,
             retry_commit_at: None,
             metrics,
+            identity,
+            round_receipts: Vec::new(),
             paused: false,
             arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
             job,
+        })
+    }
+
+    /// The relay's public key, which signs every receipt.
+    pub fn relay_key(&self) -> [u8; KEY_BYTES] {
+        self.identity.public()
+    }
+
+    /// What the ledger holds about the contributor signing as `key` (hex).
+    pub fn contributor(&mut self, key: &str) -> Option<ContributorReport> {
+        let counts = self.ledger.contributor_counts(key);
+        let (accepted, rejected) = self.note_storage("reading a contributor", counts)?;
+        let receipts = self.ledger.receipts(Some(key));
+        let receipts = self.note_storage("reading receipts", receipts)?;
+        (accepted + rejected > 0 || !receipts.is_empty()).then(|| ContributorReport {
+            key: key.to_string(),
+            accepted,
+            rejected,
+            tokens: receipts.iter().map(|r| r.tokens).sum(),
+            flops: receipts.iter().map(|r| r.flops).sum(),
+            receipts,
         })
     }
 
@@ -319,7 +352,7 @@ impl Coordinator {
             None => {
                 let token = new_token();
                 let device = format!("{} ({})", hello.device.kind, hello.device.adapter);
-                let created = self.ledger.new_contributor(&token, &hello.agent, &device);
+                let created = self.ledger.new_contributor(&token, &hex(&hello.key), &hello.agent, &device);
                 (self.note_storage("registering a contributor", created).unwrap_or(0), token)
             }
         };
@@ -331,7 +364,15 @@ impl Coordinator {
             version: self.version,
         });
         let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
-        let session = Session { outbox, contributor, device: hello.device, unit: None, told_to_wait: false, step_secs };
+        let session = Session {
+            outbox,
+            contributor,
+            key: hello.key,
+            device: hello.device,
+            unit: None,
+            told_to_wait: false,
+            step_secs,
+        };
         self.sessions.insert(id, session);
         self.send(id, welcome);
         self.offer(id, now);
@@ -370,6 +411,7 @@ impl Coordinator {
         let recorded = self.ledger.record_result(&row);
         self.note_storage("recording a result", recorded);
         let accepted = verdict.is_ok();
+        let mut receipt = None;
         let outcome = verdict.as_ref().map(|_| ()).map_err(|&r| r);
         match verdict {
             Ok(delta) => {
@@ -392,6 +434,20 @@ impl Coordinator {
                 } else if behind > 0 {
                     self.counters.late_accepted += 1;
                 }
+                let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
+                let key = self.sessions.get(&session).map_or([0; KEY_BYTES], |s| s.key);
+                let fields = ReceiptFields {
+                    contributor: key,
+                    unit_id: sub.unit_id,
+                    version: sub.version,
+                    tokens,
+                    flops: 6 * self.params.len() as u64 * tokens,
+                };
+                let signed = self.identity.sign_receipt(fields);
+                let stored = self.ledger.record_receipt(&signed);
+                self.note_storage("recording a receipt", stored);
+                self.round_receipts.push((sub.unit_id, signed.hash()));
+                receipt = Some(signed);
                 let share = steps as f32 / self.job.inner.steps as f32;
                 let weight = share * pacing::staleness_weight(behind);
                 self.results.push(Contribution { delta, share, weight });
@@ -412,7 +468,7 @@ impl Coordinator {
         if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
             self.commit(now);
         }
-        let ack = Ack { unit_id: sub.unit_id, accepted, reason, version: self.version };
+        let ack = Ack { unit_id: sub.unit_id, accepted, reason, version: self.version, receipt };
         self.send(session, ServerMsg::Ack(ack));
         self.offer(session, now);
         outcome
@@ -420,6 +476,9 @@ impl Coordinator {
 
     /// The submission's dense Δ if it is acceptable.
     fn judge(&self, session: u64, sub: &Submission) -> Result<Vec<f32>, Rejection> {
+        if !self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)) {
+            return Err(Rejection::BadSignature);
+        }
         let Some(unit) = self.units.get(&sub.unit_id) else {
             return Err(if sub.unit_id < self.next_unit { Rejection::Stale } else { Rejection::UnknownUnit });
         };
@@ -462,6 +521,7 @@ impl Coordinator {
                 Update::Compressed(_) => "the compressed delta has the wrong size".into(),
             },
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
+            Rejection::BadSignature => "the signature does not match this contributor's key".into(),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)

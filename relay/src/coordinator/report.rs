@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::ledger::ReceiptRow;
+
 /// Why a result was refused. The code is what `/api/status` counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -23,6 +25,8 @@ pub enum Rejection {
     NonFinite,
     /// The compressed Δ does not decode.
     Malformed,
+    /// The signature is not the session's key's signature of the submission.
+    BadSignature,
 }
 
 impl Rejection {
@@ -37,6 +41,7 @@ impl Rejection {
             Rejection::WrongSize => "wrong_size",
             Rejection::NonFinite => "non_finite",
             Rejection::Malformed => "malformed",
+            Rejection::BadSignature => "bad_signature",
         }
     }
 }
@@ -117,4 +122,21 @@ pub struct History {
     pub versions: Vec<VersionRecord>,
     /// Contributors online, sampled every 10 s since this process started.
     pub contributors: Vec<OnlineSample>,
+}
+
+/// The JSON body of `/api/contributors/{key}`: a contributor's share of the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContributorReport {
+    /// Its public key, hex.
+    pub key: String,
+    /// Results accepted.
+    pub accepted: u64,
+    /// Results rejected.
+    pub rejected: u64,
+    /// Tokens trained in accepted units.
+    pub tokens: u64,
+    /// Training FLOPs of accepted units.
+    pub flops: u64,
+    /// The relay's signed receipts, oldest first.
+    pub receipts: Vec<ReceiptRow>,
 }

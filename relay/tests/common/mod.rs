@@ -5,6 +5,7 @@ use crowdgrad_relay::config::JobConfig;
 use crowdgrad_relay::coordinator::Coordinator;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, WorkUnit};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -20,10 +21,11 @@ pub fn open_with(dir: &tempfile::TempDir, adjust: impl FnOnce(&mut JobConfig)) -
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
 }
 
-/// A contributor: its session id and its inbox.
+/// A contributor: its session id, its inbox and its key.
 pub struct Client {
     pub id: u64,
     pub inbox: mpsc::Receiver<ServerMsg>,
+    pub identity: Identity,
 }
 
 impl Client {
@@ -36,8 +38,9 @@ impl Client {
     pub fn join_calibrated(c: &mut Coordinator, now: Instant, gflops: f32) -> Client {
         let (tx, inbox) = mpsc::channel(16);
         let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
-        let hello = Hello { agent: "test".into(), device, resume: None, gflops };
-        Client { id: c.join(tx, hello, now), inbox }
+        let identity = Identity::generate();
+        let hello = Hello { agent: "test".into(), device, resume: None, gflops, key: identity.public() };
+        Client { id: c.join(tx, hello, now), inbox, identity }
     }
 
     /// The next assignment in the inbox, skipping other messages.
@@ -50,15 +53,22 @@ impl Client {
         None
     }
 
-    /// An honest-looking result for `unit`: every Δ value 1e-3.
+    /// `sub` signed with this contributor's key.
+    pub fn signed(&self, mut sub: Submission) -> Submission {
+        sub.signature = self.identity.sign_submission(&sub);
+        sub
+    }
+
+    /// An honest-looking, signed result for `unit`: every Δ value 1e-3.
     pub fn result(&self, unit: &WorkUnit, params: usize) -> Submission {
-        Submission {
+        self.signed(Submission {
             unit_id: unit.unit_id,
             version: unit.version,
             steps: unit.steps,
             loss_before: 5.0,
             loss_after: 4.0,
             update: Update::Dense(vec![1e-3; params]),
-        }
+            signature: Vec::new(),
+        })
     }
 }

@@ -6,7 +6,8 @@
 //! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
 //! when compression is on, and the mean of the decoded Δs takes the relay's outer
 //! Nesterov step (`outer_step`). Flags: `--tokens N` (the budget per run, default
-//! 1,000 single-trainer steps of 12 × 64), `--k 4,8`, `--h 10,50,100`, `--plot PATH`.
+//! 1,000 single-trainer steps of 12 × 64), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
+//! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,6 +36,7 @@ struct Flags {
     hs: Vec<u32>,
     plot: PathBuf,
     dataset: PathBuf,
+    codec: CodecConfig,
 }
 
 fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Vec<T> {
@@ -48,6 +50,7 @@ fn flags(args: &[String]) -> Flags {
         hs: vec![10, 50, 100],
         plot: repo_root().join("target/diloco.png"),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
+        codec: CodecConfig::default(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -58,6 +61,11 @@ fn flags(args: &[String]) -> Flags {
             "--h" => f.hs = list(flag, value),
             "--plot" => f.plot = PathBuf::from(value),
             "--dataset" => f.dataset = PathBuf::from(value),
+            "--codec" => {
+                let [chunk, k, bits] = list::<u32>(flag, value)[..] else { panic!("--codec takes CHUNK,K,BITS") };
+                f.codec = CodecConfig { chunk, k, bits: bits as u8 };
+                f.codec.validate().unwrap_or_else(|e| panic!("--codec: {e}"));
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -185,7 +193,7 @@ pub fn run(args: &[String]) {
         setup.start.len(),
         cfg.context,
         flags.steps,
-        CodecConfig::default()
+        flags.codec
     );
     let t0 = Instant::now();
     let baseline = single(&mut setup, flags.steps);
@@ -193,7 +201,7 @@ pub fn run(args: &[String]) {
     let mut curves = Vec::new();
     for &k in &flags.ks {
         for &h in &flags.hs {
-            for codec in [None, Some(CodecConfig::default())] {
+            for codec in [None, Some(flags.codec)] {
                 let t0 = Instant::now();
                 let curve = diloco(&mut setup, flags.steps, k, h, codec);
                 eprintln!("  {}: {:.0} s", curve.label, t0.elapsed().as_secs_f64());
