@@ -72,6 +72,17 @@ async fn receipts_are_signed_rooted_in_versions_and_exported() {
     assert_eq!(get(addr, &format!("/api/contributors/{}", "ab".repeat(32))).0, 404);
     assert_eq!(get(addr, "/api/contributors/not-a-key").0, 400);
     relay.stop().await;
+    // Sessions already open finish what they were doing; wait until the ledger is still.
+    let count = || Ledger::open_read_only(dir.path()).and_then(|l| l.receipts(None)).map(|r| r.len()).unwrap_or(0);
+    let mut last = count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
 
     // Each committed version's root is the Merkle root of the receipts averaged into it.
     let ledger = Ledger::open_read_only(dir.path()).expect("ledger");
