@@ -11,6 +11,7 @@
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
 //! [storage] # dir, keep_last, keep_every
 //! [compression] # enabled, chunk, k, bits
+//! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
 
@@ -22,6 +23,8 @@ use std::time::Duration;
 use crowdgrad_runtime::codec::{CodecConfig, MAX_CHUNK};
 use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
+
+use crate::coordinator::Rule;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS, MAX_PARAMS};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
@@ -49,8 +52,33 @@ pub struct JobConfig {
     pub storage: StorageConfig,
     /// How contributors compress their updates.
     pub compression: CompressionConfig,
+    /// How results are screened and combined.
+    pub aggregation: AggregationConfig,
     /// What each connection may do.
     pub limits: Limits,
+}
+
+/// How results are screened and combined (see `coordinator::aggregate`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// `mean`, `trimmed_mean` or `centered_clip`.
+    pub rule: Rule,
+    /// The fraction dropped at each end by `trimmed_mean`.
+    pub trim: f32,
+    /// `centered_clip`'s radius, in median distances from the center.
+    pub clip: f32,
+    /// Results whose ‖Δ‖ exceeds this many times the median of recent results are
+    /// rejected (`norm_bound`).
+    pub max_norm_ratio: f32,
+}
+
+impl Default for AggregationConfig {
+    /// Centered clipping: honest results pass nearly untouched, and no single result
+    /// can move the update far.
+    fn default() -> Self {
+        AggregationConfig { rule: Rule::CenteredClip, trim: 0.2, clip: 2.0, max_norm_ratio: 10.0 }
+    }
 }
 
 /// How contributors compress their updates (see `crowdgrad_runtime::codec`).
@@ -205,6 +233,7 @@ impl Default for JobConfig {
             round: RoundConfig::default(),
             storage: StorageConfig::default(),
             compression: CompressionConfig::default(),
+            aggregation: AggregationConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -383,6 +412,10 @@ impl JobConfig {
         if ![2, 4, 8].contains(&c.bits) {
             return Err(bad("compression.bits", format!("{} is not 2, 4 or 8", c.bits)));
         }
+        let a = &self.aggregation;
+        within("aggregation.trim", a.trim as f64, 0.0, 0.49)?;
+        within("aggregation.clip", a.clip as f64, 0.1, 100.0)?;
+        within("aggregation.max_norm_ratio", a.max_norm_ratio as f64, 1.0, 1e6)?;
         let l = &self.limits;
         within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
         within("limits.messages_per_minute", l.messages_per_minute as f64, 1.0, 1e6)?;

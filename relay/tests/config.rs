@@ -75,6 +75,9 @@ fn every_bad_value_names_its_key() {
         ("[compression]\nchunk = 0", "compression.chunk"),
         ("[compression]\nchunk = 64\nk = 65", "compression.k"),
         ("[compression]\nbits = 3", "compression.bits"),
+        ("[aggregation]\ntrim = 0.5", "aggregation.trim"),
+        ("[aggregation]\nclip = 0", "aggregation.clip"),
+        ("[aggregation]\nmax_norm_ratio = 0.5", "aggregation.max_norm_ratio"),
         ("[limits]\nsessions_per_ip = 0", "limits.sessions_per_ip"),
         ("[limits]\nmessages_per_minute = 0", "limits.messages_per_minute"),
         ("[limits]\norigins = [\"example.org\"]", "limits.origins"),
@@ -94,6 +97,7 @@ fn unknown_keys_and_wrong_types_name_the_key() {
         ("colour = 1", "colour"),
         ("[inner]\nsteps = \"many\"", "steps"),
         ("[model]\nbias = 1", "bias"),
+        ("[aggregation]\nrule = \"median\"", "median"),
     ] {
         let err = load(toml).expect_err(toml);
         assert!(err.contains(key), "{toml:?} should mention {key}, got: {err}");

@@ -146,3 +146,20 @@ fn an_unwritable_checkpoint_folder_keeps_the_last_good_version_until_writing_wor
         versions.join("v00000001.safetensors").is_file() && versions.join("v00000001.momentum.safetensors").is_file()
     );
 }
+
+#[test]
+fn a_result_far_larger_than_recent_ones_is_refused() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| job.round.target = 1);
+    let mut a = Client::join(&mut c, t0);
+    let n = c.param_count();
+    for _ in 0..4 {
+        let unit = a.assignment().expect("work");
+        assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
+    }
+    let unit = a.assignment().expect("work");
+    let scaled = a.signed(Submission { update: Update::Dense(vec![0.1; n]), ..a.result(&unit, n) });
+    assert_eq!(c.submit(a.id, scaled, t0), Err(Rejection::NormBound), "100 × the recent norms");
+    assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()), "the honest result still counts");
+}

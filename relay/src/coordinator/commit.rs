@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
+use super::aggregate::{Weighted, aggregate, outer_step};
 use super::{Coordinator, HISTORY_LEN, VersionRecord};
 use crate::config::JobConfig;
 use crate::ledger::{Ledger, VersionRow, now_ms};
@@ -73,37 +74,18 @@ pub(super) fn persist(
     Ok((Bytes::from(written.weights), written.weights_hash))
 }
 
-/// The outer step: `g = Σ weightᵢ·Δᵢ / shares` (the round's weighted mean Δ), then
-/// Nesterov momentum `m = μ·m + g`, `params -= lr·(g + μ·m)`. All slices have the
-/// model's length; the work is split over cores by parameter ranges.
-pub fn outer_step(params: &mut [f32], momentum: &mut [f32], results: &[(&[f32], f32)], shares: f32, lr: f32, mu: f32) {
-    use rayon::prelude::*;
-    const CHUNK: usize = 64 * 1024;
-    params.par_chunks_mut(CHUNK).zip(momentum.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (p, m))| {
-        let mut g = vec![0f32; p.len()];
-        for (delta, weight) in results {
-            let scale = weight / shares;
-            for (g, d) in g.iter_mut().zip(&delta[i * CHUNK..]) {
-                *g += scale * d;
-            }
-        }
-        for ((p, m), g) in p.iter_mut().zip(m.iter_mut()).zip(&g) {
-            *m = mu * *m + g;
-            *p -= lr * (g + mu * *m);
-        }
-    });
-}
-
 impl Coordinator {
     /// Averages the round's results and takes the outer Nesterov step; once the new
     /// version is written, serves it and opens the next round.
     pub(super) fn commit(&mut self, now: Instant) {
-        // Each Δ counts by its share of H, discounted when late.
+        // Each Δ counts by its share of H, discounted when late, under the job's rule.
         let n = self.results.len();
-        let shares: f32 = self.results.iter().map(|c| c.share).sum();
-        let results: Vec<(&[f32], f32)> = self.results.iter().map(|c| (c.delta.as_slice(), c.weight)).collect();
+        let results: Vec<Weighted> =
+            self.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+        let a = &self.job.aggregation;
+        let g = aggregate(a.rule, &results, a.trim, a.clip);
         let (mut params, mut momentum) = (self.params.clone(), self.momentum.clone());
-        outer_step(&mut params, &mut momentum, &results, shares, self.job.outer.lr, self.job.outer.momentum);
+        outer_step(&mut params, &mut momentum, &g, self.job.outer.lr, self.job.outer.momentum);
         let version = self.version + 1;
         let val_loss = self.evaluator.loss(&params);
         let train_loss = (!self.train_losses.is_empty())

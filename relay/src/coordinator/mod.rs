@@ -7,6 +7,7 @@
 //! written to the [`Ledger`]; committed versions go to the [`Store`] first
 //! (see [`commit`]), so a restarted relay resumes at its last committed version.
 
+mod aggregate;
 mod commit;
 mod pacing;
 mod report;
@@ -27,7 +28,7 @@ use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Wel
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
-pub use self::commit::outer_step;
+pub use self::aggregate::{Rule, Weighted, aggregate, outer_step};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
@@ -43,6 +44,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// Versions of loss history kept in memory for `/api/status`.
 const HISTORY_LEN: usize = 200;
+/// Accepted results whose norms the screen remembers.
+const RECENT_NORMS: usize = 64;
 /// Versions `/api/history` returns at most.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
@@ -144,6 +147,8 @@ pub struct Coordinator {
     round_receipts: Vec<(u64, [u8; 32])>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
     paused: bool,
+    /// Norms per step share of recently accepted results, for screening.
+    recent_norms: VecDeque<f32>,
     /// Recent arrival times, for the adaptive round deadline.
     arrivals: pacing::Arrivals,
     /// Contributors online over time, oldest first.
@@ -226,6 +231,7 @@ impl Coordinator {
             identity,
             round_receipts: Vec::new(),
             paused: false,
+            recent_norms: VecDeque::new(),
             arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
@@ -449,6 +455,10 @@ impl Coordinator {
                 self.round_receipts.push((sub.unit_id, signed.hash()));
                 receipt = Some(signed);
                 let share = steps as f32 / self.job.inner.steps as f32;
+                self.recent_norms.push_back(norm(&delta) / share);
+                if self.recent_norms.len() > RECENT_NORMS {
+                    self.recent_norms.pop_front();
+                }
                 let weight = share * pacing::staleness_weight(behind);
                 self.results.push(Contribution { delta, share, weight });
                 self.train_losses.push(sub.loss_after);
@@ -500,7 +510,24 @@ impl Coordinator {
         if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
             return Err(Rejection::NonFinite);
         }
+        if let Some(limit) = self.norm_limit(unit.steps)
+            && norm(&delta) > limit
+        {
+            return Err(Rejection::NormBound);
+        }
         Ok(delta)
+    }
+
+    /// The largest ‖Δ‖ accepted for a unit of `steps`: `max_norm_ratio` × the median of
+    /// recent results' norms (per share of H), once 4 have been seen.
+    fn norm_limit(&self, steps: u32) -> Option<f32> {
+        if self.recent_norms.len() < 4 {
+            return None;
+        }
+        let mut sorted: Vec<f32> = self.recent_norms.iter().copied().collect();
+        sorted.sort_unstable_by(f32::total_cmp);
+        let share = steps as f32 / self.job.inner.steps as f32;
+        Some(self.job.aggregation.max_norm_ratio * sorted[sorted.len() / 2] * share)
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
@@ -522,6 +549,10 @@ impl Coordinator {
             },
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
             Rejection::BadSignature => "the signature does not match this contributor's key".into(),
+            Rejection::NormBound => format!(
+                "the delta's norm is over {} times the median of recent results",
+                self.job.aggregation.max_norm_ratio
+            ),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)
@@ -716,6 +747,11 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// The L2 norm of `values`.
+fn norm(values: &[f32]) -> f32 {
+    values.iter().map(|v| v * v).sum::<f32>().sqrt()
 }
 
 /// A fresh resume token: 128 random bits, hex.

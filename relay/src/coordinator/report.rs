@@ -27,6 +27,8 @@ pub enum Rejection {
     Malformed,
     /// The signature is not the session's key's signature of the submission.
     BadSignature,
+    /// ‖Δ‖ is far above the norms of recent results.
+    NormBound,
 }
 
 impl Rejection {
@@ -42,6 +44,7 @@ impl Rejection {
             Rejection::NonFinite => "non_finite",
             Rejection::Malformed => "malformed",
             Rejection::BadSignature => "bad_signature",
+            Rejection::NormBound => "norm_bound",
         }
     }
 }

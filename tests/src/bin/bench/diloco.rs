@@ -5,14 +5,14 @@
 //! runs H inner steps of the job's AdamW from the current weights on its own shard
 //! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
 //! when compression is on, and the mean of the decoded Δs takes the relay's outer
-//! Nesterov step (`outer_step`). Flags: `--tokens N` (the budget per run, default
+//! Nesterov step (`aggregate`, `outer_step`). Flags: `--tokens N` (the budget per run, default
 //! 1,000 single-trainer steps of 12 × 64), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
 //! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crowdgrad_relay::coordinator::outer_step;
+use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::{Batch, Corpus, sample_batch};
@@ -158,8 +158,9 @@ fn diloco(setup: &mut Setup, steps: u32, k: usize, h: u32, codec: Option<CodecCo
                 }
             });
         }
-        let results: Vec<(&[f32], f32)> = deltas.iter().map(|d| (d.as_slice(), 1.0)).collect();
-        outer_step(&mut params, &mut momentum, &results, k as f32, OUTER_LR, OUTER_MOMENTUM);
+        let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
+        let g = aggregate(Rule::Mean, &results, 0.0, 0.0);
+        outer_step(&mut params, &mut momentum, &g, OUTER_LR, OUTER_MOMENTUM);
         if (round + 1).is_multiple_of(every) || round + 1 == rounds {
             let tokens = (round + 1) * k * h as usize * ROWS * setup.cfg.context;
             points.push((tokens as f64, setup.val_loss(&params)));

@@ -4,13 +4,13 @@
 //! - (a) `--idle N` (10,000) sessions that said hello and stay: the relay's RSS per session.
 //! - (b) `--active N` (1,000) contributors answering every unit at once with a Δ the size of
 //!   a compressed update, for `--seconds S` (20): results/s, submit→ack p50/p99, lost.
-//! - (c) the outer step over 100 results for a 10M-parameter model.
+//! - (c) aggregating 100 results of a 10M-parameter model (each rule) and the outer step.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crowdgrad_relay::coordinator::outer_step;
+use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::load::{open_idle_sessions, run_active_contributors};
 use crowdgrad_tests::repo_root;
@@ -155,24 +155,27 @@ pub async fn run(args: &[String]) {
     );
     drop(relay);
 
-    aggregate();
+    aggregation_times();
     assert_eq!(report.lost, 0, "results were lost");
 }
 
-/// (c): the outer step over 100 results of a 10M-parameter model.
-fn aggregate() {
+/// (c): aggregating 100 results of a 10M-parameter model under each rule, then the
+/// outer step.
+fn aggregation_times() {
     const PARAMS: usize = 10_000_000;
     const RESULTS: usize = 100;
     let deltas: Vec<Vec<f32>> = (0..RESULTS).map(|i| vec![1e-4 * (i as f32 + 1.0); PARAMS]).collect();
-    let results: Vec<(&[f32], f32)> = deltas.iter().map(|d| (d.as_slice(), 1.0)).collect();
-    let (mut params, mut momentum) = (vec![0.0f32; PARAMS], vec![0.0f32; PARAMS]);
-    let t0 = Instant::now();
-    outer_step(&mut params, &mut momentum, &results, RESULTS as f32, 0.7, 0.9);
-    let seconds = t0.elapsed().as_secs_f64();
-    println!(
-        "(c) aggregating a round of {RESULTS} results of a {}M-parameter model: {:.0} ms ({:.1} GB/s of Δ read)",
-        PARAMS / 1_000_000,
-        seconds * 1e3,
-        (RESULTS * PARAMS * 4) as f64 / seconds / 1e9
-    );
+    let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
+    for rule in [Rule::Mean, Rule::TrimmedMean, Rule::CenteredClip] {
+        let (mut params, mut momentum) = (vec![0.0f32; PARAMS], vec![0.0f32; PARAMS]);
+        let t0 = Instant::now();
+        let g = aggregate(rule, &results, 0.2, 2.0);
+        outer_step(&mut params, &mut momentum, &g, 0.7, 0.9);
+        let seconds = t0.elapsed().as_secs_f64();
+        println!(
+            "(c) a round of {RESULTS} results of a {}M-parameter model, {rule:?} + outer step: {:.0} ms",
+            PARAMS / 1_000_000,
+            seconds * 1e3
+        );
+    }
 }
