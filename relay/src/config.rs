@@ -68,8 +68,8 @@ pub struct AggregationConfig {
     pub trim: f32,
     /// `centered_clip`'s radius, in median distances from the center.
     pub clip: f32,
-    /// Results whose ‖Δ‖ exceeds this many times the median of recent results are
-    /// rejected (`norm_bound`).
+    /// Results whose ‖Δ‖ is over this many times, or under a this-many-th of, the median
+    /// of recent results are rejected (`norm_bound`: scaled updates, free riders).
     pub max_norm_ratio: f32,
 }
 

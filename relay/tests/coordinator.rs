@@ -148,7 +148,7 @@ fn an_unwritable_checkpoint_folder_keeps_the_last_good_version_until_writing_wor
 }
 
 #[test]
-fn a_result_far_larger_than_recent_ones_is_refused() {
+fn scaled_zero_replayed_and_copied_deltas_are_refused() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut c = open_with(&dir, |job| job.round.target = 1);
@@ -161,5 +161,9 @@ fn a_result_far_larger_than_recent_ones_is_refused() {
     let unit = a.assignment().expect("work");
     let scaled = a.signed(Submission { update: Update::Dense(vec![0.1; n]), ..a.result(&unit, n) });
     assert_eq!(c.submit(a.id, scaled, t0), Err(Rejection::NormBound), "100 × the recent norms");
+    let free_ride = a.signed(Submission { update: Update::Dense(vec![0.0; n]), ..a.result(&unit, n) });
+    assert_eq!(c.submit(a.id, free_ride, t0), Err(Rejection::NormBound), "a zero delta");
+    let copied = a.signed(Submission { update: Update::Dense(vec![1e-3 + 1e-7; n]), ..a.result(&unit, n) });
+    assert_eq!(c.submit(a.id, copied, t0), Err(Rejection::Duplicate), "unit 1's delta again");
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()), "the honest result still counts");
 }

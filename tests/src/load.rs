@@ -115,7 +115,8 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                                 steps: unit.steps,
                                 loss_before: 2.0,
                                 loss_after: 1.9,
-                                update: Update::Dense(vec![1e-4; params]),
+                                // Distinct per unit: the relay refuses repeated Δs.
+                                update: Update::Dense(vec![1e-4 + unit.unit_id as f32 * 1e-9; params]),
                                 signature: Vec::new(),
                             };
                             submission.signature = identity.sign_submission(&submission);

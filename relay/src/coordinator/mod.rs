@@ -12,7 +12,7 @@ mod commit;
 mod pacing;
 mod report;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 const HISTORY_LEN: usize = 200;
 /// Accepted results whose norms the screen remembers.
 const RECENT_NORMS: usize = 64;
+/// Accepted Δs whose hashes the screen remembers.
+const RECENT_HASHES: usize = 4096;
 /// Versions `/api/history` returns at most.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
@@ -149,6 +151,9 @@ pub struct Coordinator {
     paused: bool,
     /// Norms per step share of recently accepted results, for screening.
     recent_norms: VecDeque<f32>,
+    /// blake3 of recently accepted Δs (replays and copies are refused), and their order.
+    recent_hashes: HashSet<[u8; 32]>,
+    hash_order: VecDeque<[u8; 32]>,
     /// Recent arrival times, for the adaptive round deadline.
     arrivals: pacing::Arrivals,
     /// Contributors online over time, oldest first.
@@ -232,6 +237,8 @@ impl Coordinator {
             round_receipts: Vec::new(),
             paused: false,
             recent_norms: VecDeque::new(),
+            recent_hashes: HashSet::new(),
+            hash_order: VecDeque::new(),
             arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
@@ -459,6 +466,14 @@ impl Coordinator {
                 if self.recent_norms.len() > RECENT_NORMS {
                     self.recent_norms.pop_front();
                 }
+                let hash = delta_hash(&delta);
+                self.recent_hashes.insert(hash);
+                self.hash_order.push_back(hash);
+                if self.hash_order.len() > RECENT_HASHES
+                    && let Some(old) = self.hash_order.pop_front()
+                {
+                    self.recent_hashes.remove(&old);
+                }
                 let weight = share * pacing::staleness_weight(behind);
                 self.results.push(Contribution { delta, share, weight });
                 self.train_losses.push(sub.loss_after);
@@ -510,24 +525,28 @@ impl Coordinator {
         if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
             return Err(Rejection::NonFinite);
         }
-        if let Some(limit) = self.norm_limit(unit.steps)
-            && norm(&delta) > limit
-        {
-            return Err(Rejection::NormBound);
+        if let Some(median) = self.norm_median(unit.steps) {
+            let (ratio, size) = (self.job.aggregation.max_norm_ratio, norm(&delta));
+            if size > ratio * median || size < median / ratio {
+                return Err(Rejection::NormBound);
+            }
+        }
+        if self.recent_hashes.contains(&delta_hash(&delta)) {
+            return Err(Rejection::Duplicate);
         }
         Ok(delta)
     }
 
-    /// The largest ‖Δ‖ accepted for a unit of `steps`: `max_norm_ratio` × the median of
-    /// recent results' norms (per share of H), once 4 have been seen.
-    fn norm_limit(&self, steps: u32) -> Option<f32> {
+    /// The median ‖Δ‖ of recent results, scaled to a unit of `steps`, once 4 have been
+    /// seen.
+    fn norm_median(&self, steps: u32) -> Option<f32> {
         if self.recent_norms.len() < 4 {
             return None;
         }
         let mut sorted: Vec<f32> = self.recent_norms.iter().copied().collect();
         sorted.sort_unstable_by(f32::total_cmp);
         let share = steps as f32 / self.job.inner.steps as f32;
-        Some(self.job.aggregation.max_norm_ratio * sorted[sorted.len() / 2] * share)
+        Some(sorted[sorted.len() / 2] * share)
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
@@ -550,9 +569,10 @@ impl Coordinator {
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
             Rejection::BadSignature => "the signature does not match this contributor's key".into(),
             Rejection::NormBound => format!(
-                "the delta's norm is over {} times the median of recent results",
+                "the delta's norm is not within {0}× of the median of recent results (either way)",
                 self.job.aggregation.max_norm_ratio
             ),
+            Rejection::Duplicate => "the same delta was already accepted (a replay or a copy)".into(),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)
@@ -747,6 +767,11 @@ impl Coordinator {
             }
         }
     }
+}
+
+/// blake3 of a Δ's values.
+fn delta_hash(delta: &[f32]) -> [u8; 32] {
+    *blake3::hash(bytemuck::cast_slice(delta)).as_bytes()
 }
 
 /// The L2 norm of `values`.

@@ -27,8 +27,10 @@ pub enum Rejection {
     Malformed,
     /// The signature is not the session's key's signature of the submission.
     BadSignature,
-    /// ‖Δ‖ is far above the norms of recent results.
+    /// ‖Δ‖ is far above or below the norms of recent results.
     NormBound,
+    /// The same Δ was accepted before (a replay, or a copy of another's result).
+    Duplicate,
 }
 
 impl Rejection {
@@ -45,6 +47,7 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::BadSignature => "bad_signature",
             Rejection::NormBound => "norm_bound",
+            Rejection::Duplicate => "duplicate",
         }
     }
 }
