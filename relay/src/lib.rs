@@ -84,7 +84,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let coordinator = open_coordinator(config.job.clone(), metrics.clone())?;
-    let state = AppState::new(coordinator, metrics, config.job.limits.clone(), config.admin_token.as_deref());
+    let state = AppState::new(coordinator, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let ticker = state.coordinator.clone();

@@ -27,8 +27,6 @@ pub struct AppState {
     pub coordinator: Arc<Mutex<Coordinator>>,
     /// The relay's metrics, kept across job changes.
     pub metrics: Arc<Metrics>,
-    /// Per-connection limits.
-    pub limits: Limits,
     /// Sessions open per client address.
     sessions_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// blake3 of the operator's token; `None` disables `/api/admin/*`.
@@ -37,11 +35,10 @@ pub struct AppState {
 
 impl AppState {
     /// State for `coordinator`; `admin_token` enables job control.
-    pub fn new(coordinator: Coordinator, metrics: Arc<Metrics>, limits: Limits, admin_token: Option<&str>) -> Self {
+    pub fn new(coordinator: Coordinator, metrics: Arc<Metrics>, admin_token: Option<&str>) -> Self {
         AppState {
             coordinator: Arc::new(Mutex::new(coordinator)),
             metrics,
-            limits,
             sessions_by_ip: Arc::default(),
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
         }
@@ -84,24 +81,24 @@ impl Drop for IpSlot {
     }
 }
 
+/// Whether a page of `origin` may open sessions under `limits`.
+fn origin_allowed(limits: &Limits, origin: Option<&str>) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => limits.origins.is_empty() || limits.origins.iter().any(|o| o == origin),
+    }
+}
+
 impl AppState {
-    /// A slot for one more session from `ip`, or `None` at the limit.
-    fn ip_slot(&self, ip: IpAddr) -> Option<IpSlot> {
+    /// A slot for one more session from `ip`, or `None` at `limit`.
+    fn ip_slot(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
         let mut counts = self.sessions_by_ip.lock().expect("ip counts lock");
         let n = counts.entry(ip).or_insert(0);
-        if *n >= self.limits.sessions_per_ip {
+        if *n >= limit {
             return None;
         }
         *n += 1;
         Some(IpSlot { ip, counts: self.sessions_by_ip.clone() })
-    }
-
-    /// Whether a page of `origin` may open sessions.
-    fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            None => true,
-            Some(origin) => self.limits.origins.is_empty() || self.limits.origins.iter().any(|o| o == origin),
-        }
     }
 }
 
@@ -111,17 +108,22 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // The running job's limits and model (the operator may have changed the job).
+    let (limits, params) = {
+        let coordinator = state.coordinator.lock().expect("coordinator lock");
+        (coordinator.job().limits.clone(), coordinator.param_count())
+    };
     let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("(not text)"));
-    if !state.origin_allowed(origin) {
+    if !origin_allowed(&limits, origin) {
         let origin = origin.unwrap_or_default();
         tracing::info!(%peer, origin, "refused a session from an origin not allowed");
         return (StatusCode::FORBIDDEN, format!("origin {origin} may not contribute here")).into_response();
     }
-    let Some(slot) = state.ip_slot(peer.ip()) else {
-        let limit = state.limits.sessions_per_ip;
+    let Some(slot) = state.ip_slot(peer.ip(), limits.sessions_per_ip) else {
+        let limit = limits.sessions_per_ip;
         return (StatusCode::TOO_MANY_REQUESTS, format!("at most {limit} sessions per address")).into_response();
     };
-    let max_submission = max_submission_frame(state.coordinator.lock().expect("coordinator lock").param_count());
+    let max_submission = max_submission_frame(params);
     // Frames up to twice the largest valid message reach the decoder, which refuses
     // oversize ones with a reason; beyond that the library cuts the connection.
     let limit = max_submission * 2;
@@ -129,7 +131,7 @@ async fn websocket(
         coordinator: state.coordinator.clone(),
         metrics: state.metrics.clone(),
         max_submission,
-        limits: state.limits.clone(),
+        limits,
     };
     upgrade
         .read_buffer_size(4 * 1024)

@@ -87,6 +87,13 @@ struct Session {
     step_secs: Option<f64>,
 }
 
+/// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖ and blake3.
+struct Judged {
+    delta: Vec<f32>,
+    norm: f32,
+    hash: [u8; 32],
+}
+
 /// An accepted result waiting for its round to close.
 struct Contribution {
     delta: Vec<f32>,
@@ -427,7 +434,7 @@ impl Coordinator {
         let mut receipt = None;
         let outcome = verdict.as_ref().map(|_| ()).map_err(|&r| r);
         match verdict {
-            Ok(delta) => {
+            Ok(Judged { delta, norm, hash }) => {
                 let unit = self.units.get_mut(&sub.unit_id).expect("judged present");
                 unit.state = UnitState::Done;
                 let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
@@ -462,11 +469,10 @@ impl Coordinator {
                 self.round_receipts.push((sub.unit_id, signed.hash()));
                 receipt = Some(signed);
                 let share = steps as f32 / self.job.inner.steps as f32;
-                self.recent_norms.push_back(norm(&delta) / share);
+                self.recent_norms.push_back(norm / share);
                 if self.recent_norms.len() > RECENT_NORMS {
                     self.recent_norms.pop_front();
                 }
-                let hash = delta_hash(&delta);
                 self.recent_hashes.insert(hash);
                 self.hash_order.push_back(hash);
                 if self.hash_order.len() > RECENT_HASHES
@@ -499,8 +505,8 @@ impl Coordinator {
         outcome
     }
 
-    /// The submission's dense Δ if it is acceptable.
-    fn judge(&self, session: u64, sub: &Submission) -> Result<Vec<f32>, Rejection> {
+    /// The submission's dense Δ, with its norm and hash, if it is acceptable.
+    fn judge(&self, session: u64, sub: &Submission) -> Result<Judged, Rejection> {
         if !self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)) {
             return Err(Rejection::BadSignature);
         }
@@ -525,16 +531,18 @@ impl Coordinator {
         if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
             return Err(Rejection::NonFinite);
         }
+        let size = norm(&delta);
         if let Some(median) = self.norm_median(unit.steps) {
-            let (ratio, size) = (self.job.aggregation.max_norm_ratio, norm(&delta));
+            let ratio = self.job.aggregation.max_norm_ratio;
             if size > ratio * median || size < median / ratio {
                 return Err(Rejection::NormBound);
             }
         }
-        if self.recent_hashes.contains(&delta_hash(&delta)) {
+        let hash = delta_hash(&delta);
+        if self.recent_hashes.contains(&hash) {
             return Err(Rejection::Duplicate);
         }
-        Ok(delta)
+        Ok(Judged { delta, norm: size, hash })
     }
 
     /// The median ‖Δ‖ of recent results, scaled to a unit of `steps`, once 4 have been
