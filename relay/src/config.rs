@@ -12,6 +12,8 @@
 //! [storage] # dir, keep_last, keep_every
 //! [compression] # enabled, chunk, k, bits
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
+//! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_cosine_compressed, max_replay_ratio,
+//!           # loss_batches, loss_margin, redundancy
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
 
@@ -54,6 +56,8 @@ pub struct JobConfig {
     pub compression: CompressionConfig,
     /// How results are screened and combined.
     pub aggregation: AggregationConfig,
+    /// How results are checked against the work they claim.
+    pub verify: VerifyConfig,
     /// What each connection may do.
     pub limits: Limits,
 }
@@ -78,6 +82,57 @@ impl Default for AggregationConfig {
     /// can move the update far.
     fn default() -> Self {
         AggregationConfig { rule: Rule::CenteredClip, trim: 0.2, clip: 2.0, max_norm_ratio: 10.0 }
+    }
+}
+
+/// How results are checked against the work they claim (see [`crate::verify`]).
+///
+/// Replay is sampled per contributor, as BOINC's adaptive replication: every unit of
+/// a contributor is replayed until `trust_after` in a row have passed, then a
+/// fraction `trust_after / streak` of them, never under `min_replay_rate`. A failed
+/// check starts the streak again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Whether units are replayed on the CPU reference at all.
+    pub replay: bool,
+    /// Passed checks in a row after which a contributor is replayed less often.
+    pub trust_after: u32,
+    /// The least fraction of a trusted contributor's units that is replayed.
+    pub min_replay_rate: f32,
+    /// Least cosine similarity of a dense Δ with its replay.
+    pub min_cosine: f32,
+    /// Least cosine similarity of a compressed Δ with its replay, on the coordinates
+    /// sent (the contributor's error-feedback residual rides along, so it is lower).
+    pub min_cosine_compressed: f32,
+    /// A dense Δ's norm must be within this factor of its replay's, either way
+    /// (compressed ones are bounded by `aggregation.max_norm_ratio` only: their
+    /// residual makes them larger than one unit's work).
+    pub max_replay_ratio: f32,
+    /// Batches of the unit's own data, and as many of another shard, on which the loss
+    /// check applies each result (0: no loss check).
+    pub loss_batches: u32,
+    /// The loss check's slack, nats per token: a result passes when it lowers the loss
+    /// of its own batches, and by no less than that of the other shard's minus this.
+    pub loss_margin: f32,
+    /// The share of units issued twice, to two contributors, whose results are compared
+    /// (dense; see `coordinator::twins`); 0 turns redundancy off.
+    pub redundancy: f32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            replay: true,
+            trust_after: 5,
+            min_replay_rate: 0.05,
+            min_cosine: 0.95,
+            min_cosine_compressed: 0.4,
+            max_replay_ratio: 1.25,
+            loss_batches: 4,
+            loss_margin: 0.05,
+            redundancy: 0.0,
+        }
     }
 }
 
@@ -234,6 +289,7 @@ impl Default for JobConfig {
             storage: StorageConfig::default(),
             compression: CompressionConfig::default(),
             aggregation: AggregationConfig::default(),
+            verify: VerifyConfig::default(),
             limits: Limits::default(),
         }
     }
@@ -416,6 +472,15 @@ impl JobConfig {
         within("aggregation.trim", a.trim as f64, 0.0, 0.49)?;
         within("aggregation.clip", a.clip as f64, 0.1, 100.0)?;
         within("aggregation.max_norm_ratio", a.max_norm_ratio as f64, 1.0, 1e6)?;
+        let v = &self.verify;
+        within("verify.trust_after", v.trust_after as f64, 1.0, 1e6)?;
+        within("verify.min_replay_rate", v.min_replay_rate as f64, 0.0, 1.0)?;
+        within("verify.min_cosine", v.min_cosine as f64, -1.0, 1.0)?;
+        within("verify.min_cosine_compressed", v.min_cosine_compressed as f64, -1.0, 1.0)?;
+        within("verify.max_replay_ratio", v.max_replay_ratio as f64, 1.0, 1e6)?;
+        within("verify.loss_batches", v.loss_batches as f64, 0.0, 256.0)?;
+        within("verify.loss_margin", v.loss_margin as f64, 0.0, 100.0)?;
+        within("verify.redundancy", v.redundancy as f64, 0.0, 1.0)?;
         let l = &self.limits;
         within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
         within("limits.messages_per_minute", l.messages_per_minute as f64, 1.0, 1e6)?;

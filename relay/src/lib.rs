@@ -11,6 +11,7 @@
 //! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
+//! - [`verify`]: replay and the loss check of submitted results.
 
 pub mod admin;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod verify;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

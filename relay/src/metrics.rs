@@ -26,6 +26,8 @@ pub struct Metrics {
     pub accepted: Counter,
     /// Results rejected, by reason.
     pub rejected: Family<Reason, Counter>,
+    /// Results replayed on the relay's CPU.
+    pub replayed: Counter,
     /// Seconds from a round's first unit to its commit.
     pub round_seconds: Histogram,
     /// Bytes received in WebSocket frames.
@@ -48,6 +50,7 @@ impl Default for Metrics {
             assigned: Counter::default(),
             accepted: Counter::default(),
             rejected: Family::default(),
+            replayed: Counter::default(),
             round_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 12)),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -60,6 +63,7 @@ impl Default for Metrics {
         registry.register("units_assigned", "Units handed out, reassignments included", metrics.assigned.clone());
         registry.register("results_accepted", "Results accepted", metrics.accepted.clone());
         registry.register("results_rejected", "Results rejected, by reason", metrics.rejected.clone());
+        registry.register("results_replayed", "Results replayed on the relay's CPU", metrics.replayed.clone());
         registry.register(
             "round_seconds",
             "Seconds from a round's first unit to its commit",

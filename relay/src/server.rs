@@ -19,6 +19,7 @@ use crate::config::Limits;
 use crate::coordinator::{Coordinator, VersionSource};
 use crate::metrics::Metrics;
 use crate::session::{self, SessionContext};
+use crate::verify::{CheckQueue, spawn_verifier};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -31,13 +32,18 @@ pub struct AppState {
     sessions_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// blake3 of the operator's token; `None` disables `/api/admin/*`.
     pub admin_token: Option<blake3::Hash>,
+    /// The verifier thread's queue.
+    pub checks: CheckQueue,
 }
 
 impl AppState {
     /// State for `coordinator`; `admin_token` enables job control.
+    /// Starts the verifier thread.
     pub fn new(coordinator: Coordinator, metrics: Arc<Metrics>, admin_token: Option<&str>) -> Self {
+        let coordinator = Arc::new(Mutex::new(coordinator));
         AppState {
-            coordinator: Arc::new(Mutex::new(coordinator)),
+            checks: spawn_verifier(Arc::downgrade(&coordinator)),
+            coordinator,
             metrics,
             sessions_by_ip: Arc::default(),
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
@@ -130,6 +136,7 @@ async fn websocket(
     let cx = SessionContext {
         coordinator: state.coordinator.clone(),
         metrics: state.metrics.clone(),
+        checks: state.checks.clone(),
         max_submission,
         limits,
     };

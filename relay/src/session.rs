@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use crate::config::Limits;
 use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
+use crate::verify::CheckQueue;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -94,6 +95,8 @@ pub struct SessionContext {
     pub coordinator: Arc<Mutex<Coordinator>>,
     /// The relay's metrics.
     pub metrics: Arc<Metrics>,
+    /// Where submissions' checks go.
+    pub checks: CheckQueue,
     /// Largest submission frame for the job's model, bytes.
     pub max_submission: usize,
     /// Rate, ping and idle limits.
@@ -102,7 +105,7 @@ pub struct SessionContext {
 
 /// Runs one connection to its end, counting it and its bytes in the metrics.
 pub async fn run(socket: WebSocket, cx: SessionContext) {
-    let SessionContext { coordinator, metrics, max_submission, limits } = cx;
+    let SessionContext { coordinator, metrics, checks, max_submission, limits } = cx;
     metrics.sessions.inc();
     let (mut sink, mut stream) = socket.split();
     // The coordinator gets the only sender at hello, so when it drops the session (too
@@ -147,6 +150,10 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                         let unit = sub.unit_id;
                         if let Err(r) = coordinator.submit(id, sub, Instant::now()) {
                             tracing::info!(session = id, unit, reason = r.code(), "rejected a result");
+                        }
+                        for check in coordinator.take_checks() {
+                            // The verifier lives as long as the relay's state.
+                            let _ = checks.send(check);
                         }
                     }
                 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crowdgrad_relay::coordinator::Rejection;
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::Identity;
-use crowdgrad_runtime::protocol::{Submission, Update};
+use crowdgrad_runtime::protocol::{Submission, Update, WorkUnit};
 
 mod common;
 
@@ -166,4 +166,29 @@ fn scaled_zero_replayed_and_copied_deltas_are_refused() {
     let copied = a.signed(Submission { update: Update::Dense(vec![1e-3 + 1e-7; n]), ..a.result(&unit, n) });
     assert_eq!(c.submit(a.id, copied, t0), Err(Rejection::Duplicate), "unit 1's delta again");
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()), "the honest result still counts");
+}
+
+#[test]
+fn twin_units_go_to_two_contributors_dense_and_agreeing_twins_count_half_each() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| job.verify.redundancy = 1.0);
+    let n = c.param_count();
+    let mut a = Client::join(&mut c, t0);
+    let unit = a.assignment().expect("work");
+    assert_eq!(unit.codec, None, "twin units travel dense");
+    let same = |client: &Client, unit: &WorkUnit| {
+        client.signed(Submission { update: Update::Dense(vec![2e-3; n]), ..client.result(unit, n) })
+    };
+    assert_eq!(c.submit(a.id, same(&a, &unit), t0), Ok(()));
+    assert!(a.assignment().is_none(), "its twin never goes to the same contributor");
+    assert_eq!(c.status().round_results, 0, "held until its twin's result");
+    let mut b = Client::join(&mut c, t0);
+    let twin = b.assignment().expect("the twin");
+    assert_ne!(twin.unit_id, unit.unit_id);
+    assert_eq!((twin.shard, twin.seed, twin.steps), (unit.shard, unit.seed, unit.steps), "the same work");
+    assert_eq!(c.submit(b.id, same(&b, &twin), t0), Ok(()), "the same Δ from a twin is agreement, not a copy");
+    let status = c.status();
+    assert_eq!((status.counters.twins_compared, status.counters.twins_disagreed), (1, 0));
+    assert_eq!(status.version, 1, "both results count: the round of 2 is complete");
 }

@@ -35,6 +35,24 @@ pub trait Transport {
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
 }
 
+/// Keeps the error-feedback residual between units, so that a restarted contributor
+/// (a reloaded tab) still sends what earlier updates left out. The browser keeps it in
+/// IndexedDB; native contributors keep it in memory only.
+pub trait ResidualStore {
+    /// Called after each compressed update with the job's name and the new residual
+    /// (one value per parameter).
+    fn save(&mut self, job: &str, residual: &[f32]);
+}
+
+/// A residual kept from an earlier run: the job it belongs to and its values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedResidual {
+    /// The job's name (a residual of another job is dropped).
+    pub job: String,
+    /// One value per parameter.
+    pub values: Vec<f32>,
+}
+
 /// Why the loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ContributorError {
@@ -96,6 +114,8 @@ pub struct Stats {
     pub key: String,
     /// The relay's receipts for the last accepted units (at most 32), each checked.
     pub receipts: Vec<Receipt>,
+    /// Values of an earlier run's error-feedback residual this run carried on with.
+    pub residual_restored: usize,
     /// Why the loop stopped, if it failed.
     pub error: Option<String>,
 }
@@ -118,8 +138,11 @@ pub struct Contributor<B: Backend, T: Transport> {
     stats: SharedStats,
     gflops: f32,
     identity: Identity,
-    /// Error feedback: what earlier compressed updates did not send.
-    residual: Vec<f32>,
+    /// Error feedback: what earlier compressed updates did not send, and its job.
+    residual: SavedResidual,
+    residual_store: Option<Box<dyn ResidualStore>>,
+    /// The job the relay runs, from its welcome.
+    job: String,
 }
 
 impl<B: Backend, T: Transport> Contributor<B, T> {
@@ -144,8 +167,18 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             stats,
             gflops,
             identity,
-            residual: Vec::new(),
+            residual: SavedResidual::default(),
+            residual_store: None,
+            job: String::new(),
         }
+    }
+
+    /// Carries on with `saved` (used if it belongs to the relay's job and fits its
+    /// model) and hands each new residual to `store`.
+    pub fn with_residual(mut self, saved: SavedResidual, store: Box<dyn ResidualStore>) -> Self {
+        self.residual = saved;
+        self.residual_store = Some(store);
+        self
     }
 
     fn update(&self, f: impl FnOnce(&mut Stats)) {
@@ -176,12 +209,17 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         loop {
             let frame = self.transport.recv().await?;
             match protocol::decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME)? {
-                ServerMsg::Welcome(w) => self.update(|s| {
-                    s.session = w.session;
-                    s.contributor = w.contributor;
-                    s.resume_token = Some(w.token);
-                    s.version = w.version;
-                }),
+                ServerMsg::Welcome(w) => {
+                    self.job = w.job.clone();
+                    let restored = if self.residual.job == w.job { self.residual.values.len() } else { 0 };
+                    self.update(|s| {
+                        s.residual_restored = restored;
+                        s.session = w.session;
+                        s.contributor = w.contributor;
+                        s.resume_token = Some(w.token);
+                        s.version = w.version;
+                    });
+                }
                 ServerMsg::Wait { .. } => self.update(|s| s.state = "waiting".into()),
                 ServerMsg::Assign(unit) => self.work(unit).await?,
                 ServerMsg::Ack(ack) => self.record(ack),
@@ -264,13 +302,18 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     }
 
     /// `delta` as the unit asked: dense, or compressed with this contributor's residual
-    /// (reset when the model's size changes).
+    /// (reset when the job or the model's size changes), which is then saved.
     fn compress(&mut self, delta: Vec<f32>, codec: Option<CodecConfig>) -> Update {
         let Some(cfg) = codec else { return Update::Dense(delta) };
-        if self.residual.len() != delta.len() {
-            self.residual = vec![0.0; delta.len()];
+        let residual = &mut self.residual;
+        if residual.job != self.job || residual.values.len() != delta.len() {
+            *residual = SavedResidual { job: self.job.clone(), values: vec![0.0; delta.len()] };
         }
-        Update::Compressed(codec::encode(&delta, &mut self.residual, &cfg))
+        let bytes = codec::encode(&delta, &mut residual.values, &cfg);
+        if let Some(store) = self.residual_store.as_mut() {
+            store.save(&residual.job, &residual.values);
+        }
+        Update::Compressed(bytes)
     }
 
     /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests and the bench: a relay on an ephemeral
 //! port, native contributors on their own threads, chromedriver, and polling.
 
+pub mod adversary;
 pub mod browser;
 pub mod load;
 

@@ -1,6 +1,8 @@
 //! Relay with two headless Chromium tabs that click Contribute and train on WebGPU
 //! (SwiftShader here): each completes units on the GPU backend, never the CPU fallback,
-//! and the shared model's versions advance while its held-out loss falls.
+//! and the shared model's versions advance while its held-out loss falls. The relay
+//! replays the tabs' GPU units on its CPU and accepts them all; a reloaded tab carries
+//! on with the error-feedback residual it kept in IndexedDB.
 
 use std::time::Duration;
 
@@ -48,6 +50,20 @@ async fn two_chromium_tabs_train_on_webgpu() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    let reloaded = &tabs[0];
+    reloaded.refresh().await.expect("reload");
+    reloaded.find(fantoccini::Locator::Id("contribute")).await.expect("button").click().await.expect("click");
+    loop {
+        let stats = read_stats(reloaded).await;
+        assert!(stats["error"].is_null(), "the reloaded tab failed: {stats}");
+        if stats["units_done"].as_u64().unwrap_or(0) >= 1 {
+            let restored = stats["residual_restored"].as_u64().unwrap_or(0);
+            assert!(restored > 100_000, "the residual is restored from IndexedDB after a reload: {stats}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the reloaded tab did no unit: {stats}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let s = wait_for("3 committed versions", Duration::from_secs(60), || {
         let s = status(addr);
         (s["version"].as_u64()? >= 3).then_some(s)
@@ -57,6 +73,9 @@ async fn two_chromium_tabs_train_on_webgpu() {
     let history = loss_history(&s);
     let (first, last) = (history[0], *history.last().unwrap());
     assert!(last.1 < first.1, "held-out loss did not fall: {first:?} → {last:?}");
+    let counters = &s["counters"];
+    assert_eq!(counters["rejected"].as_object().map(|m| m.len()), Some(0), "GPU results rejected: {counters}");
+    assert!(counters["replayed"].as_u64() >= Some(2), "the tabs' units are replayed on the CPU: {counters}");
     for tab in tabs {
         let _ = tab.close().await;
     }

@@ -26,6 +26,10 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
         Some(0),
         "honest results were rejected"
     );
+    // Newcomers: every result replayed on the CPU and loss-checked, and all pass.
+    let counters = &final_status["counters"];
+    assert!(counters["replayed"].as_u64() >= Some(15), "{counters}");
+    assert!(counters["loss_checked"].as_u64() >= Some(15), "{counters}");
     for (_, stats) in &contributors {
         assert!(stats.lock().unwrap().units_done >= 1, "every contributor had work accepted");
     }
@@ -41,6 +45,7 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
     assert_eq!(value("crowdgrad_sessions"), 3.0);
     assert!(value("crowdgrad_results_accepted_total") >= 15.0, "5 rounds of 3");
     assert!(value("crowdgrad_units_assigned_total") >= 15.0);
+    assert!(value("crowdgrad_results_replayed_total") >= 15.0, "newcomers: every result");
     assert!(value("crowdgrad_round_seconds_count") >= 5.0);
     // 15+ compressed updates of 118,528 values: each well under a twentieth of dense.
     let bytes_in = value("crowdgrad_bytes_in_total");

@@ -13,6 +13,7 @@
 mod adapter;
 mod bench;
 mod identity;
+mod residual;
 mod sample;
 mod transport;
 
@@ -83,7 +84,9 @@ impl Contributor {
 
     /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
     /// software }, session, version, units_done, units_rejected, last_rejection,
-    /// last_loss, tokens, error }`. `device.kind` is `"webgpu"` or `"cpu"`.
+    /// last_loss, tokens, key, receipts, residual_restored, error }`. `device.kind` is
+    /// `"webgpu"` or `"cpu"`; `residual_restored` counts the values of the error-feedback
+    /// residual carried over from an earlier visit (IndexedDB).
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let stats = self.stats.lock().expect("stats lock").clone();
         serde_wasm_bindgen::to_value(&stats).map_err(|e| JsValue::from_str(&e.to_string()))
@@ -93,6 +96,7 @@ impl Contributor {
 async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>>>) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
     let gpu = GpuBackend::new().await;
+    let saved = residual::load().await;
     let transport = WebTransport::connect(url).await.map_err(|e| e.to_string())?;
     socket.borrow_mut().replace(transport.socket());
     match gpu {
@@ -105,6 +109,7 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
                 Err(_) => 0.0,
             };
             Loop::new(transport, gpu, AGENT, stats, gflops, identity::load_or_create()?)
+                .with_residual(saved, Box::new(residual::IndexedDbResidual))
                 .run()
                 .await
                 .map_err(|e| e.to_string())
@@ -113,6 +118,7 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
             let gflops = calibrate(CpuBackend::new(), now_seconds).await;
             Loop::new(transport, CpuBackend::new(), AGENT, stats, gflops, identity::load_or_create()?)
+                .with_residual(saved, Box::new(residual::IndexedDbResidual))
                 .run()
                 .await
                 .map_err(|e| e.to_string())

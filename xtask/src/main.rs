@@ -24,7 +24,12 @@ commands:
                   contributors, lost results, and the outer step's time for a 10M model
   bench diloco [--steps N --k 4,8 --h 10,50,100 --plot PATH]
                   K simulated contributors against one trainer at equal tokens, compression
-                  on and off: val loss, upload bytes per round, and a PNG of the curves";
+                  on and off: val loss, upload bytes per round, and a PNG of the curves
+  bench adversarial [--rounds N --steps H --honest N --dense]
+                  each attack (1 contributor in 5) against the relay's checks: how it was
+                  rejected, the share caught, val loss against the clean run
+  fuzz [SECONDS]  runs each cargo-fuzz target in fuzz/ (the update decoder, the relay's
+                  frame parser) for SECONDS (default 60); installs nightly and cargo-fuzz";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
         Some("serve") => serve(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -83,6 +89,22 @@ fn test() -> Result<(), String> {
     run(&mut tests)?;
     wasm::browser_tests(&config)?;
     eprintln!("xtask: every test passed");
+    Ok(())
+}
+
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let seconds: u32 = match args.first() {
+        Some(s) => s.parse().map_err(|_| format!("fuzz takes a number of seconds, not {s:?}"))?,
+        None => 60,
+    };
+    tools::ensure_fuzz_tools()?;
+    for target in ["codec_decode", "client_frame"] {
+        // Through rustup: the cargo that runs xtask may not understand `+nightly`.
+        run(Command::new("rustup")
+            .current_dir(wasm::root())
+            .args(["run", "nightly", "cargo", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}")))?;
+    }
     Ok(())
 }
 

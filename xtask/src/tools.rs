@@ -2,7 +2,8 @@
 //!
 //! - wasm-pack, and wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate
 //!   in Cargo.lock (cargo install, from crates.io);
-//! - on Debian as root: chromium, chromium-driver and mesa-vulkan-drivers (lavapipe).
+//! - on Debian as root: chromium, chromium-driver and mesa-vulkan-drivers (lavapipe);
+//! - for `cargo xtask fuzz` only: a nightly toolchain (rustup) and cargo-fuzz.
 //!
 //! Nothing else is downloaded: wasm-pack finds these instead of fetching its own.
 
@@ -45,6 +46,17 @@ pub fn ensure_wasm_tools() -> Result<(), String> {
     if installed.split_whitespace().nth(1) != Some(wanted.as_str()) {
         // No --locked: the registry can lag the CLI's own lockfile.
         run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--force", "--version", &wanted]))?;
+    }
+    Ok(())
+}
+
+/// A nightly toolchain and cargo-fuzz, for `cargo xtask fuzz` only.
+pub fn ensure_fuzz_tools() -> Result<(), String> {
+    if output("rustup", &["run", "nightly", "rustc", "--version"]).is_none() {
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    if output("cargo", &["fuzz", "--version"]).is_none() {
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     Ok(())
 }

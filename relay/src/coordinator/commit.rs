@@ -84,7 +84,7 @@ impl Coordinator {
             self.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
         let a = &self.job.aggregation;
         let g = aggregate(a.rule, &results, a.trim, a.clip);
-        let (mut params, mut momentum) = (self.params.clone(), self.momentum.clone());
+        let (mut params, mut momentum) = (self.params.to_vec(), self.momentum.clone());
         outer_step(&mut params, &mut momentum, &g, self.job.outer.lr, self.job.outer.momentum);
         let version = self.version + 1;
         let val_loss = self.evaluator.loss(&params);
@@ -115,7 +115,8 @@ impl Coordinator {
         }
         self.retry_commit_at = None;
         self.round_receipts.clear();
-        self.params = params;
+        self.params = std::sync::Arc::new(params);
+        self.starts.insert(version, self.params.clone());
         self.momentum = momentum;
         self.version = version;
         self.current = current;
@@ -137,7 +138,13 @@ impl Coordinator {
         self.round_deadline = None;
         // Units still out become late units while their version is recent enough.
         let oldest = version.saturating_sub(self.job.round.max_staleness as u64);
-        self.units.retain(|_, u| matches!(u.state, super::UnitState::Assigned { .. }) && u.version >= oldest);
+        self.starts.retain(|&v, _| v >= oldest);
+        // A unit whose result is being checked stays until its verdict, however late.
+        self.units.retain(|_, u| match u.state {
+            super::UnitState::Assigned { .. } => u.version >= oldest,
+            super::UnitState::Checking => true,
+            _ => false,
+        });
         self.results.clear();
         self.train_losses.clear();
         for s in self.sessions.values_mut() {

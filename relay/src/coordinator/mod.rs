@@ -8,11 +8,15 @@
 //! (see [`commit`]), so a restarted relay resumes at its last committed version.
 
 mod aggregate;
+mod checks;
 mod commit;
 mod pacing;
 mod report;
+mod sketch;
+mod trust;
+mod twins;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +27,7 @@ use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
 use crowdgrad_runtime::codec;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
-use crowdgrad_runtime::identity::{Identity, KEY_BYTES, ReceiptFields, hex, verify_submission};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, hex, verify_submission};
 use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Welcome, WorkUnit};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
@@ -35,6 +39,11 @@ use crate::eval::Evaluator;
 use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
 use crate::metrics::{Metrics, Reason};
 use crate::store::Store;
+use crate::verify::Check;
+
+use self::checks::{Claim, Pending};
+use self::sketch::Sketch;
+use self::twins::Held;
 
 /// A session's outbox; when it is full the session is too slow and is dropped.
 pub type Outbox = mpsc::Sender<ServerMsg>;
@@ -48,6 +57,10 @@ const HISTORY_LEN: usize = 200;
 const RECENT_NORMS: usize = 64;
 /// Accepted Δs whose hashes the screen remembers.
 const RECENT_HASHES: usize = 4096;
+/// Accepted Δs whose sketches the screen compares new ones with.
+const RECENT_SKETCHES: usize = 256;
+/// A Δ whose sketch is this close to a recent one's is a near-copy.
+const NEAR_COPY_COSINE: f32 = 0.995;
 /// Versions `/api/history` returns at most.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
@@ -58,12 +71,18 @@ const ONLINE_LEN: usize = 8640;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UnitState {
     Open,
-    Assigned { session: u64, deadline: Instant },
+    Assigned {
+        session: u64,
+        deadline: Instant,
+    },
+    /// Its result passed screening and waits for replay, the loss check or its twin's.
+    Checking,
     Done,
 }
 
 /// A unit of work. Units assigned when their round closes stay, as late units, while
 /// their version is at most `round.max_staleness` behind.
+#[derive(Clone)]
 struct Unit {
     round: u64,
     version: u64,
@@ -73,6 +92,10 @@ struct Unit {
     steps: u32,
     state: UnitState,
     assigned_at: Option<Instant>,
+    /// The contributor it was last assigned to.
+    holder: Option<u64>,
+    /// The unit issued with the same work to another contributor (see [`twins`]).
+    twin: Option<u64>,
 }
 
 struct Session {
@@ -87,11 +110,12 @@ struct Session {
     step_secs: Option<f64>,
 }
 
-/// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖ and blake3.
+/// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖, blake3 and sketch.
 struct Judged {
     delta: Vec<f32>,
     norm: f32,
     hash: [u8; 32],
+    sketch: Sketch,
 }
 
 /// An accepted result waiting for its round to close.
@@ -123,7 +147,11 @@ pub enum VersionSource {
 /// The relay's training state.
 pub struct Coordinator {
     job: JobConfig,
-    params: Vec<f32>,
+    /// The current version's weights (shared with the checks that start from them).
+    params: Arc<Vec<f32>>,
+    /// The weights of the current and the `round.max_staleness` previous versions,
+    /// which checks of their units start from.
+    starts: BTreeMap<u64, Arc<Vec<f32>>>,
     momentum: Vec<f32>,
     version: u64,
     /// The current version's weights file and its blake3 hex.
@@ -161,11 +189,23 @@ pub struct Coordinator {
     /// blake3 of recently accepted Δs (replays and copies are refused), and their order.
     recent_hashes: HashSet<[u8; 32]>,
     hash_order: VecDeque<[u8; 32]>,
+    /// Sketches of recently accepted Δs, with their units (near-copies are refused).
+    recent_sketches: VecDeque<(u64, Sketch)>,
     /// Recent arrival times, for the adaptive round deadline.
     arrivals: pacing::Arrivals,
     /// Contributors online over time, oldest first.
     online: VecDeque<OnlineSample>,
     last_online_sample: Option<Instant>,
+    /// How often each contributor's results are replayed.
+    trust: trust::Trust,
+    /// Results out for checking, by ticket.
+    pending: HashMap<u64, Pending>,
+    /// Checks not yet taken by the verifier.
+    checks: Vec<Check>,
+    /// Twin results waiting for their twin's, by unit.
+    held: HashMap<u64, Held>,
+    /// Draws check tickets and the loss check's other shard.
+    ticket_rng: Rng,
 }
 
 impl Coordinator {
@@ -217,7 +257,9 @@ impl Coordinator {
             metrics.val_loss.set(last.val_loss as f64);
             metrics.train_loss.set(last.train_loss.unwrap_or(f32::NAN) as f64);
         }
+        let params = Arc::new(params);
         Ok(Coordinator {
+            starts: BTreeMap::from([(version, params.clone())]),
             params,
             momentum,
             version,
@@ -246,9 +288,15 @@ impl Coordinator {
             recent_norms: VecDeque::new(),
             recent_hashes: HashSet::new(),
             hash_order: VecDeque::new(),
+            recent_sketches: VecDeque::new(),
             arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
+            trust: trust::Trust::new(random_u64()),
+            pending: HashMap::new(),
+            checks: Vec::new(),
+            held: HashMap::new(),
+            ticket_rng: Rng::new(random_u64()),
             job,
         })
     }
@@ -322,6 +370,7 @@ impl Coordinator {
             storage_error: self.storage_error.clone(),
             paused: self.paused,
             round_deadline_secs: self.arrivals.deadline(self.job.round_deadline()).as_secs_f64(),
+            checks_pending: self.pending.len() + self.held.len(),
         }
     }
 
@@ -413,96 +462,147 @@ impl Coordinator {
         }
     }
 
-    /// Judges a submission, records and acknowledges it, and gives the session its next
-    /// unit.
+    /// Screens a submission and gives the session its next unit. A result that fails
+    /// screening is refused (and acknowledged) at once; one that passes is accepted, or,
+    /// when it is to be replayed or loss-checked, waits in [`Self::take_checks`] for
+    /// [`Self::checked`], which acknowledges it. `Ok` means it passed screening.
     pub fn submit(&mut self, session: u64, sub: Submission, now: Instant) -> Result<(), Rejection> {
-        let verdict = self.judge(session, &sub);
-        let reason =
-            verdict.as_ref().err().map(|&r| format!("{}: {}", r.code(), self.explain(r, &sub))).unwrap_or_default();
-        let contributor = self.sessions.get(&session).map_or(0, |s| s.contributor);
-        let row = ResultRow {
-            unit: sub.unit_id,
-            contributor,
+        let (contributor, key) = self.sessions.get(&session).map_or((0, [0; KEY_BYTES]), |s| (s.contributor, s.key));
+        let claim = Claim {
+            unit_id: sub.unit_id,
             version: sub.version,
-            accepted: verdict.is_ok(),
-            reason: &reason,
             losses: (sub.loss_before, sub.loss_after),
+            key,
+            compressed: matches!(sub.update, Update::Compressed(_)),
+            weight: 1.0,
         };
-        let recorded = self.ledger.record_result(&row);
-        self.note_storage("recording a result", recorded);
-        let accepted = verdict.is_ok();
-        let mut receipt = None;
-        let outcome = verdict.as_ref().map(|_| ()).map_err(|&r| r);
-        match verdict {
-            Ok(Judged { delta, norm, hash }) => {
-                let unit = self.units.get_mut(&sub.unit_id).expect("judged present");
-                unit.state = UnitState::Done;
-                let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
-                let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
-                let behind = self.version - unit.version;
-                let put =
-                    self.ledger.put_unit(sub.unit_id, round, shard, seed, UnitRowState::Done, Some(contributor), None);
-                self.note_storage("recording a unit", put);
-                if let (Some(s), Some(took)) = (self.sessions.get_mut(&session), took) {
-                    // Half old, half new: one slow unit (a download) does not halve the next.
-                    s.step_secs = Some(s.step_secs.map_or(took, |old| 0.5 * (old + took)));
+        let outcome = match self.judge(session, &sub) {
+            Ok(judged) => {
+                self.remember(claim.unit_id, &judged);
+                if self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some()) {
+                    self.pair(session, contributor, claim, judged, now);
+                } else {
+                    match self.plan_check(contributor) {
+                        Some(plan) => self.queue_check(session, contributor, claim, judged, plan),
+                        None => self.settle(session, contributor, &claim, Ok(judged), now),
+                    }
                 }
-                if behind == 0
-                    && let Some(started) = self.round_started
-                {
-                    self.arrivals.record(now.duration_since(started));
-                } else if behind > 0 {
-                    self.counters.late_accepted += 1;
-                }
-                let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
-                let key = self.sessions.get(&session).map_or([0; KEY_BYTES], |s| s.key);
-                let fields = ReceiptFields {
-                    contributor: key,
-                    unit_id: sub.unit_id,
-                    version: sub.version,
-                    tokens,
-                    flops: 6 * self.params.len() as u64 * tokens,
-                };
-                let signed = self.identity.sign_receipt(fields);
-                let stored = self.ledger.record_receipt(&signed);
-                self.note_storage("recording a receipt", stored);
-                self.round_receipts.push((sub.unit_id, signed.hash()));
-                receipt = Some(signed);
-                let share = steps as f32 / self.job.inner.steps as f32;
-                self.recent_norms.push_back(norm / share);
-                if self.recent_norms.len() > RECENT_NORMS {
-                    self.recent_norms.pop_front();
-                }
-                self.recent_hashes.insert(hash);
-                self.hash_order.push_back(hash);
-                if self.hash_order.len() > RECENT_HASHES
-                    && let Some(old) = self.hash_order.pop_front()
-                {
-                    self.recent_hashes.remove(&old);
-                }
-                let weight = share * pacing::staleness_weight(behind);
-                self.results.push(Contribution { delta, share, weight });
-                self.train_losses.push(sub.loss_after);
-                self.counters.accepted += 1;
-                self.metrics.accepted.inc();
+                Ok(())
             }
             Err(r) => {
-                *self.counters.rejected.entry(r.code()).or_insert(0) += 1;
-                self.metrics.rejected.get_or_create(&Reason { reason: r.code().into() }).inc();
+                let reason = format!("{}: {}", r.code(), self.explain(r, &sub));
+                self.settle(session, contributor, &claim, Err((r, reason)), now);
+                Err(r)
             }
-        }
+        };
         if let Some(s) = self.sessions.get_mut(&session)
             && s.unit == Some(sub.unit_id)
         {
             s.unit = None;
         }
+        self.offer(session, now);
+        outcome
+    }
+
+    /// Records a verdict, counts an accepted result into its round (committing the round
+    /// at its target), and acknowledges it.
+    fn settle(
+        &mut self,
+        session: u64,
+        contributor: u64,
+        claim: &Claim,
+        verdict: Result<Judged, (Rejection, String)>,
+        now: Instant,
+    ) {
+        let reason = verdict.as_ref().err().map(|(_, reason)| reason.clone()).unwrap_or_default();
+        let row = ResultRow {
+            unit: claim.unit_id,
+            contributor,
+            version: claim.version,
+            accepted: verdict.is_ok(),
+            reason: &reason,
+            losses: claim.losses,
+        };
+        let recorded = self.ledger.record_result(&row);
+        self.note_storage("recording a result", recorded);
+        let accepted = verdict.is_ok();
+        let receipt = match verdict {
+            Ok(judged) => Some(self.accept(session, contributor, claim, judged, now)),
+            Err((r, _)) => {
+                *self.counters.rejected.entry(r.code()).or_insert(0) += 1;
+                self.metrics.rejected.get_or_create(&Reason { reason: r.code().into() }).inc();
+                None
+            }
+        };
         if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
             self.commit(now);
         }
-        let ack = Ack { unit_id: sub.unit_id, accepted, reason, version: self.version, receipt };
+        let ack = Ack { unit_id: claim.unit_id, accepted, reason, version: self.version, receipt };
         self.send(session, ServerMsg::Ack(ack));
-        self.offer(session, now);
-        outcome
+    }
+
+    /// Counts an accepted result into its round and signs its receipt.
+    fn accept(&mut self, session: u64, contributor: u64, claim: &Claim, judged: Judged, now: Instant) -> Receipt {
+        let Judged { delta, norm, .. } = judged;
+        let unit = self.units.get_mut(&claim.unit_id).expect("settled units are present");
+        unit.state = UnitState::Done;
+        let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
+        let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
+        let behind = self.version - unit.version;
+        let put = self.ledger.put_unit(claim.unit_id, round, shard, seed, UnitRowState::Done, Some(contributor), None);
+        self.note_storage("recording a unit", put);
+        if let (Some(s), Some(took)) = (self.sessions.get_mut(&session), took) {
+            // Half old, half new: one slow unit (a download) does not halve the next.
+            s.step_secs = Some(s.step_secs.map_or(took, |old| 0.5 * (old + took)));
+        }
+        if behind == 0
+            && let Some(started) = self.round_started
+        {
+            self.arrivals.record(now.duration_since(started));
+        } else if behind > 0 {
+            self.counters.late_accepted += 1;
+        }
+        let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
+        let fields = ReceiptFields {
+            contributor: claim.key,
+            unit_id: claim.unit_id,
+            version: claim.version,
+            tokens,
+            flops: 6 * self.params.len() as u64 * tokens,
+        };
+        let signed = self.identity.sign_receipt(fields);
+        let stored = self.ledger.record_receipt(&signed);
+        self.note_storage("recording a receipt", stored);
+        self.round_receipts.push((claim.unit_id, signed.hash()));
+        let share = steps as f32 / self.job.inner.steps as f32;
+        self.recent_norms.push_back(norm / share);
+        if self.recent_norms.len() > RECENT_NORMS {
+            self.recent_norms.pop_front();
+        }
+        let weight = share * pacing::staleness_weight(behind) * claim.weight;
+        self.results.push(Contribution { delta, share, weight });
+        self.train_losses.push(claim.losses.1);
+        self.counters.accepted += 1;
+        self.metrics.accepted.inc();
+        signed
+    }
+
+    /// Remembers a screened Δ's hash and sketch, so that replays and copies of it are
+    /// refused.
+    fn remember(&mut self, unit: u64, judged: &Judged) {
+        self.recent_sketches.push_back((unit, judged.sketch.clone()));
+        if self.recent_sketches.len() > RECENT_SKETCHES {
+            self.recent_sketches.pop_front();
+        }
+        let hash = judged.hash;
+        if self.recent_hashes.insert(hash) {
+            self.hash_order.push_back(hash);
+        }
+        if self.hash_order.len() > RECENT_HASHES
+            && let Some(old) = self.hash_order.pop_front()
+        {
+            self.recent_hashes.remove(&old);
+        }
     }
 
     /// The submission's dense Δ, with its norm and hash, if it is acceptable.
@@ -539,10 +639,15 @@ impl Coordinator {
             }
         }
         let hash = delta_hash(&delta);
-        if self.recent_hashes.contains(&hash) {
+        if self.recent_hashes.contains(&hash) && !self.is_twins_result(sub.unit_id, &hash) {
             return Err(Rejection::Duplicate);
         }
-        Ok(Judged { delta, norm: size, hash })
+        let sketch = Sketch::of(&delta);
+        let twin = unit.twin;
+        if self.recent_sketches.iter().any(|(u, s)| Some(*u) != twin && s.cosine(&sketch) > NEAR_COPY_COSINE) {
+            return Err(Rejection::Duplicate);
+        }
+        Ok(Judged { delta, norm: size, hash, sketch })
     }
 
     /// The median ‖Δ‖ of recent results, scaled to a unit of `steps`, once 4 have been
@@ -580,7 +685,10 @@ impl Coordinator {
                 "the delta's norm is not within {0}× of the median of recent results (either way)",
                 self.job.aggregation.max_norm_ratio
             ),
-            Rejection::Duplicate => "the same delta was already accepted (a replay or a copy)".into(),
+            Rejection::Duplicate => {
+                "the same delta, or one within a cosine of 0.995, was already accepted (a replay or a copy)".into()
+            }
+            Rejection::ReplayMismatch | Rejection::LossCheck => String::new(),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)
@@ -626,6 +734,7 @@ impl Coordinator {
                 self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
             }
         }
+        self.release_orphans(now);
         if !expired.is_empty() {
             self.offer_all(now);
         }
@@ -670,11 +779,23 @@ impl Coordinator {
             return;
         }
         let round = self.round;
-        let open = self.units.iter().find(|(_, u)| u.state == UnitState::Open && u.round == round).map(|(id, _)| *id);
+        // Never both twins to one contributor.
+        let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
+        let open = self
+            .units
+            .iter()
+            .find(|(_, u)| u.state == UnitState::Open && u.round == round && sibling_holder(u) != Some(contributor))
+            .map(|(id, _)| *id);
         let created = self.units.values().filter(|u| u.round == round).count();
         let unit_id = match open {
             Some(id) => Some(id),
-            None if created < self.job.round.target && self.retry_commit_at.is_none() => Some(self.create_unit(now)),
+            None if created < self.job.round.target && self.retry_commit_at.is_none() => {
+                let id = self.create_unit(now);
+                if self.wants_twin(created) {
+                    self.create_twin(id);
+                }
+                Some(id)
+            }
             None => None,
         };
         let Some(unit_id) = unit_id else {
@@ -684,9 +805,13 @@ impl Coordinator {
         };
         let deadline = now + self.job.unit_deadline();
         let steps = pacing::unit_steps(&self.job, self.sessions[&session].step_secs);
+        // Twins run the same steps: the first assigned sets them.
+        let twin = self.units[&unit_id].twin.and_then(|t| self.units.get(&t));
+        let steps = twin.filter(|t| t.holder.is_some()).map_or(steps, |t| t.steps);
         let unit = self.units.get_mut(&unit_id).expect("found or created above");
         unit.state = UnitState::Assigned { session, deadline };
-        (unit.steps, unit.assigned_at) = (steps, Some(now));
+        (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
+        let codec = if unit.twin.is_some() { None } else { self.job.compression.codec() };
         let (shard, seed) = (unit.shard, unit.seed);
         let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
         let put = self.ledger.put_unit(
@@ -714,7 +839,7 @@ impl Coordinator {
             steps,
             batch: self.job.inner.batch,
             tokens: self.tokens,
-            codec: self.job.compression.codec(),
+            codec,
             model: self.job.model,
             optim: self.job.inner_optim(self.version),
         });
@@ -745,6 +870,8 @@ impl Coordinator {
             steps: self.job.inner.steps,
             state: UnitState::Open,
             assigned_at: None,
+            holder: None,
+            twin: None,
         };
         self.units.insert(id, unit);
         id
@@ -792,4 +919,11 @@ fn new_token() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS provides randomness");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 64 bits from the OS, for seeds a contributor must not predict.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS provides randomness");
+    u64::from_le_bytes(bytes)
 }

@@ -31,6 +31,10 @@ pub enum Rejection {
     NormBound,
     /// The same Δ was accepted before (a replay, or a copy of another's result).
     Duplicate,
+    /// Replaying the unit on the CPU reference gives another Δ.
+    ReplayMismatch,
+    /// The Δ does not lower its own batches' loss more than another shard's.
+    LossCheck,
 }
 
 impl Rejection {
@@ -48,6 +52,8 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::NormBound => "norm_bound",
             Rejection::Duplicate => "duplicate",
+            Rejection::ReplayMismatch => "replay_mismatch",
+            Rejection::LossCheck => "loss_check",
         }
     }
 }
@@ -82,6 +88,14 @@ pub struct Counters {
     pub resumed: u64,
     /// Results accepted after their round had closed (weighted down by staleness).
     pub late_accepted: u64,
+    /// Results replayed on the CPU reference.
+    pub replayed: u64,
+    /// Results loss-checked.
+    pub loss_checked: u64,
+    /// Pairs of twin results compared (`verify.redundancy`).
+    pub twins_compared: u64,
+    /// Of those, pairs that disagreed (and were both replayed).
+    pub twins_disagreed: u64,
 }
 
 /// The JSON body of `/api/status`.
@@ -110,6 +124,9 @@ pub struct Status {
     pub paused: bool,
     /// The round deadline now in force, adapted to recent arrival times, seconds.
     pub round_deadline_secs: f64,
+    /// Results that passed screening and wait for replay, the loss check or their
+    /// twin's result.
+    pub checks_pending: usize,
 }
 
 /// How many contributors were online at a moment.

@@ -17,6 +17,8 @@ pub fn open_with(dir: &tempfile::TempDir, adjust: impl FnOnce(&mut JobConfig)) -
     (job.inner.steps, job.data.eval_batches) = (2, 1);
     (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (2, 1, 10.0, 5.0);
     job.storage.dir = dir.path().to_path_buf();
+    // These tests submit made-up deltas; replay and the loss check have their own tests.
+    (job.verify.replay, job.verify.loss_batches) = (false, 0);
     adjust(&mut job);
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
 }

@@ -5,9 +5,10 @@
 //! runs H inner steps of the job's AdamW from the current weights on its own shard
 //! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
 //! when compression is on, and the mean of the decoded Δs takes the relay's outer
-//! Nesterov step (`aggregate`, `outer_step`). Flags: `--tokens N` (the budget per run, default
-//! 1,000 single-trainer steps of 12 × 64), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
-//! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8).
+//! Nesterov step (`aggregate`, `outer_step`). Flags: `--steps N` (the budget per run in
+//! single-trainer steps of 12 × 64, default 1,000), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
+//! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8), `--outer LR,MOMENTUM` (default
+//! the relay's, 0.7,0.9).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,9 +27,6 @@ const ROWS: usize = 12;
 const EVAL_BATCHES: usize = 20;
 /// Evaluations per run.
 const EVALS: usize = 10;
-/// Outer Nesterov settings (the relay's defaults).
-const OUTER_LR: f32 = 0.7;
-const OUTER_MOMENTUM: f32 = 0.9;
 
 struct Flags {
     steps: u32,
@@ -37,6 +35,8 @@ struct Flags {
     plot: PathBuf,
     dataset: PathBuf,
     codec: CodecConfig,
+    /// Outer Nesterov learning rate and momentum (default: the relay's, 0.7 and 0.9).
+    outer: (f32, f32),
 }
 
 fn list<T: std::str::FromStr>(flag: &str, value: &str) -> Vec<T> {
@@ -51,6 +51,7 @@ fn flags(args: &[String]) -> Flags {
         plot: repo_root().join("target/diloco.png"),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
         codec: CodecConfig::default(),
+        outer: (0.7, 0.9),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -61,6 +62,10 @@ fn flags(args: &[String]) -> Flags {
             "--h" => f.hs = list(flag, value),
             "--plot" => f.plot = PathBuf::from(value),
             "--dataset" => f.dataset = PathBuf::from(value),
+            "--outer" => {
+                let [lr, momentum] = list::<f32>(flag, value)[..] else { panic!("--outer takes LR,MOMENTUM") };
+                f.outer = (lr, momentum);
+            }
             "--codec" => {
                 let [chunk, k, bits] = list::<u32>(flag, value)[..] else { panic!("--codec takes CHUNK,K,BITS") };
                 f.codec = CodecConfig { chunk, k, bits: bits as u8 };
@@ -129,7 +134,8 @@ fn single(setup: &mut Setup, steps: u32) -> Curve {
 
 /// K contributors, H inner steps a round, as many rounds as the token budget of `steps`
 /// single-trainer steps allows.
-fn diloco(setup: &mut Setup, steps: u32, k: usize, h: u32, codec: Option<CodecConfig>) -> Curve {
+fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<CodecConfig>) -> Curve {
+    let steps = flags.steps;
     let rounds = (steps as usize / (k * h as usize)).max(1);
     let n = setup.start.len();
     let mut trainers: Vec<_> =
@@ -160,7 +166,7 @@ fn diloco(setup: &mut Setup, steps: u32, k: usize, h: u32, codec: Option<CodecCo
         }
         let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
         let g = aggregate(Rule::Mean, &results, 0.0, 0.0);
-        outer_step(&mut params, &mut momentum, &g, OUTER_LR, OUTER_MOMENTUM);
+        outer_step(&mut params, &mut momentum, &g, flags.outer.0, flags.outer.1);
         if (round + 1).is_multiple_of(every) || round + 1 == rounds {
             let tokens = (round + 1) * k * h as usize * ROWS * setup.cfg.context;
             points.push((tokens as f64, setup.val_loss(&params)));
@@ -179,7 +185,7 @@ fn loss_at(curve: &Curve, tokens: f64) -> f32 {
     l0 + w * (l1 - l0)
 }
 
-/// `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH] [--dataset PATH]`.
+/// `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH] [--dataset PATH] [--codec C,K,B] [--outer LR,M]`.
 pub fn run(args: &[String]) {
     let flags = flags(args);
     let cfg = GptConfig::shakespeare_char();
@@ -190,10 +196,12 @@ pub fn run(args: &[String]) {
     let budget = flags.steps as usize * ROWS * cfg.context;
     println!(
         "DiLoCo on tinyshakespeare: {} parameters, batch {ROWS}×{}, budget {budget} tokens per run \
-         ({} single-trainer steps); outer Nesterov lr {OUTER_LR}, momentum {OUTER_MOMENTUM}; codec {:?}",
+         ({} single-trainer steps); outer Nesterov lr {}, momentum {}; codec {:?}",
         setup.start.len(),
         cfg.context,
         flags.steps,
+        flags.outer.0,
+        flags.outer.1,
         flags.codec
     );
     let t0 = Instant::now();
@@ -204,7 +212,7 @@ pub fn run(args: &[String]) {
         for &h in &flags.hs {
             for codec in [None, Some(flags.codec)] {
                 let t0 = Instant::now();
-                let curve = diloco(&mut setup, flags.steps, k, h, codec);
+                let curve = diloco(&mut setup, &flags, k, h, codec);
                 eprintln!("  {}: {:.0} s", curve.label, t0.elapsed().as_secs_f64());
                 curves.push(curve);
             }

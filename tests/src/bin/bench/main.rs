@@ -1,4 +1,4 @@
-//! `cargo xtask bench [backends | gpt | relay | diloco]`.
+//! `cargo xtask bench [backends | gpt | relay | diloco | adversarial]`.
 //!
 //! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
 //!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
@@ -9,7 +9,10 @@
 //! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
+//! - `adversarial [--rounds N] [--steps H] [--honest N] [--dense]`: each attack against
+//!   the relay's checks and aggregation (see `adversarial.rs`).
 
+mod adversarial;
 mod backends;
 mod browser;
 mod diloco;
@@ -25,8 +28,9 @@ async fn main() {
         Some("gpt") => gpt::run(&args[1..]).await,
         Some("relay") => relay::run(&args[1..]).await,
         Some("diloco") => diloco::run(&args[1..]),
+        Some("adversarial") => adversarial::run(&args[1..]),
         Some(other) => {
-            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay` or `diloco`");
+            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay`, `diloco` or `adversarial`");
             std::process::exit(2);
         }
     }

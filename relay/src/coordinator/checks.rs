@@ -1,0 +1,165 @@
+//! Results that passed screening and wait for replay or the loss check: how they are
+//! sent out as [`Check`]s and how the verdict comes back.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crowdgrad_runtime::identity::KEY_BYTES;
+
+use super::sketch::Sketch;
+use super::{Coordinator, Judged, Rejection, UnitState};
+use crate::verify::{Check, Report};
+
+/// What a submission claims, kept while it is checked.
+pub(super) struct Claim {
+    pub unit_id: u64,
+    pub version: u64,
+    /// `(loss_before, loss_after)` as the contributor reported them, nats.
+    pub losses: (f32, f32),
+    /// The key that signed it.
+    pub key: [u8; KEY_BYTES],
+    /// Whether the Δ came compressed (its replay tolerance is looser).
+    pub compressed: bool,
+    /// The factor its weight in the round is multiplied by (½ for each of two twins).
+    pub weight: f32,
+}
+
+/// A result out for checking; its Δ travels in the [`Check`].
+pub(super) struct Pending {
+    session: u64,
+    contributor: u64,
+    claim: Claim,
+    norm: f32,
+    hash: [u8; 32],
+    sketch: Sketch,
+    replayed: bool,
+}
+
+/// What to check of one result.
+pub(super) struct Plan {
+    pub replay: bool,
+    pub loss_batches: u32,
+}
+
+impl Coordinator {
+    /// Whether (and how) a result of `contributor` is checked: a replay as its trust
+    /// says, the loss check always when on.
+    pub(super) fn plan_check(&mut self, contributor: u64) -> Option<Plan> {
+        let replay = self.trust.sample(contributor, &self.job.verify);
+        let loss_batches = self.job.verify.loss_batches;
+        (replay || loss_batches > 0).then_some(Plan { replay, loss_batches })
+    }
+
+    /// Parks a screened result and queues its check for the verifier.
+    pub(super) fn queue_check(&mut self, session: u64, contributor: u64, claim: Claim, judged: Judged, plan: Plan) {
+        let unit = self.units.get_mut(&claim.unit_id).expect("judged units are present");
+        unit.state = UnitState::Checking;
+        let (shard, seed, steps, version) = (unit.shard, unit.seed, unit.steps, unit.version);
+        let shards = self.shards.len() as u64;
+        let other = if shards > 1 { (shard as u64 + 1 + self.ticket_rng.below(shards - 1)) % shards } else { 0 };
+        let ticket = self.ticket_rng.next_u64();
+        let start = self.starts.get(&version).cloned().unwrap_or_else(|| Arc::new(self.params.to_vec()));
+        let check = Check {
+            ticket,
+            unit_id: claim.unit_id,
+            model: self.job.model,
+            rows: self.job.inner.batch as usize,
+            start,
+            shard: self.shards[shard as usize].bytes.clone(),
+            other_shard: self.shards[other as usize].bytes.clone(),
+            tokens: self.tokens,
+            seed,
+            steps,
+            optim: self.job.inner_optim(version),
+            delta: judged.delta,
+            replay: plan.replay,
+            loss_batches: plan.loss_batches,
+        };
+        let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
+        let pending = Pending { session, contributor, claim, norm, hash, sketch, replayed: plan.replay };
+        self.pending.insert(ticket, pending);
+        self.checks.push(check);
+    }
+
+    /// The checks queued since the last call, for the verifier to run.
+    pub fn take_checks(&mut self) -> Vec<Check> {
+        std::mem::take(&mut self.checks)
+    }
+
+    /// Settles a checked result: accepted if its `report` is within the job's
+    /// tolerances and it is not too stale by now, refused with `replay_mismatch` or
+    /// `loss_check` otherwise (its unit then goes to someone else). Checks of a job
+    /// since replaced are ignored.
+    pub fn checked(&mut self, check: Check, report: Report, now: Instant) {
+        let Some(p) = self.pending.remove(&check.ticket) else { return };
+        let verdict = self.within_tolerance(p.claim.compressed, &report);
+        // A pass counts toward trust only when replayed; any failure ends it.
+        if p.replayed || verdict.is_err() {
+            self.trust.record(p.contributor, verdict.is_ok());
+        }
+        if p.replayed {
+            self.counters.replayed += 1;
+            self.metrics.replayed.inc();
+        }
+        if report.loss.is_some() {
+            self.counters.loss_checked += 1;
+        }
+        let behind = self.version - p.claim.version;
+        let verdict = match verdict {
+            Ok(()) if behind > self.job.round.max_staleness as u64 || !self.units.contains_key(&p.claim.unit_id) => {
+                Err((
+                    Rejection::Stale,
+                    format!("{}: checked after its version fell too far behind", Rejection::Stale.code()),
+                ))
+            }
+            Ok(()) => Ok(Judged { delta: check.delta, norm: p.norm, hash: p.hash, sketch: p.sketch }),
+            Err(e) => Err(e),
+        };
+        let failed = verdict.is_err();
+        if failed {
+            self.release(p.claim.unit_id);
+        }
+        self.settle(p.session, p.contributor, &p.claim, verdict, now);
+        if failed {
+            self.offer_all(now);
+        } else {
+            self.offer(p.session, now);
+        }
+    }
+
+    /// Whether a check's figures are within the job's `[verify]` tolerances.
+    pub(super) fn within_tolerance(&self, compressed: bool, report: &Report) -> Result<(), (Rejection, String)> {
+        let v = &self.job.verify;
+        if let Some(r) = report.replay {
+            let min = if compressed { v.min_cosine_compressed } else { v.min_cosine };
+            let ratio_ok =
+                compressed || (r.norm_ratio <= v.max_replay_ratio && r.norm_ratio * v.max_replay_ratio >= 1.0);
+            if !(r.cosine >= min && ratio_ok) {
+                let why = format!(
+                    "{}: the replayed unit gives a Δ with cosine {:.3} (at least {min} needed) and norm ratio {:.3}",
+                    Rejection::ReplayMismatch.code(),
+                    r.cosine,
+                    r.norm_ratio
+                );
+                return Err((Rejection::ReplayMismatch, why));
+            }
+        }
+        // Written so that a NaN loss (a Δ that blows the model up) fails.
+        if let Some(l) = report.loss
+            && !matches!(
+                (l.own + v.loss_margin).partial_cmp(&l.other.max(0.0)),
+                Some(Ordering::Greater | Ordering::Equal)
+            )
+        {
+            let why = format!(
+                "{}: the Δ lowers its own batches' loss by {:.4} and another shard's by {:.4} nats",
+                Rejection::LossCheck.code(),
+                l.own,
+                l.other
+            );
+            return Err((Rejection::LossCheck, why));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! Checking that a result is the work it claims, on the CPU reference backend.
+//!
+//! - **Replay** runs the unit again (its batches follow from its shard and seed) and
+//!   compares the submitted Δ with the replayed one, on the coordinates the submission
+//!   sent: cosine similarity and relative norm. A compressed Δ also carries the
+//!   contributor's error-feedback residual, so its tolerances are looser than a dense one's.
+//! - The **loss check** (Templar's) applies the submitted Δ and asks that it lowers the
+//!   loss of the unit's own batches more than that of batches from another shard: work
+//!   done on the assigned data fits that data, a copy or a made-up Δ does not.
+//!
+//! A [`Check`] owns everything it needs, so it runs off the coordinator's lock on the
+//! relay's verifier thread ([`Verifier`]).
+
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+pub use axum::body::Bytes;
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::data::{TokenWidth, Tokens, sample_batch};
+use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_runtime::rng::Rng;
+use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
+use serde::Serialize;
+
+use crate::coordinator::Coordinator;
+
+/// Where sessions send the checks their submissions queued ([`Coordinator::take_checks`]).
+pub type CheckQueue = Sender<Check>;
+
+/// Starts the relay's verifier thread: it runs each queued check in turn, off the
+/// coordinator's lock, and hands the report to whichever job is running then (a
+/// replaced job's checks are ignored). One thread: replays use the CPU's cores through
+/// rayon already, and contributors' GPUs outnumber the relay's cores anyway. The thread
+/// ends when every queue handle and the coordinator are gone.
+pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
+    let (queue, checks) = channel::<Check>();
+    std::thread::Builder::new()
+        .name("verifier".into())
+        .spawn(move || {
+            let mut verifier = Verifier::default();
+            while let Ok(check) = checks.recv() {
+                let report = verifier.run(&check);
+                let Some(coordinator) = coordinator.upgrade() else { break };
+                coordinator.lock().expect("coordinator lock").checked(check, report, Instant::now());
+            }
+        })
+        .expect("the OS starts a thread");
+    queue
+}
+
+/// The work a result claims, and what to check of it.
+pub struct Check {
+    /// Names the waiting result in the coordinator that queued it.
+    pub ticket: u64,
+    /// The unit.
+    pub unit_id: u64,
+    /// The model trained.
+    pub model: GptConfig,
+    /// Rows per batch.
+    pub rows: usize,
+    /// The weights the unit started from.
+    pub start: Arc<Vec<f32>>,
+    /// The unit's shard.
+    pub shard: Bytes,
+    /// A different shard (or the same one when the job has only one).
+    pub other_shard: Bytes,
+    /// How the shards store tokens.
+    pub tokens: TokenWidth,
+    /// The unit's sampling seed.
+    pub seed: u64,
+    /// Inner steps.
+    pub steps: u32,
+    /// The unit's inner optimizer.
+    pub optim: InnerOptim,
+    /// The submitted Δ, decoded (`θ_start − θ_end`).
+    pub delta: Vec<f32>,
+    /// Whether to replay the unit.
+    pub replay: bool,
+    /// Batches of each kind the loss check uses (0: no loss check).
+    pub loss_batches: u32,
+}
+
+/// What a replay found.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Replayed {
+    /// Cosine similarity of the submitted and replayed Δ on the submitted coordinates.
+    pub cosine: f32,
+    /// ‖submitted‖ / ‖replayed‖ on the submitted coordinates.
+    pub norm_ratio: f32,
+}
+
+/// What the loss check found: loss decreases (nats per token, positive = lower) from
+/// applying the submitted Δ.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LossGain {
+    /// On batches of the unit's own data.
+    pub own: f32,
+    /// On batches of another shard.
+    pub other: f32,
+}
+
+/// The figures of one check; each part is `None` when it was not asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Replay figures.
+    pub replay: Option<Replayed>,
+    /// Loss-check figures.
+    pub loss: Option<LossGain>,
+}
+
+/// Runs checks, reusing its CPU trainer between checks of the same model.
+#[derive(Default)]
+pub struct Verifier {
+    trainer: Option<Trainer<CpuBackend>>,
+}
+
+impl Verifier {
+    /// Runs `check` (seconds: a replay costs as much as the unit did on one CPU).
+    pub fn run(&mut self, check: &Check) -> Report {
+        let slots = (check.steps as usize + 1).max(4 * check.loss_batches as usize);
+        let trainer = self.trainer_for(check.model, check.rows, slots);
+        let shard = Tokens::new(&check.shard, check.tokens);
+        let replay = check.replay.then(|| {
+            let opt = &check.optim;
+            let outcome = pollster::block_on(run_unit(trainer, &check.start, shard, check.seed, check.steps, opt))
+                .expect("the CPU backend's readback cannot fail");
+            compare(&check.delta, &outcome.delta)
+        });
+        let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
+        Report { replay, loss }
+    }
+
+    fn trainer_for(&mut self, model: GptConfig, rows: usize, slots: usize) -> &mut Trainer<CpuBackend> {
+        let fits = self
+            .trainer
+            .as_ref()
+            .is_some_and(|t| t.config() == model && t.batch_size() == rows && t.loss_slots() >= slots);
+        if !fits {
+            let trainer = Trainer::new(CpuBackend::new(), model, rows, slots).expect("the CPU backend has no limits");
+            self.trainer = Some(trainer);
+        }
+        self.trainer.as_mut().expect("set above")
+    }
+}
+
+/// Cosine and norm ratio of `submitted` against `replayed`, on the coordinates where
+/// `submitted` is not zero (all of them for a dense Δ).
+pub fn compare(submitted: &[f32], replayed: &[f32]) -> Replayed {
+    let (mut dot, mut ss, mut rr) = (0.0f64, 0.0f64, 0.0f64);
+    for (&s, &r) in submitted.iter().zip(replayed) {
+        if s != 0.0 {
+            dot += s as f64 * r as f64;
+            ss += s as f64 * s as f64;
+            rr += r as f64 * r as f64;
+        }
+    }
+    let cosine = if ss > 0.0 && rr > 0.0 { dot / (ss.sqrt() * rr.sqrt()) } else { 0.0 };
+    let norm_ratio = if rr > 0.0 { (ss / rr).sqrt() } else { f64::INFINITY };
+    Replayed { cosine: cosine as f32, norm_ratio: norm_ratio as f32 }
+}
+
+/// Mean loss decrease from `θ` to `θ − Δ` on `loss_batches` of the unit's batches and
+/// on as many batches of the other shard.
+fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
+    let (n, context) = (check.loss_batches as usize, check.model.context);
+    let mut rng = Rng::from_parts(&[check.seed, check.unit_id, 0x1055]);
+    let own = Tokens::new(&check.shard, check.tokens);
+    let other = Tokens::new(&check.other_shard, check.tokens);
+    let mut batches = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let step = rng.below(check.steps as u64) as u32;
+        batches.push(sample_batch(own, check.seed, step, check.rows, context));
+    }
+    let other_seed = rng.next_u64();
+    for i in 0..n {
+        batches.push(sample_batch(other, other_seed, i as u32, check.rows, context));
+    }
+    let after: Vec<f32> = check.start.iter().zip(&check.delta).map(|(p, d)| p - d).collect();
+    let mut mean_loss = |params: &[f32]| {
+        trainer.load(params);
+        for (slot, batch) in batches.iter().enumerate() {
+            trainer.forward(batch, slot);
+        }
+        let losses = pollster::block_on(trainer.losses(0..2 * n)).expect("the CPU backend's readback cannot fail");
+        let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
+        (mean(&losses[..n]), mean(&losses[n..]))
+    };
+    let (own_before, other_before) = mean_loss(&check.start);
+    let (own_after, other_after) = mean_loss(&after);
+    LossGain { own: own_before - own_after, other: other_before - other_after }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_looks_only_at_sent_coordinates() {
+        let replayed = [1.0, 2.0, 3.0, 4.0];
+        let same = compare(&replayed, &replayed);
+        assert!((same.cosine - 1.0).abs() < 1e-6 && (same.norm_ratio - 1.0).abs() < 1e-6);
+        let sparse = compare(&[0.0, 4.0, 0.0, 8.0], &replayed);
+        assert!((sparse.cosine - 1.0).abs() < 1e-6, "{sparse:?}");
+        assert!((sparse.norm_ratio - 2.0).abs() < 1e-6, "{sparse:?}");
+        let flipped = compare(&[-1.0, -2.0, -3.0, -4.0], &replayed);
+        assert!((flipped.cosine + 1.0).abs() < 1e-6);
+        let nothing = compare(&[0.0; 4], &replayed);
+        assert_eq!(nothing.cosine, 0.0);
+    }
+}
