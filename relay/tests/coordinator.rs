@@ -11,7 +11,7 @@ use crowdgrad_runtime::protocol::{Submission, Update, WorkUnit};
 
 mod common;
 
-use common::{Client, open_with};
+use common::{Client, made_up_delta, open_with};
 
 #[test]
 fn a_unit_whose_contributor_leaves_goes_to_another() {
@@ -163,7 +163,7 @@ fn scaled_zero_replayed_and_copied_deltas_are_refused() {
     assert_eq!(c.submit(a.id, scaled, t0), Err(Rejection::NormBound), "100 × the recent norms");
     let free_ride = a.signed(Submission { update: Update::Dense(vec![0.0; n]), ..a.result(&unit, n) });
     assert_eq!(c.submit(a.id, free_ride, t0), Err(Rejection::NormBound), "a zero delta");
-    let copied = a.signed(Submission { update: Update::Dense(vec![1e-3 + 1e-7; n]), ..a.result(&unit, n) });
+    let copied = a.signed(Submission { update: Update::Dense(made_up_delta(1, n)), ..a.result(&unit, n) });
     assert_eq!(c.submit(a.id, copied, t0), Err(Rejection::Duplicate), "unit 1's delta again");
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()), "the honest result still counts");
 }

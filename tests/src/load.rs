@@ -116,7 +116,7 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                                 loss_before: 2.0,
                                 loss_after: 1.9,
                                 // Distinct per unit: the relay refuses repeated Δs.
-                                update: Update::Dense(vec![1e-4 + unit.unit_id as f32 * 1e-9; params]),
+                                update: Update::Dense(made_up_delta(unit.unit_id, params)),
                                 signature: Vec::new(),
                             };
                             submission.signature = identity.sign_submission(&submission);
@@ -154,4 +154,11 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
     }
     total.latencies_ms.sort_by(f64::total_cmp);
     total
+}
+
+/// A made-up Δ for a unit: values uniform in 0.5e-4..1.5e-4 drawn from its id, so that
+/// no two units' Δs are near-copies of each other.
+fn made_up_delta(unit_id: u64, params: usize) -> Vec<f32> {
+    let mut rng = crowdgrad_runtime::rng::Rng::from_parts(&[unit_id]);
+    (0..params).map(|_| 1e-4 * (0.5 + rng.uniform())).collect()
 }

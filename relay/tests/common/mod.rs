@@ -61,8 +61,7 @@ impl Client {
         sub
     }
 
-    /// An honest-looking, signed result for `unit`: every Δ value about 1e-3, a little
-    /// different for every unit.
+    /// An honest-looking, signed result for `unit`: the Δ of [`made_up_delta`].
     pub fn result(&self, unit: &WorkUnit, params: usize) -> Submission {
         self.signed(Submission {
             unit_id: unit.unit_id,
@@ -70,8 +69,16 @@ impl Client {
             steps: unit.steps,
             loss_before: 5.0,
             loss_after: 4.0,
-            update: Update::Dense(vec![1e-3 + unit.unit_id as f32 * 1e-7; params]),
+            update: Update::Dense(made_up_delta(unit.unit_id, params)),
             signature: Vec::new(),
         })
     }
+}
+
+/// A made-up Δ for unit `unit_id`: values uniform in 0.5e-3..1.5e-3, drawn from the unit
+/// id, so that different units' Δs have similar norms but are not near-copies (cosine
+/// about 0.92).
+pub fn made_up_delta(unit_id: u64, params: usize) -> Vec<f32> {
+    let mut rng = crowdgrad_runtime::rng::Rng::from_parts(&[unit_id]);
+    (0..params).map(|_| 1e-3 * (0.5 + rng.uniform())).collect()
 }
