@@ -10,6 +10,7 @@
 
 use std::future::Future;
 
+use crate::codec::CodecConfig;
 use crate::ops::AdamW;
 
 /// Handle of one buffer owned by a backend.
@@ -191,6 +192,11 @@ pub trait Backend {
     /// clipping by the global norm whose square is in `grad_sumsq: [1]` (see
     /// [`crate::ops::clip_factor`]).
     fn adamw(&mut self, params: View, grads: View, m: View, v: View, grad_sumsq: View, h: AdamW);
+    /// Error feedback and top-k selection of an update (see [`crate::codec::pick`]):
+    /// `residual += start − params` over the model's values (equal lengths), and
+    /// `picked: [codec::picked_len]` gets each chunk's scale, count, indices and levels,
+    /// as f32 bit patterns. Only `picked` needs reading back to send the update.
+    fn pick_top_k(&mut self, picked: View, residual: View, start: View, params: View, cfg: CodecConfig);
 }
 
 /// Panics with a message naming the op when a view's length is not what its shape says.
@@ -408,6 +414,16 @@ pub mod checks {
     pub fn sum_squares(out: View, values: View) {
         check_len("sum_squares", "out", out, 1);
         check_distinct("sum_squares", out, &[values]);
+    }
+
+    /// See [`super::Backend::pick_top_k`].
+    pub fn pick_top_k(picked: View, residual: View, start: View, params: View, cfg: &crate::codec::CodecConfig) {
+        cfg.validate().expect("a valid codec config");
+        check_len("pick_top_k", "start", start, residual.len);
+        check_len("pick_top_k", "params", params, residual.len);
+        check_len("pick_top_k", "picked", picked, crate::codec::picked_len(cfg, residual.len));
+        check_distinct("pick_top_k", residual, &[picked, start, params]);
+        check_distinct("pick_top_k", picked, &[start, params]);
     }
 
     /// See [`super::Backend::adamw`].

@@ -57,7 +57,7 @@ impl CodecConfig {
     }
 
     /// The largest quantisation level, `2^(bits−1) − 1`.
-    fn levels(&self) -> i32 {
+    pub fn levels(&self) -> i32 {
         (1 << (self.bits - 1)) - 1
     }
 
@@ -78,9 +78,118 @@ fn bad<T>(reason: impl Into<String>) -> Result<T, CodecError> {
     Err(CodecError(reason.into()))
 }
 
+/// Words per chunk in a table of picked values (see [`pick`]): the scale, the count, `k`
+/// index slots and `k` level slots.
+pub fn picked_words(cfg: &CodecConfig) -> usize {
+    2 + 2 * cfg.k as usize
+}
+
+/// Length of the table of picked values for a model of `len` values, in words.
+pub fn picked_len(cfg: &CodecConfig, len: usize) -> usize {
+    len.div_ceil(cfg.chunk as usize) * picked_words(cfg)
+}
+
+/// Error feedback and selection, the reference of `shaders/topk.wgsl`: for each chunk,
+/// `residual += start − params` (a non-finite sum becomes 0), then the `k` largest nonzero
+/// magnitudes (ties go to the lower index) are quantised to `cfg.bits` against the chunk's
+/// largest magnitude and taken out of `residual`. `picked: [chunks · (2 + 2k)]` words (as
+/// f32 bit patterns) gets, per chunk: the scale (f32), the count, the kept indices within the
+/// chunk in increasing order, then their levels offset by `q` (`0..=2q`). [`pack`] turns the
+/// table into the wire format. All slices but `picked` have the model's length.
+pub fn pick(picked: &mut [f32], residual: &mut [f32], start: &[f32], params: &[f32], cfg: &CodecConfig) {
+    assert!(residual.len() == start.len() && start.len() == params.len(), "model-length slices differ");
+    assert_eq!(picked.len(), picked_len(cfg, residual.len()), "picked table length");
+    let chunk = cfg.chunk as usize;
+    let mut order: Vec<u32> = Vec::with_capacity(chunk);
+    for (((r, s), e), table) in residual
+        .chunks_mut(chunk)
+        .zip(start.chunks(chunk))
+        .zip(params.chunks(chunk))
+        .zip(picked.chunks_mut(picked_words(cfg)))
+    {
+        r.iter_mut().zip(s.iter().zip(e)).for_each(|(r, (s, e))| *r = finite_or_zero(*r + (s - e)));
+        pick_chunk(r, cfg, &mut order, table);
+    }
+}
+
+/// A non-finite sum (a diverged step) is dropped rather than kept forever.
+fn finite_or_zero(x: f32) -> f32 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+/// Selects and quantises one chunk of the residual `r` into its `table` (see [`pick`]).
+fn pick_chunk(r: &mut [f32], cfg: &CodecConfig, order: &mut Vec<u32>, table: &mut [f32]) {
+    let levels = cfg.levels() as f32;
+    order.clear();
+    order.extend((0..r.len() as u32).filter(|&i| r[i as usize] != 0.0));
+    let keep = (cfg.k as usize).min(order.len());
+    if keep < order.len() {
+        // Larger magnitude first, then the lower index: the same set the GPU picks.
+        let rank = |&a: &u32, &b: &u32| r[b as usize].abs().total_cmp(&r[a as usize].abs()).then(a.cmp(&b));
+        order.select_nth_unstable_by(keep, rank);
+        order.truncate(keep);
+    }
+    order.sort_unstable();
+    let scale = order.iter().fold(0f32, |m, &i| m.max(r[i as usize].abs()));
+    table[0] = scale;
+    table[1] = f32::from_bits(order.len() as u32);
+    let k = cfg.k as usize;
+    for (slot, &i) in order.iter().enumerate() {
+        let level = (r[i as usize] / scale * levels).round().clamp(-levels, levels);
+        r[i as usize] -= level / levels * scale;
+        table[2 + slot] = f32::from_bits(i);
+        table[2 + k + slot] = f32::from_bits((level as i32 + cfg.levels()) as u32);
+    }
+}
+
+/// Writes a table of picked values (from [`pick`], on any backend) in the wire format for
+/// a model of `len` values. The table is checked as strictly as [`decode`] checks bytes.
+pub fn pack(picked: &[f32], len: usize, cfg: &CodecConfig) -> Result<Vec<u8>, CodecError> {
+    cfg.validate().map_err(CodecError)?;
+    if picked.len() != picked_len(cfg, len) {
+        return bad(format!("picked table of {} words, {len} values need {}", picked.len(), picked_len(cfg, len)));
+    }
+    let mut out = Vec::with_capacity(cfg.max_bytes(len));
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[FORMAT, cfg.bits]);
+    for field in [cfg.chunk, cfg.k, len as u32] {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+    let (chunk, k) = (cfg.chunk as usize, cfg.k as usize);
+    for (c, table) in picked.chunks(picked_words(cfg)).enumerate() {
+        let size = chunk.min(len - c * chunk);
+        let (scale, count) = (table[0], table[1].to_bits() as usize);
+        if !(scale.is_finite() && scale >= 0.0) || count > k.min(size) {
+            return bad(format!("picked chunk {c}: scale {scale}, count {count}"));
+        }
+        out.extend_from_slice(&scale.to_le_bytes());
+        out.extend_from_slice(&(count as u16).to_le_bytes());
+        let mut next = 0u32;
+        for word in &table[2..2 + count] {
+            let index = word.to_bits();
+            if index < next || index as usize >= size {
+                return bad(format!("picked chunk {c}: index {index} out of order or past {size}"));
+            }
+            write_varint(&mut out, index - next);
+            next = index + 1;
+        }
+        let mut packer = BitPacker::new(&mut out, cfg.bits);
+        for word in &table[2 + k..2 + k + count] {
+            let level = word.to_bits() as i32 - cfg.levels();
+            if level.unsigned_abs() > cfg.levels() as u32 {
+                return bad(format!("picked chunk {c}: level {level} outside ±{}", cfg.levels()));
+            }
+            packer.push(level);
+        }
+        packer.finish();
+    }
+    Ok(out)
+}
+
 /// Encodes `delta + residual` and leaves in `residual` what was not sent, so that
 /// `decode(encoded) + residual == delta + old residual` (up to float rounding; a
-/// non-finite sum is dropped). `delta` and `residual` have the same length.
+/// non-finite sum is dropped). `delta` and `residual` have the same length. This is
+/// [`pick`] with `Δ = start − params` given directly, then [`pack`].
 ///
 /// Error bound, per chunk: a kept value is off by at most `scale / (2q)` (`scale` the
 /// chunk's largest kept magnitude, `q` the largest level), and a dropped value is no
@@ -88,43 +197,15 @@ fn bad<T>(reason: impl Into<String>) -> Result<T, CodecError> {
 pub fn encode(delta: &[f32], residual: &mut [f32], cfg: &CodecConfig) -> Vec<u8> {
     assert_eq!(delta.len(), residual.len(), "Δ and residual lengths differ");
     cfg.validate().expect("a valid codec config");
-    let mut out = Vec::with_capacity(cfg.max_bytes(delta.len()));
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[FORMAT, cfg.bits]);
-    for field in [cfg.chunk, cfg.k, delta.len() as u32] {
-        out.extend_from_slice(&field.to_le_bytes());
+    let mut picked = vec![0f32; picked_len(cfg, delta.len())];
+    let mut order = Vec::with_capacity(cfg.chunk as usize);
+    let chunk = cfg.chunk as usize;
+    for ((d, r), table) in delta.chunks(chunk).zip(residual.chunks_mut(chunk)).zip(picked.chunks_mut(picked_words(cfg)))
+    {
+        r.iter_mut().zip(d).for_each(|(r, d)| *r = finite_or_zero(*r + d));
+        pick_chunk(r, cfg, &mut order, table);
     }
-    let levels = cfg.levels() as f32;
-    let mut order: Vec<u32> = Vec::with_capacity(cfg.chunk as usize);
-    for (d, r) in delta.chunks(cfg.chunk as usize).zip(residual.chunks_mut(cfg.chunk as usize)) {
-        // A non-finite sum (a diverged step) is dropped rather than kept forever.
-        r.iter_mut().zip(d).for_each(|(r, d)| *r = if (*r + d).is_finite() { *r + d } else { 0.0 });
-        // The k largest magnitudes, then in index order.
-        order.clear();
-        order.extend((0..r.len() as u32).filter(|&i| r[i as usize] != 0.0));
-        let keep = (cfg.k as usize).min(order.len());
-        if keep < order.len() {
-            order.select_nth_unstable_by(keep, |&a, &b| r[b as usize].abs().total_cmp(&r[a as usize].abs()));
-            order.truncate(keep);
-        }
-        order.sort_unstable();
-        let scale = order.iter().fold(0f32, |m, &i| m.max(r[i as usize].abs()));
-        out.extend_from_slice(&scale.to_le_bytes());
-        out.extend_from_slice(&(order.len() as u16).to_le_bytes());
-        let mut previous: Option<u32> = None;
-        for &i in &order {
-            write_varint(&mut out, previous.map_or(i, |p| i - p - 1));
-            previous = Some(i);
-        }
-        let mut packer = BitPacker::new(&mut out, cfg.bits);
-        for &i in &order {
-            let level = (r[i as usize] / scale * levels).round().clamp(-levels, levels);
-            packer.push(level as i32);
-            r[i as usize] -= level / levels * scale;
-        }
-        packer.finish();
-    }
-    out
+    pack(&picked, delta.len(), cfg).expect("the reference's own table packs")
 }
 
 /// Decodes an update that must hold exactly `len` values; every field is checked.

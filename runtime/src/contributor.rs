@@ -11,13 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::checkpoint::{self, CheckpointError, hash_hex};
-use crate::codec::{self, CodecConfig};
 use crate::data::Tokens;
+use crate::feedback::{ErrorFeedback, FeedbackError, ResidualStore, SavedResidual};
 use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
     self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
-use crate::train::{Trainer, run_unit};
+use crate::train::{Trainer, run_unit, train_unit};
 
 /// A failure of the transport (socket closed, HTTP error).
 #[derive(Debug, thiserror::Error)]
@@ -33,24 +33,6 @@ pub trait Transport {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError>;
     /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body.
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
-}
-
-/// Keeps the error-feedback residual between units, so that a restarted contributor
-/// (a reloaded tab) still sends what earlier updates left out. The browser keeps it in
-/// IndexedDB; native contributors keep it in memory only.
-pub trait ResidualStore {
-    /// Called after each compressed update with the job's name and the new residual
-    /// (one value per parameter).
-    fn save(&mut self, job: &str, residual: &[f32]);
-}
-
-/// A residual kept from an earlier run: the job it belongs to and its values.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SavedResidual {
-    /// The job's name (a residual of another job is dropped).
-    pub job: String,
-    /// One value per parameter.
-    pub values: Vec<f32>,
 }
 
 /// Why the loop stopped.
@@ -78,6 +60,9 @@ pub enum ContributorError {
     /// The device failed.
     #[error("device: {0}")]
     Backend(#[from] BackendError),
+    /// A compressed update could not be made.
+    #[error("update: {0}")]
+    Feedback(#[from] FeedbackError),
     /// The relay sent a shard too small for one window.
     #[error("shard {0} is too small to train on")]
     ShardTooSmall(u32),
@@ -138,9 +123,8 @@ pub struct Contributor<B: Backend, T: Transport> {
     stats: SharedStats,
     gflops: f32,
     identity: Identity,
-    /// Error feedback: what earlier compressed updates did not send, and its job.
-    residual: SavedResidual,
-    residual_store: Option<Box<dyn ResidualStore>>,
+    /// What earlier compressed updates did not send.
+    feedback: ErrorFeedback,
     /// The job the relay runs, from its welcome.
     job: String,
 }
@@ -167,8 +151,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             stats,
             gflops,
             identity,
-            residual: SavedResidual::default(),
-            residual_store: None,
+            feedback: ErrorFeedback::default(),
             job: String::new(),
         }
     }
@@ -176,8 +159,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     /// Carries on with `saved` (used if it belongs to the relay's job and fits its
     /// model) and hands each new residual to `store`.
     pub fn with_residual(mut self, saved: SavedResidual, store: Box<dyn ResidualStore>) -> Self {
-        self.residual = saved;
-        self.residual_store = Some(store);
+        self.feedback = ErrorFeedback::new(saved, Some(store));
         self
     }
 
@@ -211,7 +193,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             match protocol::decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME)? {
                 ServerMsg::Welcome(w) => {
                     self.job = w.job.clone();
-                    let restored = if self.residual.job == w.job { self.residual.values.len() } else { 0 };
+                    let restored = self.feedback.restored_for(&w.job);
                     self.update(|s| {
                         s.residual_restored = restored;
                         s.session = w.session;
@@ -273,24 +255,35 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             self.shard = Some((unit.shard_hash.clone(), bytes));
         }
         self.update(|s| s.state = "training".into());
-        self.prepare_trainer(&unit)?;
+        self.prepare_trainer(&unit).await?;
         let trainer = self.trainer.as_mut().expect("prepared above");
         let (_, start) = self.weights.as_ref().expect("weights loaded above");
         let (_, data) = self.shard.as_ref().expect("shard loaded above");
         let data = Tokens::new(data, unit.tokens);
-        let outcome = run_unit(trainer, start, data, unit.seed, unit.steps, &unit.optim).await?;
+        let (optim, seed, steps) = (&unit.optim, unit.seed, unit.steps);
+        // A compressed update is picked on the device; only a dense one reads Δ back.
+        let (trained, update) = match unit.codec {
+            Some(cfg) => {
+                let trained = train_unit(trainer, start, data, seed, steps, optim).await?;
+                (trained, Update::Compressed(self.feedback.encode(trainer, &self.job, start, cfg).await?))
+            }
+            None => {
+                let outcome = run_unit(trainer, start, data, seed, steps, optim).await?;
+                (outcome.trained, Update::Dense(outcome.delta))
+            }
+        };
         self.update(|s| {
             s.state = "submitting".into();
-            s.last_loss = outcome.losses.last().copied();
+            s.last_loss = trained.losses.last().copied();
             s.tokens += unit.steps as u64 * unit.batch as u64 * unit.model.context as u64;
         });
         let mut submission = Submission {
             unit_id: unit.unit_id,
             version: unit.version,
             steps: unit.steps,
-            loss_before: outcome.loss_before,
-            loss_after: outcome.loss_after,
-            update: self.compress(outcome.delta, unit.codec),
+            loss_before: trained.loss_before,
+            loss_after: trained.loss_after,
+            update,
             signature: Vec::new(),
         };
         submission.signature = self.identity.sign_submission(&submission);
@@ -301,27 +294,15 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         Ok(())
     }
 
-    /// `delta` as the unit asked: dense, or compressed with this contributor's residual
-    /// (reset when the job or the model's size changes), which is then saved.
-    fn compress(&mut self, delta: Vec<f32>, codec: Option<CodecConfig>) -> Update {
-        let Some(cfg) = codec else { return Update::Dense(delta) };
-        let residual = &mut self.residual;
-        if residual.job != self.job || residual.values.len() != delta.len() {
-            *residual = SavedResidual { job: self.job.clone(), values: vec![0.0; delta.len()] };
-        }
-        let bytes = codec::encode(&delta, &mut residual.values, &cfg);
-        if let Some(store) = self.residual_store.as_mut() {
-            store.save(&residual.job, &residual.values);
-        }
-        Update::Compressed(bytes)
-    }
-
     /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.
-    fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
+    async fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
         let fits = self.trainer.as_ref().is_some_and(|t| {
             t.config() == unit.model && t.batch_size() == unit.batch as usize && t.loss_slots() > unit.steps as usize
         });
         if !fits {
+            if let Some(old) = self.trainer.as_mut() {
+                self.feedback.detach(old).await?;
+            }
             let backend = match self.trainer.take() {
                 Some(old) => old.into_backend(),
                 None => self.backend.take().expect("the backend lives in the trainer or here"),

@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
+use crate::codec::{self, CodecConfig};
 use crate::ops::{self, AdamW};
 
 /// One buffer's contents.
@@ -279,5 +280,13 @@ impl Backend for CpuBackend {
         self.with_out(params, |s, p| ops::adamw(p, s.f32(grads), m_slice, v_slice, h, clip));
         self.put(m.buf, m_data);
         self.put(v.buf, v_data);
+    }
+
+    fn pick_top_k(&mut self, picked: View, residual: View, start: View, params: View, cfg: CodecConfig) {
+        checks::pick_top_k(picked, residual, start, params, &cfg);
+        let mut table = self.take(picked.buf);
+        let slice = &mut table[picked.offset..picked.offset + picked.len];
+        self.with_out(residual, |s, r| codec::pick(slice, r, s.f32(start), s.f32(params), &cfg));
+        self.put(picked.buf, table);
     }
 }

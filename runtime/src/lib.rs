@@ -20,6 +20,7 @@ pub mod codec;
 pub mod contributor;
 pub mod cpu;
 pub mod data;
+pub mod feedback;
 pub mod gpu;
 pub mod identity;
 pub mod model;

@@ -187,11 +187,11 @@ struct Gradients {
 
 /// Owns a backend and every buffer one training run needs, allocated once.
 pub struct Trainer<B: Backend> {
-    backend: B,
+    pub(crate) backend: B,
     cfg: GptConfig,
     layout: ParamLayout,
     rows: usize,
-    params: View,
+    pub(crate) params: View,
     grads: View,
     m: View,
     v: View,
@@ -456,11 +456,18 @@ impl<B: Backend> Trainer<B> {
     }
 }
 
-/// What one work unit produced.
+/// A unit's result: the dense pseudo-gradient and what training measured.
 #[derive(Clone, Debug)]
 pub struct UnitOutcome {
     /// Pseudo-gradient `θ_start − θ_end`, `layout().total` floats.
     pub delta: Vec<f32>,
+    /// The unit's losses.
+    pub trained: UnitLosses,
+}
+
+/// What a unit's training measured, read back without the parameters.
+#[derive(Clone, Debug)]
+pub struct UnitLosses {
     /// Loss of each inner step's batch before that step's update, nats per token.
     pub losses: Vec<f32>,
     /// Loss on the first batch before training, nats per token.
@@ -470,15 +477,15 @@ pub struct UnitOutcome {
 }
 
 /// Runs `steps` inner AdamW steps at `opt.lr` from `start` on batches drawn from `data`
-/// with `seed`. Reads back only the losses and the final parameters.
-pub async fn run_unit<B: Backend>(
+/// with `seed`, leaving the trained parameters on the device. Reads back only the losses.
+pub async fn train_unit<B: Backend>(
     trainer: &mut Trainer<B>,
     start: &[f32],
     data: Tokens<'_>,
     seed: u64,
     steps: u32,
     opt: &InnerOptim,
-) -> Result<UnitOutcome, BackendError> {
+) -> Result<UnitLosses, BackendError> {
     let slots = steps as usize + 1;
     assert!(
         slots <= trainer.loss_slots(),
@@ -495,7 +502,19 @@ pub async fn run_unit<B: Backend>(
     trainer.forward(&first, steps as usize);
     let mut losses = trainer.losses(0..slots).await?;
     let loss_after = losses.pop().unwrap_or(f32::NAN);
+    Ok(UnitLosses { loss_before: losses.first().copied().unwrap_or(f32::NAN), losses, loss_after })
+}
+
+/// [`train_unit`], then the parameters are read back for the dense Δ.
+pub async fn run_unit<B: Backend>(
+    trainer: &mut Trainer<B>,
+    start: &[f32],
+    data: Tokens<'_>,
+    seed: u64,
+    steps: u32,
+    opt: &InnerOptim,
+) -> Result<UnitOutcome, BackendError> {
+    let trained = train_unit(trainer, start, data, seed, steps, opt).await?;
     let end = trainer.params().await?;
-    let delta = start.iter().zip(&end).map(|(s, e)| s - e).collect();
-    Ok(UnitOutcome { delta, loss_before: losses.first().copied().unwrap_or(f32::NAN), losses, loss_after })
+    Ok(UnitOutcome { delta: start.iter().zip(&end).map(|(s, e)| s - e).collect(), trained })
 }

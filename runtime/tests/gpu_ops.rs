@@ -4,6 +4,7 @@
 //! SwiftShader). Without an adapter every test fails: `GpuBackend::new` errors loudly.
 
 use crowdgrad_runtime::backend::{Backend, View};
+use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::GpuBackend;
@@ -325,6 +326,76 @@ gpu_test!(add_and_sum_squares_match_cpu, async {
     compare!("sum_squares", case, |be, o, f, _| be.sum_squares(o[0], f[0]));
 });
 
+/// `pick_top_k` on one backend: the table of picked values and the residual after.
+async fn pick<B: Backend>(
+    be: &mut B,
+    residual: &[f32],
+    start: &[f32],
+    params: &[f32],
+    cfg: CodecConfig,
+) -> [Vec<f32>; 2] {
+    let upload = |be: &mut B, data: &[f32]| {
+        let v = be.alloc(data.len(), "test").unwrap();
+        be.write(v, data);
+        v
+    };
+    let (r, s, p) = (upload(be, residual), upload(be, start), upload(be, params));
+    let table = be.alloc(codec::picked_len(&cfg, residual.len()), "picked").unwrap();
+    be.pick_top_k(table, r, s, p, cfg);
+    [be.read(table).await.unwrap(), be.read(r).await.unwrap()]
+}
+
+gpu_test!(top_k_picks_what_the_cpu_codec_picks, async {
+    let mut rng = Rng::new(17);
+    // (chunk, k, bits, values): a partial last chunk, k = chunk, and DeMo's 4096/32.
+    for (chunk, k, bits, len) in [(64, 8, 4, 1000), (300, 300, 2, 700), (4096, 32, 8, 10_000), (256, 5, 8, 600)] {
+        let cfg = CodecConfig { chunk, k, bits };
+        let mut residual = random(&mut rng, len, 0.01);
+        let start = random(&mut rng, len, 1.0);
+        let mut params: Vec<f32> = start.iter().map(|s| s - rng.normal() * 0.01).collect();
+        // Ties (a run of equal magnitudes), an all-zero stretch, and values that overflow.
+        for i in 0..40 {
+            residual[i * 7 % len] = if i % 2 == 0 { 0.02 } else { -0.02 };
+            params[i * 7 % len] = start[i * 7 % len];
+        }
+        for i in 400..480 {
+            (residual[i], params[i]) = (0.0, start[i]);
+        }
+        (params[3], params[5]) = (f32::NAN, f32::INFINITY);
+        let [cpu_table, cpu_residual] = pick(&mut CpuBackend::new(), &residual, &start, &params, cfg).await;
+        let [gpu_table, gpu_residual] = pick(&mut gpu().await, &residual, &start, &params, cfg).await;
+        let name = format!("pick_top_k {cfg:?}");
+        let words = codec::picked_words(&cfg);
+        let mut level_misses = 0;
+        for (c, (cpu, gpu)) in cpu_table.chunks(words).zip(gpu_table.chunks(words)).enumerate() {
+            let count = cpu[1].to_bits() as usize;
+            assert_eq!(
+                (cpu[0].to_bits(), count),
+                (gpu[0].to_bits(), gpu[1].to_bits() as usize),
+                "{name} chunk {c}: scale, count"
+            );
+            let (k, bits) = (k as usize, |t: &[f32]| t.iter().map(|w| w.to_bits() as i64).collect::<Vec<_>>());
+            assert_eq!(bits(&cpu[2..2 + count]), bits(&gpu[2..2 + count]), "{name} chunk {c}: indices");
+            for (a, b) in bits(&cpu[2 + k..2 + k + count]).iter().zip(bits(&gpu[2 + k..2 + k + count])) {
+                // The GPU's division may be off by an ulp, which moves a value sitting on a
+                // rounding boundary to the next level.
+                assert!((a - b).abs() <= 1, "{name} chunk {c}: levels {a} and {b}");
+                level_misses += usize::from(*a != b);
+            }
+            let scale = cpu[0] / cfg.levels() as f32;
+            let span = c * chunk as usize..((c + 1) * chunk as usize).min(len);
+            for (x, y) in cpu_residual[span.clone()].iter().zip(&gpu_residual[span]) {
+                assert!((x - y).abs() <= 1e-6 + scale * 1.001, "{name} chunk {c}: residual {x} and {y}");
+            }
+        }
+        assert!(level_misses * 1000 <= len, "{name}: {level_misses} levels differ");
+        let (cpu_bytes, gpu_bytes) = (codec::pack(&cpu_table, len, &cfg), codec::pack(&gpu_table, len, &cfg));
+        let gpu_bytes = gpu_bytes.unwrap_or_else(|e| panic!("{name}: the GPU's table does not pack: {e}"));
+        assert_eq!(cpu_bytes.map(|b| b.len()), Ok(gpu_bytes.len()), "{name}: encoded sizes");
+        assert!(codec::decode(&gpu_bytes, len).is_ok(), "{name}: the GPU's encoding decodes");
+    }
+});
+
 /// Loss must fall by at least this many nats per token over a 200-step run of the small
 /// default GPT on the built-in corpus: from ≈5.5 at init to ≈1.5 (measured on both
 /// backends), so 3 leaves a wide margin.
@@ -336,8 +407,8 @@ async fn train_200_steps<B: Backend>(backend: B) -> (f32, f32) {
     let mut trainer = Trainer::new(backend, cfg, 8, 201).unwrap();
     let optim = InnerOptim { lr: 2e-3, ..InnerOptim::default() };
     let outcome = run_unit(&mut trainer, &cfg.init(7), corpus.train(), 42, 200, &optim).await.unwrap();
-    let first = outcome.losses[0];
-    let last20 = outcome.losses[180..].iter().sum::<f32>() / 20.0;
+    let first = outcome.trained.losses[0];
+    let last20 = outcome.trained.losses[180..].iter().sum::<f32>() / 20.0;
     (first, last20)
 }
 

@@ -2,7 +2,7 @@
 //! earlier updates left out: database `crowdgrad`, object store `residual`, one record
 //! `current` = `{ job, values: Float32Array }` (one value per parameter).
 
-use crowdgrad_runtime::contributor::{ResidualStore, SavedResidual};
+use crowdgrad_runtime::feedback::{ResidualStore, SavedResidual};
 use js_sys::{Float32Array, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;

@@ -43,11 +43,13 @@ pub enum Kernel {
     BiasBackward,
     /// `adamw.wgsl` update.
     AdamW,
+    /// `topk.wgsl` error feedback and top-k selection of an update.
+    TopK,
 }
 
 impl Kernel {
     /// All kernels, in pipeline-table order.
-    pub const ALL: [Kernel; 20] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Matmul,
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackward,
@@ -68,6 +70,7 @@ impl Kernel {
         Kernel::Mean,
         Kernel::BiasBackward,
         Kernel::AdamW,
+        Kernel::TopK,
     ];
 
     /// `(file name, WGSL source, entry point)`.
@@ -83,6 +86,7 @@ impl Kernel {
         const XENT: &str = include_str!("../../../shaders/xent.wgsl");
         const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
         const ADAMW: &str = include_str!("../../../shaders/adamw.wgsl");
+        const TOPK: &str = include_str!("../../../shaders/topk.wgsl");
         match self {
             Kernel::Matmul => ("matmul.wgsl", MATMUL, "main"),
             Kernel::EmbeddingForward => ("embedding.wgsl", EMBEDDING, "forward"),
@@ -104,6 +108,7 @@ impl Kernel {
             Kernel::Mean => ("reduce.wgsl", REDUCE, "mean"),
             Kernel::BiasBackward => ("reduce.wgsl", REDUCE, "bias_backward"),
             Kernel::AdamW => ("adamw.wgsl", ADAMW, "main"),
+            Kernel::TopK => ("topk.wgsl", TOPK, "main"),
         }
     }
 }

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
+use crate::codec::CodecConfig;
 use crate::ops::AdamW;
 use kernels::{Kernel, Pipelines};
 
@@ -553,6 +554,22 @@ impl Backend for GpuBackend {
         ];
         let buffers = [params.buf, grads.buf, m.buf, v.buf, grad_sumsq.buf];
         self.dispatch(Kernel::AdamW, &words, &buffers, groups(params.len, GROUP));
+    }
+
+    fn pick_top_k(&mut self, picked: View, residual: View, start: View, params: View, cfg: CodecConfig) {
+        checks::pick_top_k(picked, residual, start, params, &cfg);
+        let words = [
+            w(residual.len),
+            cfg.chunk,
+            cfg.k,
+            cfg.levels() as u32,
+            w(picked.offset),
+            w(residual.offset),
+            w(start.offset),
+            w(params.offset),
+        ];
+        let chunks = residual.len.div_ceil(cfg.chunk as usize);
+        self.dispatch(Kernel::TopK, &words, &[picked.buf, residual.buf, start.buf, params.buf], groups(chunks, 1));
     }
 }
 

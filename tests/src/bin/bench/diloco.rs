@@ -5,7 +5,9 @@
 //! runs H inner steps of the job's AdamW from the current weights on its own shard
 //! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
 //! when compression is on, and the mean of the decoded Δs takes the relay's outer
-//! Nesterov step (`aggregate`, `outer_step`). Flags: `--steps N` (the budget per run in
+//! Nesterov step (`aggregate`, `outer_step`). Two baselines at equal tokens: one trainer
+//! on the same batch (K× the sequential steps) and one on K× the batch (the same steps,
+//! data-parallel training). Flags: `--steps N` (the budget per run in
 //! single-trainer steps of 12 × 64, default 1,000), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
 //! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8), `--outer LR,MOMENTUM` (default
 //! the relay's, 0.7,0.9).
@@ -113,23 +115,24 @@ fn schedule(steps: u32) -> Schedule {
     Schedule { max_lr: 1e-3, min_lr: 1e-4, warmup_steps: 100.min(steps / 10), decay_steps: steps }
 }
 
-/// One trainer, `steps` AdamW steps.
-fn single(setup: &mut Setup, steps: u32) -> Curve {
-    let mut trainer = Trainer::new(CpuBackend::new(), setup.cfg, ROWS, steps as usize).expect("trainer");
+/// One trainer, `steps` AdamW steps on batches of `rows` windows.
+fn single(setup: &mut Setup, steps: u32, rows: usize) -> Curve {
+    let mut trainer = Trainer::new(CpuBackend::new(), setup.cfg, rows, steps as usize).expect("trainer");
     trainer.load(&setup.start);
     let (optim, lr) = (InnerOptim::default(), schedule(steps));
     let start = setup.start.clone();
     let mut points = vec![(0.0, setup.val_loss(&start))];
     let every = (steps as usize / EVALS).max(1);
     for step in 0..steps {
-        let batch = sample_batch(setup.corpus.train(), 1337, step, ROWS, setup.cfg.context);
+        let batch = sample_batch(setup.corpus.train(), 1337, step, rows, setup.cfg.context);
         trainer.step(&batch, &optim, lr.lr(step), step as usize);
         if (step as usize + 1).is_multiple_of(every) {
             let params = pollster::block_on(trainer.params()).expect("CPU readback");
-            points.push((((step + 1) as usize * ROWS * setup.cfg.context) as f64, setup.val_loss(&params)));
+            points.push((((step + 1) as usize * rows * setup.cfg.context) as f64, setup.val_loss(&params)));
         }
     }
-    Curve { label: "single trainer".into(), h: 1, points, bytes_sent: 0.0, bytes_dense: 0.0 }
+    let label = if rows == ROWS { "single trainer".into() } else { format!("single trainer, batch {rows}") };
+    Curve { label, h: 1, points, bytes_sent: 0.0, bytes_dense: 0.0 }
 }
 
 /// K contributors, H inner steps a round, as many rounds as the token budget of `steps`
@@ -205,8 +208,16 @@ pub fn run(args: &[String]) {
         flags.codec
     );
     let t0 = Instant::now();
-    let baseline = single(&mut setup, flags.steps);
+    let baseline = single(&mut setup, flags.steps, ROWS);
     eprintln!("  single trainer: {:.0} s", t0.elapsed().as_secs_f64());
+    // The data-parallel reading of "equal tokens": one trainer taking the K contributors'
+    // batches together, so as many sequential steps as each contributor takes.
+    let mut wide = Vec::new();
+    for &k in &flags.ks {
+        let t0 = Instant::now();
+        wide.push((k, single(&mut setup, flags.steps / k as u32, k * ROWS)));
+        eprintln!("  single trainer, batch {}: {:.0} s", k * ROWS, t0.elapsed().as_secs_f64());
+    }
     let mut curves = Vec::new();
     for &k in &flags.ks {
         for &h in &flags.hs {
@@ -214,34 +225,40 @@ pub fn run(args: &[String]) {
                 let t0 = Instant::now();
                 let curve = diloco(&mut setup, &flags, k, h, codec);
                 eprintln!("  {}: {:.0} s", curve.label, t0.elapsed().as_secs_f64());
-                curves.push(curve);
+                curves.push((k, curve));
             }
         }
     }
     println!(
-        "\n{:<24} {:>10} {:>9} {:>9} {:>8} {:>12} {:>10} {:>12}",
-        "run", "tokens", "val loss", "single", "gap", "bytes/round", "vs dense", "vs dense×H"
+        "\n{:<24} {:>10} {:>9} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>12}",
+        "run", "tokens", "val loss", "single", "gap", "K×batch", "gap", "bytes/round", "vs dense", "vs dense×H"
     );
-    for curve in &curves {
+    for (k, curve) in &curves {
         let &(tokens, loss) = curve.points.last().expect("evaluated");
         let reference = loss_at(&baseline, tokens);
+        let wide_curve = &wide.iter().find(|(w, _)| w == k).expect("a wide baseline per K").1;
+        let wide_reference = loss_at(wide_curve, tokens);
         let ratio = curve.bytes_dense / curve.bytes_sent;
         println!(
-            "{:<24} {:>10.0} {:>9.4} {:>9.4} {:>7.2}% {:>12.0} {:>9.0}× {:>11.0}×",
+            "{:<24} {:>10.0} {:>9.4} {:>9.4} {:>7.2}% {:>9.4} {:>7.2}% {:>12.0} {:>9.0}× {:>11.0}×",
             curve.label,
             tokens,
             loss,
             reference,
             100.0 * (loss - reference) / reference,
+            wide_reference,
+            100.0 * (loss - wide_reference) / wide_reference,
             curve.bytes_sent,
             ratio,
             ratio * curve.h as f64
         );
     }
     println!(
-        "\ngoal: compressed ≥ 100× fewer bytes than dense Δ (≥ 1000× counting H), val loss within 3% of the single trainer"
+        "\ngoal: compressed ≥ 100× fewer bytes than dense Δ (≥ 1000× counting H), val loss within 3% of the single \
+         trainer (\"single\": batch {ROWS}, K× the steps; \"K×batch\": batch K×{ROWS}, the same steps)"
     );
-    curves.insert(0, baseline);
+    let mut curves: Vec<Curve> = curves.into_iter().map(|(_, c)| c).collect();
+    curves.splice(0..0, std::iter::once(baseline).chain(wide.into_iter().map(|(_, c)| c)));
     let series: Vec<_> = curves.iter().map(|c| (c.label.as_str(), c.points.as_slice())).collect();
     crate::plot::curves(&flags.plot, "held-out loss against tokens trained", &series);
     println!("plot: {}", flags.plot.display());
