@@ -11,6 +11,7 @@
 //! A [`Check`] owns everything it needs, so it runs off the coordinator's lock on the
 //! relay's verifier thread ([`Verifier`]).
 
+use std::cmp::Ordering;
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -79,6 +80,9 @@ pub struct Check {
     pub replay: bool,
     /// Batches of each kind the loss check uses (0: no loss check).
     pub loss_batches: u32,
+    /// The job's `verify.loss_margin`, nats per token: a result that fails the loss check
+    /// is not replayed (the check costs a few forward passes, a replay a whole unit).
+    pub loss_margin: f32,
 }
 
 /// What a replay found.
@@ -98,6 +102,14 @@ pub struct LossGain {
     pub own: f32,
     /// On batches of another shard.
     pub other: f32,
+}
+
+impl LossGain {
+    /// Whether the Δ helps its own data at least as much as other data, within `margin`
+    /// nats per token (`own + margin ≥ max(other, 0)`); a NaN fails.
+    pub fn passes(&self, margin: f32) -> bool {
+        matches!((self.own + margin).partial_cmp(&self.other.max(0.0)), Some(Ordering::Greater | Ordering::Equal))
+    }
 }
 
 /// The figures of one check; each part is `None` when it was not asked for.
@@ -121,13 +133,14 @@ impl Verifier {
         let slots = (check.steps as usize + 1).max(4 * check.loss_batches as usize);
         let trainer = self.trainer_for(check.model, check.rows, slots);
         let shard = Tokens::new(&check.shard, check.tokens);
-        let replay = check.replay.then(|| {
+        let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
+        let failed_loss = loss.is_some_and(|l| !l.passes(check.loss_margin));
+        let replay = (check.replay && !failed_loss).then(|| {
             let opt = &check.optim;
             let outcome = pollster::block_on(run_unit(trainer, &check.start, shard, check.seed, check.steps, opt))
                 .expect("the CPU backend's readback cannot fail");
             compare(&check.delta, &outcome.delta)
         });
-        let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
         Report { replay, loss }
     }
 
@@ -207,5 +220,43 @@ mod tests {
         assert!((flipped.cosine + 1.0).abs() < 1e-6);
         let nothing = compare(&[0.0; 4], &replayed);
         assert_eq!(nothing.cosine, 0.0);
+    }
+
+    #[test]
+    fn an_honest_unit_replays_close_and_a_loss_raising_one_is_not_replayed() {
+        let model = GptConfig { vocab: 256, context: 16, layers: 1, heads: 2, width: 32, bias: true };
+        let corpus = crowdgrad_runtime::data::Corpus::builtin();
+        let shard = Bytes::copy_from_slice(corpus.train().slice(0, 20_000).bytes());
+        let other_shard = Bytes::copy_from_slice(corpus.train().slice(20_000, 40_000).bytes());
+        let start = Arc::new(model.init(5));
+        let optim = InnerOptim { lr: 3e-3, ..InnerOptim::default() };
+        let mut trainer = Trainer::new(CpuBackend::new(), model, 4, 9).unwrap();
+        let data = Tokens::new(&shard, TokenWidth::Byte);
+        let honest = pollster::block_on(run_unit(&mut trainer, &start, data, 7, 8, &optim)).unwrap().delta;
+        let check = |delta: Vec<f32>| Check {
+            ticket: 1,
+            unit_id: 1,
+            model,
+            rows: 4,
+            start: start.clone(),
+            shard: shard.clone(),
+            other_shard: other_shard.clone(),
+            tokens: TokenWidth::Byte,
+            seed: 7,
+            steps: 8,
+            optim,
+            delta,
+            replay: true,
+            loss_batches: 4,
+            loss_margin: 0.05,
+        };
+        let mut verifier = Verifier::default();
+        let report = verifier.run(&check(honest.clone()));
+        let (replay, loss) = (report.replay.expect("replayed"), report.loss.expect("loss-checked"));
+        assert!(replay.cosine > 0.999 && (replay.norm_ratio - 1.0).abs() < 1e-3, "{replay:?}");
+        assert!(loss.passes(0.05), "{loss:?}");
+        let flipped = verifier.run(&check(honest.iter().map(|d| -d).collect()));
+        assert!(!flipped.loss.expect("loss-checked").passes(0.05), "{flipped:?}");
+        assert_eq!(flipped.replay, None, "a result the loss check refuses costs no replay");
     }
 }

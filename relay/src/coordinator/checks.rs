@@ -1,7 +1,6 @@
 //! Results that passed screening and wait for replay or the loss check: how they are
 //! sent out as [`Check`]s and how the verdict comes back.
 
-use std::cmp::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,6 +74,7 @@ impl Coordinator {
             delta: judged.delta,
             replay: plan.replay,
             loss_batches: plan.loss_batches,
+            loss_margin: self.job.verify.loss_margin,
         };
         let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
         let pending = Pending { session, contributor, claim, norm, hash, sketch, replayed: plan.replay };
@@ -98,7 +98,7 @@ impl Coordinator {
         if p.replayed || verdict.is_err() {
             self.trust.record(p.contributor, verdict.is_ok());
         }
-        if p.replayed {
+        if report.replay.is_some() {
             self.counters.replayed += 1;
             self.metrics.replayed.inc();
         }
@@ -145,13 +145,7 @@ impl Coordinator {
                 return Err((Rejection::ReplayMismatch, why));
             }
         }
-        // Written so that a NaN loss (a Δ that blows the model up) fails.
-        if let Some(l) = report.loss
-            && !matches!(
-                (l.own + v.loss_margin).partial_cmp(&l.other.max(0.0)),
-                Some(Ordering::Greater | Ordering::Equal)
-            )
-        {
+        if let Some(l) = report.loss.filter(|l| !l.passes(v.loss_margin)) {
             let why = format!(
                 "{}: the Δ lowers its own batches' loss by {:.4} and another shard's by {:.4} nats",
                 Rejection::LossCheck.code(),
