@@ -5,7 +5,7 @@
 //      non-negative finite f32 order like the values);
 //   3. everything above it, plus the lowest-indexed values equal to it, is kept, in index
 //      order, quantised against the chunk's largest magnitude and taken out of residual.
-// The table row of a chunk: scale (f32 bits), count, k index slots, k level slots (level + q).
+// The table row of a chunk: scale (f32 bits), count, then k slots of (index | (level + q) << 16).
 
 struct Params {
     len: u32,          // values in the model
@@ -141,7 +141,7 @@ fn main(
     let own_ties = min(own_at, ties_left - min(ties_left, ties_before));
     let slot0 = prefix(lid, own_above + own_ties);
 
-    let row = p.picked_off + c * (2u + 2u * p.k);
+    let row = p.picked_off + c * (2u + p.k);
     if (lid == 0u) {
         picked[row] = largest;
         picked[row + 1u] = kept;
@@ -158,8 +158,7 @@ fn main(
             ties += select(0u, 1u, tie);
             let level = clamp(round_away(r / scale * q), -q, q);
             residual[i] = r - level / q * scale;
-            picked[row + 2u + slot] = i - base;
-            picked[row + 2u + p.k + slot] = u32(i32(level) + i32(p.levels));
+            picked[row + 2u + slot] = (i - base) | (u32(i32(level) + i32(p.levels)) << 16u);
             slot++;
         }
     }

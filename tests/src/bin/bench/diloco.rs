@@ -9,12 +9,13 @@
 //! on the same batch (K× the sequential steps) and one on K× the batch (the same steps,
 //! data-parallel training). Flags: `--steps N` (the budget per run in
 //! single-trainer steps of 12 × 64, default 1,000), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
-//! `--codec CHUNK,K,BITS` (default the job's, 4096,32,8), `--outer LR,MOMENTUM` (default
-//! the relay's, 0.7,0.9).
+//! `--codec CHUNK,K,BITS` (default the job's, 4096,64,4), `--outer LR,MOMENTUM` (default
+//! the relay's, 1.0,0.5).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crowdgrad_relay::config::OuterConfig;
 use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
@@ -37,7 +38,7 @@ struct Flags {
     plot: PathBuf,
     dataset: PathBuf,
     codec: CodecConfig,
-    /// Outer Nesterov learning rate and momentum (default: the relay's, 0.7 and 0.9).
+    /// Outer Nesterov learning rate and momentum (default: the relay's).
     outer: (f32, f32),
 }
 
@@ -53,7 +54,7 @@ fn flags(args: &[String]) -> Flags {
         plot: repo_root().join("target/diloco.png"),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
         codec: CodecConfig::default(),
-        outer: (0.7, 0.9),
+        outer: (OuterConfig::default().lr, OuterConfig::default().momentum),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
