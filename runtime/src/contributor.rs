@@ -5,6 +5,9 @@
 //! over `web_sys::WebSocket` and `fetch`, the relay's `contribute` command over
 //! tokio-tungstenite and HTTP.
 
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +74,8 @@ pub enum ContributorError {
 /// What the contributor is doing, for pages and logs.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
-    /// `connecting`, `fetching`, `training`, `submitting`, `waiting` or `stopped`.
+    /// `connecting`, `fetching`, `training`, `submitting`, `resting` (see [`Rest`]),
+    /// `waiting` or `stopped`.
     pub state: String,
     /// The device trained on.
     pub device: Option<DeviceInfo>,
@@ -89,6 +93,8 @@ pub struct Stats {
     pub units_rejected: u32,
     /// Reason of the last rejection.
     pub last_rejection: String,
+    /// Rejections by reason code (`replay_mismatch`, `stale`, …).
+    pub rejections: BTreeMap<String, u32>,
     /// Loss of the last step of the last unit, nats.
     pub last_loss: Option<f32>,
     /// Tokens predicted in training so far.
@@ -104,6 +110,10 @@ pub struct Stats {
     /// Why the loop stopped, if it failed.
     pub error: Option<String>,
 }
+
+/// Awaited after each submitted unit, before the next one starts: a page keeps its duty
+/// cycle this way (it rests in proportion to the time it just worked).
+pub type Rest = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()>>>>;
 
 /// Receipts kept in [`Stats::receipts`].
 const RECEIPTS_KEPT: usize = 32;
@@ -125,6 +135,7 @@ pub struct Contributor<B: Backend, T: Transport> {
     identity: Identity,
     /// What earlier compressed updates did not send.
     feedback: ErrorFeedback,
+    rest: Option<Rest>,
     /// The job the relay runs, from its welcome.
     job: String,
 }
@@ -152,6 +163,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             gflops,
             identity,
             feedback: ErrorFeedback::default(),
+            rest: None,
             job: String::new(),
         }
     }
@@ -160,6 +172,12 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     /// model) and hands each new residual to `store`.
     pub fn with_residual(mut self, saved: SavedResidual, store: Box<dyn ResidualStore>) -> Self {
         self.feedback = ErrorFeedback::new(saved, Some(store));
+        self
+    }
+
+    /// Awaits `rest` after each submitted unit (see [`Rest`]).
+    pub fn with_rest(mut self, rest: Rest) -> Self {
+        self.rest = Some(rest);
         self
     }
 
@@ -223,6 +241,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 }
             } else {
                 s.units_rejected += 1;
+                let code = ack.reason.split(':').next().unwrap_or_default().trim().to_string();
+                *s.rejections.entry(code).or_default() += 1;
                 s.last_rejection = ack.reason;
             }
         });
@@ -291,6 +311,10 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         let frame = protocol::encode(&submission);
         self.update(|s| s.upload_bytes += frame.len() as u64);
         self.transport.send(frame).await?;
+        if let Some(rest) = self.rest.as_mut() {
+            self.stats.lock().expect("stats lock").state = "resting".into();
+            rest().await;
+        }
         Ok(())
     }
 

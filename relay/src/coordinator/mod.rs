@@ -360,6 +360,8 @@ impl Coordinator {
         }
         Status {
             job: self.job.name.clone(),
+            parameters: self.params.len(),
+            unit_steps: self.job.inner.steps,
             version: self.version,
             round: self.round,
             contributors_online: self.sessions.len(),

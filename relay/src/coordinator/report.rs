@@ -103,6 +103,10 @@ pub struct Counters {
 pub struct Status {
     /// Job name.
     pub job: String,
+    /// Parameters of the job's model.
+    pub parameters: usize,
+    /// Inner steps per work unit.
+    pub unit_steps: u32,
     /// Current (last committed) model version.
     pub version: u64,
     /// Current round number.
