@@ -1,6 +1,13 @@
 // A line chart on a canvas, drawn by hand (no chart library, no CDN): used for the page's
 // loss curve and the dashboard's panels.
 
+const compact = new Intl.NumberFormat("en", { notation: "compact", maximumSignificantDigits: 3 });
+
+/** `x` short: 3 significant digits, thousands as K, M, B. */
+function number(x) {
+  return Math.abs(x) >= 1000 ? compact.format(x) : String(Number(x.toPrecision(3)));
+}
+
 /** Draws `points` ([x, y] pairs) on `canvas`, with the axes' ranges as labels. */
 export function drawLine(canvas, points, { color = "#1f5fbf", label = "" } = {}) {
   const ctx = canvas.getContext("2d");
@@ -28,10 +35,10 @@ export function drawLine(canvas, points, { color = "#1f5fbf", label = "" } = {})
   ctx.lineTo(width - pad.right, height - pad.bottom);
   ctx.stroke();
   ctx.globalAlpha = 1;
-  ctx.fillText(y1.toPrecision(3), 4, pad.top + 8);
-  ctx.fillText(y0.toPrecision(3), 4, height - pad.bottom);
-  ctx.fillText(String(x0), pad.left, height - 6);
-  const right = `${x1}${label ? ` ${label}` : ""}`;
+  ctx.fillText(number(y1), 4, pad.top + 8);
+  ctx.fillText(number(y0), 4, height - pad.bottom);
+  ctx.fillText(number(x0), pad.left, height - 6);
+  const right = `${number(x1)}${label ? ` ${label}` : ""}`;
   ctx.fillText(right, width - pad.right - ctx.measureText(right).width, height - 6);
   ctx.strokeStyle = color;
   ctx.lineWidth = 2;

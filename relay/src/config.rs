@@ -12,7 +12,7 @@
 //! [storage] # dir, keep_last, keep_every
 //! [compression] # enabled, chunk, k, bits
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
-//! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_cosine_compressed, max_replay_ratio,
+//! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed, max_replay_ratio,
 //!           # loss_batches, loss_margin, redundancy
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
 //! ```
@@ -102,9 +102,10 @@ pub struct VerifyConfig {
     pub min_replay_rate: f32,
     /// Least cosine similarity of a dense Δ with its replay.
     pub min_cosine: f32,
-    /// Least cosine similarity of a compressed Δ with its replay, on the coordinates
-    /// sent (the contributor's error-feedback residual rides along, so it is lower).
-    pub min_cosine_compressed: f32,
+    /// Least projection `⟨sent, replayed⟩ / ‖replayed‖²` of a compressed Δ on its replay,
+    /// on the coordinates sent. Its error-feedback residual rides along and may be many
+    /// times larger than one unit's Δ, which drags the cosine down but not this.
+    pub min_projection_compressed: f32,
     /// A dense Δ's norm must be within this factor of its replay's, either way
     /// (compressed ones are bounded by `aggregation.max_norm_ratio` only: their
     /// residual makes them larger than one unit's work).
@@ -127,7 +128,7 @@ impl Default for VerifyConfig {
             trust_after: 5,
             min_replay_rate: 0.05,
             min_cosine: 0.95,
-            min_cosine_compressed: 0.4,
+            min_projection_compressed: 0.5,
             max_replay_ratio: 1.25,
             loss_batches: 4,
             loss_margin: 0.05,
@@ -479,7 +480,7 @@ impl JobConfig {
         within("verify.trust_after", v.trust_after as f64, 1.0, 1e6)?;
         within("verify.min_replay_rate", v.min_replay_rate as f64, 0.0, 1.0)?;
         within("verify.min_cosine", v.min_cosine as f64, -1.0, 1.0)?;
-        within("verify.min_cosine_compressed", v.min_cosine_compressed as f64, -1.0, 1.0)?;
+        within("verify.min_projection_compressed", v.min_projection_compressed as f64, -10.0, 10.0)?;
         within("verify.max_replay_ratio", v.max_replay_ratio as f64, 1.0, 1e6)?;
         within("verify.loss_batches", v.loss_batches as f64, 0.0, 256.0)?;
         within("verify.loss_margin", v.loss_margin as f64, 0.0, 100.0)?;

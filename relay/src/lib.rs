@@ -18,6 +18,7 @@ pub mod config;
 pub mod contribute;
 pub mod coordinator;
 pub mod eval;
+pub mod events;
 pub mod ledger;
 pub mod metrics;
 pub mod server;

@@ -58,6 +58,7 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/ws", get(websocket))
         .route("/api/status", get(status))
         .route("/api/history", get(history))
+        .route("/api/events", get(crate::events::events))
         .route("/api/contributors/{key}", get(contributor))
         .route("/metrics", get(metrics))
         .route("/api/weights/{version}", get(weights))

@@ -76,6 +76,9 @@ pub struct Check {
     pub optim: InnerOptim,
     /// The submitted Δ, decoded (`θ_start − θ_end`).
     pub delta: Vec<f32>,
+    /// Whether it came compressed: then it carries the contributor's error-feedback
+    /// residual, and both checks measure direction rather than size (see [`Report`]).
+    pub compressed: bool,
     /// Whether to replay the unit.
     pub replay: bool,
     /// Batches of each kind the loss check uses (0: no loss check).
@@ -92,10 +95,15 @@ pub struct Replayed {
     pub cosine: f32,
     /// ‖submitted‖ / ‖replayed‖ on the submitted coordinates.
     pub norm_ratio: f32,
+    /// `⟨submitted, replayed⟩ / ‖replayed‖²` on the submitted coordinates: how much of the
+    /// replayed Δ the submission carries. About 1 or more for an honest compressed Δ
+    /// whatever its residual adds, −1 or less for a flipped one, near 0 for an unrelated one.
+    pub projection: f32,
 }
 
 /// What the loss check found: loss decreases (nats per token, positive = lower) from
-/// applying the submitted Δ.
+/// applying the submitted Δ. For a compressed Δ these are first-order (`⟨∇loss, Δ⟩`):
+/// its residual can make the full step overshoot, which says nothing about honesty.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct LossGain {
     /// On batches of the unit's own data.
@@ -105,9 +113,14 @@ pub struct LossGain {
 }
 
 impl LossGain {
-    /// Whether the Δ helps its own data at least as much as other data, within `margin`
-    /// nats per token (`own + margin ≥ max(other, 0)`); a NaN fails.
-    pub fn passes(&self, margin: f32) -> bool {
+    /// A dense Δ must help its own data at least as much as other data, within `margin`
+    /// nats per token (`own + margin ≥ max(other, 0)`). A compressed one must point
+    /// downhill on its own data (`own > 0`): its residual carries earlier units' work on
+    /// other data, so other data may gain as much. A NaN fails either way.
+    pub fn passes(&self, compressed: bool, margin: f32) -> bool {
+        if compressed {
+            return self.own > 0.0;
+        }
         matches!((self.own + margin).partial_cmp(&self.other.max(0.0)), Some(Ordering::Greater | Ordering::Equal))
     }
 }
@@ -134,7 +147,7 @@ impl Verifier {
         let trainer = self.trainer_for(check.model, check.rows, slots);
         let shard = Tokens::new(&check.shard, check.tokens);
         let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
-        let failed_loss = loss.is_some_and(|l| !l.passes(check.loss_margin));
+        let failed_loss = loss.is_some_and(|l| !l.passes(check.compressed, check.loss_margin));
         let replay = (check.replay && !failed_loss).then(|| {
             let opt = &check.optim;
             let outcome = pollster::block_on(run_unit(trainer, &check.start, shard, check.seed, check.steps, opt))
@@ -170,11 +183,13 @@ pub fn compare(submitted: &[f32], replayed: &[f32]) -> Replayed {
     }
     let cosine = if ss > 0.0 && rr > 0.0 { dot / (ss.sqrt() * rr.sqrt()) } else { 0.0 };
     let norm_ratio = if rr > 0.0 { (ss / rr).sqrt() } else { f64::INFINITY };
-    Replayed { cosine: cosine as f32, norm_ratio: norm_ratio as f32 }
+    let projection = if rr > 0.0 { dot / rr } else { 0.0 };
+    Replayed { cosine: cosine as f32, norm_ratio: norm_ratio as f32, projection: projection as f32 }
 }
 
 /// Mean loss decrease from `θ` to `θ − Δ` on `loss_batches` of the unit's batches and
-/// on as many batches of the other shard.
+/// on as many batches of the other shard: measured for a dense Δ, first-order
+/// (`⟨∇loss(θ), Δ⟩`) for a compressed one.
 fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
     let (n, context) = (check.loss_batches as usize, check.model.context);
     let mut rng = Rng::from_parts(&[check.seed, check.unit_id, 0x1055]);
@@ -189,6 +204,19 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
     for i in 0..n {
         batches.push(sample_batch(other, other_seed, i as u32, check.rows, context));
     }
+    let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
+    if check.compressed {
+        trainer.load(&check.start);
+        let gains: Vec<f32> = batches
+            .iter()
+            .map(|batch| {
+                let grad =
+                    pollster::block_on(trainer.gradients(batch)).expect("the CPU backend's readback cannot fail");
+                grad.iter().zip(&check.delta).map(|(g, d)| (*g as f64 * *d as f64) as f32).sum()
+            })
+            .collect();
+        return LossGain { own: mean(&gains[..n]), other: mean(&gains[n..]) };
+    }
     let after: Vec<f32> = check.start.iter().zip(&check.delta).map(|(p, d)| p - d).collect();
     let mut mean_loss = |params: &[f32]| {
         trainer.load(params);
@@ -196,7 +224,6 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
             trainer.forward(batch, slot);
         }
         let losses = pollster::block_on(trainer.losses(0..2 * n)).expect("the CPU backend's readback cannot fail");
-        let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
         (mean(&losses[..n]), mean(&losses[n..]))
     };
     let (own_before, other_before) = mean_loss(&check.start);
@@ -249,14 +276,32 @@ mod tests {
             replay: true,
             loss_batches: 4,
             loss_margin: 0.05,
+            compressed: false,
         };
         let mut verifier = Verifier::default();
         let report = verifier.run(&check(honest.clone()));
         let (replay, loss) = (report.replay.expect("replayed"), report.loss.expect("loss-checked"));
         assert!(replay.cosine > 0.999 && (replay.norm_ratio - 1.0).abs() < 1e-3, "{replay:?}");
-        assert!(loss.passes(0.05), "{loss:?}");
+        assert!(loss.passes(false, 0.05), "{loss:?}");
         let flipped = verifier.run(&check(honest.iter().map(|d| -d).collect()));
-        assert!(!flipped.loss.expect("loss-checked").passes(0.05), "{flipped:?}");
+        assert!(!flipped.loss.expect("loss-checked").passes(false, 0.05), "{flipped:?}");
         assert_eq!(flipped.replay, None, "a result the loss check refuses costs no replay");
+
+        // Compressed: the submission carries a residual (here three earlier units' Δs)
+        // that dwarfs its own Δ and pulls the cosine down, not the projection.
+        let earlier = pollster::block_on(run_unit(&mut trainer, &start, data, 8, 8, &optim)).unwrap().delta;
+        let carried: Vec<f32> = honest.iter().zip(&earlier).map(|(h, e)| h + 3.0 * e).collect();
+        let compressed = |delta: Vec<f32>| Check { compressed: true, ..check(delta) };
+        let report = verifier.run(&compressed(carried.clone()));
+        let (replay, loss) = (report.replay.expect("replayed"), report.loss.expect("loss-checked"));
+        assert!(replay.cosine < 0.9 && replay.projection > 1.0, "{replay:?}");
+        assert!(loss.passes(true, 0.05), "first order, downhill on its own batches: {loss:?}");
+        let flipped = verifier.run(&compressed(carried.iter().map(|d| -d).collect()));
+        assert!(!flipped.loss.expect("loss-checked").passes(true, 0.05), "{flipped:?}");
+        let rms = (honest.iter().map(|d| d * d).sum::<f32>() / honest.len() as f32).sqrt();
+        let mut rng = Rng::new(11);
+        let random: Vec<f32> = honest.iter().map(|_| rng.normal() * 3.0 * rms).collect();
+        let unrelated = verifier.run(&Check { loss_batches: 0, ..compressed(random) });
+        assert!(unrelated.replay.expect("replayed").projection.abs() < 0.5, "{unrelated:?}");
     }
 }

@@ -81,7 +81,7 @@ fn every_bad_value_names_its_key() {
         ("[verify]\ntrust_after = 0", "verify.trust_after"),
         ("[verify]\nmin_replay_rate = 2", "verify.min_replay_rate"),
         ("[verify]\nmin_cosine = 1.5", "verify.min_cosine"),
-        ("[verify]\nmin_cosine_compressed = -2", "verify.min_cosine_compressed"),
+        ("[verify]\nmin_projection_compressed = -20", "verify.min_projection_compressed"),
         ("[verify]\nmax_replay_ratio = 0.5", "verify.max_replay_ratio"),
         ("[verify]\nloss_batches = 1000", "verify.loss_batches"),
         ("[verify]\nloss_margin = -1", "verify.loss_margin"),

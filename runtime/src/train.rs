@@ -423,7 +423,7 @@ impl<B: Backend> Trainer<B> {
         self.backend.read(self.acts.logits.slice(position * v, v)).await
     }
 
-    /// Reads the gradients of `batch`'s mean loss (for tests).
+    /// Reads the gradients of `batch`'s mean loss with respect to the parameters.
     pub async fn gradients(&mut self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
         self.forward(batch, 0);
         self.backward();

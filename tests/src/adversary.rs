@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crowdgrad_relay::config::JobConfig;
 use crowdgrad_relay::coordinator::{Coordinator, VersionSource};
-use crowdgrad_relay::verify::Verifier;
+use crowdgrad_relay::verify::{Replayed, Verifier};
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::codec;
@@ -108,8 +108,9 @@ pub struct Tally {
     pub accepted: u32,
     /// Of those, rejected, by code.
     pub rejected: BTreeMap<String, u32>,
-    /// Cosine similarities with their replay, of those the relay replayed.
-    pub replay_cosines: Vec<f32>,
+    /// How each replayed one compared with its replay: the cosine for a dense Δ, the
+    /// projection for a compressed one (the figure the relay judges).
+    pub replay_scores: Vec<f32>,
 }
 
 impl Tally {
@@ -118,10 +119,10 @@ impl Tally {
         self.rejected.values().sum()
     }
 
-    /// The least and greatest replay cosine seen, if any was replayed.
-    pub fn cosine_range(&self) -> Option<(f32, f32)> {
-        let min = self.replay_cosines.iter().copied().reduce(f32::min)?;
-        Some((min, self.replay_cosines.iter().copied().fold(min, f32::max)))
+    /// The least and greatest replay score seen, if any was replayed.
+    pub fn score_range(&self) -> Option<(f32, f32)> {
+        let min = self.replay_scores.iter().copied().reduce(f32::min)?;
+        Some((min, self.replay_scores.iter().copied().fold(min, f32::max)))
     }
 }
 
@@ -200,7 +201,8 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
             for check in c.take_checks() {
                 let report = verifier.run(&check);
                 let owner = if attacked_units.contains(&check.unit_id) { &mut attack_tally } else { &mut honest_tally };
-                owner.replay_cosines.extend(report.replay.map(|r| r.cosine));
+                let score = |r: Replayed| if check.compressed { r.projection } else { r.cosine };
+                owner.replay_scores.extend(report.replay.map(score));
                 c.checked(check, report, clock);
             }
             m.first_unit.get_or_insert(unit);

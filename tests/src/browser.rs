@@ -5,7 +5,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::Value;
 
 /// Chromium flags: headless, WebGPU on (SwiftShader where there is no GPU), and no
 /// background traffic to the outside.
@@ -64,3 +65,65 @@ impl Drop for Chromedriver {
         let _ = self.child.wait();
     }
 }
+
+/// Evaluates `script` (a function body that returns a value) in the page.
+pub async fn eval(tab: &Client, script: &str) -> Value {
+    tab.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+}
+
+/// Polls `script` until it returns something truthy, then returns it; on a timeout the
+/// panic shows the page's `window.crowdgrad.stats()` when it has one.
+pub async fn until(tab: &Client, what: &str, timeout: Duration, script: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let value = eval(tab, script).await;
+        if !(value.is_null() || value == Value::Bool(false) || value == "") {
+            return value;
+        }
+        let stats = eval(tab, "return window.crowdgrad && window.crowdgrad.stats();").await;
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; stats: {stats}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The text of the element with id `id`.
+pub async fn text(tab: &Client, id: &str) -> String {
+    tab.find(Locator::Id(id)).await.unwrap_or_else(|e| panic!("#{id}: {e}")).text().await.expect("text")
+}
+
+/// A script returning the visible text elements whose contrast with their background is
+/// under 4.5:1 (WCAG AA), as `tag#id: ratio`.
+pub const LOW_CONTRAST: &str = r#"
+const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+const luminance = (css) => {
+  const [r, g, b] = css.match(/[\d.]+/g).slice(0, 3).map(Number).map(channel);
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const background = (el) => {
+  for (; el; el = el.parentElement) {
+    const c = getComputedStyle(el).backgroundColor;
+    if (c !== "transparent" && !c.startsWith("rgba(0, 0, 0, 0)")) return c;
+  }
+  return "rgb(255, 255, 255)";
+};
+const low = [];
+for (const el of document.querySelectorAll("h1, h2, h3, p, dt, dd, li, label, legend, button, pre, figcaption, output")) {
+  if (!el.textContent.trim() || el.offsetParent === null) continue;
+  const [a, b] = [luminance(getComputedStyle(el).color), luminance(background(el))];
+  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  if (ratio < 4.5) low.push(`${el.tagName.toLowerCase()}#${el.id}: ${ratio.toFixed(2)}`);
+}
+return low;
+"#;
+
+/// A script returning the form controls without a label, the buttons without text and
+/// the canvases without an `aria-label`.
+pub const UNLABELLED: &str = r#"
+const missing = [];
+for (const el of document.querySelectorAll("input, select, textarea")) {
+  if (el.labels.length === 0 && !el.getAttribute("aria-label")) missing.push(el.id || el.outerHTML);
+}
+for (const el of document.querySelectorAll("button")) if (!el.textContent.trim()) missing.push(el.outerHTML);
+for (const el of document.querySelectorAll("canvas")) if (!el.getAttribute("aria-label")) missing.push(el.id);
+return missing;
+"#;

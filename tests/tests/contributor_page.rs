@@ -7,70 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use fantoccini::{Client, Locator, key::Key};
-use serde_json::Value;
+use fantoccini::{Locator, key::Key};
 
-use crowdgrad_tests::browser::Chromedriver;
+use crowdgrad_tests::browser::{Chromedriver, LOW_CONTRAST, UNLABELLED, eval, text, until};
 use crowdgrad_tests::{repo_root, start_relay, status, test_job};
-
-/// Evaluates `script` (a function body that returns a value) in the page.
-async fn eval(tab: &Client, script: &str) -> Value {
-    tab.execute(script, vec![]).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
-}
-
-/// Polls `script` until it returns something truthy, then returns it.
-async fn until(tab: &Client, what: &str, timeout: Duration, script: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let value = eval(tab, script).await;
-        if !(value.is_null() || value == Value::Bool(false) || value == "") {
-            return value;
-        }
-        let stats = eval(tab, "return window.crowdgrad && window.crowdgrad.stats();").await;
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; stats: {stats}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn text(tab: &Client, id: &str) -> String {
-    tab.find(Locator::Id(id)).await.unwrap_or_else(|e| panic!("#{id}: {e}")).text().await.expect("text")
-}
-
-/// Text elements whose contrast with their background is under 4.5:1.
-const CONTRAST: &str = r#"
-const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
-const luminance = (css) => {
-  const [r, g, b] = css.match(/[\d.]+/g).slice(0, 3).map(Number).map(channel);
-  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-};
-const background = (el) => {
-  for (; el; el = el.parentElement) {
-    const c = getComputedStyle(el).backgroundColor;
-    if (c !== "transparent" && !c.startsWith("rgba(0, 0, 0, 0)")) return c;
-  }
-  return "rgb(255, 255, 255)";
-};
-const low = [];
-for (const el of document.querySelectorAll("h1, h2, h3, p, dt, dd, li, label, legend, button, pre, figcaption, output")) {
-  if (!el.textContent.trim() || el.offsetParent === null) continue;
-  const [a, b] = [luminance(getComputedStyle(el).color), luminance(background(el))];
-  const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
-  if (ratio < 4.5) low.push(`${el.tagName.toLowerCase()}#${el.id}: ${ratio.toFixed(2)}`);
-}
-return low;
-"#;
-
-/// Form controls without a label, and buttons without text.
-const UNLABELLED: &str = r#"
-const missing = [];
-for (const el of document.querySelectorAll("input, select, textarea")) {
-  if (el.labels.length === 0 && !el.getAttribute("aria-label")) missing.push(el.id || el.outerHTML);
-}
-for (const el of document.querySelectorAll("button")) if (!el.textContent.trim()) missing.push(el.outerHTML);
-const canvas = document.getElementById("loss-curve");
-if (!canvas.getAttribute("aria-label")) missing.push("loss-curve");
-return missing;
-"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_first_shows_its_work_and_remembers() {
@@ -93,7 +33,7 @@ async fn the_page_asks_first_shows_its_work_and_remembers() {
     assert_eq!(text(&tab, "contribute").await, "Lend my GPU");
     assert!(text(&tab, "job").await.contains("M-parameter"), "the page names the job and its model");
     assert_eq!(eval(&tab, UNLABELLED).await, serde_json::json!([]), "unlabelled controls");
-    assert_eq!(eval(&tab, CONTRAST).await, serde_json::json!([]), "text under 4.5:1 contrast");
+    assert_eq!(eval(&tab, LOW_CONTRAST).await, serde_json::json!([]), "text under 4.5:1 contrast");
 
     // Consent from the keyboard: the button takes focus and Enter.
     eval(&tab, "document.getElementById('contribute').focus(); return true;").await;

@@ -75,6 +75,7 @@ impl Coordinator {
             replay: plan.replay,
             loss_batches: plan.loss_batches,
             loss_margin: self.job.verify.loss_margin,
+            compressed: claim.compressed,
         };
         let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
         let pending = Pending { session, contributor, claim, norm, hash, sketch, replayed: plan.replay };
@@ -132,20 +133,29 @@ impl Coordinator {
     pub(super) fn within_tolerance(&self, compressed: bool, report: &Report) -> Result<(), (Rejection, String)> {
         let v = &self.job.verify;
         if let Some(r) = report.replay {
-            let min = if compressed { v.min_cosine_compressed } else { v.min_cosine };
-            let ratio_ok =
-                compressed || (r.norm_ratio <= v.max_replay_ratio && r.norm_ratio * v.max_replay_ratio >= 1.0);
-            if !(r.cosine >= min && ratio_ok) {
+            let passed = if compressed {
+                r.projection >= v.min_projection_compressed
+            } else {
+                r.cosine >= v.min_cosine
+                    && r.norm_ratio <= v.max_replay_ratio
+                    && r.norm_ratio * v.max_replay_ratio >= 1.0
+            };
+            if !passed {
                 let why = format!(
-                    "{}: the replayed unit gives a Δ with cosine {:.3} (at least {min} needed) and norm ratio {:.3}",
+                    "{}: the replayed unit gives a Δ with cosine {:.3}, norm ratio {:.3} and projection {:.3} \
+                     (at least {} cosine within {}× for a dense Δ, at least {} projection for a compressed one)",
                     Rejection::ReplayMismatch.code(),
                     r.cosine,
-                    r.norm_ratio
+                    r.norm_ratio,
+                    r.projection,
+                    v.min_cosine,
+                    v.max_replay_ratio,
+                    v.min_projection_compressed
                 );
                 return Err((Rejection::ReplayMismatch, why));
             }
         }
-        if let Some(l) = report.loss.filter(|l| !l.passes(v.loss_margin)) {
+        if let Some(l) = report.loss.filter(|l| !l.passes(compressed, v.loss_margin)) {
             let why = format!(
                 "{}: the Δ lowers its own batches' loss by {:.4} and another shard's by {:.4} nats",
                 Rejection::LossCheck.code(),

@@ -373,6 +373,8 @@ impl Coordinator {
             paused: self.paused,
             round_deadline_secs: self.arrivals.deadline(self.job.round_deadline()).as_secs_f64(),
             checks_pending: self.pending.len() + self.held.len(),
+            bytes_in: self.metrics.bytes_in.get(),
+            bytes_out: self.metrics.bytes_out.get(),
         }
     }
 
@@ -565,6 +567,7 @@ impl Coordinator {
             self.counters.late_accepted += 1;
         }
         let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
+        self.counters.tokens += tokens;
         let fields = ReceiptFields {
             contributor: claim.key,
             unit_id: claim.unit_id,

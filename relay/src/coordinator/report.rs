@@ -80,6 +80,8 @@ pub struct Counters {
     pub assigned: u64,
     /// Results accepted.
     pub accepted: u64,
+    /// Tokens trained in accepted results.
+    pub tokens: u64,
     /// Results rejected, by [`Rejection::code`].
     pub rejected: BTreeMap<&'static str, u64>,
     /// Units reassigned after a disconnect or a missed deadline.
@@ -131,6 +133,10 @@ pub struct Status {
     /// Results that passed screening and wait for replay, the loss check or their
     /// twin's result.
     pub checks_pending: usize,
+    /// Bytes received in WebSocket frames since this process started.
+    pub bytes_in: u64,
+    /// Bytes sent in WebSocket frames and downloads since this process started.
+    pub bytes_out: u64,
 }
 
 /// How many contributors were online at a moment.

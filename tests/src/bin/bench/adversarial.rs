@@ -62,7 +62,7 @@ fn row(name: &str, run: &Outcome, clean: f32) {
     let share = if sent == 0 { "-".to_string() } else { format!("{:.0} %", 100.0 * caught as f32 / sent as f32) };
     let reasons: Vec<String> = run.attacks.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
     let honest_rejected: u32 = run.honest.caught();
-    let range = |t: &adversary::Tally| t.cosine_range().map_or("-".into(), |(lo, hi)| format!("{lo:+.2}…{hi:+.2}"));
+    let range = |t: &adversary::Tally| t.score_range().map_or("-".into(), |(lo, hi)| format!("{lo:+.2}…{hi:+.2}"));
     println!(
         "| {name} | {sent} | {share} | {} | {honest_rejected} of {} | {} | {} | {:.4} | {:+.1} % | {} | {:.0} s |",
         if reasons.is_empty() { "-".into() } else { reasons.join(", ") },
@@ -92,8 +92,9 @@ pub fn run(args: &[String]) {
     );
     println!();
     println!(
-        "| run | attacks sent | caught | rejected as | honest rejected | honest replay cos | attack replay cos | \
-         val loss | vs clean | replays | time |"
+        "| run | attacks sent | caught | rejected as | honest rejected | honest replay {score} | attack replay {score} | \
+         val loss | vs clean | replays | time |",
+        score = if flags.dense { "cosine" } else { "projection" }
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let clean = adversary::run(job(&flags, &dir.path().join("clean")), corpus(), members, &[], flags.rounds);
