@@ -28,6 +28,8 @@ commands:
   bench adversarial [--rounds N --steps H --honest N --dense]
                   each attack (1 contributor in 5) against the relay's checks: how it was
                   rejected, the share caught, val loss against the clean run
+  bench budgets   the wasm bundle gzipped (budget 1 MB) and, on localhost, the time from
+                  opening the page to its first unit training (budget 3 s)
   fuzz [SECONDS]  runs each cargo-fuzz target in fuzz/ (the update decoder, the relay's
                   frame parser) for SECONDS (default 60); installs nightly and cargo-fuzz";
 

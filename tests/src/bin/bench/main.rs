@@ -11,10 +11,13 @@
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
 //! - `adversarial [--rounds N] [--steps H] [--honest N] [--dense]`: each attack against
 //!   the relay's checks and aggregation (see `adversarial.rs`).
+//! - `budgets`: the wasm bundle gzipped and the page's time to its first unit (see
+//!   `budgets.rs`).
 
 mod adversarial;
 mod backends;
 mod browser;
+mod budgets;
 mod diloco;
 mod gpt;
 mod plot;
@@ -29,8 +32,9 @@ async fn main() {
         Some("relay") => relay::run(&args[1..]).await,
         Some("diloco") => diloco::run(&args[1..]),
         Some("adversarial") => adversarial::run(&args[1..]),
+        Some("budgets") => budgets::run().await,
         Some(other) => {
-            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay`, `diloco` or `adversarial`");
+            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay`, `diloco`, `adversarial` or `budgets`");
             std::process::exit(2);
         }
     }

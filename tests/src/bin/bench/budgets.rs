@@ -1,0 +1,77 @@
+//! `bench budgets`: the page's budgets. The wasm bundle gzipped (≤ 1 MB), and on
+//! localhost the time from opening the page to its first unit training (≤ 3 s), for a
+//! returning visitor whose consent the page remembers (a first visit waits for the click).
+
+use std::io::Write;
+use std::time::Duration;
+
+use crowdgrad_tests::browser::{Chromedriver, eval, until};
+use crowdgrad_tests::{repo_root, start_relay, test_job};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+/// The bundle's budget, gzipped bytes.
+const BUNDLE_BUDGET: usize = 1_000_000;
+/// The startup budget, seconds.
+const STARTUP_BUDGET: f64 = 3.0;
+/// Page loads measured.
+const LOADS: usize = 5;
+
+fn gzipped(path: &std::path::Path) -> (usize, usize) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e} (build the bundle first)", path.display()));
+    let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+    gz.write_all(&bytes).expect("gzip in memory");
+    (bytes.len(), gz.finish().expect("gzip in memory").len())
+}
+
+/// `budgets`: prints both figures against their budgets.
+pub async fn run() {
+    let www = repo_root().join("www");
+    println!("| file | bytes | gzipped |\n|---|---|---|");
+    let mut bundle = 0;
+    for file in ["pkg/crowdgrad_web_bg.wasm", "pkg/crowdgrad_web.js", "app.js", "chart.js", "index.html", "style.css"] {
+        let (raw, gz) = gzipped(&www.join(file));
+        println!("| {file} | {raw} | {gz} |");
+        if file.starts_with("pkg/") {
+            bundle += gz;
+        }
+    }
+    let verdict = |ok: bool| if ok { "within" } else { "OVER" };
+    println!(
+        "\nwasm bundle (pkg/), gzipped: {bundle} bytes, {} the budget of {BUNDLE_BUDGET}",
+        verdict(bundle <= BUNDLE_BUDGET)
+    );
+
+    let storage = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(1, storage.path())).await;
+    let driver = Chromedriver::start().expect("chromedriver");
+    let tab = driver.session(&[]).await.expect("chromium session");
+    let url = format!("http://{}/", relay.addr);
+    tab.goto(&url).await.expect("open the page");
+    until(&tab, "the page", Duration::from_secs(30), "return window.crowdgrad !== undefined;").await;
+    eval(&tab, "document.getElementById('contribute').click(); return true;").await;
+    let mut times = Vec::new();
+    for _ in 0..LOADS {
+        tab.goto(&url).await.expect("reopen the page");
+        let ms = until(
+            &tab,
+            "the first unit",
+            Duration::from_secs(60),
+            "return window.crowdgrad && window.crowdgrad.marks.firstUnit;",
+        )
+        .await;
+        times.push(ms.as_f64().expect("milliseconds") / 1000.0);
+    }
+    let device = eval(&tab, "return window.crowdgrad.stats().device;").await;
+    times.sort_by(f64::total_cmp);
+    let median = times[LOADS / 2];
+    println!(
+        "page open → first unit training, {LOADS} loads on {} [{}]: median {median:.2} s (each: {}), {} the budget of {STARTUP_BUDGET} s",
+        device["adapter"].as_str().unwrap_or("?"),
+        device["kind"].as_str().unwrap_or("?"),
+        times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(", "),
+        verdict(median <= STARTUP_BUDGET)
+    );
+    let _ = tab.close().await;
+    relay.stop().await;
+}
