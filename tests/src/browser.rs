@@ -52,7 +52,17 @@ impl Chromedriver {
 
     /// A new headless Chromium session with [`CHROME_ARGS`] plus `extra_args`.
     pub async fn session(&self, extra_args: &[&str]) -> anyhow::Result<Client> {
-        let args: Vec<&str> = CHROME_ARGS.iter().chain(extra_args).copied().collect();
+        self.session_with(CHROME_ARGS.iter().chain(extra_args).copied().collect()).await
+    }
+
+    /// A session whose browser has no WebGPU: [`CHROME_ARGS`] without
+    /// `--enable-unsafe-webgpu`, and the WebGPU feature switched off.
+    pub async fn session_without_webgpu(&self) -> anyhow::Result<Client> {
+        let args = CHROME_ARGS.iter().copied().filter(|a| *a != "--enable-unsafe-webgpu");
+        self.session_with(args.chain(["--disable-features=WebGPU"]).collect()).await
+    }
+
+    async fn session_with(&self, args: Vec<&str>) -> anyhow::Result<Client> {
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), serde_json::json!({ "args": args }));
         Ok(ClientBuilder::rustls()?.capabilities(caps).connect(&format!("http://127.0.0.1:{}", self.port)).await?)
