@@ -8,9 +8,7 @@ use crowdgrad_runtime::model::GptConfig;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
-pub(crate) fn now_seconds() -> f64 {
-    web_sys::window().and_then(|w| w.performance()).map(|p| p.now() / 1000.0).unwrap_or(0.0)
-}
+use crate::global::now_seconds;
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
     serde_wasm_bindgen::to_value(value).map_err(|e| JsValue::from_str(&e.to_string()))

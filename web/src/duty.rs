@@ -4,34 +4,17 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::global::{now_seconds, sleep};
 use crowdgrad_runtime::contributor::Rest;
-use wasm_bindgen::prelude::*;
-
-use crate::bench::now_seconds;
 
 /// The least intensity: below it a tab would mostly hold units it does not work on.
 const LEAST: f64 = 0.1;
 /// The longest rest, seconds, so a unit that took long does not stall the next for minutes.
 const LONGEST_REST: f64 = 60.0;
 
-#[wasm_bindgen]
-extern "C" {
-    /// The global `setTimeout` (a window's, a worker's or Node's).
-    #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(callback: &js_sys::Function, milliseconds: i32) -> JsValue;
-}
-
 /// `intensity` within `LEAST..=1` (NaN becomes 1).
 pub fn clamp(intensity: f64) -> f64 {
     if intensity.is_nan() { 1.0 } else { intensity.clamp(LEAST, 1.0) }
-}
-
-/// Resolves after `seconds`.
-async fn sleep(seconds: f64) {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        set_timeout(&resolve, (seconds * 1000.0) as i32);
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 /// The rest between units at the current `intensity`: the time worked since the last

@@ -15,9 +15,7 @@ pub fn load_or_create() -> Result<Identity, String> {
     if let Some(secret) = stored {
         return Ok(Identity::from_secret(secret));
     }
-    let mut secret = [0u8; 32];
-    let crypto = window.crypto().map_err(|_| "no crypto.getRandomValues")?;
-    crypto.get_random_values_with_u8_array(&mut secret).map_err(|_| "crypto.getRandomValues failed")?;
+    let secret = crate::global::random_bytes()?;
     if let Some(storage) = storage {
         // Without storage (private mode may refuse) the key lives as long as the page.
         let _ = storage.set_item(ITEM, &hex(&secret));

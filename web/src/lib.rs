@@ -14,6 +14,8 @@
 mod adapter;
 mod bench;
 mod duty;
+mod edge;
+mod global;
 mod identity;
 mod residual;
 mod sample;
@@ -29,8 +31,8 @@ use crowdgrad_runtime::gpu::GpuBackend;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
-use bench::now_seconds;
 pub use bench::{bench, bench_matmul};
+use global::now_seconds;
 pub use sample::sample;
 use transport::WebTransport;
 

@@ -1,5 +1,5 @@
 //! The runtime's [`Transport`] in the browser: `web_sys::WebSocket` for the session,
-//! `fetch` (gloo-net) for weights and shards.
+//! the global `fetch` for weights and shards; both exist in browsers and in Node.js.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -100,19 +100,6 @@ impl Transport for WebTransport {
     }
 
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
-        let url = format!("{}{path}", self.http_base);
-        let response =
-            gloo_net::http::Request::get(&url).send().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
-        if !response.ok() {
-            return Err(TransportError(format!("GET {url}: HTTP {}", response.status())));
-        }
-        let body = response.binary().await.map_err(|e| TransportError(format!("GET {url}: {e}")))?;
-        if body.len() > MAX_DOWNLOAD {
-            return Err(TransportError(format!(
-                "GET {url}: {} bytes is over the {MAX_DOWNLOAD}-byte limit",
-                body.len()
-            )));
-        }
-        Ok(body)
+        crate::global::get(&format!("{}{path}", self.http_base), MAX_DOWNLOAD).await.map_err(TransportError)
     }
 }

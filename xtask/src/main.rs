@@ -75,7 +75,7 @@ fn serve(args: &[String]) -> Result<(), String> {
 fn test() -> Result<(), String> {
     let config = WasmConfig::load()?;
     tools::ensure_wasm_tools()?;
-    tools::ensure_browser_and_vulkan()?;
+    tools::ensure_system_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The browser-side code too: it only compiles for wasm32.
@@ -85,6 +85,7 @@ fn test() -> Result<(), String> {
         .args(wasm_crates)
         .args(["--", "-D", "warnings"]))?;
     wasm::build_bundle(&config)?;
+    wasm::build_node_package(&config)?;
     let mut tests = cargo();
     tests.args(["test", "--workspace"]);
     tools::test_env(&mut tests);
@@ -113,7 +114,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
 fn bench(args: &[String]) -> Result<(), String> {
     let config = WasmConfig::load()?;
     tools::ensure_wasm_tools()?;
-    tools::ensure_browser_and_vulkan()?;
+    tools::ensure_system_packages()?;
     wasm::build_bundle(&config)?;
     // `bench relay` runs the relay as its own process.
     run(cargo().args(["build", "--release", "-p", "crowdgrad-relay", "--bin", "crowdgrad"]))?;

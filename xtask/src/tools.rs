@@ -12,7 +12,7 @@ use std::process::Command;
 
 use crate::{run, wasm::root};
 
-const DEBIAN_PACKAGES: [&str; 3] = ["chromium", "chromium-driver", "mesa-vulkan-drivers"];
+const DEBIAN_PACKAGES: [&str; 4] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs"];
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
@@ -69,12 +69,14 @@ fn lavapipe_present() -> bool {
     })
 }
 
-/// Chromium, chromedriver and a Vulkan driver (lavapipe) for the GPU tests.
-pub fn ensure_browser_and_vulkan() -> Result<(), String> {
+/// Chromium, chromedriver and a Vulkan driver (lavapipe) for the GPU tests, and Node.js
+/// for the edge contributor's.
+pub fn ensure_system_packages() -> Result<(), String> {
     let missing: Vec<&str> = [
         (!on_path("chromium") && !on_path("chromium-browser") && !on_path("google-chrome")).then_some("chromium"),
         (!on_path("chromedriver") && std::env::var_os("CHROMEDRIVER").is_none()).then_some("chromium-driver"),
         (!lavapipe_present()).then_some("mesa-vulkan-drivers"),
+        (!on_path("node")).then_some("nodejs"),
     ]
     .into_iter()
     .flatten()
@@ -86,7 +88,7 @@ pub fn ensure_browser_and_vulkan() -> Result<(), String> {
     let root_user = output("id", &["-u"]).as_deref() == Some("0");
     if !(debian && root_user) {
         return Err(format!(
-            "missing: {}. Install Chromium, its chromedriver and a Vulkan driver (Debian/Ubuntu: \
+            "missing: {}. Install Chromium, its chromedriver, a Vulkan driver and Node.js (Debian/Ubuntu: \
              `apt-get install {}`), or set CHROMEDRIVER to a chromedriver matching your Chrome",
             missing.join(", "),
             DEBIAN_PACKAGES.join(" ")

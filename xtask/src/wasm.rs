@@ -11,7 +11,13 @@ use crate::{run, tools};
 #[derive(Deserialize)]
 pub struct WasmConfig {
     bundle: Bundle,
+    node: NodePackage,
     browser_tests: BrowserTests,
+}
+
+#[derive(Deserialize)]
+struct NodePackage {
+    out_dir: String,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +67,16 @@ pub fn build_bundle(config: &WasmConfig) -> Result<(), String> {
     let mut cmd = Command::new("wasm-pack");
     cmd.current_dir(root()).args(["build", &b.krate, "--target", &b.target, &format!("--{}", b.profile), "--no-opt"]);
     cmd.arg("--out-dir").arg(&out);
+    run(&mut cmd)
+}
+
+/// The bundle crate built for Node.js (`--target nodejs`, the bundle's profile), for the
+/// edge contributor (`web/node/contribute.mjs`). It reuses the bundle's compiled wasm.
+pub fn build_node_package(config: &WasmConfig) -> Result<(), String> {
+    let b = &config.bundle;
+    let mut cmd = Command::new("wasm-pack");
+    cmd.current_dir(root()).args(["build", &b.krate, "--target", "nodejs", &format!("--{}", b.profile), "--no-opt"]);
+    cmd.arg("--out-dir").arg(root().join(&config.node.out_dir));
     run(&mut cmd)
 }
 
