@@ -39,7 +39,7 @@ export class Contribution {
     this.device = null;
     this.stats = null;
     this.blockers = new Map(); // reason → sentence, for the automatic pauses
-    this.marks = { firstUnit: null }; // ms after the page opened
+    this.marks = { firstUnit: null, states: {} }; // ms after the page opened
     this.batteryKnown = null; // whether the browser reports charging
     this.onChange = onChange;
     this.onEvent = onEvent;
@@ -51,8 +51,11 @@ export class Contribution {
     this.watchConditions();
     this.reconcile();
     setInterval(() => this.poll(), 250);
+    this.marks.states.loaded = performance.now();
     const watchFirst = setInterval(() => {
-      if (this.contributor && this.contributor.stats().state === "training") {
+      const state = this.contributor && this.contributor.stats().state;
+      if (state && !(state in this.marks.states)) this.marks.states[state] = performance.now();
+      if (state === "training") {
         this.marks.firstUnit = performance.now();
         clearInterval(watchFirst);
       }

@@ -134,13 +134,14 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 3
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();
     if gpu {
-        let backend = GpuBackend::new().await.context("--gpu")?;
-        let gflops = calibrate(GpuBackend::new().await.context("--gpu")?, clock).await;
+        let mut backend = GpuBackend::new().await.context("--gpu")?;
+        let gflops = calibrate(&mut backend, clock).await;
         tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
         Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
     } else {
-        let gflops = calibrate(CpuBackend::new(), clock).await;
-        Contributor::new(transport, CpuBackend::new(), agent, stats, gflops, identity).run().await?;
+        let mut backend = CpuBackend::new();
+        let gflops = calibrate(&mut backend, clock).await;
+        Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
     }
     Ok(())
 }

@@ -23,8 +23,9 @@ pub async fn contribute_headless(relay_url: String, units: u32) -> Result<JsValu
     let transport = WebTransport::connect(&relay_url).await.map_err(|e| fail(e.to_string()))?;
     let socket = transport.socket();
     let identity = Identity::from_secret(random_bytes().map_err(fail)?);
-    let gflops = calibrate(CpuBackend::new(), now_seconds).await;
-    let mut contributor = Loop::new(transport, CpuBackend::new(), AGENT, stats.clone(), gflops, identity);
+    let mut cpu = CpuBackend::new();
+    let gflops = calibrate(&mut cpu, now_seconds).await;
+    let mut contributor = Loop::new(transport, cpu, AGENT, stats.clone(), gflops, identity);
     let done = {
         let stats = stats.clone();
         move || units > 0 && stats.lock().expect("stats lock").units_done >= units

@@ -124,10 +124,7 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
             if let Some(name) = adapter::describe().await {
                 gpu.set_adapter_name(name);
             }
-            let gflops = match GpuBackend::new().await {
-                Ok(spare) => calibrate(spare, now_seconds).await,
-                Err(_) => 0.0,
-            };
+            let gflops = calibrate(&mut gpu, now_seconds).await;
             Loop::new(transport, gpu, AGENT, stats, gflops, identity::load_or_create()?)
                 .with_residual(saved, Box::new(residual::IndexedDbResidual))
                 .with_rest(rest)
@@ -137,8 +134,9 @@ async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>
         }
         Err(e) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
-            let gflops = calibrate(CpuBackend::new(), now_seconds).await;
-            Loop::new(transport, CpuBackend::new(), AGENT, stats, gflops, identity::load_or_create()?)
+            let mut cpu = CpuBackend::new();
+            let gflops = calibrate(&mut cpu, now_seconds).await;
+            Loop::new(transport, cpu, AGENT, stats, gflops, identity::load_or_create()?)
                 .with_residual(saved, Box::new(residual::IndexedDbResidual))
                 .with_rest(rest)
                 .run()
