@@ -1,7 +1,8 @@
 //! One contributor's WebSocket: hello, then submissions; everything else closes it
 //! with a reason. The coordinator talks back through the session's outbox. The relay
 //! pings every `limits.ping_secs` and closes sessions silent for `limits.idle_secs`,
-//! and a session sending faster than `limits.messages_per_minute` is closed.
+//! and a session sending faster than `limits.messages_per_minute` is closed (each unit
+//! assigned to it gives one frame back, so submitting what it was given never counts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +74,12 @@ struct RateLimit {
 impl RateLimit {
     fn per_minute(capacity: u32) -> Self {
         RateLimit { capacity: capacity as f64, tokens: capacity as f64, last: Instant::now() }
+    }
+
+    /// Gives one token back (up to the capacity): each unit the relay assigns pays for the
+    /// submission it asks for, so a fast honest contributor is never throttled.
+    fn grant(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.capacity);
     }
 
     /// Takes one token; `false` when the bucket is empty.
@@ -162,6 +169,9 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                 let Some(msg) = queued else {
                     break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, or the job changed)"));
                 };
+                if matches!(msg, ServerMsg::Assign(_)) {
+                    rate.grant();
+                }
                 let frame = protocol::encode(&msg);
                 metrics.bytes_out.inc_by(frame.len() as u64);
                 if sink.send(Message::Binary(frame.into())).await.is_err() {

@@ -9,7 +9,7 @@ use crowdgrad_relay::Relay;
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update};
-use crowdgrad_tests::{repo_root, status, test_job};
+use crowdgrad_tests::{repo_root, spawn_native_contributor, status, test_job, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -130,11 +130,31 @@ async fn a_session_sending_too_fast_is_closed() {
         update: Update::Dense(vec![]),
         signature: vec![],
     };
-    for _ in 0..5 {
-        socket.send(frame(&ClientMsg::Submit(bogus.clone()))).await.expect("submit");
+    // The unit the relay assigns after hello pays for one frame; twice the rate does not pass.
+    for _ in 0..10 {
+        if socket.send(frame(&ClientMsg::Submit(bogus.clone()))).await.is_err() {
+            break;
+        }
     }
     let (code, reason) = closed(&mut socket).await;
     assert_eq!((code, reason.as_str()), (1008, "rate limit: more than 5 messages a minute"));
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contributor_submitting_faster_than_the_rate_but_only_what_it_was_given_stays() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut job = test_job(1, dir.path());
+    job.limits.messages_per_minute = 5;
+    let relay = start(job, None).await;
+    let addr = relay.addr;
+    let _contributor = spawn_native_contributor(addr);
+    let s = wait_for("15 results, 3× the frame rate", Duration::from_secs(60), || {
+        let s = status(addr);
+        (s["counters"]["accepted"].as_u64()? >= 15).then_some(s)
+    })
+    .await;
+    assert_eq!(s["counters"]["resumed"], 0, "the honest contributor was closed and came back: {s}");
     relay.stop().await;
 }
 
