@@ -22,6 +22,14 @@ pub const CHROME_ARGS: [&str; 9] = [
     "--disable-quic",
 ];
 
+/// Fails with what to do when the page's wasm bundle (`www/pkg`) has not been built.
+pub fn require_bundle() {
+    assert!(
+        crate::repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
+        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
+    );
+}
+
 /// A chromedriver process on a free loopback port, killed on drop.
 pub struct Chromedriver {
     child: Child,

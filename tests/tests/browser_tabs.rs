@@ -6,15 +6,12 @@
 
 use std::time::Duration;
 
-use crowdgrad_tests::browser::Chromedriver;
-use crowdgrad_tests::{loss_history, repo_root, start_relay, status, test_job, wait_for};
+use crowdgrad_tests::browser::{Chromedriver, require_bundle};
+use crowdgrad_tests::{loss_history, start_relay, status, test_job, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_chromium_tabs_train_on_webgpu() {
-    assert!(
-        repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
-        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
-    );
+    require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = start_relay(test_job(2, dir.path())).await;
     let addr = relay.addr;

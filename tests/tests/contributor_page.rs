@@ -9,15 +9,12 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Locator, key::Key};
 
-use crowdgrad_tests::browser::{Chromedriver, LOW_CONTRAST, UNLABELLED, eval, text, until};
+use crowdgrad_tests::browser::{Chromedriver, LOW_CONTRAST, UNLABELLED, eval, require_bundle, text, until};
 use crowdgrad_tests::{repo_root, start_relay, status, test_job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_first_shows_its_work_and_remembers() {
-    assert!(
-        repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
-        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
-    );
+    require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = start_relay(test_job(1, dir.path())).await;
     let addr = relay.addr;

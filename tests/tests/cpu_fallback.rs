@@ -5,15 +5,12 @@ use std::time::Duration;
 
 use fantoccini::Locator;
 
-use crowdgrad_tests::browser::{Chromedriver, text, until};
-use crowdgrad_tests::{repo_root, start_relay, status, test_job};
+use crowdgrad_tests::browser::{Chromedriver, require_bundle, text, until};
+use crowdgrad_tests::{start_relay, status, test_job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_webgpu_the_tab_trains_on_the_cpu_and_says_so() {
-    assert!(
-        repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
-        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
-    );
+    require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
     let relay = start_relay(test_job(1, dir.path())).await;
     let driver = Chromedriver::start().expect("chromedriver");
