@@ -25,7 +25,9 @@ async fn two_chromium_tabs_train_on_webgpu() {
     }
     let read_stats = |tab: &fantoccini::Client| {
         let tab = tab.clone();
-        async move { tab.execute("return window.crowdgrad.stats();", vec![]).await.expect("stats") }
+        async move {
+            tab.execute("return window.crowdgrad ? window.crowdgrad.stats() : null;", vec![]).await.expect("stats")
+        }
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(240);
     for (i, tab) in tabs.iter().enumerate() {
