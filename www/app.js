@@ -1,6 +1,6 @@
 // The contributor page: renders a Contribution (see contribution.js) with every figure
 // and control, the shared model's loss curve, and a sample generated in the tab.
-import { sample } from "./pkg/crowdgrad_web.js";
+import wasm from "./wasm.js";
 import { Contribution } from "./contribution.js";
 import { drawLine } from "./chart.js";
 
@@ -16,7 +16,8 @@ function render(c) {
   const stats = c.stats;
   $("state").textContent = !c.saved.consent ? "not started" : !c.running ? "paused" : stats?.state || "starting";
   if (c.device) {
-    $("backend").textContent = c.device.kind === "cpu" ? "CPU (no WebGPU in this browser)" : `GPU (${c.device.kind})`;
+    const cpu = c.device.adapter.includes("simd128") ? "CPU with SIMD" : "CPU";
+    $("backend").textContent = c.device.kind === "cpu" ? `${cpu} (no WebGPU in this browser)` : `GPU (${c.device.kind})`;
     $("adapter").textContent = c.device.adapter;
   }
   if (stats) {
@@ -45,8 +46,10 @@ async function maybeSample(c, version) {
   if (!c.saved.consent || version === lastSampled.version || now - lastSampled.at < SAMPLE_EVERY_MS) return;
   lastSampled = { version, at: now };
   try {
-    const weights = new Uint8Array(await (await fetch(`/api/weights/${version}`)).arrayBuffer());
-    $("sample").textContent = await sample(weights, "\n", 200, BigInt(version));
+    // The weights this tab already holds, else a download.
+    const held = c.contributor && c.contributor.weights();
+    const weights = held ? held.bytes : new Uint8Array(await (await fetch(`/api/weights/${version}`)).arrayBuffer());
+    $("sample").textContent = await wasm.sample(weights, "\n", 200, BigInt(held ? held.version : version));
   } catch (e) {
     $("sample").textContent = `no sample: ${e}`;
   }

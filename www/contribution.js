@@ -4,7 +4,7 @@
 // consent, not paused by the visitor, the tab visible, charging (when asked), and no
 // serious CPU pressure (heeded on a hardware GPU only: on the CPU or a software adapter
 // the tab's own training is the pressure).
-import init, { Contributor } from "./pkg/crowdgrad_web.js";
+import wasm from "./wasm.js";
 
 const STORE = "crowdgrad.page";
 const RECEIPTS_KEPT = 32;
@@ -45,9 +45,8 @@ export class Contribution {
     this.onEvent = onEvent;
   }
 
-  /** Loads the wasm bundle, watches the conditions and starts if consent is remembered. */
+  /** Watches the conditions and starts if consent is remembered (the bundle is loaded by wasm.js). */
   async open() {
-    await init();
     this.watchConditions();
     this.reconcile();
     setInterval(() => this.poll(), 250);
@@ -106,7 +105,7 @@ export class Contribution {
   reconcile() {
     const may = this.saved.consent && !this.saved.paused && this.blockers.size === 0;
     if (may && !this.running) {
-      this.contributor ??= new Contributor(this.relayUrl);
+      this.contributor ??= new wasm.Contributor(this.relayUrl);
       this.contributor.set_intensity(this.saved.intensity);
       this.contributor.start();
       this.running = true;

@@ -5,7 +5,7 @@ import { drawLine } from "./chart.js";
 const $ = (id) => document.getElementById(id);
 const KEEP = 600; // live samples kept (10 minutes at one a second)
 
-const state = { versions: [], online: [], rates: [], traffic: [], last: null, start: Date.now() };
+const state = { versions: [], online: [], rates: [], traffic: [], p2p: [], last: null, start: Date.now() };
 
 // Time axes count seconds from the first sample, or minutes once that spans 2 minutes.
 const timeAxis = () => (Date.now() - state.start > 120_000 ? { per: 60_000, label: "min" } : { per: 1000, label: "s" });
@@ -32,6 +32,7 @@ function draw() {
   drawLine($("contributors"), over(state.online, (s) => s.online), { color: "#7a3d9a", label: axis.label });
   drawLine($("tokens"), over(state.rates, (s) => s.value), { color: "#b35a00", label: axis.label });
   drawLine($("traffic"), over(state.traffic, (s) => s.value), { color: "#8a1c1c", label: axis.label });
+  drawLine($("p2p-share"), over(state.p2p, (s) => s.value), { color: "#1c5a8a", label: axis.label });
 }
 
 function show(status) {
@@ -49,6 +50,10 @@ function show(status) {
     `rejected, ${c.replayed} replayed, ${c.reassigned} reassigned`;
   $("pending").textContent = status.checks_pending;
   $("bytes").textContent = `${bytes(status.bytes_in)} / ${bytes(status.bytes_out)}`;
+  const weights = c.weight_bytes_relay + c.weight_bytes_peers;
+  $("p2p").textContent = weights ? `${(100 * status.p2p_share).toFixed(1)} % (${bytes(c.weight_bytes_peers)} from ` +
+    `peers, ${bytes(c.weight_bytes_relay)} from the relay)` : "no weights fetched yet";
+  push(state.p2p, { at_ms: now, value: 100 * status.p2p_share });
   $("job-state").textContent = status.storage_error ? `storage failing: ${status.storage_error}`
     : status.paused ? "paused by the operator" : "running";
   const rows = Object.entries(c.rejected).sort((a, b) => b[1] - a[1]).map(([reason, n]) => {

@@ -15,6 +15,7 @@
 //! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed, max_replay_ratio,
 //!           # loss_batches, loss_margin, redundancy
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
+//! [mesh]    # peers, signals_per_link, ice_servers
 //! ```
 
 use std::fmt;
@@ -27,7 +28,7 @@ use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
 
 use crate::coordinator::Rule;
-use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS, MAX_PARAMS};
+use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_PARAMS, MAX_STRING};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,28 @@ pub struct JobConfig {
     pub verify: VerifyConfig,
     /// What each connection may do.
     pub limits: Limits,
+    /// How tabs share weights with each other over WebRTC.
+    pub mesh: MeshConfig,
+}
+
+/// How tabs share weights over WebRTC (see `coordinator::mesh`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Peers the relay introduces each tab to (0 turns peer-to-peer sharing off).
+    pub peers: usize,
+    /// WebRTC signals (offer, answer, ICE candidates) the relay forwards per direction of
+    /// an introduced pair; the rest are dropped.
+    pub signals_per_link: u32,
+    /// STUN/TURN URLs handed to tabs, e.g. `stun:stun.example.org:3478`; none is needed
+    /// on a LAN.
+    pub ice_servers: Vec<String>,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig { peers: 6, signals_per_link: 64, ice_servers: Vec::new() }
+    }
 }
 
 /// How results are screened and combined (see `coordinator::aggregate`).
@@ -292,6 +315,7 @@ impl Default for JobConfig {
             aggregation: AggregationConfig::default(),
             verify: VerifyConfig::default(),
             limits: Limits::default(),
+            mesh: MeshConfig::default(),
         }
     }
 }
@@ -496,6 +520,15 @@ impl JobConfig {
         within("limits.ping_secs", l.ping_secs, 0.1, 3600.0)?;
         // Chrome wakes background tabs once a minute; pongs come without it, but leave room.
         within("limits.idle_secs", l.idle_secs, 2.0 * l.ping_secs, 86_400.0)?;
+        let m = &self.mesh;
+        within("mesh.peers", m.peers as f64, 0.0, 16.0)?;
+        within("mesh.signals_per_link", m.signals_per_link as f64, 1.0, 10_000.0)?;
+        within("mesh.ice_servers", m.ice_servers.len() as f64, 0.0, MAX_ICE_SERVERS as f64)?;
+        if let Some(url) = m.ice_servers.iter().find(|u| {
+            !["stun:", "stuns:", "turn:", "turns:"].iter().any(|scheme| u.starts_with(scheme)) || u.len() > MAX_STRING
+        }) {
+            return Err(bad("mesh.ice_servers", format!("{url:?} is not a stun:/turn: URL")));
+        }
         Ok(())
     }
 

@@ -6,12 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use crowdgrad_runtime::identity::parse_hex32;
-use crowdgrad_runtime::protocol::max_submission_frame;
+use crowdgrad_runtime::protocol::{WEIGHT_CHUNK, max_submission_frame};
 use tower_http::services::ServeDir;
 
 use crate::admin;
@@ -62,6 +63,8 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/contributors/{key}", get(contributor))
         .route("/metrics", get(metrics))
         .route("/api/weights/{version}", get(weights))
+        .route("/api/weights/{version}/chunks", get(weight_chunk_hashes))
+        .route("/api/weights/{version}/chunks/{index}", get(weight_chunk))
         .route("/api/shards/{shard}", get(shard))
         .route("/api/admin/pause", post(admin::pause))
         .route("/api/admin/resume", post(admin::resume))
@@ -180,25 +183,64 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Response {
-    let file = state.coordinator.lock().expect("coordinator lock").version_file(version);
-    let Some((source, hash)) = file else {
-        return (StatusCode::NOT_FOUND, format!("version {version} is not kept")).into_response();
+    let (bytes, hash) = match version_bytes(&state, version).await {
+        Ok(file) => file,
+        Err(response) => return response,
     };
-    let bytes = match source {
-        VersionSource::Memory(bytes) => bytes,
-        VersionSource::Disk(path) => match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes.into(),
-            Err(e) => {
-                tracing::error!(version, "reading {}: {e}", path.display());
-                return (StatusCode::INTERNAL_SERVER_ERROR, format!("version {version} cannot be read"))
-                    .into_response();
-            }
-        },
-    };
-    state.metrics.bytes_out.inc_by(bytes.len() as u64);
+    count_weights(&state, bytes.len());
     let headers =
         [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::ETAG, format!("\"{hash}\""))];
     (headers, bytes).into_response()
+}
+
+/// The blake3 of each [`WEIGHT_CHUNK`]-byte chunk of a version's file, 32 bytes each,
+/// concatenated: what tabs check chunks from peers against.
+async fn weight_chunk_hashes(State(state): State<AppState>, Path(version): Path<u64>) -> Response {
+    let (bytes, _) = match version_bytes(&state, version).await {
+        Ok(file) => file,
+        Err(response) => return response,
+    };
+    let hashes: Vec<u8> = bytes.chunks(WEIGHT_CHUNK).flat_map(|c| *blake3::hash(c).as_bytes()).collect();
+    state.metrics.bytes_out.inc_by(hashes.len() as u64);
+    ([(header::CONTENT_TYPE, "application/octet-stream")], hashes).into_response()
+}
+
+/// Chunk `index` of a version's file (the HTTP fallback when no peer has it).
+async fn weight_chunk(State(state): State<AppState>, Path((version, index)): Path<(u64, usize)>) -> Response {
+    let (bytes, _) = match version_bytes(&state, version).await {
+        Ok(file) => file,
+        Err(response) => return response,
+    };
+    let Some(start) = index.checked_mul(WEIGHT_CHUNK).filter(|&start| start < bytes.len()) else {
+        return (StatusCode::NOT_FOUND, format!("version {version} has no chunk {index}")).into_response();
+    };
+    let chunk = bytes.slice(start..(start + WEIGHT_CHUNK).min(bytes.len()));
+    count_weights(&state, chunk.len());
+    ([(header::CONTENT_TYPE, "application/octet-stream")], chunk).into_response()
+}
+
+/// Counts weight bytes served over HTTP, for the bytes-out figure and the P2P share.
+fn count_weights(state: &AppState, bytes: usize) {
+    state.metrics.bytes_out.inc_by(bytes as u64);
+    state.coordinator.lock().expect("coordinator lock").served_weights(bytes as u64);
+}
+
+/// The weights file of `version` and its blake3 hex, or the response saying why not.
+async fn version_bytes(state: &AppState, version: u64) -> Result<(Bytes, String), Response> {
+    let file = state.coordinator.lock().expect("coordinator lock").version_file(version);
+    let Some((source, hash)) = file else {
+        return Err((StatusCode::NOT_FOUND, format!("version {version} is not kept")).into_response());
+    };
+    match source {
+        VersionSource::Memory(bytes) => Ok((bytes, hash)),
+        VersionSource::Disk(path) => match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok((bytes.into(), hash)),
+            Err(e) => {
+                tracing::error!(version, "reading {}: {e}", path.display());
+                Err((StatusCode::INTERNAL_SERVER_ERROR, format!("version {version} cannot be read")).into_response())
+            }
+        },
+    }
 }
 
 async fn shard(State(state): State<AppState>, Path(index): Path<u32>) -> Response {

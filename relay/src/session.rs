@@ -28,7 +28,7 @@ mod close {
 }
 
 /// Messages a session may have queued for it before it counts as too slow.
-const OUTBOX: usize = 16;
+const OUTBOX: usize = 64;
 /// How long a closing session waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Time a new connection has to say hello.
@@ -152,7 +152,13 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                         session = Some(coordinator.join(outbox, hello, Instant::now()));
                     }
                     (ClientMsg::Hello(_), Some(_)) => break Some(Closing::new(close::POLICY, "hello was already sent")),
-                    (ClientMsg::Submit(_), None) => break Some(Closing::new(close::POLICY, "say hello first")),
+                    (ClientMsg::Submit(_) | ClientMsg::Signal { .. } | ClientMsg::Fetched { .. }, None) => {
+                        break Some(Closing::new(close::POLICY, "say hello first"));
+                    }
+                    (ClientMsg::Signal { to, payload }, Some(id)) => {
+                        coordinator.signal(id, to, payload);
+                    }
+                    (ClientMsg::Fetched { version, from_peers }, Some(id)) => coordinator.fetched(id, version, from_peers),
                     (ClientMsg::Submit(sub), Some(id)) => {
                         let unit = sub.unit_id;
                         if let Err(r) = coordinator.submit(id, sub, Instant::now()) {

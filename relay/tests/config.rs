@@ -91,6 +91,9 @@ fn every_bad_value_names_its_key() {
         ("[limits]\norigins = [\"example.org\"]", "limits.origins"),
         ("[limits]\nping_secs = 0", "limits.ping_secs"),
         ("[limits]\nping_secs = 30\nidle_secs = 40", "limits.idle_secs"),
+        ("[mesh]\npeers = 100", "mesh.peers"),
+        ("[mesh]\nsignals_per_link = 0", "mesh.signals_per_link"),
+        ("[mesh]\nice_servers = [\"http://stun.example.org\"]", "mesh.ice_servers"),
     ];
     for (toml, key) in cases {
         let err = load(toml).expect_err(toml);

@@ -36,6 +36,18 @@ pub trait Transport {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError>;
     /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body.
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
+    /// The weights file of `version`, whose blake3 is `hash` (hex), from wherever the
+    /// transport finds it; the loop checks the hash again. By default, from the relay.
+    async fn fetch_weights(&mut self, version: u64, hash: &str) -> Result<Vec<u8>, TransportError> {
+        let _ = hash;
+        self.fetch(&format!("/api/weights/{version}")).await
+    }
+    /// Whether the transport shares weights with peers, handling the relay's
+    /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`] and [`ServerMsg::Signal`] itself
+    /// (see [`Hello::p2p`]).
+    fn p2p(&self) -> bool {
+        false
+    }
 }
 
 /// Why the loop stopped.
@@ -101,6 +113,19 @@ pub struct Stats {
     pub tokens: u64,
     /// Bytes of updates uploaded so far.
     pub upload_bytes: u64,
+    /// The model version whose weights it holds now.
+    pub weights_version: u64,
+    /// Versions whose weights it fetched (each checked against the published hash).
+    pub versions_fetched: u32,
+    /// Weight bytes received from the relay over HTTP (counted by transports that
+    /// share weights with peers).
+    pub weights_from_relay: u64,
+    /// Weight bytes received from peers over WebRTC, each chunk checked.
+    pub weights_from_peers: u64,
+    /// Peers with an open data channel now.
+    pub peers: u32,
+    /// Peers dropped for a chunk that failed its hash or a malformed message.
+    pub peers_dropped: u32,
     /// This contributor's public key, hex.
     pub key: String,
     /// The relay's receipts for the last accepted units (at most 32), each checked.
@@ -204,6 +229,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             resume,
             gflops: self.gflops,
             key: self.identity.public(),
+            p2p: self.transport.p2p(),
         });
         self.transport.send(protocol::encode(&hello)).await?;
         loop {
@@ -223,6 +249,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 ServerMsg::Wait { .. } => self.update(|s| s.state = "waiting".into()),
                 ServerMsg::Assign(unit) => self.work(unit).await?,
                 ServerMsg::Ack(ack) => self.record(ack),
+                // Only sent to transports that share weights, which take them first.
+                ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } | ServerMsg::Signal { .. } => {}
             }
         }
     }
@@ -248,9 +276,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         });
     }
 
-    /// Downloads `path` and checks its bytes against the published hash `expected`.
-    async fn download(&mut self, what: &'static str, path: &str, expected: &str) -> Result<Vec<u8>, ContributorError> {
-        let bytes = self.transport.fetch(path).await?;
+    /// Checks downloaded `bytes` against the published hash `expected`.
+    fn check_hash(what: &'static str, bytes: Vec<u8>, expected: &str) -> Result<Vec<u8>, ContributorError> {
         let actual = hash_hex(&bytes);
         if actual != expected {
             return Err(ContributorError::Hash { what, expected: expected.into(), actual });
@@ -264,11 +291,17 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             s.version = s.version.max(unit.version);
         });
         if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
-            let bytes = self.download("weights", &format!("/api/weights/{}", unit.version), &unit.weights_hash).await?;
+            let bytes = self.transport.fetch_weights(unit.version, &unit.weights_hash).await?;
+            let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
             self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&unit.model, &bytes)?));
+            self.update(|s| {
+                s.weights_version = unit.version;
+                s.versions_fetched += 1;
+            });
         }
         if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
-            let bytes = self.download("shard", &format!("/api/shards/{}", unit.shard), &unit.shard_hash).await?;
+            let bytes = self.transport.fetch(&format!("/api/shards/{}", unit.shard)).await?;
+            let bytes = Self::check_hash("shard", bytes, &unit.shard_hash)?;
             if Tokens::new(&bytes, unit.tokens).len() <= unit.model.context {
                 return Err(ContributorError::ShardTooSmall(unit.shard));
             }

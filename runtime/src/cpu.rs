@@ -66,9 +66,11 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     fn info(&self) -> DeviceInfo {
+        // The wasm bundle is built twice, with and without 128-bit SIMD (`www/wasm.js`).
+        let simd = if cfg!(target_feature = "simd128") { ", simd128" } else { "" };
         DeviceInfo {
             kind: "cpu".into(),
-            adapter: format!("CPU reference ({})", std::env::consts::ARCH),
+            adapter: format!("CPU reference ({}{simd})", std::env::consts::ARCH),
             software: true,
         }
     }

@@ -19,7 +19,7 @@ use crate::train::InnerOptim;
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
 /// The protocol version this build speaks; a frame with another is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -32,6 +32,13 @@ pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
 pub const MAX_INNER_STEPS: u32 = 10_000;
 /// Most rows in one batch.
 pub const MAX_BATCH: u32 = 4096;
+/// Longest WebRTC signalling payload (an SDP description or an ICE candidate, JSON), bytes.
+pub const MAX_SIGNAL: usize = 4096;
+/// Most ICE server URLs a welcome may name.
+pub const MAX_ICE_SERVERS: usize = 8;
+/// Bytes of one chunk of a weights file, as tabs share it and as
+/// `GET /api/weights/{version}/chunks/{index}` serves it; the last chunk may be shorter.
+pub const WEIGHT_CHUNK: usize = 64 * 1024;
 
 /// Largest submission frame for a model of `params` parameters, in bytes.
 pub fn max_submission_frame(params: usize) -> usize {
@@ -45,6 +52,22 @@ pub enum ClientMsg {
     Hello(Hello),
     /// The result of a unit.
     Submit(Submission),
+    /// A WebRTC offer, answer or ICE candidate for the peer session `to`, which the relay
+    /// introduced with [`ServerMsg::Peer`]; at most [`MAX_SIGNAL`] bytes.
+    Signal {
+        /// The peer's session id.
+        to: u64,
+        /// Opaque to the relay (JSON from the browser's WebRTC API).
+        payload: String,
+    },
+    /// The weights of `version` were fetched, `from_peers` of their bytes over WebRTC
+    /// (the rest from the relay); the relay publishes the peer-to-peer share.
+    Fetched {
+        /// The model version fetched.
+        version: u64,
+        /// Bytes received from peers.
+        from_peers: u64,
+    },
 }
 
 /// Who is contributing, with what.
@@ -62,6 +85,9 @@ pub struct Hello {
     pub gflops: f32,
     /// The contributor's ed25519 public key; every submission is signed with it.
     pub key: [u8; KEY_BYTES],
+    /// Whether it can share weights with peers over WebRTC (browser tabs); only such
+    /// sessions are introduced to each other.
+    pub p2p: bool,
 }
 
 /// A finished unit.
@@ -107,6 +133,26 @@ pub enum ServerMsg {
     },
     /// The verdict on a submission.
     Ack(Ack),
+    /// Introduces a peer of the same job to share weights with over WebRTC; the side
+    /// with `offer` set makes the offer. Signals go through [`ClientMsg::Signal`].
+    Peer {
+        /// The peer's session id.
+        session: u64,
+        /// Whether this side makes the WebRTC offer.
+        offer: bool,
+    },
+    /// An introduced peer left the relay.
+    PeerGone {
+        /// The peer's session id.
+        session: u64,
+    },
+    /// A WebRTC signal from an introduced peer.
+    Signal {
+        /// The peer's session id.
+        from: u64,
+        /// What the peer sent, unchanged.
+        payload: String,
+    },
 }
 
 /// Session facts sent once.
@@ -122,6 +168,9 @@ pub struct Welcome {
     pub job: String,
     /// The current model version.
     pub version: u64,
+    /// STUN/TURN URLs for WebRTC between tabs (e.g. `stun:stun.example.org:3478`); empty
+    /// on a LAN or loopback.
+    pub ice_servers: Vec<String>,
 }
 
 /// Everything needed to run one unit; with the downloaded weights and shard, every
@@ -207,6 +256,13 @@ fn check_string(name: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn check_signal(payload: &str) -> Result<(), String> {
+    if payload.len() > MAX_SIGNAL {
+        return Err(format!("signal is {} bytes, the limit is {MAX_SIGNAL}", payload.len()));
+    }
+    Ok(())
+}
+
 impl Validate for ClientMsg {
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -242,6 +298,13 @@ impl Validate for ClientMsg {
                 }
                 Ok(())
             }
+            ClientMsg::Signal { payload, .. } => check_signal(payload),
+            ClientMsg::Fetched { from_peers, .. } => {
+                if *from_peers > 4 * MAX_PARAMS as u64 + MAX_CONTROL_FRAME as u64 {
+                    return Err(format!("from_peers = {from_peers} is larger than any weights file"));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -251,8 +314,14 @@ impl Validate for ServerMsg {
         match self {
             ServerMsg::Welcome(w) => {
                 check_string("job", &w.job)?;
-                check_string("token", &w.token)
+                check_string("token", &w.token)?;
+                if w.ice_servers.len() > MAX_ICE_SERVERS {
+                    return Err(format!("{} ICE servers, the limit is {MAX_ICE_SERVERS}", w.ice_servers.len()));
+                }
+                w.ice_servers.iter().try_for_each(|url| check_string("ice_servers", url))
             }
+            ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } => Ok(()),
+            ServerMsg::Signal { payload, .. } => check_signal(payload),
             ServerMsg::Wait { reason } => check_string("reason", reason),
             ServerMsg::Ack(a) => {
                 check_string("reason", &a.reason)?;

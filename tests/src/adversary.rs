@@ -231,7 +231,8 @@ fn join(c: &mut Coordinator, attack: Option<Attack>, index: u64, now: Instant) -
     let (outbox, inbox) = mpsc::channel(64);
     let identity = Identity::generate();
     let device = DeviceInfo { kind: "cpu".into(), adapter: "adversarial suite".into(), software: true };
-    let hello = Hello { agent: format!("{attack:?}"), device, resume: None, gflops: 0.0, key: identity.public() };
+    let hello =
+        Hello { agent: format!("{attack:?}"), device, resume: None, gflops: 0.0, key: identity.public(), p2p: false };
     let session = c.join(outbox, hello, now);
     Member {
         session,
@@ -255,7 +256,7 @@ fn drain(m: &mut Member, is_attack: bool, honest: &mut Tally, attacks: &mut Tall
         match msg {
             ServerMsg::Assign(unit) => m.unit = Some(unit),
             ServerMsg::Ack(ack) => count_ack(m, ack.accepted, &ack.reason, is_attack, honest, attacks),
-            ServerMsg::Welcome(_) | ServerMsg::Wait { .. } => {}
+            _ => {}
         }
     }
 }

@@ -2,6 +2,7 @@
 //! with fantoccini.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,15 +23,19 @@ pub const CHROME_ARGS: [&str; 9] = [
     "--disable-quic",
 ];
 
-/// Fails with what to do when the page's wasm bundle (`www/pkg`) has not been built.
+/// Fails with what to do when the page's wasm bundles (`www/pkg`, `www/pkg-simd`) have not been
+/// built.
 pub fn require_bundle() {
-    assert!(
-        crate::repo_root().join("www/pkg/crowdgrad_web_bg.wasm").exists(),
-        "www/pkg is missing: build the wasm bundle first (`cargo xtask test` does)"
-    );
+    for build in ["pkg", "pkg-simd"] {
+        assert!(
+            crate::repo_root().join(format!("www/{build}/crowdgrad_web_bg.wasm")).exists(),
+            "www/{build} is missing: build the wasm bundles first (`cargo xtask test` does)"
+        );
+    }
 }
 
-/// A chromedriver process on a free loopback port, killed on drop.
+/// A chromedriver process on a free loopback port; dropping it kills it and every browser it
+/// started.
 pub struct Chromedriver {
     child: Child,
     port: u16,
@@ -41,7 +46,10 @@ impl Chromedriver {
     pub fn start() -> anyhow::Result<Self> {
         let binary = std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        // Its own process group, so that dropping it also ends the browsers it started,
+        // even when a test panics before closing its sessions.
         let child = Command::new(&binary)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,6 +87,8 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -19,7 +19,7 @@ const CONNECTING_AT_ONCE: usize = 256;
 
 fn hello(agent: &str, key: [u8; 32]) -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "simulated".into(), software: true };
-    let msg = ClientMsg::Hello(Hello { agent: agent.into(), device, resume: None, gflops: 0.0, key });
+    let msg = ClientMsg::Hello(Hello { agent: agent.into(), device, resume: None, gflops: 0.0, key, p2p: false });
     Message::Binary(protocol::encode(&msg).into())
 }
 

@@ -44,6 +44,7 @@ fn hello() -> Message {
             resume: None,
             gflops: 0.0,
             key: [7; 32],
+            p2p: false,
         }))
         .into(),
     )
@@ -113,7 +114,8 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
 
     // An oversized string inside a well-formed frame.
     let device = DeviceInfo { kind: "cpu".into(), adapter: "x".repeat(1000), software: true };
-    let long = ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None, gflops: 0.0, key: [7; 32] });
+    let long =
+        ClientMsg::Hello(Hello { agent: "a".into(), device, resume: None, gflops: 0.0, key: [7; 32], p2p: false });
     let (code, reason) = close_reason(addr, vec![Message::Binary(protocol::encode(&long).into())]).await;
     assert_eq!(code, 1008);
     assert!(reason.contains("device.adapter is 1000 bytes"), "{reason}");

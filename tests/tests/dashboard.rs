@@ -1,7 +1,7 @@
 //! The operators' dashboard in headless Chromium, beside a relay with a native
 //! contributor: it goes live over server-sent events (`/api/events`), fills in the job,
-//! version, throughput in tokens/s, bytes in and out and the rejections table, and draws
-//! its panels (loss by version, versions and contributors over time, throughput, traffic).
+//! version, throughput in tokens/s, bytes in and out, the P2P share and the rejections table, and draws
+//! its panels (loss by version, versions and contributors over time, throughput, traffic, P2P share).
 //! Every control is labelled and all text has at least 4.5:1 contrast. Saves
 //! `target/screenshots/dashboard.png`.
 
@@ -47,8 +47,10 @@ async fn the_dashboard_goes_live_and_draws_every_panel() {
     assert!(text(&tab, "job").await.contains("M parameters"));
     assert_eq!(text(&tab, "online").await, "1");
     assert!(text(&tab, "bytes").await.contains("B /"), "bytes in and out");
+    let p2p = text(&tab, "p2p").await;
+    assert!(p2p.contains("% (") && p2p.contains("from the relay"), "the P2P share: {p2p}");
     assert_eq!(text(&tab, "rejections").await.lines().last(), Some("none"), "no rejections, and it says so");
-    for panel in ["loss", "versions", "contributors", "tokens", "traffic"] {
+    for panel in ["loss", "versions", "contributors", "tokens", "traffic", "p2p-share"] {
         until(&tab, &format!("the {panel} panel drawn"), Duration::from_secs(20), &drawn(panel)).await;
     }
     assert_eq!(eval(&tab, UNLABELLED).await, serde_json::json!([]), "unlabelled controls");

@@ -48,7 +48,14 @@ fn frame(msg: &ClientMsg) -> Message {
 
 fn hello() -> Message {
     let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
-    frame(&ClientMsg::Hello(Hello { agent: "limits-test".into(), device, resume: None, gflops: 0.0, key: [7; 32] }))
+    frame(&ClientMsg::Hello(Hello {
+        agent: "limits-test".into(),
+        device,
+        resume: None,
+        gflops: 0.0,
+        key: [7; 32],
+        p2p: false,
+    }))
 }
 
 /// Reads until the close frame; `(code, reason)`.

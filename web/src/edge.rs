@@ -20,7 +20,7 @@ const AGENT: &str = concat!("crowdgrad-edge/", env!("CARGO_PKG_VERSION"));
 pub async fn contribute_headless(relay_url: String, units: u32) -> Result<JsValue, JsValue> {
     let fail = |e: String| JsValue::from_str(&e);
     let stats = SharedStats::default();
-    let transport = WebTransport::connect(&relay_url).await.map_err(|e| fail(e.to_string()))?;
+    let transport = WebTransport::connect(&relay_url, stats.clone()).await.map_err(|e| fail(e.to_string()))?;
     let socket = transport.socket();
     let identity = Identity::from_secret(random_bytes().map_err(fail)?);
     let mut cpu = CpuBackend::new();

@@ -17,6 +17,7 @@ mod duty;
 mod edge;
 mod global;
 mod identity;
+mod mesh;
 mod residual;
 mod sample;
 mod transport;
@@ -24,15 +25,18 @@ mod transport;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor as Loop, Rest, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::feedback::SavedResidual;
 use crowdgrad_runtime::gpu::GpuBackend;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
 pub use bench::{bench, bench_matmul};
 use global::now_seconds;
+use mesh::Mesh;
 pub use sample::sample;
 use transport::WebTransport;
 
@@ -45,12 +49,24 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// Where a tab's session stands.
+enum Session {
+    /// Not started, or stopped.
+    Idle,
+    /// Picking and calibrating the device; it connects after that.
+    Starting,
+    /// Connected through this socket.
+    Connected(WebSocket),
+}
+
 /// A tab's contribution to a relay's training job.
 #[wasm_bindgen]
 pub struct Contributor {
     relay_url: String,
     stats: SharedStats,
-    socket: Rc<RefCell<Option<WebSocket>>>,
+    session: Rc<RefCell<Session>>,
+    /// The session's mesh of peers (where the host has WebRTC), which holds the weights.
+    mesh: Rc<RefCell<Option<Mesh>>>,
     /// Share of the time spent working, `0.1..=1`.
     intensity: Rc<Cell<f64>>,
 }
@@ -64,7 +80,8 @@ impl Contributor {
         Contributor {
             relay_url,
             stats: SharedStats::default(),
-            socket: Rc::new(RefCell::new(None)),
+            session: Rc::new(RefCell::new(Session::Idle)),
+            mesh: Rc::default(),
             intensity: Rc::new(Cell::new(1.0)),
         }
     }
@@ -78,70 +95,107 @@ impl Contributor {
     /// Picks the device (WebGPU when the browser gives an adapter, else the wasm CPU
     /// backend), connects and trains in the background until [`Contributor::stop`].
     pub fn start(&self) {
-        if self.socket.borrow().is_some() {
+        if !matches!(*self.session.borrow(), Session::Idle) {
             return;
         }
-        let (url, stats, socket) = (self.relay_url.clone(), self.stats.clone(), self.socket.clone());
+        *self.session.borrow_mut() = Session::Starting;
+        let (url, stats, session) = (self.relay_url.clone(), self.stats.clone(), self.session.clone());
+        let held = Held { session: session.clone(), mesh: self.mesh.clone() };
         let rest = duty::rest(self.intensity.clone());
         wasm_bindgen_futures::spawn_local(async move {
-            if let Err(message) = run(&url, stats.clone(), socket.clone(), rest).await {
+            if let Err(message) = run(&url, stats.clone(), held, rest).await {
                 let mut s = stats.lock().expect("stats lock");
                 s.state = "stopped".into();
                 s.error = Some(message);
             }
-            socket.borrow_mut().take();
+            *session.borrow_mut() = Session::Idle;
         });
     }
 
     /// Closes the session; training stops after the current step. [`Contributor::start`]
     /// resumes with the relay's resume token, as the same contributor.
     pub fn stop(&self) {
-        if let Some(socket) = self.socket.borrow_mut().take() {
+        if let Session::Connected(socket) = self.session.replace(Session::Idle) {
             let _ = socket.close_with_code_and_reason(1000, "stopped by the visitor");
         }
     }
 
+    /// The newest weights the tab holds whole, as `{ version, bytes }` (`bytes` a
+    /// `Uint8Array` of the `/api/weights/{version}` file), for [`sample`] without another
+    /// download; `undefined` before the first fetch or where the host has no WebRTC.
+    pub fn weights(&self) -> JsValue {
+        let Some((version, bytes)) = self.mesh.borrow().as_ref().and_then(Mesh::latest) else {
+            return JsValue::UNDEFINED;
+        };
+        let object = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&object, &"version".into(), &JsValue::from(version));
+        let _ = js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(bytes.as_slice()));
+        object.into()
+    }
+
     /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
     /// software }, session, version, units_done, units_rejected, last_rejection,
-    /// rejections: { code: count }, last_loss, tokens, upload_bytes, key, receipts,
-    /// residual_restored, error }`. `device.kind` is
+    /// rejections: { code: count }, last_loss, tokens, upload_bytes, weights_version,
+    /// versions_fetched, weights_from_relay, weights_from_peers (bytes), peers,
+    /// peers_dropped, key, receipts, residual_restored, error }`. `device.kind` is
     /// `"webgpu"` or `"cpu"`; `residual_restored` counts the values of the error-feedback
-    /// residual carried over from an earlier visit (IndexedDB).
+    /// residual carried over from an earlier visit (IndexedDB); `peers` counts open WebRTC
+    /// channels, `peers_dropped` those closed for a chunk that failed its hash.
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let stats = self.stats.lock().expect("stats lock").clone();
         serde_wasm_bindgen::to_value(&stats).map_err(|e| JsValue::from_str(&e.to_string()))
     }
 }
 
-async fn run(url: &str, stats: SharedStats, socket: Rc<RefCell<Option<WebSocket>>>, rest: Rest) -> Result<(), String> {
+/// What the running task shares with its [`Contributor`].
+struct Held {
+    session: Rc<RefCell<Session>>,
+    mesh: Rc<RefCell<Option<Mesh>>>,
+}
+
+/// Picks and calibrates the device, then contributes on it. The relay is contacted only
+/// after calibration, which can take seconds when many tabs start at once.
+async fn run(url: &str, stats: SharedStats, held: Held, rest: Rest) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
-    let gpu = GpuBackend::new().await;
     let saved = residual::load().await;
-    let transport = WebTransport::connect(url).await.map_err(|e| e.to_string())?;
-    socket.borrow_mut().replace(transport.socket());
-    match gpu {
+    match GpuBackend::new().await {
         Ok(mut gpu) => {
             if let Some(name) = adapter::describe().await {
                 gpu.set_adapter_name(name);
             }
             let gflops = calibrate(&mut gpu, now_seconds).await;
-            Loop::new(transport, gpu, AGENT, stats, gflops, identity::load_or_create()?)
-                .with_residual(saved, Box::new(residual::IndexedDbResidual))
-                .with_rest(rest)
-                .run()
-                .await
-                .map_err(|e| e.to_string())
+            contribute(url, gpu, gflops, stats, held, rest, saved).await
         }
         Err(e) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
             let mut cpu = CpuBackend::new();
             let gflops = calibrate(&mut cpu, now_seconds).await;
-            Loop::new(transport, cpu, AGENT, stats, gflops, identity::load_or_create()?)
-                .with_residual(saved, Box::new(residual::IndexedDbResidual))
-                .with_rest(rest)
-                .run()
-                .await
-                .map_err(|e| e.to_string())
+            contribute(url, cpu, gflops, stats, held, rest, saved).await
         }
     }
+}
+
+/// Connects (unless the visitor stopped meanwhile) and trains on `backend`.
+async fn contribute<B: Backend>(
+    url: &str,
+    backend: B,
+    gflops: f32,
+    stats: SharedStats,
+    held: Held,
+    rest: Rest,
+    saved: SavedResidual,
+) -> Result<(), String> {
+    if !matches!(*held.session.borrow(), Session::Starting) {
+        stats.lock().expect("stats lock").state = "stopped".into();
+        return Ok(());
+    }
+    let transport = WebTransport::connect(url, stats.clone()).await.map_err(|e| e.to_string())?;
+    held.session.replace(Session::Connected(transport.socket()));
+    held.mesh.replace(transport.mesh());
+    Loop::new(transport, backend, AGENT, stats, gflops, identity::load_or_create()?)
+        .with_residual(saved, Box::new(residual::IndexedDbResidual))
+        .with_rest(rest)
+        .run()
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -1,15 +1,20 @@
 //! The runtime's [`Transport`] in the browser: `web_sys::WebSocket` for the session,
 //! the global `fetch` for weights and shards; both exist in browsers and in Node.js.
+//! Where the host has WebRTC, weights come through the tab's [`Mesh`] of peers, which
+//! takes the relay's peer messages as they arrive, even while the loop is training.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crowdgrad_runtime::contributor::{Transport, TransportError};
+use crowdgrad_runtime::contributor::{SharedStats, Transport, TransportError};
+use crowdgrad_runtime::protocol::{self, MAX_CONTROL_FRAME, ServerMsg};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use wasm_bindgen::JsCast;
 use wasm_bindgen::closure::Closure;
 use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
+
+use crate::mesh::{self, Mesh};
 
 /// Largest download accepted, bytes.
 const MAX_DOWNLOAD: usize = 80 * 1024 * 1024;
@@ -22,26 +27,36 @@ pub struct WebTransport {
     socket: WebSocket,
     inbox: Inbox,
     http_base: String,
+    /// Peers to share weights with; `None` where the host has no WebRTC.
+    mesh: Option<Mesh>,
     // The callbacks must live as long as the socket can call them.
     _handlers: Vec<Closure<dyn FnMut(JsEvent)>>,
 }
 
 impl WebTransport {
-    /// Opens `url` (`ws://host/ws` or `wss://host/ws`) and waits until it is open.
-    pub async fn connect(url: &str) -> Result<Self, TransportError> {
+    /// Opens `url` (`ws://host/ws` or `wss://host/ws`) and waits until it is open. Peer
+    /// counts and weight bytes go to `stats`.
+    pub async fn connect(url: &str, stats: SharedStats) -> Result<Self, TransportError> {
         let http_base = url.replacen("ws", "http", 1).trim_end_matches("/ws").to_string();
         let socket = WebSocket::new(url).map_err(|e| TransportError(format!("{url}: {e:?}")))?;
         socket.set_binary_type(BinaryType::Arraybuffer);
         let (tx, inbox) = mpsc::unbounded();
+        let mesh = mesh::available().then(|| Mesh::new(socket.clone(), stats));
         let (open_tx, open_rx) = futures_channel::oneshot::channel::<Result<(), String>>();
         let open_tx = Rc::new(RefCell::new(Some(open_tx)));
 
         let on_message = {
-            let tx = tx.clone();
+            let (tx, mesh) = (tx.clone(), mesh.clone());
             Closure::<dyn FnMut(JsEvent)>::new(move |e: JsEvent| {
                 let e: MessageEvent = e.unchecked_into();
                 if let Ok(buffer) = e.data().dyn_into::<js_sys::ArrayBuffer>() {
-                    let _ = tx.unbounded_send(Ok(js_sys::Uint8Array::new(&buffer).to_vec()));
+                    let frame = js_sys::Uint8Array::new(&buffer).to_vec();
+                    let for_mesh = mesh.as_ref().is_some_and(|mesh| {
+                        protocol::decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME).is_ok_and(|msg| mesh.on_relay(&msg))
+                    });
+                    if !for_mesh {
+                        let _ = tx.unbounded_send(Ok(frame));
+                    }
                 }
             })
         };
@@ -67,9 +82,14 @@ impl WebTransport {
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let transport = WebTransport { socket, inbox, http_base, _handlers: vec![on_message, on_open, on_close] };
+        let transport = WebTransport { socket, inbox, http_base, mesh, _handlers: vec![on_message, on_open, on_close] };
         open_rx.await.map_err(|_| TransportError("socket dropped before opening".into()))?.map_err(TransportError)?;
         Ok(transport)
+    }
+
+    /// The tab's mesh of peers, where the host has WebRTC.
+    pub fn mesh(&self) -> Option<Mesh> {
+        self.mesh.clone()
     }
 
     /// A handle that can close the socket from elsewhere (the page's Stop button).
@@ -101,5 +121,16 @@ impl Transport for WebTransport {
 
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
         crate::global::get(&format!("{}{path}", self.http_base), MAX_DOWNLOAD).await.map_err(TransportError)
+    }
+
+    async fn fetch_weights(&mut self, version: u64, _hash: &str) -> Result<Vec<u8>, TransportError> {
+        match &self.mesh {
+            Some(mesh) => mesh.download(&self.http_base, version).await.map_err(TransportError),
+            None => self.fetch(&format!("/api/weights/{version}")).await,
+        }
+    }
+
+    fn p2p(&self) -> bool {
+        self.mesh.is_some()
     }
 }

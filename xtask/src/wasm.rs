@@ -25,6 +25,8 @@ struct Bundle {
     #[serde(rename = "crate")]
     krate: String,
     out_dir: String,
+    simd_out_dir: String,
+    simd_target_dir: String,
     target: String,
     profile: String,
     wasm_opt: bool,
@@ -60,14 +62,28 @@ impl WasmConfig {
     }
 }
 
-/// `wasm-pack build` of the bundle crate into its output folder.
+/// `wasm-pack build` of the bundle crate into its output folder, then again with 128-bit SIMD
+/// into the SIMD folder.
 pub fn build_bundle(config: &WasmConfig) -> Result<(), String> {
     let b = &config.bundle;
-    let out = root().join(&b.out_dir);
-    let mut cmd = Command::new("wasm-pack");
-    cmd.current_dir(root()).args(["build", &b.krate, "--target", &b.target, &format!("--{}", b.profile), "--no-opt"]);
-    cmd.arg("--out-dir").arg(&out);
-    run(&mut cmd)
+    let build = || {
+        let mut cmd = Command::new("wasm-pack");
+        cmd.current_dir(root()).args([
+            "build",
+            &b.krate,
+            "--target",
+            &b.target,
+            &format!("--{}", b.profile),
+            "--no-opt",
+        ]);
+        cmd
+    };
+    run(build().arg("--out-dir").arg(root().join(&b.out_dir)))?;
+    let mut simd = build();
+    simd.arg("--out-dir").arg(root().join(&b.simd_out_dir));
+    simd.env("CARGO_TARGET_DIR", root().join(&b.simd_target_dir));
+    simd.env("RUSTFLAGS", "-C target-feature=+simd128");
+    run(&mut simd)
 }
 
 /// The bundle crate built for Node.js (`--target nodejs`, the bundle's profile), for the

@@ -10,6 +10,7 @@
 mod aggregate;
 mod checks;
 mod commit;
+mod mesh;
 mod pacing;
 mod report;
 mod sketch;
@@ -108,6 +109,8 @@ struct Session {
     told_to_wait: bool,
     /// Seconds per inner step: from the hello's calibration, then from its results.
     step_secs: Option<f64>,
+    /// The last version whose peer bytes it reported ([`Coordinator::fetched`]).
+    last_fetched: Option<u64>,
 }
 
 /// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖, blake3 and sketch.
@@ -169,6 +172,8 @@ pub struct Coordinator {
     train_losses: Vec<f32>,
     next_unit: u64,
     sessions: BTreeMap<u64, Session>,
+    /// Which p2p sessions were introduced to each other.
+    mesh: mesh::Mesh,
     evaluator: Evaluator,
     history: VecDeque<VersionRecord>,
     counters: Counters,
@@ -274,6 +279,7 @@ impl Coordinator {
             train_losses: Vec::new(),
             next_unit,
             sessions: BTreeMap::new(),
+            mesh: mesh::Mesh::default(),
             evaluator,
             history,
             counters: Counters::default(),
@@ -375,6 +381,7 @@ impl Coordinator {
             checks_pending: self.pending.len() + self.held.len(),
             bytes_in: self.metrics.bytes_in.get(),
             bytes_out: self.metrics.bytes_out.get(),
+            p2p_share: self.counters.p2p_share(),
         }
     }
 
@@ -435,6 +442,7 @@ impl Coordinator {
             token,
             job: self.job.name.clone(),
             version: self.version,
+            ice_servers: self.job.mesh.ice_servers.clone(),
         });
         let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
         let session = Session {
@@ -445,15 +453,20 @@ impl Coordinator {
             unit: None,
             told_to_wait: false,
             step_secs,
+            last_fetched: None,
         };
         self.sessions.insert(id, session);
         self.send(id, welcome);
+        if hello.p2p {
+            self.mesh_join(id);
+        }
         self.offer(id, now);
         id
     }
 
     /// Forgets a session; its unit goes back to the pool and to an idle session.
     pub fn leave(&mut self, session: u64, now: Instant) {
+        self.mesh_leave(session);
         if let Some(s) = self.sessions.remove(&session)
             && let Some(unit_id) = s.unit
             && self

@@ -98,6 +98,18 @@ pub struct Counters {
     pub twins_compared: u64,
     /// Of those, pairs that disagreed (and were both replayed).
     pub twins_disagreed: u64,
+    /// Weight-file bytes the relay served over HTTP (whole files and chunks).
+    pub weight_bytes_relay: u64,
+    /// Weight-file bytes tabs report they got from peers over WebRTC.
+    pub weight_bytes_peers: u64,
+}
+
+impl Counters {
+    /// The share of weight bytes that went tab to tab, `0..=1` (0 before any).
+    pub fn p2p_share(&self) -> f64 {
+        let total = self.weight_bytes_relay + self.weight_bytes_peers;
+        if total == 0 { 0.0 } else { self.weight_bytes_peers as f64 / total as f64 }
+    }
 }
 
 /// The JSON body of `/api/status`.
@@ -137,6 +149,8 @@ pub struct Status {
     pub bytes_in: u64,
     /// Bytes sent in WebSocket frames and downloads since this process started.
     pub bytes_out: u64,
+    /// The share of weight bytes that went tab to tab over WebRTC, `0..=1`.
+    pub p2p_share: f64,
 }
 
 /// How many contributors were online at a moment.

@@ -41,7 +41,7 @@ impl Client {
         let (tx, inbox) = mpsc::channel(16);
         let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
         let identity = Identity::generate();
-        let hello = Hello { agent: "test".into(), device, resume: None, gflops, key: identity.public() };
+        let hello = Hello { agent: "test".into(), device, resume: None, gflops, key: identity.public(), p2p: false };
         Client { id: c.join(tx, hello, now), inbox, identity }
     }
 

@@ -30,20 +30,22 @@ pub async fn run(args: &[String]) {
     let gpu = training_throughput(gpu, cfg, rows as usize, steps, clock()).await.expect("GPU run");
     table.push(("GPU backend (native wgpu)", gpu.device.adapter.clone(), gpu.tokens_per_second()));
     let page = BenchPage::start().await;
-    for (name, device) in
-        [("GPU backend (headless Chromium WebGPU)", "gpu"), ("CPU backend (headless Chromium wasm)", "cpu")]
-    {
+    for (name, device, at) in [
+        ("GPU backend (headless Chromium WebGPU)", "gpu", "bench.html"),
+        ("CPU backend (headless Chromium wasm, SIMD)", "cpu", "bench.html"),
+        ("CPU backend (headless Chromium wasm, no SIMD)", "cpu", "bench.html?plain"),
+    ] {
         let args = vec![device.into(), "default".into(), steps.into(), rows.into()];
-        let result = page.call("window.crowdgradBench(...args)", args).await;
+        let result = page.call_at(at, "window.crowdgradBench(...args)", args).await;
         table.push((name, device_name(&result), tokens_per_second(&result)));
     }
     page.stop().await;
 
     let tokens_per_step = (rows as usize * cfg.context) as f64;
     let reference = table[0].2;
-    println!("\n{:<40} {:>10} {:>10} {:>16}  adapter", "backend", "steps/s", "tokens/s", "vs CPU reference");
+    println!("\n{:<46} {:>10} {:>10} {:>16}  adapter", "backend", "steps/s", "tokens/s", "vs CPU reference");
     for (name, adapter, tps) in &table {
-        println!("{name:<40} {:>10.2} {tps:>10.0} {:>15.2}×  {adapter}", tps / tokens_per_step, tps / reference);
+        println!("{name:<46} {:>10.2} {tps:>10.0} {:>15.2}×  {adapter}", tps / tokens_per_step, tps / reference);
     }
     println!(
         "\nratios: gpu-native/cpu-reference = {:.2}×, gpu-browser/cpu-reference = {:.2}×, gpu-browser/gpu-native = {:.2}×",
@@ -51,4 +53,5 @@ pub async fn run(args: &[String]) {
         table[2].2 / reference,
         table[2].2 / table[1].2
     );
+    println!("ratio: wasm-simd/wasm-plain (CPU backend in Chromium) = {:.2}×", table[3].2 / table[4].2);
 }

@@ -29,10 +29,15 @@ impl BenchPage {
     /// Opens the page in a fresh tab and resolves `call` (a JS expression using the
     /// page's `crowdgrad*` functions and `args`); panics with the page's error.
     pub async fn call(&self, call: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        self.call_at("bench.html", call, args).await
+    }
+
+    /// [`BenchPage::call`] on `page` (e.g. `bench.html?plain`, the build without SIMD).
+    pub async fn call_at(&self, page: &str, call: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
         let tab = self.driver.session(&[]).await.expect("chromium session");
         let timeouts = TimeoutConfiguration::new(Some(LIMIT), Some(Duration::from_secs(60)), Some(Duration::ZERO));
         tab.update_timeouts(timeouts).await.expect("script timeout");
-        tab.goto(&format!("http://{}/bench.html", self.relay.addr)).await.expect("open the bench page");
+        tab.goto(&format!("http://{}/{page}", self.relay.addr)).await.expect("open the bench page");
         let script = format!(
             "const done = arguments[arguments.length - 1]; const args = Array.from(arguments).slice(0, -1);
              window.crowdgradReady.then(() => {call}).then(done, (e) => done({{ error: String(e) }}));"

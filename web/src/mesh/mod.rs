@@ -1,0 +1,236 @@
+//! Tabs sharing model weights over WebRTC. The relay introduces each tab to a few peers
+//! of the same job ([`ServerMsg::Peer`]) and forwards their signals; the tabs then trade
+//! the weights file in [`WEIGHT_CHUNK`]-byte chunks, each checked against the hash list
+//! the relay publishes (`/api/weights/{version}/chunks`). A peer that sends a chunk that
+//! fails its hash, or a malformed message, is dropped for good. The relay serves what no
+//! peer has (see [`swarm`]).
+//!
+//! [`WEIGHT_CHUNK`]: crowdgrad_runtime::protocol::WEIGHT_CHUNK
+
+mod peer;
+mod store;
+mod swarm;
+mod wire;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::{Rc, Weak};
+
+use crowdgrad_runtime::contributor::SharedStats;
+use crowdgrad_runtime::protocol::ServerMsg;
+use futures_channel::mpsc;
+use web_sys::WebSocket;
+
+use self::peer::Peer;
+use self::store::Store;
+use self::swarm::Download;
+use self::wire::PeerMsg;
+
+/// Whether this JavaScript host has WebRTC (browsers do, Node.js does not).
+pub fn available() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"RTCPeerConnection".into()).is_ok_and(|v| v.is_function())
+}
+
+/// The tab's peers and the chunks it holds; cheap to clone.
+#[derive(Clone)]
+pub struct Mesh {
+    shared: Rc<RefCell<Shared>>,
+}
+
+/// State behind the [`Mesh`], reached from WebRTC callbacks through a `Weak`.
+pub struct Shared {
+    relay: WebSocket,
+    /// This tab's session id, from the relay's welcome.
+    me: u64,
+    ice_servers: Vec<String>,
+    peers: BTreeMap<u64, Peer>,
+    /// Peers dropped for a bad chunk or message; never connected to again.
+    banned: BTreeSet<u64>,
+    store: Store,
+    /// The version being fetched now, if any.
+    download: Option<Download>,
+    /// Wakes the download when a chunk or an announcement arrives or a peer goes.
+    wake: Option<mpsc::UnboundedSender<()>>,
+    stats: SharedStats,
+}
+
+impl Mesh {
+    /// A mesh that signals through the relay session `relay` and counts into `stats`.
+    pub fn new(relay: WebSocket, stats: SharedStats) -> Mesh {
+        let shared = Shared {
+            relay,
+            me: 0,
+            ice_servers: Vec::new(),
+            peers: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            store: Store::default(),
+            download: None,
+            wake: None,
+            stats,
+        };
+        Mesh { shared: Rc::new(RefCell::new(shared)) }
+    }
+
+    /// Takes the relay's messages about peers (and the ICE servers from its welcome).
+    /// Returns `false` for messages that are not the mesh's.
+    pub fn on_relay(&self, msg: &ServerMsg) -> bool {
+        match msg {
+            ServerMsg::Welcome(w) => {
+                let mut s = self.shared.borrow_mut();
+                (s.me, s.ice_servers) = (w.session, w.ice_servers.clone());
+                false
+            }
+            ServerMsg::Peer { session, offer } => {
+                self.connect(*session, *offer);
+                true
+            }
+            ServerMsg::PeerGone { session } => {
+                drop_peer(&Rc::downgrade(&self.shared), *session, None);
+                true
+            }
+            ServerMsg::Signal { from, payload } => {
+                if let Some(peer) = self.shared.borrow().peers.get(from) {
+                    peer.signal(payload.clone());
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The newest model version this tab holds whole, with its weights file.
+    pub fn latest(&self) -> Option<(u64, Vec<u8>)> {
+        self.shared.borrow().store.latest_complete()
+    }
+
+    fn connect(&self, id: u64, offer: bool) {
+        let (relay, ice_servers) = {
+            let s = self.shared.borrow();
+            if s.banned.contains(&id) || s.peers.contains_key(&id) {
+                return;
+            }
+            (s.relay.clone(), s.ice_servers.clone())
+        };
+        match Peer::connect(Rc::downgrade(&self.shared), relay, id, offer, &ice_servers) {
+            Ok(peer) => {
+                self.shared.borrow_mut().peers.insert(id, peer);
+            }
+            Err(e) => web_sys::console::warn_1(&format!("crowdgrad: no WebRTC connection to {id}: {e}").into()),
+        }
+    }
+}
+
+impl Shared {
+    fn wake(&self) {
+        if let Some(wake) = &self.wake {
+            let _ = wake.unbounded_send(());
+        }
+    }
+
+    fn open_peers(&self) -> u32 {
+        self.peers.values().filter(|p| p.open).count() as u32
+    }
+
+    fn count_peers(&self) {
+        let open = self.open_peers();
+        self.stats.lock().expect("stats lock").peers = open;
+    }
+
+    /// Tells every open peer (but `except`) about `chunks` of `version`.
+    fn announce(&self, version: u64, chunks: Vec<u32>, except: Option<u64>) {
+        let msg = PeerMsg::Have { version, chunks };
+        for (_, peer) in self.peers.iter().filter(|(id, _)| Some(**id) != except) {
+            peer.send(&msg);
+        }
+    }
+}
+
+/// The data channel to `id` opened: say what this tab holds.
+fn on_open(mesh: &Weak<RefCell<Shared>>, id: u64) {
+    let Some(shared) = mesh.upgrade() else { return };
+    let mut s = shared.borrow_mut();
+    let held = s.store.announcements();
+    let Some(peer) = s.peers.get_mut(&id) else { return };
+    peer.open = true;
+    for (version, chunks) in held {
+        peer.send(&PeerMsg::Have { version, chunks });
+    }
+    s.count_peers();
+    s.wake();
+}
+
+/// A message from peer `id`.
+fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
+    let Some(shared) = mesh.upgrade() else { return };
+    let msg = match PeerMsg::decode(frame) {
+        Ok(msg) => msg,
+        Err(e) => return drop_peer(mesh, id, Some(e)),
+    };
+    let mut s = shared.borrow_mut();
+    match msg {
+        PeerMsg::Have { version, chunks } => {
+            if let Some(peer) = s.peers.get_mut(&id) {
+                peer.have.retain(|v, _| *v + 2 > version);
+                peer.have.entry(version).or_default().extend(chunks);
+            }
+            s.wake();
+        }
+        PeerMsg::Request { version, index } => {
+            let reply = match s.store.chunk(version, index) {
+                Some(bytes) => PeerMsg::Chunk { version, index, bytes: bytes.to_vec() },
+                None => PeerMsg::Missing { version, index },
+            };
+            if let Some(peer) = s.peers.get(&id) {
+                peer.send(&reply);
+            }
+        }
+        PeerMsg::Missing { version, index } => {
+            if let Some(peer) = s.peers.get_mut(&id) {
+                peer.have.get_mut(&version).map(|chunks| chunks.remove(&index));
+            }
+            if let Some(download) = s.download.as_mut() {
+                download.failed(id, version, index);
+            }
+            s.wake();
+        }
+        PeerMsg::Chunk { version, index, .. } if s.store.chunk(version, index).is_some() => {}
+        PeerMsg::Chunk { version, index, bytes } => {
+            let verdict = s.download.as_mut().map(|d| d.received(id, version, index, &bytes));
+            match verdict {
+                Some(Ok(true)) => {
+                    let len = bytes.len() as u64;
+                    s.store.put(version, index, bytes);
+                    s.stats.lock().expect("stats lock").weights_from_peers += len;
+                    s.announce(version, vec![index], Some(id));
+                    s.wake();
+                }
+                Some(Err(why)) => {
+                    drop(s);
+                    drop_peer(mesh, id, Some(why));
+                }
+                // Late or unasked: not counted, not kept.
+                Some(Ok(false)) | None => {}
+            }
+        }
+    }
+}
+
+/// Forgets peer `id`; with a reason, it misbehaved and is banned for the session.
+fn drop_peer(mesh: &Weak<RefCell<Shared>>, id: u64, misbehaved: Option<String>) {
+    let Some(shared) = mesh.upgrade() else { return };
+    let mut s = shared.borrow_mut();
+    let peer = s.peers.remove(&id);
+    if let Some(why) = misbehaved {
+        web_sys::console::warn_1(&format!("crowdgrad: dropped peer {id}: {why}").into());
+        s.banned.insert(id);
+        s.stats.lock().expect("stats lock").peers_dropped += 1;
+    }
+    if let Some(download) = s.download.as_mut() {
+        download.forget_peer(id);
+    }
+    s.count_peers();
+    s.wake();
+    drop(s);
+    // Closing the connection last: its callbacks must find the state unborrowed.
+    drop(peer);
+}

@@ -1,0 +1,98 @@
+//! The chunks of the weights files this tab holds, to train on and to serve to peers.
+
+use std::collections::BTreeMap;
+
+use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
+
+/// Versions kept: the one trained on and the one being fetched.
+const KEPT_VERSIONS: usize = 2;
+
+/// Chunks of the last [`KEPT_VERSIONS`] versions, each `WEIGHT_CHUNK` bytes (the last
+/// one of a file may be shorter); `None` where not yet fetched.
+#[derive(Default)]
+pub struct Store {
+    versions: BTreeMap<u64, Vec<Option<Vec<u8>>>>,
+}
+
+impl Store {
+    /// Makes room for `chunks` chunks of `version`, forgetting the oldest version kept.
+    pub fn begin(&mut self, version: u64, chunks: usize) {
+        self.versions.entry(version).or_insert_with(|| vec![None; chunks]);
+        while self.versions.len() > KEPT_VERSIONS {
+            self.versions.pop_first();
+        }
+    }
+
+    /// Keeps a whole file of `version`, cut into chunks.
+    pub fn put_file(&mut self, version: u64, bytes: &[u8]) {
+        let chunks = bytes.chunks(WEIGHT_CHUNK).map(|c| Some(c.to_vec())).collect();
+        self.versions.insert(version, chunks);
+        while self.versions.len() > KEPT_VERSIONS {
+            self.versions.pop_first();
+        }
+    }
+
+    /// Keeps chunk `index` of `version` (ignored if the version is not kept).
+    pub fn put(&mut self, version: u64, index: u32, bytes: Vec<u8>) {
+        if let Some(slot) = self.versions.get_mut(&version).and_then(|v| v.get_mut(index as usize)) {
+            *slot = Some(bytes);
+        }
+    }
+
+    /// Chunk `index` of `version`, if held.
+    pub fn chunk(&self, version: u64, index: u32) -> Option<&[u8]> {
+        self.versions.get(&version)?.get(index as usize)?.as_deref()
+    }
+
+    /// Chunk indices of `version` not held yet.
+    pub fn missing(&self, version: u64) -> Vec<u32> {
+        let chunks = self.versions.get(&version).map(Vec::as_slice).unwrap_or_default();
+        (0..chunks.len() as u32).filter(|&i| chunks[i as usize].is_none()).collect()
+    }
+
+    /// The whole file of `version`, if every chunk is held.
+    pub fn complete(&self, version: u64) -> Option<Vec<u8>> {
+        let chunks = self.versions.get(&version)?;
+        let mut file = Vec::with_capacity(chunks.len() * WEIGHT_CHUNK);
+        for chunk in chunks {
+            file.extend_from_slice(chunk.as_deref()?);
+        }
+        Some(file)
+    }
+
+    /// The newest version held whole, with its file.
+    pub fn latest_complete(&self) -> Option<(u64, Vec<u8>)> {
+        self.versions.keys().rev().find_map(|&v| Some((v, self.complete(v)?)))
+    }
+
+    /// For each version kept, the chunks held: what a new peer is told.
+    pub fn announcements(&self) -> Vec<(u64, Vec<u32>)> {
+        self.versions
+            .iter()
+            .map(|(v, chunks)| (*v, (0..chunks.len() as u32).filter(|&i| chunks[i as usize].is_some()).collect()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_two_versions_and_assembles_complete_ones() {
+        let mut store = Store::default();
+        let file: Vec<u8> = (0..WEIGHT_CHUNK * 2 + 10).map(|i| i as u8).collect();
+        store.put_file(1, &file);
+        assert_eq!(store.complete(1).as_deref(), Some(file.as_slice()));
+        store.begin(2, 3);
+        assert_eq!(store.missing(2), vec![0, 1, 2]);
+        store.put(2, 1, vec![7; WEIGHT_CHUNK]);
+        assert_eq!(store.missing(2), vec![0, 2]);
+        assert!(store.complete(2).is_none());
+        assert_eq!(store.announcements(), vec![(1, vec![0, 1, 2]), (2, vec![1])]);
+        assert_eq!(store.latest_complete().map(|(v, _)| v), Some(1), "version 2 is partial");
+        store.begin(3, 3);
+        assert!(store.chunk(1, 0).is_none(), "the oldest version is forgotten");
+        assert_eq!(store.chunk(2, 1), Some(&[7; WEIGHT_CHUNK][..]));
+    }
+}

@@ -1,0 +1,238 @@
+//! Fetching one version's weights from peers first and from the relay for the rest.
+//!
+//! The tab announces the version, then asks peers for the chunks they announced, a few
+//! at a time, and checks each against the relay's hash list. When no peer has anything
+//! it lacks, it takes a chunk from the relay over HTTP: the tabs fetching the same
+//! version split the chunks between them (chunk `i` is for the fetcher of rank
+//! `i mod n`, by session id) and trade them; another's share is taken from the relay only
+//! when progress stalls. A tab with no open peer fetches the whole file in one request.
+
+use std::collections::BTreeMap;
+
+use crowdgrad_runtime::protocol::{ClientMsg, MAX_PARAMS, WEIGHT_CHUNK, encode};
+use futures_channel::mpsc;
+use futures_util::StreamExt;
+use futures_util::future::select;
+
+use super::{Mesh, Shared, wire::PeerMsg};
+use crate::global::{self, now_seconds};
+
+/// Requests to peers outstanding at once.
+const MAX_IN_FLIGHT: usize = 8;
+/// Requests outstanding to one peer.
+const PER_PEER: usize = 3;
+/// Seconds a request may take before another source is tried.
+const REQUEST_TIMEOUT: f64 = 3.0;
+/// Seconds without progress after which the relay serves chunks that are other
+/// fetchers' share.
+const STALLED: f64 = 1.5;
+/// Seconds between looks at the state when nothing wakes the download.
+const POLL: f64 = 0.05;
+/// Seconds the first fetch waits for a peer whose connection is being set up.
+const FIRST_CONTACT: f64 = 2.0;
+/// Seconds after which a connection that has not opened is not waited for.
+const CONNECTING: f64 = 10.0;
+/// Largest weights file, bytes.
+const MAX_FILE: usize = 4 * MAX_PARAMS + 1024 * 1024;
+
+/// A version being fetched: its chunk hashes and the requests out to peers.
+pub struct Download {
+    version: u64,
+    hashes: Vec<[u8; 32]>,
+    /// Chunk → (peer asked, when, seconds).
+    in_flight: BTreeMap<u32, (u64, f64)>,
+    /// When a peer last delivered a chunk, seconds.
+    last_from_peer: f64,
+}
+
+impl Download {
+    /// Judges chunk `index` of `version` from peer `from`: `Ok(true)` to keep it,
+    /// `Ok(false)` when it is not for this download, `Err` when it fails its hash.
+    pub fn received(&mut self, from: u64, version: u64, index: u32, bytes: &[u8]) -> Result<bool, String> {
+        if version != self.version {
+            return Ok(false);
+        }
+        let Some(expected) = self.hashes.get(index as usize) else {
+            return Err(format!("sent chunk {index} of a {}-chunk file", self.hashes.len()));
+        };
+        if blake3::hash(bytes).as_bytes() != expected {
+            return Err(format!("chunk {index} of version {version} does not match its published hash"));
+        }
+        if self.in_flight.get(&index).is_some_and(|(peer, _)| *peer == from) {
+            self.in_flight.remove(&index);
+        }
+        self.last_from_peer = now_seconds();
+        Ok(true)
+    }
+
+    /// Peer `from` does not have chunk `index` after all.
+    pub fn failed(&mut self, from: u64, version: u64, index: u32) {
+        if version == self.version && self.in_flight.get(&index).is_some_and(|(peer, _)| *peer == from) {
+            self.in_flight.remove(&index);
+        }
+    }
+
+    /// Peer `id` is gone: its requests go elsewhere.
+    pub fn forget_peer(&mut self, id: u64) {
+        self.in_flight.retain(|_, (peer, _)| *peer != id);
+    }
+}
+
+/// What the download does next.
+enum Step {
+    Done(Vec<u8>),
+    FromRelay(u32),
+    Wait,
+}
+
+impl Shared {
+    /// Sends what requests it can and says what to do next.
+    fn next_step(&mut self, now: f64, last_progress: f64, offset: usize) -> Step {
+        let Shared { peers, download, store, me, .. } = self;
+        let Some(d) = download.as_mut() else { return Step::Wait };
+        let version = d.version;
+        let missing = store.missing(version);
+        if missing.is_empty() {
+            return store.complete(version).map_or(Step::Wait, Step::Done);
+        }
+        // A request that timed out: that peer is not asked for that chunk again.
+        let expired: Vec<(u32, u64)> =
+            d.in_flight.iter().filter(|(_, (_, at))| now - at > REQUEST_TIMEOUT).map(|(i, (p, _))| (*i, *p)).collect();
+        for (index, peer) in expired {
+            d.in_flight.remove(&index);
+            if let Some(chunks) = peers.get_mut(&peer).and_then(|p| p.have.get_mut(&version)) {
+                chunks.remove(&index);
+            }
+        }
+        let start = offset % missing.len();
+        let order = missing[start..].iter().chain(&missing[..start]).copied();
+        for index in order.filter(|i| !d.in_flight.contains_key(i)).collect::<Vec<_>>() {
+            if d.in_flight.len() >= MAX_IN_FLIGHT {
+                break;
+            }
+            let load = |id: u64| d.in_flight.values().filter(|(p, _)| *p == id).count();
+            let holder = peers
+                .iter()
+                .filter(|(id, p)| {
+                    p.open && load(**id) < PER_PEER && p.have.get(&version).is_some_and(|c| c.contains(&index))
+                })
+                .min_by_key(|(id, _)| load(**id))
+                .map(|(id, _)| *id);
+            if let Some(id) = holder
+                && peers[&id].send(&PeerMsg::Request { version, index })
+            {
+                d.in_flight.insert(index, (id, now));
+            }
+        }
+        if !d.in_flight.is_empty() {
+            return Step::Wait;
+        }
+        // Tabs fetching this version split the relay's chunks between them by session
+        // order; a tab waits for the others' share unless they stall.
+        let mut fetchers: Vec<u64> = peers
+            .iter()
+            .filter(|(_, p)| p.open && p.have.contains_key(&version))
+            .map(|(id, _)| *id)
+            .chain([*me])
+            .collect();
+        fetchers.sort_unstable();
+        let rank = fetchers.iter().position(|id| id == me).expect("this tab is among them");
+        let mine = missing.iter().find(|&&i| i as usize % fetchers.len() == rank);
+        let stalled = now - d.last_from_peer.max(last_progress) > STALLED;
+        match mine {
+            Some(&index) => Step::FromRelay(index),
+            None if stalled => Step::FromRelay(missing[start]),
+            None => Step::Wait,
+        }
+    }
+
+    /// Whether no channel is open but a connection started recently may open soon.
+    fn only_connecting(&self, now: f64) -> bool {
+        self.open_peers() == 0 && self.peers.values().any(|p| now - p.since < CONNECTING)
+    }
+
+    /// Keeps a chunk that came from the relay and tells the peers.
+    fn keep_relay_chunk(&mut self, version: u64, index: u32, bytes: Vec<u8>) {
+        self.stats.lock().expect("stats lock").weights_from_relay += bytes.len() as u64;
+        self.store.put(version, index, bytes);
+        self.announce(version, vec![index], None);
+    }
+}
+
+impl Mesh {
+    /// The weights file of `version`: from peers where they have it, from the relay at
+    /// `http_base` for the rest. Reports the peer bytes to the relay.
+    pub async fn download(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
+        let held = self.shared.borrow().store.complete(version);
+        if let Some(file) = held {
+            return Ok(file);
+        }
+        let deadline = now_seconds() + FIRST_CONTACT;
+        while now_seconds() < deadline && self.shared.borrow().only_connecting(now_seconds()) {
+            global::sleep(POLL).await;
+        }
+        let peers_before = self.shared.borrow().stats.lock().expect("stats lock").weights_from_peers;
+        let file = if self.shared.borrow().open_peers() == 0 {
+            self.whole_from_relay(http_base, version).await?
+        } else {
+            self.swarm(http_base, version).await?
+        };
+        let s = self.shared.borrow();
+        let from_peers = s.stats.lock().expect("stats lock").weights_from_peers - peers_before;
+        let _ = s.relay.send_with_u8_array(&encode(&ClientMsg::Fetched { version, from_peers }));
+        Ok(file)
+    }
+
+    async fn whole_from_relay(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
+        let file = global::get(&format!("{http_base}/api/weights/{version}"), MAX_FILE).await?;
+        let mut s = self.shared.borrow_mut();
+        s.stats.lock().expect("stats lock").weights_from_relay += file.len() as u64;
+        s.store.put_file(version, &file);
+        let chunks = (0..file.len().div_ceil(WEIGHT_CHUNK) as u32).collect();
+        s.announce(version, chunks, None);
+        Ok(file)
+    }
+
+    async fn swarm(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
+        let list = global::get(&format!("{http_base}/api/weights/{version}/chunks"), MAX_FILE / WEIGHT_CHUNK * 32 + 32)
+            .await?;
+        if list.is_empty() || list.len() % 32 != 0 {
+            return Err(format!("the chunk hash list of version {version} has {} bytes", list.len()));
+        }
+        let hashes: Vec<[u8; 32]> = list.chunks(32).map(|h| h.try_into().expect("32-byte chunks")).collect();
+        let (wake, mut woken) = mpsc::unbounded();
+        {
+            let mut s = self.shared.borrow_mut();
+            s.store.begin(version, hashes.len());
+            s.download = Some(Download { version, hashes, in_flight: BTreeMap::new(), last_from_peer: now_seconds() });
+            s.wake = Some(wake);
+            s.announce(version, Vec::new(), None);
+        }
+        let offset = u64::from_le_bytes(global::random_bytes()?[..8].try_into().expect("8 bytes")) as usize;
+        let mut last_progress = now_seconds();
+        let mut missing = usize::MAX;
+        let result = loop {
+            let step = self.shared.borrow_mut().next_step(now_seconds(), last_progress, offset);
+            match step {
+                Step::Done(file) => break Ok(file),
+                Step::FromRelay(index) => {
+                    let url = format!("{http_base}/api/weights/{version}/chunks/{index}");
+                    match global::get(&url, WEIGHT_CHUNK).await {
+                        Ok(bytes) => self.shared.borrow_mut().keep_relay_chunk(version, index, bytes),
+                        Err(e) => break Err(e),
+                    }
+                }
+                Step::Wait => {
+                    let _ = select(woken.next(), Box::pin(global::sleep(POLL))).await;
+                }
+            }
+            let now_missing = self.shared.borrow().store.missing(version).len();
+            if now_missing < missing {
+                (missing, last_progress) = (now_missing, now_seconds());
+            }
+        };
+        let mut s = self.shared.borrow_mut();
+        (s.download, s.wake) = (None, None);
+        result
+    }
+}
