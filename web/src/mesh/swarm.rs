@@ -3,7 +3,8 @@
 //! The tab announces the version, then asks peers for the chunks they announced, a few
 //! at a time, and checks each against the relay's hash list. When no peer has anything
 //! it lacks, it takes a chunk from the relay over HTTP: the tabs fetching the same
-//! version split the chunks between them (chunk `i` is for the fetcher of rank
+//! version (they announce it, and wait a moment to hear of each other) split the chunks
+//! between them (chunk `i` is for the fetcher of rank
 //! `i mod n`, by session id) and trade them; another's share is taken from the relay only
 //! when progress stalls. A tab with no open peer fetches the whole file in one request.
 
@@ -23,9 +24,12 @@ const MAX_IN_FLIGHT: usize = 8;
 const PER_PEER: usize = 3;
 /// Seconds a request may take before another source is tried.
 const REQUEST_TIMEOUT: f64 = 3.0;
+/// Seconds after announcing a version before taking any of it from the relay, so that
+/// tabs starting together learn of each other and split the chunks.
+const GATHER: f64 = 0.2;
 /// Seconds without progress after which the relay serves chunks that are other
 /// fetchers' share.
-const STALLED: f64 = 1.5;
+const STALLED: f64 = 2.5;
 /// Seconds between looks at the state when nothing wakes the download.
 const POLL: f64 = 0.05;
 /// Seconds the first fetch waits for a peer whose connection is being set up.
@@ -43,6 +47,8 @@ pub struct Download {
     in_flight: BTreeMap<u32, (u64, f64)>,
     /// When a peer last delivered a chunk, seconds.
     last_from_peer: f64,
+    /// When the download began, seconds.
+    started: f64,
 }
 
 impl Download {
@@ -124,7 +130,7 @@ impl Shared {
                 d.in_flight.insert(index, (id, now));
             }
         }
-        if !d.in_flight.is_empty() {
+        if !d.in_flight.is_empty() || now - d.started < GATHER {
             return Step::Wait;
         }
         // Tabs fetching this version split the relay's chunks between them by session
@@ -204,7 +210,9 @@ impl Mesh {
         {
             let mut s = self.shared.borrow_mut();
             s.store.begin(version, hashes.len());
-            s.download = Some(Download { version, hashes, in_flight: BTreeMap::new(), last_from_peer: now_seconds() });
+            let now = now_seconds();
+            s.download =
+                Some(Download { version, hashes, in_flight: BTreeMap::new(), last_from_peer: now, started: now });
             s.wake = Some(wake);
             s.announce(version, Vec::new(), None);
         }
