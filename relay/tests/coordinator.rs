@@ -1,6 +1,7 @@
 //! The coordinator's rules, driven directly with a simulated clock: units move to
 //! another contributor when theirs leaves or misses the deadline, rounds close at
-//! their target or deadline, and bad results are rejected with the right reason.
+//! their target or deadline, idle contributors take turns, and bad results are rejected
+//! with the right reason.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,28 @@ fn a_unit_whose_contributor_leaves_goes_to_another() {
     let moved = late.assignment().expect("a's unit moves to the idle contributor");
     assert_eq!(moved.unit_id, ua.unit_id);
     assert_eq!(c.status().counters.reassigned, 1);
+}
+
+#[test]
+fn when_a_round_has_fewer_units_than_idle_contributors_they_take_turns() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |_| {});
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::join(&mut c, t0)).collect();
+    let mut units_per_client = [0; 3];
+    for round in 0..3 {
+        let now = t0 + Duration::from_secs(round + 1);
+        let assigned: Vec<(usize, WorkUnit)> =
+            clients.iter_mut().enumerate().filter_map(|(i, client)| Some((i, client.assignment()?))).collect();
+        assert_eq!(assigned.len(), 2, "round {round}: two units for three contributors");
+        for (i, unit) in assigned {
+            units_per_client[i] += 1;
+            let client = &clients[i];
+            assert_eq!(c.submit(client.id, client.result(&unit, c.param_count()), now), Ok(()));
+        }
+    }
+    assert_eq!(c.status().version, 3);
+    assert_eq!(units_per_client, [2, 2, 2], "each contributor waits one round in three");
 }
 
 #[test]

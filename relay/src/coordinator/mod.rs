@@ -111,6 +111,9 @@ struct Session {
     step_secs: Option<f64>,
     /// The last version whose peer bytes it reported ([`Coordinator::fetched`]).
     last_fetched: Option<u64>,
+    /// The assignment count when it was last given a unit (0: never); idle sessions are
+    /// served least recently first.
+    last_assigned: u64,
 }
 
 /// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖, blake3 and sketch.
@@ -454,6 +457,7 @@ impl Coordinator {
             told_to_wait: false,
             step_secs,
             last_fetched: None,
+            last_assigned: 0,
         };
         self.sessions.insert(id, session);
         self.send(id, welcome);
@@ -778,8 +782,12 @@ impl Coordinator {
     }
 
     fn offer_all(&mut self, now: Instant) {
-        let idle: Vec<u64> = self.sessions.iter().filter(|(_, s)| s.unit.is_none()).map(|(id, _)| *id).collect();
-        for id in idle {
+        // The longest without work first, so that when a round has fewer units than idle
+        // sessions the same ones do not get them every time.
+        let mut idle: Vec<(u64, u64)> =
+            self.sessions.iter().filter(|(_, s)| s.unit.is_none()).map(|(id, s)| (s.last_assigned, *id)).collect();
+        idle.sort_unstable();
+        for (_, id) in idle {
             self.offer(id, now);
         }
     }
@@ -846,6 +854,7 @@ impl Coordinator {
         s.unit = Some(unit_id);
         s.told_to_wait = false;
         self.counters.assigned += 1;
+        s.last_assigned = self.counters.assigned;
         self.metrics.assigned.inc();
         let msg = ServerMsg::Assign(WorkUnit {
             unit_id,
