@@ -1,5 +1,7 @@
 //! Installs what the build and tests need, or says exactly what to install.
 //!
+//! - the `wasm32-unknown-unknown` target of the pinned toolchain (rustup), where rustup
+//!   does not add it by itself;
 //! - wasm-pack, and wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate
 //!   in Cargo.lock (cargo install, from crates.io);
 //! - on Debian as root: chromium, chromium-driver and mesa-vulkan-drivers (lavapipe);
@@ -11,6 +13,9 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::{run, wasm::root};
+
+/// The target the browser build compiles for.
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 const DEBIAN_PACKAGES: [&str; 4] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs"];
 
@@ -36,8 +41,15 @@ fn locked_wasm_bindgen() -> Result<String, String> {
         .ok_or_else(|| "Cargo.lock has no wasm-bindgen package".into())
 }
 
-/// wasm-pack, and wasm-bindgen-cli matching the crate exactly.
+/// The wasm target of the toolchain `rust-toolchain.toml` pins, wasm-pack, and
+/// wasm-bindgen-cli matching the crate exactly.
 pub fn ensure_wasm_tools() -> Result<(), String> {
+    // Run in the repository so that rustup reads rust-toolchain.toml's channel.
+    let installed = Command::new("rustup").current_dir(root()).args(["target", "list", "--installed"]).output();
+    let has_wasm = installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(WASM_TARGET));
+    if !has_wasm {
+        run(Command::new("rustup").current_dir(root()).args(["target", "add", WASM_TARGET]))?;
+    }
     if !on_path("wasm-pack") {
         run(Command::new("cargo").args(["install", "wasm-pack"]))?;
     }
