@@ -35,6 +35,9 @@ pub struct AppState {
     pub admin_token: Option<blake3::Hash>,
     /// The verifier thread's queue.
     pub checks: CheckQueue,
+    /// The chunk hash list last asked for, by the blake3 (hex) of its file: every tab
+    /// asks for the same new version's list.
+    chunk_hashes: Arc<Mutex<Option<(String, Bytes)>>>,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
             metrics,
             sessions_by_ip: Arc::default(),
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
+            chunk_hashes: Arc::default(),
         }
     }
 }
@@ -194,13 +198,21 @@ async fn weights(State(state): State<AppState>, Path(version): Path<u64>) -> Res
 }
 
 /// The blake3 of each [`WEIGHT_CHUNK`]-byte chunk of a version's file, 32 bytes each,
-/// concatenated: what tabs check chunks from peers against.
+/// concatenated: what tabs check chunks from peers against. Computed once per file.
 async fn weight_chunk_hashes(State(state): State<AppState>, Path(version): Path<u64>) -> Response {
-    let (bytes, _) = match version_bytes(&state, version).await {
+    let (bytes, hash) = match version_bytes(&state, version).await {
         Ok(file) => file,
         Err(response) => return response,
     };
-    let hashes: Vec<u8> = bytes.chunks(WEIGHT_CHUNK).flat_map(|c| *blake3::hash(c).as_bytes()).collect();
+    let cached = state.chunk_hashes.lock().expect("chunk hash lock").clone().filter(|(h, _)| *h == hash);
+    let hashes = match cached {
+        Some((_, hashes)) => hashes,
+        None => {
+            let hashes: Bytes = bytes.chunks(WEIGHT_CHUNK).flat_map(|c| *blake3::hash(c).as_bytes()).collect();
+            *state.chunk_hashes.lock().expect("chunk hash lock") = Some((hash, hashes.clone()));
+            hashes
+        }
+    };
     state.metrics.bytes_out.inc_by(hashes.len() as u64);
     ([(header::CONTENT_TYPE, "application/octet-stream")], hashes).into_response()
 }

@@ -36,10 +36,9 @@ pub trait Transport {
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError>;
     /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body.
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
-    /// The weights file of `version`, whose blake3 is `hash` (hex), from wherever the
-    /// transport finds it; the loop checks the hash again. By default, from the relay.
-    async fn fetch_weights(&mut self, version: u64, hash: &str) -> Result<Vec<u8>, TransportError> {
-        let _ = hash;
+    /// The weights file of `version` from wherever the transport finds it; the loop
+    /// checks it against the assignment's hash. By default, from the relay.
+    async fn fetch_weights(&mut self, version: u64) -> Result<Vec<u8>, TransportError> {
         self.fetch(&format!("/api/weights/{version}")).await
     }
     /// Whether the transport shares weights with peers, handling the relay's
@@ -124,8 +123,9 @@ pub struct Stats {
     pub weights_from_peers: u64,
     /// Peers with an open data channel now.
     pub peers: u32,
-    /// Peers dropped for a chunk that failed its hash or a malformed message.
-    pub peers_dropped: u32,
+    /// Session ids of the peers dropped (and never connected to again) for a chunk that
+    /// failed its hash or a malformed message.
+    pub peers_dropped: Vec<u64>,
     /// This contributor's public key, hex.
     pub key: String,
     /// The relay's receipts for the last accepted units (at most 32), each checked.
@@ -291,7 +291,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             s.version = s.version.max(unit.version);
         });
         if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
-            let bytes = self.transport.fetch_weights(unit.version, &unit.weights_hash).await?;
+            let bytes = self.transport.fetch_weights(unit.version).await?;
             let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
             self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&unit.model, &bytes)?));
             self.update(|s| {

@@ -1,7 +1,8 @@
 //! WebRTC signalling through the relay over real sockets: tabs that can share weights are
 //! introduced to each other (one makes the offer), signals pass only between introduced
 //! peers and within their budget, oversized signals close the sender, a peer that leaves
-//! is announced, and the weights' chunk hashes and chunks are served over HTTP.
+//! is announced, peer bytes count only as reported by a tab for the version it was given,
+//! and the weights' chunk hashes and chunks are served over HTTP.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,14 +36,18 @@ async fn join(addr: SocketAddr, p2p: bool) -> Tab {
     }
 }
 
-/// The next relay message within 2 s, `None` if none comes or the socket closes.
+/// The next relay message within 2 s, `None` if none comes. A closed socket fails the
+/// test: silence must not be mistaken for a session the relay ended.
 async fn next(socket: &mut Socket) -> Option<ServerMsg> {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(2), socket.next()).await.ok()??.ok()?;
+        let Ok(msg) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await else { return None };
         match msg {
-            Message::Binary(bytes) => return protocol::decode(&bytes, MAX_CONTROL_FRAME).ok(),
-            Message::Close(_) => return None,
-            _ => {}
+            Some(Ok(Message::Binary(bytes))) => {
+                return Some(protocol::decode(&bytes, MAX_CONTROL_FRAME).expect("a well-formed relay frame"));
+            }
+            Some(Ok(Message::Close(frame))) => panic!("the relay closed the session: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("the session ended: {other:?}"),
         }
     }
 }
@@ -57,9 +62,12 @@ async fn next_peer_msg(tab: &mut Tab) -> Option<ServerMsg> {
     }
 }
 
+async fn send(tab: &mut Tab, msg: &ClientMsg) {
+    tab.socket.send(Message::Binary(protocol::encode(msg).into())).await.expect("send");
+}
+
 async fn signal(tab: &mut Tab, to: u64, payload: &str) {
-    let msg = ClientMsg::Signal { to, payload: payload.into() };
-    tab.socket.send(Message::Binary(protocol::encode(&msg).into())).await.expect("send signal");
+    send(tab, &ClientMsg::Signal { to, payload: payload.into() }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +78,7 @@ async fn signals_pass_only_between_introduced_peers() {
     let relay = start_relay(job).await;
     let addr = relay.addr;
 
-    let native = join(addr, false).await;
+    let mut native = join(addr, false).await;
     let mut a = join(addr, true).await;
     let mut b = join(addr, true).await;
     assert_eq!(next_peer_msg(&mut b).await, Some(ServerMsg::Peer { session: a.id, offer: true }), "b offers to a");
@@ -84,6 +92,7 @@ async fn signals_pass_only_between_introduced_peers() {
     signal(&mut c, a.id, "{}").await;
     signal(&mut b, native.id, "{}").await;
     assert_eq!(next_peer_msg(&mut a).await, None, "c was not introduced to a");
+    assert_eq!(next_peer_msg(&mut native).await, None, "a native session gets no signals");
     for i in 0..3 {
         signal(&mut b, a.id, &format!("{{\"candidate\":{i}}}")).await;
     }
@@ -111,6 +120,43 @@ async fn signals_pass_only_between_introduced_peers() {
     };
     assert!(reason.contains("signal is 4097 bytes"), "{reason}");
     drop(native);
+    relay.stop().await;
+}
+
+/// The version of the next assignment `tab` gets.
+async fn assigned_version(tab: &mut Tab) -> u64 {
+    loop {
+        if let ServerMsg::Assign(unit) = next(&mut tab.socket).await.expect("an assignment") {
+            return unit.version;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_bytes_count_once_for_the_version_a_tab_had_to_fetch() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(2, dir.path())).await;
+    let (mut tab, mut native) = (join(relay.addr, true).await, join(relay.addr, false).await);
+    let version = assigned_version(&mut tab).await;
+    assert_eq!(assigned_version(&mut native).await, version);
+    let peers_bytes = || status(relay.addr)["counters"]["weight_bytes_peers"].as_u64().expect("a count");
+
+    send(&mut native, &ClientMsg::Fetched { version, from_peers: 1000 }).await;
+    send(&mut tab, &ClientMsg::Fetched { version: version + 5, from_peers: 1000 }).await;
+    send(&mut tab, &ClientMsg::Fetched { version, from_peers: 1000 }).await;
+    send(&mut tab, &ClientMsg::Fetched { version, from_peers: 1000 }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while peers_bytes() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        peers_bytes(),
+        1000,
+        "only the p2p tab's first report for its assigned version counts (not a native session's, not a version \
+         it was not given, not twice)"
+    );
+    assert_eq!(next_peer_msg(&mut tab).await, None, "the tab's session is still open");
     relay.stop().await;
 }
 

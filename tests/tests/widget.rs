@@ -2,8 +2,9 @@
 //! `http://localhost:PORT/…` embeds `widget.js` from `http://127.0.0.1:PORT`. The card
 //! lives in a sandboxed iframe of the relay's origin that the host cannot read into; the
 //! visitor consents inside it; the host page receives `started` and `unit-accepted`
-//! through postMessage, and its `pause()` pauses the card and closes the session. Saves
-//! `target/screenshots/widget.png`.
+//! through postMessage, and its `pause()` pauses the card and closes the session. The
+//! same card embedded with a plain `<iframe>` tag (no script) posts its events to the
+//! host origin named in its `?host=`. Saves `target/screenshots/widget.png`.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,29 @@ async fn the_widget_works_on_a_foreign_origin_through_checked_messages() {
         assert!(start.elapsed() < Duration::from_secs(20), "the paused card's session stayed open");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // Embedded without widget.js: a plain iframe of the card, naming the host's origin.
+    let plain = format!(
+        "window.plainEvents = []; \
+         const f = document.createElement('iframe'); \
+         f.setAttribute('sandbox', 'allow-scripts allow-same-origin'); \
+         f.title = 'crowdgrad'; \
+         f.src = 'http://127.0.0.1:{port}/widget.html?host=' + encodeURIComponent(location.origin); \
+         window.addEventListener('message', (e) => {{ \
+           if (e.source === f.contentWindow && e.data && e.data.crowdgrad) window.plainEvents.push([e.origin, e.data.crowdgrad]); \
+         }}); \
+         document.body.append(f); return true;"
+    );
+    eval(&tab, &plain).await;
+    let events = until(
+        &tab,
+        "stats from the plain iframe",
+        Duration::from_secs(30),
+        "return window.plainEvents.some(([, type]) => type === 'stats') && window.plainEvents;",
+    )
+    .await;
+    let from_relay = format!("http://127.0.0.1:{port}");
+    assert!(events.as_array().unwrap().iter().all(|e| e[0] == from_relay.as_str()), "{events}");
     let _ = tab.close().await;
     relay.stop().await;
 }

@@ -9,10 +9,7 @@ use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
 use crate::global::now_seconds;
-
-fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
-    serde_wasm_bindgen::to_value(value).map_err(|e| JsValue::from_str(&e.to_string()))
-}
+use crate::types::to_js;
 
 /// The `"default"` model or nanoGPT's `"shakespeare_char"`.
 fn model(name: &str) -> Result<GptConfig, JsValue> {

@@ -16,7 +16,7 @@ const AGENT: &str = concat!("crowdgrad-edge/", env!("CARGO_PKG_VERSION"));
 /// until `units` units are accepted (0: until the relay hangs up), then resolves to the
 /// final stats (as `Contributor.stats()`). Rejects with the reason when the session fails
 /// before that.
-#[wasm_bindgen]
+#[wasm_bindgen(unchecked_return_type = "ContributorStats")]
 pub async fn contribute_headless(relay_url: String, units: u32) -> Result<JsValue, JsValue> {
     let fail = |e: String| JsValue::from_str(&e);
     let stats = SharedStats::default();
@@ -46,5 +46,5 @@ pub async fn contribute_headless(relay_url: String, units: u32) -> Result<JsValu
         return Err(fail(e.to_string()));
     }
     let stats = stats.lock().expect("stats lock").clone();
-    serde_wasm_bindgen::to_value(&stats).map_err(|e| fail(e.to_string()))
+    crate::types::to_js(&stats)
 }

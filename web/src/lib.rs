@@ -21,6 +21,7 @@ mod mesh;
 mod residual;
 mod sample;
 mod transport;
+mod types;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -123,6 +124,7 @@ impl Contributor {
     /// The newest weights the tab holds whole, as `{ version, bytes }` (`bytes` a
     /// `Uint8Array` of the `/api/weights/{version}` file), for [`sample`] without another
     /// download; `undefined` before the first fetch or where the host has no WebRTC.
+    #[wasm_bindgen(unchecked_return_type = "HeldWeights | undefined")]
     pub fn weights(&self) -> JsValue {
         let Some((version, bytes)) = self.mesh.borrow().as_ref().and_then(Mesh::latest) else {
             return JsValue::UNDEFINED;
@@ -140,10 +142,12 @@ impl Contributor {
     /// peers_dropped, key, receipts, residual_restored, error }`. `device.kind` is
     /// `"webgpu"` or `"cpu"`; `residual_restored` counts the values of the error-feedback
     /// residual carried over from an earlier visit (IndexedDB); `peers` counts open WebRTC
-    /// channels, `peers_dropped` those closed for a chunk that failed its hash.
+    /// channels, `peers_dropped` the session ids of those closed for a chunk that failed
+    /// its hash or a malformed message. The package declares it as `ContributorStats`.
+    #[wasm_bindgen(unchecked_return_type = "ContributorStats")]
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let stats = self.stats.lock().expect("stats lock").clone();
-        serde_wasm_bindgen::to_value(&stats).map_err(|e| JsValue::from_str(&e.to_string()))
+        types::to_js(&stats)
     }
 }
 

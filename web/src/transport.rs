@@ -123,7 +123,7 @@ impl Transport for WebTransport {
         crate::global::get(&format!("{}{path}", self.http_base), MAX_DOWNLOAD).await.map_err(TransportError)
     }
 
-    async fn fetch_weights(&mut self, version: u64, _hash: &str) -> Result<Vec<u8>, TransportError> {
+    async fn fetch_weights(&mut self, version: u64) -> Result<Vec<u8>, TransportError> {
         match &self.mesh {
             Some(mesh) => mesh.download(&self.http_base, version).await.map_err(TransportError),
             None => self.fetch(&format!("/api/weights/{version}")).await,

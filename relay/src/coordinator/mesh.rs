@@ -77,6 +77,11 @@ impl Mesh {
         }
     }
 
+    /// Whether session `id` is in the mesh (it said p2p and sharing is on).
+    pub fn contains(&self, id: u64) -> bool {
+        self.links.contains_key(&id)
+    }
+
     /// The sessions `id` is linked to.
     #[cfg(test)]
     pub fn peers(&self, id: u64) -> impl Iterator<Item = u64> + '_ {
@@ -121,24 +126,28 @@ impl Coordinator {
     }
 
     /// Forwards a WebRTC signal from session `from` to its peer `to`. Signals to a
-    /// session the relay did not introduce, or past the link's budget, are dropped
-    /// (the peer may just have left). Returns whether it was forwarded.
+    /// session the relay did not introduce, past the link's budget, or to a session whose
+    /// outbox is full are dropped (the peer may just have left; a peer's signals never
+    /// cost the receiver its session). Returns whether it was forwarded.
     pub fn signal(&mut self, from: u64, to: u64, payload: String) -> bool {
         if !self.mesh.allow_signal(from, to) {
             tracing::info!(from, to, "dropped a signal outside the mesh or past its budget");
             return false;
         }
-        self.send(to, ServerMsg::Signal { from, payload });
-        true
+        self.send_lossy(to, ServerMsg::Signal { from, payload })
     }
 
-    /// Counts the weight bytes a session says it got from peers for `version`: once per
-    /// version, never more than the file has, and only for a version that is kept.
+    /// Counts the weight bytes a session says it got from peers for `version`: only from a
+    /// session in the mesh, only for the version of its last assignment (the one it had
+    /// to fetch), once per version, and never more than the file has.
     pub fn fetched(&mut self, session: u64, version: u64, from_peers: u64) {
         // Every version of a job has the same file size.
         let file_bytes = self.current.0.len() as u64;
+        let in_mesh = self.mesh.contains(session);
         let Some(s) = self.sessions.get_mut(&session) else { return };
-        if version > self.version || s.last_fetched.is_some_and(|v| v >= version) {
+        let due = s.assigned_version == Some(version) && s.last_fetched.is_none_or(|v| v < version);
+        if !(in_mesh && due) {
+            tracing::info!(session, version, "ignored a peer-bytes report for a version it was not due to fetch");
             return;
         }
         s.last_fetched = Some(version);
@@ -184,14 +193,16 @@ mod tests {
     #[test]
     fn leaving_peers_are_replaced() {
         let mut mesh = Mesh::default();
-        for id in 0..6 {
+        // 0, 1 and 2 fill each other's two links; 3 finds nobody with room.
+        for id in 0..4 {
             mesh.join(id, 2, 8);
         }
-        let before: Vec<u64> = mesh.peers(0).collect();
-        let (former, made) = mesh.leave(before[0], 2, 8);
-        assert!(former.contains(&0));
-        assert!(!mesh.allow_signal(0, before[0]), "no signals to a session that left");
-        assert!(made.iter().all(|(a, b)| mesh.peers(*a).any(|p| p == *b)));
+        assert_eq!(mesh.peers(3).count(), 0);
+        let (former, made) = mesh.leave(1, 2, 8);
+        assert_eq!(former, vec![0, 2]);
+        assert!(!mesh.allow_signal(0, 1), "no signals to a session that left");
+        assert_eq!(made, vec![(0, 3), (2, 3)], "both left short are linked to the waiting session");
+        assert!(mesh.allow_signal(0, 3) && mesh.allow_signal(3, 2), "new links carry signals");
         assert!(degrees(&mesh).iter().all(|&d| d <= 2));
     }
 }

@@ -109,7 +109,10 @@ struct Session {
     told_to_wait: bool,
     /// Seconds per inner step: from the hello's calibration, then from its results.
     step_secs: Option<f64>,
-    /// The last version whose peer bytes it reported ([`Coordinator::fetched`]).
+    /// The version of its last assignment: the only one whose peer bytes it may report
+    /// ([`Coordinator::fetched`]).
+    assigned_version: Option<u64>,
+    /// The last version whose peer bytes it reported.
     last_fetched: Option<u64>,
     /// The assignment count when it was last given a unit (0: never); idle sessions are
     /// served least recently first.
@@ -456,6 +459,7 @@ impl Coordinator {
             unit: None,
             told_to_wait: false,
             step_secs,
+            assigned_version: None,
             last_fetched: None,
             last_assigned: 0,
         };
@@ -855,6 +859,7 @@ impl Coordinator {
         s.told_to_wait = false;
         self.counters.assigned += 1;
         s.last_assigned = self.counters.assigned;
+        s.assigned_version = Some(self.version);
         self.metrics.assigned.inc();
         let msg = ServerMsg::Assign(WorkUnit {
             unit_id,
@@ -915,6 +920,18 @@ impl Coordinator {
                 self.release(unit);
             }
         }
+    }
+
+    /// Queues `msg` for `session` if its outbox has room, and drops the message (not the
+    /// session) otherwise; for messages that only another client's behaviour causes.
+    /// Returns whether it was queued.
+    fn send_lossy(&mut self, session: u64, msg: ServerMsg) -> bool {
+        let Some(s) = self.sessions.get(&session) else { return false };
+        let queued = s.outbox.try_send(msg).is_ok();
+        if !queued {
+            tracing::info!(session, "outbox full; dropped a message for it");
+        }
+        queued
     }
 
     /// Passes `result` through; on an error, logs it and shows it in status until the

@@ -170,8 +170,7 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
     match msg {
         PeerMsg::Have { version, chunks } => {
             if let Some(peer) = s.peers.get_mut(&id) {
-                peer.have.retain(|v, _| *v + 2 > version);
-                peer.have.entry(version).or_default().extend(chunks);
+                peer.announced(version, chunks);
             }
             s.wake();
         }
@@ -185,11 +184,9 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
             }
         }
         PeerMsg::Missing { version, index } => {
-            if let Some(peer) = s.peers.get_mut(&id) {
-                peer.have.get_mut(&version).map(|chunks| chunks.remove(&index));
-            }
-            if let Some(download) = s.download.as_mut() {
-                download.failed(id, version, index);
+            let asked = s.download.as_mut().is_some_and(|d| d.failed(id, version, index));
+            if let Some(peer) = s.peers.get_mut(&id).filter(|_| asked) {
+                peer.failed(version, index);
             }
             s.wake();
         }
@@ -222,8 +219,9 @@ fn drop_peer(mesh: &Weak<RefCell<Shared>>, id: u64, misbehaved: Option<String>) 
     let peer = s.peers.remove(&id);
     if let Some(why) = misbehaved {
         web_sys::console::warn_1(&format!("crowdgrad: dropped peer {id}: {why}").into());
-        s.banned.insert(id);
-        s.stats.lock().expect("stats lock").peers_dropped += 1;
+        if s.banned.insert(id) {
+            s.stats.lock().expect("stats lock").peers_dropped.push(id);
+        }
     }
     if let Some(download) = s.download.as_mut() {
         download.forget_peer(id);

@@ -37,7 +37,7 @@ const FIRST_CONTACT: f64 = 2.0;
 /// Seconds after which a connection that has not opened is not waited for.
 const CONNECTING: f64 = 10.0;
 /// Largest weights file, bytes.
-const MAX_FILE: usize = 4 * MAX_PARAMS + 1024 * 1024;
+pub const MAX_FILE: usize = 4 * MAX_PARAMS + 1024 * 1024;
 
 /// A version being fetched: its chunk hashes and the requests out to peers.
 pub struct Download {
@@ -71,11 +71,14 @@ impl Download {
         Ok(true)
     }
 
-    /// Peer `from` does not have chunk `index` after all.
-    pub fn failed(&mut self, from: u64, version: u64, index: u32) {
-        if version == self.version && self.in_flight.get(&index).is_some_and(|(peer, _)| *peer == from) {
+    /// Peer `from` does not have chunk `index` after all. Returns whether it had been
+    /// asked for it (and the request is now off).
+    pub fn failed(&mut self, from: u64, version: u64, index: u32) -> bool {
+        let asked = version == self.version && self.in_flight.get(&index).is_some_and(|(peer, _)| *peer == from);
+        if asked {
             self.in_flight.remove(&index);
         }
+        asked
     }
 
     /// Peer `id` is gone: its requests go elsewhere.
@@ -101,13 +104,13 @@ impl Shared {
         if missing.is_empty() {
             return store.complete(version).map_or(Step::Wait, Step::Done);
         }
-        // A request that timed out: that peer is not asked for that chunk again.
+        // A request that timed out counts against its peer (see `Peer::failed`).
         let expired: Vec<(u32, u64)> =
             d.in_flight.iter().filter(|(_, (_, at))| now - at > REQUEST_TIMEOUT).map(|(i, (p, _))| (*i, *p)).collect();
         for (index, peer) in expired {
             d.in_flight.remove(&index);
-            if let Some(chunks) = peers.get_mut(&peer).and_then(|p| p.have.get_mut(&version)) {
-                chunks.remove(&index);
+            if let Some(peer) = peers.get_mut(&peer) {
+                peer.failed(version, index);
             }
         }
         let start = offset % missing.len();
@@ -119,9 +122,7 @@ impl Shared {
             let load = |id: u64| d.in_flight.values().filter(|(p, _)| *p == id).count();
             let holder = peers
                 .iter()
-                .filter(|(id, p)| {
-                    p.open && load(**id) < PER_PEER && p.have.get(&version).is_some_and(|c| c.contains(&index))
-                })
+                .filter(|(id, p)| load(**id) < PER_PEER && p.holds(version, index))
                 .min_by_key(|(id, _)| load(**id))
                 .map(|(id, _)| *id);
             if let Some(id) = holder
@@ -135,12 +136,8 @@ impl Shared {
         }
         // Tabs fetching this version split the relay's chunks between them by session
         // order; a tab waits for the others' share unless they stall.
-        let mut fetchers: Vec<u64> = peers
-            .iter()
-            .filter(|(_, p)| p.open && p.have.contains_key(&version))
-            .map(|(id, _)| *id)
-            .chain([*me])
-            .collect();
+        let mut fetchers: Vec<u64> =
+            peers.iter().filter(|(_, p)| p.has_version(version)).map(|(id, _)| *id).chain([*me]).collect();
         fetchers.sort_unstable();
         let rank = fetchers.iter().position(|id| id == me).expect("this tab is among them");
         let mine = missing.iter().find(|&&i| i as usize % fetchers.len() == rank);
