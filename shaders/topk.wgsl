@@ -1,10 +1,11 @@
 // Error-feedback top-k: the device half of the update codec (`codec::pick` in
-// runtime/src/codec.rs is the reference). One workgroup per chunk of the model:
+// runtime/src/codec/mod.rs is the reference). One workgroup per chunk of the model:
 //   1. residual += start − params (a non-finite sum becomes 0);
 //   2. the k-th largest nonzero magnitude, by bisection on its bit pattern (the bits of a
 //      non-negative finite f32 order like the values);
 //   3. everything above it, plus the lowest-indexed values equal to it, is kept, in index
-//      order, quantised against the chunk's largest magnitude and taken out of residual.
+//      order, quantised against the chunk's largest magnitude and taken out of residual;
+//   4. what is left in residual is multiplied by the decay.
 // The table row of a chunk: scale (f32 bits), count, then k slots of (index | (level + q) << 16).
 
 struct Params {
@@ -16,6 +17,7 @@ struct Params {
     residual_off: u32,
     start_off: u32,
     params_off: u32,
+    decay: f32,        // what the leftovers keep for the next update
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -157,9 +159,11 @@ fn main(
         if (m > cutoff || tie) {
             ties += select(0u, 1u, tie);
             let level = clamp(round_away(r / scale * q), -q, q);
-            residual[i] = r - level / q * scale;
+            residual[i] = (r - level / q * scale) * p.decay;
             picked[row + 2u + slot] = (i - base) | (u32(i32(level) + i32(p.levels)) << 16u);
             slot++;
+        } else {
+            residual[i] = r * p.decay;
         }
     }
 }

@@ -13,7 +13,7 @@ fuzz_target!(|input: (u16, bool, u8, u16, u16, &[u8])| {
     let bytes = if raw {
         body.to_vec()
     } else {
-        let mut bytes = b"CZ\x01".to_vec();
+        let mut bytes = b"CZ\x02".to_vec();
         bytes.push(bits);
         for word in [chunk as u32, k as u32, len as u32] {
             bytes.extend_from_slice(&word.to_le_bytes());

@@ -10,7 +10,7 @@
 //! [outer]   # lr, momentum
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
 //! [storage] # dir, keep_last, keep_every
-//! [compression] # enabled, chunk, k, bits
+//! [compression] # enabled, chunk, k, bits, decay
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
 //! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed, max_replay_ratio,
 //!           # loss_batches, loss_margin, redundancy
@@ -172,19 +172,22 @@ pub struct CompressionConfig {
     pub k: u32,
     /// Bits per kept value: 8, 4 or 2.
     pub bits: u8,
+    /// What a contributor's error-feedback residual keeps from one update to the next,
+    /// `0..=1` (1: every leftover waits until it is sent).
+    pub decay: f32,
 }
 
 impl Default for CompressionConfig {
     fn default() -> Self {
         let c = CodecConfig::default();
-        CompressionConfig { enabled: true, chunk: c.chunk, k: c.k, bits: c.bits }
+        CompressionConfig { enabled: true, chunk: c.chunk, k: c.k, bits: c.bits, decay: c.decay }
     }
 }
 
 impl CompressionConfig {
     /// The codec units ask for, `None` when off.
     pub fn codec(&self) -> Option<CodecConfig> {
-        self.enabled.then_some(CodecConfig { chunk: self.chunk, k: self.k, bits: self.bits })
+        self.enabled.then_some(CodecConfig { chunk: self.chunk, k: self.k, bits: self.bits, decay: self.decay })
     }
 }
 
@@ -496,6 +499,7 @@ impl JobConfig {
         if ![2, 4, 8].contains(&c.bits) {
             return Err(bad("compression.bits", format!("{} is not 2, 4 or 8", c.bits)));
         }
+        within("compression.decay", c.decay as f64, 0.0, 1.0)?;
         let a = &self.aggregation;
         within("aggregation.trim", a.trim as f64, 0.0, 0.49)?;
         within("aggregation.clip", a.clip as f64, 0.1, 100.0)?;

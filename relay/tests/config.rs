@@ -75,6 +75,7 @@ fn every_bad_value_names_its_key() {
         ("[compression]\nchunk = 0", "compression.chunk"),
         ("[compression]\nchunk = 64\nk = 65", "compression.k"),
         ("[compression]\nbits = 3", "compression.bits"),
+        ("[compression]\ndecay = 1.5", "compression.decay"),
         ("[aggregation]\ntrim = 0.5", "aggregation.trim"),
         ("[aggregation]\nclip = 0", "aggregation.clip"),
         ("[aggregation]\nmax_norm_ratio = 0.5", "aggregation.max_norm_ratio"),

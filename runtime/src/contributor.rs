@@ -20,7 +20,7 @@ use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
     self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
-use crate::train::{Trainer, run_unit, train_unit};
+use crate::train::{Moments, Trainer, run_unit, train_unit};
 
 /// A failure of the transport (socket closed, HTTP error).
 #[derive(Debug, thiserror::Error)]
@@ -314,10 +314,11 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         let (_, data) = self.shard.as_ref().expect("shard loaded above");
         let data = Tokens::new(data, unit.tokens);
         let (optim, seed, steps) = (&unit.optim, unit.seed, unit.steps);
-        // A compressed update is picked on the device; only a dense one reads Δ back.
+        // A compressed update is picked on the device; only a dense one reads Δ back. A
+        // compressed unit carries AdamW's moments on from this contributor's last one.
         let (trained, update) = match unit.codec {
             Some(cfg) => {
-                let trained = train_unit(trainer, start, data, seed, steps, optim).await?;
+                let trained = train_unit(trainer, start, data, seed, steps, optim, Moments::Carried).await?;
                 (trained, Update::Compressed(self.feedback.encode(trainer, &self.job, start, cfg).await?))
             }
             None => {

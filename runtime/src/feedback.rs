@@ -162,7 +162,7 @@ mod tests {
     use crate::cpu::CpuBackend;
     use crate::data::Corpus;
     use crate::model::GptConfig;
-    use crate::train::{InnerOptim, run_unit, train_unit};
+    use crate::train::{InnerOptim, Moments, run_unit, train_unit};
 
     fn tiny() -> (GptConfig, Vec<f32>, Corpus) {
         let cfg = GptConfig { context: 16, layers: 1, width: 32, heads: 2, ..GptConfig::default() };
@@ -172,13 +172,14 @@ mod tests {
     #[test]
     fn device_feedback_sends_what_the_host_codec_sends() {
         let (cfg, start, corpus) = tiny();
-        let (codec, optim) = (CodecConfig { chunk: 512, k: 16, bits: 4 }, InnerOptim::default());
+        let (codec, optim) = (CodecConfig { chunk: 512, k: 16, bits: 4, decay: 0.9 }, InnerOptim::default());
         let mut trainer = Trainer::new(CpuBackend::new(), cfg, 4, 6).unwrap();
         let mut host_residual = vec![0.0; start.len()];
         let mut device = DeviceFeedback::new(&mut trainer, codec, &host_residual).unwrap();
         for seed in 0..3 {
             let dense = pollster::block_on(run_unit(&mut trainer, &start, corpus.train(), seed, 5, &optim)).unwrap();
-            pollster::block_on(train_unit(&mut trainer, &start, corpus.train(), seed, 5, &optim)).unwrap();
+            pollster::block_on(train_unit(&mut trainer, &start, corpus.train(), seed, 5, &optim, Moments::Fresh))
+                .unwrap();
             let sent = pollster::block_on(device.encode(&mut trainer, &start)).unwrap();
             assert_eq!(sent, codec::encode(&dense.delta, &mut host_residual, &codec), "unit {seed}");
         }
@@ -203,8 +204,8 @@ mod tests {
         let recorder = Recorder::default();
         let mut feedback = ErrorFeedback::new(SavedResidual::default(), Some(Box::new(recorder.clone())));
         let mut host_residual = vec![0.0; start.len()];
-        let small = CodecConfig { chunk: 512, k: 16, bits: 4 };
-        let wide = CodecConfig { chunk: 256, k: 32, bits: 8 };
+        let small = CodecConfig { chunk: 512, k: 16, bits: 4, decay: 0.9 };
+        let wide = CodecConfig { chunk: 256, k: 32, bits: 8, decay: 1.0 };
         for (seed, job, codec) in [(0, "a", small), (1, "a", small), (2, "a", wide), (3, "b", wide)] {
             if job == "b" {
                 host_residual.fill(0.0);

@@ -18,8 +18,10 @@ use crate::train::InnerOptim;
 
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
-/// The protocol version this build speaks; a frame with another is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// The protocol version this build speaks; a frame with another is refused. Version 4:
+/// compressed updates in the codec's format 2 (Rice-coded indices), and compressed units
+/// trained with AdamW's moments carried over from the contributor's last unit.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.

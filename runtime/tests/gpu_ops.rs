@@ -347,9 +347,11 @@ async fn pick<B: Backend>(
 
 gpu_test!(top_k_picks_what_the_cpu_codec_picks, async {
     let mut rng = Rng::new(17);
-    // (chunk, k, bits, values): a partial last chunk, k = chunk, and DeMo's 4096/32.
-    for (chunk, k, bits, len) in [(64, 8, 4, 1000), (300, 300, 2, 700), (4096, 32, 8, 10_000), (256, 5, 8, 600)] {
-        let cfg = CodecConfig { chunk, k, bits };
+    // (chunk, k, bits, decay, values): a partial last chunk, k = chunk, DeMo's 4096/32, and
+    // leftovers kept whole or fading.
+    let cases = [(64, 8, 4, 1.0, 1000), (300, 300, 2, 0.5, 700), (4096, 32, 8, 0.95, 10_000), (256, 5, 8, 1.0, 600)];
+    for (chunk, k, bits, decay, len) in cases {
+        let cfg = CodecConfig { chunk, k, bits, decay };
         let mut residual = random(&mut rng, len, 0.01);
         let start = random(&mut rng, len, 1.0);
         let mut params: Vec<f32> = start.iter().map(|s| s - rng.normal() * 0.01).collect();

@@ -1,7 +1,7 @@
 //! The adversarial suite's swarm: honest contributors and attackers driving the relay's
 //! real coordinator in process, with its real screening, replay and loss check.
 //!
-//! Every member trains its units for real on the CPU (`run_unit`) and compresses them
+//! Every member trains its units for real on the CPU (`train_unit`) and compresses them
 //! with its own error-feedback residual, as `crowdgrad contribute` does; attackers then
 //! lie in one of the ways of [`Attack`]. A round ends when every member has submitted;
 //! the clock then jumps past the round deadline so that the relay closes it with the
@@ -21,7 +21,7 @@ use crowdgrad_runtime::data::{Corpus, Tokens};
 use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, WorkUnit};
 use crowdgrad_runtime::rng::Rng;
-use crowdgrad_runtime::train::{Trainer, run_unit};
+use crowdgrad_runtime::train::{Moments, Trainer, train_unit};
 use tokio::sync::mpsc;
 
 /// How an attacker lies, every round.
@@ -283,7 +283,8 @@ fn weights(c: &mut Coordinator, unit: &WorkUnit) -> Vec<f32> {
     checkpoint::decode(&unit.model, &bytes).expect("the relay's weights decode")
 }
 
-/// Runs `unit` honestly: its Δ.
+/// Runs `unit` honestly, as the contributor loop does (a compressed unit carries AdamW's
+/// moments on from the member's last unit): its Δ.
 fn train(c: &mut Coordinator, m: &mut Member, unit: &WorkUnit, start: &[f32]) -> Vec<f32> {
     let fits = m.trainer.as_ref().is_some_and(|t| t.loss_slots() > unit.steps as usize);
     if !fits {
@@ -293,8 +294,11 @@ fn train(c: &mut Coordinator, m: &mut Member, unit: &WorkUnit, start: &[f32]) ->
     let shard = c.shard_file(unit.shard).expect("the unit's shard");
     let data = Tokens::new(&shard, unit.tokens);
     let trainer = m.trainer.as_mut().expect("made above");
-    let outcome = pollster::block_on(run_unit(trainer, start, data, unit.seed, unit.steps, &unit.optim));
-    outcome.expect("CPU training").delta
+    let moments = if unit.codec.is_some() { Moments::Carried } else { Moments::Fresh };
+    pollster::block_on(train_unit(trainer, start, data, unit.seed, unit.steps, &unit.optim, moments))
+        .expect("CPU training");
+    let end = pollster::block_on(trainer.params()).expect("CPU readback");
+    start.iter().zip(&end).map(|(s, e)| s - e).collect()
 }
 
 /// `values` as the unit asks (compressed with the member's residual, or dense).

@@ -567,6 +567,7 @@ impl Backend for GpuBackend {
             w(residual.offset),
             w(start.offset),
             w(params.offset),
+            cfg.decay.to_bits(),
         ];
         let chunks = residual.len.div_ceil(cfg.chunk as usize);
         self.dispatch(Kernel::TopK, &words, &[picked.buf, residual.buf, start.buf, params.buf], groups(chunks, 1));

@@ -3,14 +3,15 @@
 //!
 //! Each run is the relay's loop in miniature: every round, each of the K contributors
 //! runs H inner steps of the job's AdamW from the current weights on its own shard
-//! (`run_unit`, as real contributors do), compresses Δ with its error-feedback residual
-//! when compression is on, and the mean of the decoded Δs takes the relay's outer
-//! Nesterov step (`aggregate`, `outer_step`). Two baselines at equal tokens: one trainer
+//! (`train_unit`, as real contributors do: AdamW's moments carry over from one
+//! compressed unit to the next and start from zero for a dense one), compresses Δ with
+//! its error-feedback residual when compression is on, and the mean of the decoded Δs
+//! takes the relay's outer Nesterov step (`aggregate`, `outer_step`). Two baselines at equal tokens: one trainer
 //! on the same batch (K× the sequential steps) and one on K× the batch (the same steps,
 //! data-parallel training). Flags: `--steps N` (the budget per run in
 //! single-trainer steps of 12 × 64, default 1,000), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
-//! `--codec CHUNK,K,BITS` (default the job's, 4096,64,4), `--outer LR,MOMENTUM` (default
-//! the relay's, 1.0,0.5).
+//! `--codec CHUNK,K,BITS,DECAY` (default the job's, 4096,120,2,0.95), `--outer LR,MOMENTUM`
+//! (default the relay's, 1.0,0.5).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,7 +22,7 @@ use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::{Batch, Corpus, sample_batch};
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::train::{InnerOptim, Schedule, Trainer, run_unit};
+use crowdgrad_runtime::train::{InnerOptim, Moments, Schedule, Trainer, train_unit};
 use crowdgrad_tests::repo_root;
 
 /// Windows per batch (nanoGPT's shakespeare_char batch size).
@@ -70,8 +71,10 @@ fn flags(args: &[String]) -> Flags {
                 f.outer = (lr, momentum);
             }
             "--codec" => {
-                let [chunk, k, bits] = list::<u32>(flag, value)[..] else { panic!("--codec takes CHUNK,K,BITS") };
-                f.codec = CodecConfig { chunk, k, bits: bits as u8 };
+                let [chunk, k, bits, decay] = list::<f32>(flag, value)[..] else {
+                    panic!("--codec takes CHUNK,K,BITS,DECAY")
+                };
+                f.codec = CodecConfig { chunk: chunk as u32, k: k as u32, bits: bits as u8, decay };
                 f.codec.validate().unwrap_or_else(|e| panic!("--codec: {e}"));
             }
             other => panic!("unknown flag {other}"),
@@ -155,16 +158,21 @@ fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<Code
         for (worker, trainer) in trainers.iter_mut().enumerate() {
             let shard = setup.corpus.shard(worker as u32, k as u32, setup.cfg.context + 1);
             let seed = (round * k + worker) as u64;
-            let outcome = pollster::block_on(run_unit(trainer, &params, shard, seed, h, &optim)).expect("unit");
+            // As the contributor loop does: a compressed unit carries AdamW's moments on
+            // from the contributor's last unit, a dense one starts them from zero.
+            let moments = if codec.is_some() { Moments::Carried } else { Moments::Fresh };
+            pollster::block_on(train_unit(trainer, &params, shard, seed, h, &optim, moments)).expect("unit");
+            let end = pollster::block_on(trainer.params()).expect("CPU readback");
+            let delta: Vec<f32> = params.iter().zip(&end).map(|(s, e)| s - e).collect();
             deltas.push(match codec {
                 Some(cfg) => {
-                    let bytes = codec::encode(&outcome.delta, &mut residuals[worker], &cfg);
+                    let bytes = codec::encode(&delta, &mut residuals[worker], &cfg);
                     sent += bytes.len();
                     codec::decode(&bytes, n).expect("own encoding decodes")
                 }
                 None => {
                     sent += 4 * n;
-                    outcome.delta
+                    delta
                 }
             });
         }
@@ -189,7 +197,7 @@ fn loss_at(curve: &Curve, tokens: f64) -> f32 {
     l0 + w * (l1 - l0)
 }
 
-/// `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH] [--dataset PATH] [--codec C,K,B] [--outer LR,M]`.
+/// `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH] [--dataset PATH] [--codec C,K,B,D] [--outer LR,M]`.
 pub fn run(args: &[String]) {
     let flags = flags(args);
     let cfg = GptConfig::shakespeare_char();
