@@ -7,6 +7,7 @@
 //!
 //! [`WEIGHT_CHUNK`]: crowdgrad_runtime::protocol::WEIGHT_CHUNK
 
+mod holdings;
 mod peer;
 mod store;
 mod swarm;
@@ -170,7 +171,7 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
     match msg {
         PeerMsg::Have { version, chunks } => {
             if let Some(peer) = s.peers.get_mut(&id) {
-                peer.announced(version, chunks);
+                peer.holdings.announced(version, chunks);
             }
             s.wake();
         }
@@ -186,7 +187,7 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
         PeerMsg::Missing { version, index } => {
             let asked = s.download.as_mut().is_some_and(|d| d.failed(id, version, index));
             if let Some(peer) = s.peers.get_mut(&id).filter(|_| asked) {
-                peer.failed(version, index);
+                peer.holdings.failed(version, index);
             }
             s.wake();
         }

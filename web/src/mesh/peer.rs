@@ -4,10 +4,9 @@
 //! ones are applied in the order they came.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Weak;
 
-use crowdgrad_runtime::protocol::{self, ClientMsg, WEIGHT_CHUNK};
+use crowdgrad_runtime::protocol::{self, ClientMsg};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use wasm_bindgen::JsCast;
@@ -19,14 +18,10 @@ use web_sys::{
     WebSocket,
 };
 
+use super::holdings::Holdings;
 use super::{Shared, wire::PeerMsg};
 
 type Handler = Closure<dyn FnMut(JsValue)>;
-
-/// Failed requests of one version after which a peer is no longer asked for it.
-pub const MAX_FAILURES: u32 = 2;
-/// Chunks in the largest weights file; announced indices past it are ignored.
-const MAX_CHUNKS: u32 = (super::swarm::MAX_FILE / WEIGHT_CHUNK + 1) as u32;
 
 /// A connection to one peer, and what it said it holds.
 pub struct Peer {
@@ -36,10 +31,8 @@ pub struct Peer {
     pub open: bool,
     /// When the connection was started, seconds (`performance.now()`).
     pub since: f64,
-    /// Chunk indices it holds, by version.
-    have: BTreeMap<u64, BTreeSet<u32>>,
-    /// Requests it let time out or answered `Missing` for, by version.
-    failures: BTreeMap<u64, u32>,
+    /// What it says it holds, and how far it is believed.
+    pub holdings: Holdings,
     /// Remote signals, applied in order by the connection's task.
     signals: mpsc::UnboundedSender<String>,
     _handlers: Vec<Handler>,
@@ -124,50 +117,20 @@ impl Peer {
             channel,
             open: false,
             since: crate::global::now_seconds(),
-            have: BTreeMap::new(),
-            failures: BTreeMap::new(),
+            holdings: Holdings::default(),
             signals,
             _handlers: vec![on_candidate, on_open, on_message, on_close, on_state],
         })
     }
 
-    /// Takes the peer's announcement of `chunks` of `version`: only the newest two
-    /// versions are remembered, indices past the largest file are ignored, and a peer that
-    /// failed [`MAX_FAILURES`] requests of a version is not believed about it again.
-    pub fn announced(&mut self, version: u64, chunks: Vec<u32>) {
-        if self.failures.get(&version).is_some_and(|&f| f >= MAX_FAILURES) {
-            return;
-        }
-        self.have.retain(|v, _| v.saturating_add(2) > version);
-        self.failures.retain(|v, _| v.saturating_add(2) > version);
-        self.have.entry(version).or_default().extend(chunks.into_iter().filter(|&i| i < MAX_CHUNKS));
-    }
-
-    /// Whether the peer is open and holds or fetches `version` (and is believed about it).
+    /// Whether the peer is open and holds or fetches `version` (see [`Holdings`]).
     pub fn has_version(&self, version: u64) -> bool {
-        self.open && self.have.contains_key(&version)
+        self.open && self.holdings.has_version(version)
     }
 
-    /// Whether the peer may be asked for chunk `index` of `version`: it is open, said it
-    /// holds the chunk, and has not failed too many requests of that version.
+    /// Whether the peer is open and may be asked for chunk `index` of `version`.
     pub fn holds(&self, version: u64, index: u32) -> bool {
-        self.open
-            && self.failures.get(&version).is_none_or(|&f| f < MAX_FAILURES)
-            && self.have.get(&version).is_some_and(|c| c.contains(&index))
-    }
-
-    /// A request for chunk `index` of `version` timed out or was answered `Missing`: the
-    /// peer is not asked for that chunk again unless it announces it anew, and after
-    /// [`MAX_FAILURES`] such failures not for that version at all, so that a peer that
-    /// announces chunks it never serves cannot hold a download back.
-    pub fn failed(&mut self, version: u64, index: u32) {
-        if let Some(chunks) = self.have.get_mut(&version) {
-            chunks.remove(&index);
-        }
-        *self.failures.entry(version).or_default() += 1;
-        if self.failures[&version] >= MAX_FAILURES {
-            self.have.remove(&version);
-        }
+        self.open && self.holdings.holds(version, index)
     }
 
     /// Queues a signal from the peer (its JSON payload).

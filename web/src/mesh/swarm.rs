@@ -104,13 +104,13 @@ impl Shared {
         if missing.is_empty() {
             return store.complete(version).map_or(Step::Wait, Step::Done);
         }
-        // A request that timed out counts against its peer (see `Peer::failed`).
+        // A request that timed out counts against its peer (see `Holdings::failed`).
         let expired: Vec<(u32, u64)> =
             d.in_flight.iter().filter(|(_, (_, at))| now - at > REQUEST_TIMEOUT).map(|(i, (p, _))| (*i, *p)).collect();
         for (index, peer) in expired {
             d.in_flight.remove(&index);
             if let Some(peer) = peers.get_mut(&peer) {
-                peer.failed(version, index);
+                peer.holdings.failed(version, index);
             }
         }
         let start = offset % missing.len();
