@@ -39,7 +39,7 @@ export class Contribution {
     this.device = null;
     this.stats = null;
     this.blockers = new Map(); // reason → sentence, for the automatic pauses
-    this.marks = { firstUnit: null, states: {} }; // ms after the page opened
+    this.marks = { firstUnit: null, firstSubmit: null, states: {} }; // ms after the page opened
     this.batteryKnown = null; // whether the browser reports charging
     this.onChange = onChange;
     this.onEvent = onEvent;
@@ -52,10 +52,12 @@ export class Contribution {
     setInterval(() => this.poll(), 250);
     this.marks.states.loaded = performance.now();
     const watchFirst = setInterval(() => {
-      const state = this.contributor && this.contributor.stats().state;
+      const stats = this.contributor && this.contributor.stats();
+      const state = stats && stats.state;
       if (state && !(state in this.marks.states)) this.marks.states[state] = performance.now();
-      if (state === "training") {
-        this.marks.firstUnit = performance.now();
+      if (state === "training") this.marks.firstUnit ??= performance.now();
+      if (state === "submitting" || stats?.upload_bytes > 0) {
+        this.marks.firstSubmit = performance.now();
         clearInterval(watchFirst);
       }
     }, 20);
@@ -97,8 +99,12 @@ export class Contribution {
     this.checkBattery?.();
   }
 
+  /** Writes the saved state to localStorage, only when it changed (the stats are polled four times a second). */
   persist() {
-    localStorage.setItem(STORE, JSON.stringify(this.saved));
+    const json = JSON.stringify(this.saved);
+    if (json === this.written) return;
+    localStorage.setItem(STORE, json);
+    this.written = json;
   }
 
   /** Starts or stops the contributor so that it runs exactly when it may. */

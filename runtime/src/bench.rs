@@ -55,11 +55,22 @@ pub async fn training_throughput<B: Backend>(
 }
 
 /// The calibration a contributor sends in its hello: GFLOP/s of a 256×256×256 matmul
-/// on `backend`, 0 if it fails. Its three matrices (0.75 MB) stay allocated there, which
-/// costs less than a second device (every pipeline compiled again).
+/// on `backend`, 0 if it fails. One timed matmul where that takes at least
+/// [`CALIBRATION_SECONDS`] (a software adapter or a CPU, where more would delay the
+/// first unit by seconds), else 8. Its three matrices (0.75 MB) stay allocated there,
+/// which costs less than a second device (every pipeline compiled again).
 pub async fn calibrate<B: Backend>(backend: &mut B, clock: impl Fn() -> f64) -> f32 {
-    matmul_gflops(backend, (256, 256, 256), 8, clock).await.map_or(0.0, |(_, gflops)| gflops as f32)
+    const SHAPE: (usize, usize, usize) = (256, 256, 256);
+    let seconds = |gflops: f64| 2.0 * (SHAPE.0 * SHAPE.1 * SHAPE.2) as f64 / (gflops * 1e9);
+    let Ok((_, once)) = matmul_gflops(backend, SHAPE, 1, &clock).await else { return 0.0 };
+    if seconds(once) >= CALIBRATION_SECONDS {
+        return once as f32;
+    }
+    matmul_gflops(backend, SHAPE, 8, &clock).await.map_or(0.0, |(_, gflops)| gflops as f32)
 }
+
+/// A timed calibration matmul at least this long (seconds) is measured once only.
+pub const CALIBRATION_SECONDS: f64 = 0.02;
 
 /// GFLOP/s of `reps` forward matmuls `[rows, k] · [n, k]ᵀ` (2·rows·k·n flops each),
 /// timed from first record to a readback that waits for the last.
@@ -85,4 +96,32 @@ pub async fn matmul_gflops<B: Backend>(
     backend.read(out.slice(0, 1)).await?;
     let seconds = clock() - t0;
     Ok((device, 2.0 * (rows * k * n) as f64 * reps as f64 / seconds / 1e9))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::cpu::CpuBackend;
+
+    /// 2·256³ flops in GFLOP.
+    const GFLOP: f64 = 2.0 * 256.0 * 256.0 * 256.0 / 1e9;
+
+    /// A clock that advances `step` seconds each time it is read.
+    fn ticking(step: f64) -> impl Fn() -> f64 {
+        let now = Cell::new(0.0);
+        move || {
+            now.set(now.get() + step);
+            now.get()
+        }
+    }
+
+    #[test]
+    fn a_slow_matmul_is_timed_once_a_fast_one_eight_times() {
+        let slow = pollster::block_on(calibrate(&mut CpuBackend::new(), ticking(1.0)));
+        assert!((slow as f64 - GFLOP).abs() < 1e-6, "one matmul in 1 s: {slow}");
+        let fast = pollster::block_on(calibrate(&mut CpuBackend::new(), ticking(1e-3)));
+        assert!((fast as f64 - 8.0 * GFLOP / 1e-3).abs() < 1e-2, "eight matmuls in 1 ms: {fast}");
+    }
 }

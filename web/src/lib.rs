@@ -32,6 +32,7 @@ use crowdgrad_runtime::contributor::{Contributor as Loop, Rest, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::feedback::SavedResidual;
 use crowdgrad_runtime::gpu::GpuBackend;
+use futures_util::future;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
@@ -162,15 +163,19 @@ struct Held {
 async fn run(url: &str, stats: SharedStats, held: Held, rest: Rest) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
     let saved = residual::load().await;
-    match GpuBackend::new().await {
-        Ok(mut gpu) => {
-            if let Some(name) = adapter::describe().await {
+    // The adapter's name (for the page) and the device are asked for together.
+    match future::join(GpuBackend::new(), adapter::describe()).await {
+        (Ok(mut gpu), name) => {
+            if let Some(name) = name {
                 gpu.set_adapter_name(name);
             }
             let gflops = calibrate(&mut gpu, now_seconds).await;
+            // The other kernels compile in the GPU process while the tab connects and
+            // downloads the weights.
+            gpu.compile_kernels();
             contribute(url, gpu, gflops, stats, held, rest, saved).await
         }
-        Err(e) => {
+        (Err(e), _) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
             let mut cpu = CpuBackend::new();
             let gflops = calibrate(&mut cpu, now_seconds).await;

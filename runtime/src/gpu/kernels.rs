@@ -1,5 +1,7 @@
 //! The compute pipelines, one per WGSL entry point, compiled once per device.
 
+use std::cell::OnceCell;
+
 /// Every kernel the GPU backend dispatches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
@@ -113,41 +115,61 @@ impl Kernel {
     }
 }
 
-/// Compiled pipelines, indexed like [`Kernel::ALL`].
+/// The pipelines, indexed like [`Kernel::ALL`], each compiled on its first use or by
+/// [`Pipelines::compile_all`]. Shader modules are shared by the kernels of one file.
 pub struct Pipelines {
-    pipelines: Vec<wgpu::ComputePipeline>,
+    device: wgpu::Device,
+    /// By the index in [`Kernel::ALL`] of the first kernel of each file.
+    modules: Vec<OnceCell<wgpu::ShaderModule>>,
+    pipelines: Vec<OnceCell<wgpu::ComputePipeline>>,
 }
 
 impl Pipelines {
-    /// Compiles every kernel. Each shader file is parsed once; layouts are derived
-    /// from the entry points (bindings 0 = uniform params, 1.. = storage buffers).
-    pub fn compile(device: &wgpu::Device) -> Self {
-        let mut modules: Vec<(&str, wgpu::ShaderModule)> = Vec::new();
-        let mut pipelines = Vec::new();
+    /// An empty table for `device`; nothing is compiled yet.
+    pub fn new(device: &wgpu::Device) -> Self {
+        Pipelines {
+            device: device.clone(),
+            modules: Kernel::ALL.iter().map(|_| OnceCell::new()).collect(),
+            pipelines: Kernel::ALL.iter().map(|_| OnceCell::new()).collect(),
+        }
+    }
+
+    /// Compiles every kernel not compiled yet. Layouts are derived from the entry points
+    /// (bindings 0 = uniform params, 1.. = storage buffers).
+    pub fn compile_all(&self) {
         for kernel in Kernel::ALL {
-            let (file, source, entry) = kernel.source();
-            if !modules.iter().any(|(f, _)| *f == file) {
-                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(file),
-                    source: wgpu::ShaderSource::Wgsl(source.into()),
-                });
-                modules.push((file, module));
-            }
-            let module = &modules.iter().find(|(f, _)| *f == file).expect("module compiled above").1;
-            pipelines.push(device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            self.get(kernel);
+        }
+    }
+
+    /// The pipeline of `kernel`, compiled now if it was not.
+    pub fn get(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
+        self.pipelines[index(kernel)].get_or_init(|| {
+            let (_, _, entry) = kernel.source();
+            self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
-                module,
+                module: self.module(kernel),
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
-            }));
-        }
-        Pipelines { pipelines }
+            })
+        })
     }
 
-    /// The pipeline of `kernel`.
-    pub fn get(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
-        &self.pipelines[Kernel::ALL.iter().position(|k| *k == kernel).expect("every kernel is in ALL")]
+    /// The shader module of `kernel`'s file, parsed once.
+    fn module(&self, kernel: Kernel) -> &wgpu::ShaderModule {
+        let (file, source, _) = kernel.source();
+        let first = Kernel::ALL.iter().position(|k| k.source().0 == file).expect("every kernel is in ALL");
+        self.modules[first].get_or_init(|| {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(file),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            })
+        })
     }
+}
+
+fn index(kernel: Kernel) -> usize {
+    Kernel::ALL.iter().position(|k| *k == kernel).expect("every kernel is in ALL")
 }

@@ -77,7 +77,7 @@ impl GpuBackend {
             })
             .await
             .map_err(|e| BackendError::NoDevice(e.to_string()))?;
-        let pipelines = Pipelines::compile(&device);
+        let pipelines = Pipelines::new(&device);
         let name = adapter_info.name.to_lowercase();
         let info = DeviceInfo {
             kind: backend_kind(adapter_info.backend).into(),
@@ -98,6 +98,13 @@ impl GpuBackend {
             next_slot: 0,
             staging: HashMap::new(),
         })
+    }
+
+    /// Compiles every kernel now rather than on its first use. In the browser this
+    /// returns at once and the GPU process compiles while the tab goes on (connects and
+    /// downloads the weights); a kernel's first dispatch waits for its compilation.
+    pub fn compile_kernels(&self) {
+        self.pipelines.compile_all();
     }
 
     /// Replaces the adapter name shown by [`Backend::info`] (browsers hide the name
