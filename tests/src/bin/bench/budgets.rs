@@ -29,6 +29,13 @@ fn gzipped(path: &std::path::Path) -> (usize, usize) {
 }
 
 /// `budgets`: prints both figures against their budgets.
+/// Seconds from page open to the page's mark `name` (`window.crowdgrad.marks`), once set.
+async fn mark(tab: &fantoccini::Client, name: &str) -> f64 {
+    let script = format!("return window.crowdgrad && window.crowdgrad.marks.{name};");
+    let ms = until(tab, name, Duration::from_secs(60), &script).await;
+    ms.as_f64().expect("milliseconds") / 1000.0
+}
+
 pub async fn run() {
     let www = repo_root().join("www");
     println!("| file | bytes | gzipped |\n|---|---|---|");
@@ -66,22 +73,8 @@ pub async fn run() {
         tab.goto("about:blank").await.expect("leave the page");
         tokio::time::sleep(Duration::from_secs(2)).await;
         tab.goto(&url).await.expect("reopen the page");
-        let ms = until(
-            &tab,
-            "the first unit",
-            Duration::from_secs(60),
-            "return window.crowdgrad && window.crowdgrad.marks.firstUnit;",
-        )
-        .await;
-        times.push(ms.as_f64().expect("milliseconds") / 1000.0);
-        let ms = until(
-            &tab,
-            "the first submission",
-            Duration::from_secs(60),
-            "return window.crowdgrad && window.crowdgrad.marks.firstSubmit;",
-        )
-        .await;
-        submits.push(ms.as_f64().expect("milliseconds") / 1000.0);
+        times.push(mark(&tab, "firstUnit").await);
+        submits.push(mark(&tab, "firstSubmit").await);
     }
     let device = eval(&tab, "return window.crowdgrad.stats().device;").await;
     let states = eval(&tab, "return window.crowdgrad.marks.states;").await;
