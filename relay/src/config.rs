@@ -12,9 +12,11 @@
 //! [storage] # dir, keep_last, keep_every
 //! [compression] # enabled, chunk, k, bits, decay
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
-//! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed, max_replay_ratio,
+//! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed,
+//!           # max_projection_ratio, max_projection_compressed, max_replay_ratio,
 //!           # loss_batches, loss_margin, redundancy
-//! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs
+//! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs, trusted_proxies,
+//!           # max_connections, connections_per_ip, header_secs
 //! [mesh]    # peers, signals_per_link, ice_servers
 //! ```
 
@@ -129,6 +131,16 @@ pub struct VerifyConfig {
     /// on the coordinates sent. Its error-feedback residual rides along and may be many
     /// times larger than one unit's Δ, which drags the cosine down but not this.
     pub min_projection_compressed: f32,
+    /// A compressed Δ's projection on its replay may be at most this many times the
+    /// median projection of recently accepted compressed replays (or
+    /// `max_projection_compressed`, whichever is more). An honest projection grows with
+    /// what the contributor's residual has saved up (1 at its first unit, then about one
+    /// more per unit until the residual's decay balances it), alike for every
+    /// contributor at a time; a Δ scaled up by a liar multiplies it.
+    pub max_projection_ratio: f32,
+    /// The projection bound while fewer than 4 compressed replays are known, and its
+    /// least value after.
+    pub max_projection_compressed: f32,
     /// A dense Δ's norm must be within this factor of its replay's, either way
     /// (compressed ones are bounded by `aggregation.max_norm_ratio` only: their
     /// residual makes them larger than one unit's work).
@@ -152,6 +164,8 @@ impl Default for VerifyConfig {
             min_replay_rate: 0.05,
             min_cosine: 0.95,
             min_projection_compressed: 0.5,
+            max_projection_ratio: 3.0,
+            max_projection_compressed: 16.0,
             max_replay_ratio: 1.25,
             loss_batches: 4,
             loss_margin: 0.05,
@@ -282,7 +296,8 @@ pub struct StorageConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
-    /// WebSocket sessions one IP address may hold at once.
+    /// WebSocket sessions one client address may hold at once (IPv6 addresses count
+    /// by their /64 prefix, which one home connection gets whole).
     pub sessions_per_ip: usize,
     /// Frames a session may send per minute (bursts up to this many).
     pub messages_per_minute: u32,
@@ -294,11 +309,31 @@ pub struct Limits {
     pub ping_secs: f64,
     /// Seconds without any frame (pongs included) after which a session is closed.
     pub idle_secs: f64,
+    /// Reverse proxies (`"127.0.0.1"`, `"::1"`) whose `Forwarded` or `X-Forwarded-For`
+    /// headers name the client; from any other peer those headers are ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Connections (HTTP and WebSocket) the relay holds open at once; more are closed
+    /// as they are accepted.
+    pub max_connections: usize,
+    /// Connections one client address may hold open at once (trusted proxies aside).
+    pub connections_per_ip: usize,
+    /// Seconds a client has to send a request's headers.
+    pub header_secs: f64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { sessions_per_ip: 16, messages_per_minute: 120, origins: Vec::new(), ping_secs: 20.0, idle_secs: 90.0 }
+        Limits {
+            sessions_per_ip: 16,
+            messages_per_minute: 120,
+            origins: Vec::new(),
+            ping_secs: 20.0,
+            idle_secs: 90.0,
+            trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            connections_per_ip: 256,
+            header_secs: 10.0,
+        }
     }
 }
 
@@ -509,6 +544,13 @@ impl JobConfig {
         within("verify.min_replay_rate", v.min_replay_rate as f64, 0.0, 1.0)?;
         within("verify.min_cosine", v.min_cosine as f64, -1.0, 1.0)?;
         within("verify.min_projection_compressed", v.min_projection_compressed as f64, -10.0, 10.0)?;
+        within("verify.max_projection_ratio", v.max_projection_ratio as f64, 1.0, 1e6)?;
+        within(
+            "verify.max_projection_compressed",
+            v.max_projection_compressed as f64,
+            (v.min_projection_compressed as f64).max(1.0),
+            1e6,
+        )?;
         within("verify.max_replay_ratio", v.max_replay_ratio as f64, 1.0, 1e6)?;
         within("verify.loss_batches", v.loss_batches as f64, 0.0, 256.0)?;
         within("verify.loss_margin", v.loss_margin as f64, 0.0, 100.0)?;
@@ -524,6 +566,10 @@ impl JobConfig {
         within("limits.ping_secs", l.ping_secs, 0.1, 3600.0)?;
         // Chrome wakes background tabs once a minute; pongs come without it, but leave room.
         within("limits.idle_secs", l.idle_secs, 2.0 * l.ping_secs, 86_400.0)?;
+        within("limits.trusted_proxies", l.trusted_proxies.len() as f64, 0.0, 64.0)?;
+        within("limits.max_connections", l.max_connections as f64, 1.0, 1e6)?;
+        within("limits.connections_per_ip", l.connections_per_ip as f64, 1.0, l.max_connections as f64)?;
+        within("limits.header_secs", l.header_secs, 0.1, 3600.0)?;
         let m = &self.mesh;
         within("mesh.peers", m.peers as f64, 0.0, 16.0)?;
         within("mesh.signals_per_link", m.signals_per_link as f64, 1.0, 10_000.0)?;

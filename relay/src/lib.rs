@@ -6,21 +6,27 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`ledger`]: the SQLite record of versions, rounds, units, contributors, results.
 //! - [`store`]: committed versions' checkpoint files.
+//! - [`recovery`]: the checkpoint folder reconciled with the ledger at startup.
 //! - [`session`]: one contributor connection.
+//! - [`client_addr`]: who a request comes from (trusted proxies, IPv6 /64s).
 //! - [`server`]: HTTP routes.
+//! - [`listener`]: the accept loop, with connection bounds and a header timeout.
 //! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 //! - [`verify`]: replay and the loss check of submitted results.
 
 pub mod admin;
+pub mod client_addr;
 pub mod config;
 pub mod contribute;
 pub mod coordinator;
 pub mod eval;
 pub mod events;
 pub mod ledger;
+pub mod listener;
 pub mod metrics;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod store;
@@ -55,10 +61,23 @@ impl Relay {
         let _ = self.task.await;
     }
 
-    /// Serves until the process is stopped.
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Serves until the process is stopped; an error if the server task died.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the relay's server task")?;
+        anyhow::bail!("the relay's server stopped")
     }
+}
+
+/// Makes any panic, on any thread, end the process with status 101 once the default
+/// hook has reported it. A relay whose coordinator lock is poisoned, or whose verifier
+/// thread died, must not limp on or exit 0: its supervisor restarts it, and it resumes
+/// from its ledger. Nothing a client sends may panic; this is for the relay's own bugs.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
 }
 
 /// Loads `job`'s data, checks that its tokens fit the model's vocabulary, and opens
@@ -91,6 +110,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let ticker = state.coordinator.clone();
+    let limits = config.job.limits.clone();
     let app = server::router(state.clone(), &config.www);
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -101,12 +121,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
                 ticker.lock().expect("coordinator lock").tick(std::time::Instant::now());
             }
         };
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let serve = listener::serve(listener, app, &limits, async move {
             let _ = stopped.await;
         });
         tokio::select! {
-            result = serve => if let Err(e) = result { tracing::error!("server stopped: {e}") },
+            () = serve => {}
             () = clock => {}
         }
     });

@@ -141,12 +141,13 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    crowdgrad_relay::exit_on_panic();
     match Cli::parse().command {
         Command::Serve { addr, www, config, admin_token, overrides } => {
             let job = overrides.job(config.as_deref())?;
             let relay = crowdgrad_relay::start(ServeConfig { addr, www, job, admin_token }).await?;
             println!("crowdgrad relay on http://{}", relay.addr);
-            relay.wait().await;
+            relay.wait().await?;
         }
         Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, gpu } => {
             let options = SampleOptions { tokens, temperature, top_k, seed };

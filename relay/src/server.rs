@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Extension, Path, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -16,8 +16,10 @@ use crowdgrad_runtime::protocol::{WEIGHT_CHUNK, max_submission_frame};
 use tower_http::services::ServeDir;
 
 use crate::admin;
+use crate::client_addr;
 use crate::config::Limits;
 use crate::coordinator::{Coordinator, VersionSource};
+use crate::listener::ConnectionSlot;
 use crate::metrics::Metrics;
 use crate::session::{self, SessionContext};
 use crate::verify::{CheckQueue, spawn_verifier};
@@ -29,7 +31,7 @@ pub struct AppState {
     pub coordinator: Arc<Mutex<Coordinator>>,
     /// The relay's metrics, kept across job changes.
     pub metrics: Arc<Metrics>,
-    /// Sessions open per client address.
+    /// Sessions open per client address ([`client_addr::limit_key`]).
     sessions_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     /// blake3 of the operator's token; `None` disables `/api/admin/*`.
     pub admin_token: Option<blake3::Hash>,
@@ -57,7 +59,8 @@ impl AppState {
 }
 
 /// The router: API routes first, then files from `www`. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()` (sessions are counted per IP).
+/// [`crate::listener::serve`], which gives each request its peer's address and its
+/// connection's slot.
 pub fn router(state: AppState, www: &std::path::Path) -> Router {
     Router::new()
         .route("/ws", get(websocket))
@@ -119,6 +122,7 @@ impl AppState {
 async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    connection: Option<Extension<ConnectionSlot>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -133,7 +137,8 @@ async fn websocket(
         tracing::info!(%peer, origin, "refused a session from an origin not allowed");
         return (StatusCode::FORBIDDEN, format!("origin {origin} may not contribute here")).into_response();
     }
-    let Some(slot) = state.ip_slot(peer.ip(), limits.sessions_per_ip) else {
+    let client = client_addr::client_ip(peer.ip(), &headers, &limits.trusted_proxies);
+    let Some(slot) = state.ip_slot(client_addr::limit_key(client), limits.sessions_per_ip) else {
         let limit = limits.sessions_per_ip;
         return (StatusCode::TOO_MANY_REQUESTS, format!("at most {limit} sessions per address")).into_response();
     };
@@ -156,7 +161,7 @@ async fn websocket(
         .max_frame_size(limit)
         .on_upgrade(move |socket| async move {
             session::run(socket, cx).await;
-            drop(slot);
+            drop((slot, connection));
         })
 }
 

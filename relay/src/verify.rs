@@ -34,13 +34,19 @@ pub type CheckQueue = Sender<Check>;
 /// replaced job's checks are ignored). One thread: replays use the CPU's cores through
 /// rayon already, and contributors' GPUs outnumber the relay's cores anyway. The thread
 /// ends when every queue handle and the coordinator are gone.
+///
+/// A panic on this thread ends the relay process (see [`crate::exit_on_panic`]): results
+/// would otherwise wait for a verdict forever. `CROWDGRAD_FAULT=verifier-panic` makes
+/// it panic at its first check, for the test that shows this.
 pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
     let (queue, checks) = channel::<Check>();
+    let injected = std::env::var("CROWDGRAD_FAULT").is_ok_and(|fault| fault == "verifier-panic");
     std::thread::Builder::new()
         .name("verifier".into())
         .spawn(move || {
             let mut verifier = Verifier::default();
             while let Ok(check) = checks.recv() {
+                assert!(!injected, "CROWDGRAD_FAULT=verifier-panic: the verifier fails at its first check");
                 let report = verifier.run(&check);
                 let Some(coordinator) = coordinator.upgrade() else { break };
                 coordinator.lock().expect("coordinator lock").checked(check, report, Instant::now());

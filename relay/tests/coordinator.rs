@@ -109,31 +109,107 @@ fn bad_results_are_rejected_with_their_reason() {
         (a.signed(Submission { update: Update::Dense(vec![0.0; n - 1]), ..a.result(&unit, n) }), Rejection::WrongSize),
         (
             a.signed(Submission { update: Update::Compressed(b"not an update".to_vec()), ..a.result(&unit, n) }),
-            Rejection::Malformed,
+            Rejection::WrongCodec,
         ),
         (Submission { loss_after: 0.5, ..a.result(&unit, n) }, Rejection::BadSignature),
         (forged, Rejection::BadSignature),
-        (a.signed(Submission { update: compressed(n - 1), ..a.result(&unit, n) }), Rejection::Malformed),
+        (a.signed(Submission { update: compressed(n), ..a.result(&unit, n) }), Rejection::WrongCodec),
         (a.signed(Submission { steps: 3, ..a.result(&unit, n) }), Rejection::WrongSteps),
         (a.signed(Submission { version: 7, ..a.result(&unit, n) }), Rejection::WrongVersion),
         (a.signed(Submission { unit_id: 999, ..a.result(&unit, n) }), Rejection::UnknownUnit),
     ];
     for (submission, reason) in cases {
         assert_eq!(c.submit(a.id, submission, t0), Err(reason));
+        // A refused result frees its unit; with no one else idle, it comes back.
+        let back = (reason != Rejection::UnknownUnit).then_some(unit.unit_id);
+        assert_eq!(a.assignment().map(|u| u.unit_id), back, "{reason:?}");
     }
-    // The unit is still the contributor's: the honest result is accepted once, and a
-    // replay of it is refused.
+    // The honest result is accepted once, and a replay of it is refused.
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::NotAssigned));
     let next = a.assignment().expect("next unit");
-    assert_eq!(next.codec, Some(CodecConfig::default()), "units ask for compressed updates");
-    assert_eq!(c.submit(a.id, a.signed(Submission { update: compressed(n), ..a.result(&next, n) }), t0), Ok(()));
+    assert_eq!(next.codec, None, "this job's units ask for dense updates");
+    assert_eq!(c.submit(a.id, a.result(&next, n), t0), Ok(()));
     assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::Stale), "its round has closed");
     let rejected = c.status().counters.rejected;
     assert_eq!(rejected.get("non_finite"), Some(&2));
-    assert_eq!(rejected.get("malformed"), Some(&2));
+    assert_eq!(rejected.get("wrong_codec"), Some(&2));
     assert_eq!(rejected.get("bad_signature"), Some(&2));
     assert_eq!(rejected.values().sum::<u64>(), 12);
+}
+
+#[test]
+fn updates_must_come_as_their_unit_asks() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| job.compression.enabled = true);
+    let mut a = Client::join(&mut c, t0);
+    let n = c.param_count();
+    let unit = a.assignment().expect("work");
+    assert_eq!(unit.codec, Some(CodecConfig::default()), "units ask for compressed updates");
+    let other_k = CodecConfig { k: 64, ..CodecConfig::default() };
+    let other_k = Update::Compressed(codec::encode(&vec![1e-3; n], &mut vec![0.0; n], &other_k));
+    let cases = [
+        (a.result(&unit, n), Rejection::WrongCodec),
+        (a.signed(Submission { update: other_k, ..a.result(&unit, n) }), Rejection::WrongCodec),
+        (a.signed(Submission { update: compressed(n - 1), ..a.result(&unit, n) }), Rejection::Malformed),
+        (
+            a.signed(Submission { update: Update::Compressed(b"not an update".to_vec()), ..a.result(&unit, n) }),
+            Rejection::Malformed,
+        ),
+    ];
+    for (submission, reason) in cases {
+        assert_eq!(c.submit(a.id, submission, t0), Err(reason));
+    }
+    let unit = a.assignment().expect("its unit comes back");
+    assert_eq!(c.submit(a.id, a.signed(Submission { update: compressed(n), ..a.result(&unit, n) }), t0), Ok(()));
+}
+
+#[test]
+fn a_refused_result_frees_its_unit_at_once() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |_| {});
+    let n = c.param_count();
+    let (mut a, mut b, mut idle) = (Client::join(&mut c, t0), Client::join(&mut c, t0), Client::join(&mut c, t0));
+    let (unit, _) = (a.assignment().expect("a has work"), b.assignment().expect("b has work"));
+    assert!(idle.assignment().is_none(), "the round's two units are taken");
+    let nan = a.signed(Submission { update: Update::Dense(vec![f32::NAN; n]), ..a.result(&unit, n) });
+    assert_eq!(c.submit(a.id, nan, t0), Err(Rejection::NonFinite));
+    assert_eq!(
+        idle.assignment().map(|u| u.unit_id),
+        Some(unit.unit_id),
+        "another contributor has it, long before its deadline"
+    );
+    assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Err(Rejection::NotAssigned));
+}
+
+#[test]
+fn the_norm_bound_survives_a_restart() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| job.round.target = 1);
+    let mut a = Client::join(&mut c, t0);
+    let n = c.param_count();
+    for _ in 0..4 {
+        let unit = a.assignment().expect("work");
+        assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
+    }
+    drop(c);
+    let mut c = open_with(&dir, |job| job.round.target = 1);
+    let mut stranger = Client::join(&mut c, t0);
+    let unit = stranger.assignment().expect("work");
+    let scaled: Vec<f32> = made_up_delta(unit.unit_id, n).iter().map(|d| 1e4 * d).collect();
+    let scaled = stranger.signed(Submission { update: Update::Dense(scaled), ..stranger.result(&unit, n) });
+    assert_eq!(c.submit(stranger.id, scaled, t0), Err(Rejection::NormBound), "the first result after a restart");
+    let unit = stranger.assignment().expect("its unit comes back");
+    let replayed = Submission { update: Update::Dense(made_up_delta(1, n)), ..stranger.result(&unit, n) };
+    let replayed = stranger.signed(replayed);
+    assert_eq!(
+        c.submit(stranger.id, replayed, t0),
+        Err(Rejection::Duplicate),
+        "unit 1's delta, from before the restart"
+    );
 }
 
 /// An honest compressed update of `n` values.

@@ -4,58 +4,19 @@
 //! the last committed version. At the end both contributors have reconnected by
 //! themselves and resumed as the same contributors through their tokens.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
 
 use crowdgrad_runtime::checkpoint::hash_hex;
 use crowdgrad_runtime::rng::Rng;
 use rusqlite::{Connection, OpenFlags};
 
+mod process;
+
+use process::{crowdgrad, status, wait_for};
+
 const KILLS: usize = 20;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("relay/ has a parent").to_path_buf()
-}
-
-/// A child process killed (SIGKILL) when dropped, so a failing test leaves none behind.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn crowdgrad(args: &[&str]) -> Process {
-    let child = Command::new(env!("CARGO_BIN_EXE_crowdgrad"))
-        .args(args)
-        .current_dir(repo())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start crowdgrad");
-    Process(child)
-}
-
-fn status(addr: SocketAddr) -> Option<serde_json::Value> {
-    let mut response = ureq::get(&format!("http://{addr}/api/status")).call().ok()?;
-    serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
-}
-
-/// Polls `check` every 50 ms until it gives a value, for at most `limit`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Checks the ledger against the files: versions are 0..=newest without gaps, every
 /// kept version's two files match their hashes, and at most one round is open.
@@ -139,4 +100,105 @@ fn the_relay_survives_being_killed_at_random_points() {
     });
     drop(relay);
     check_storage(&data);
+}
+
+/// The names and blake3 hashes of the checkpoint files in `dir/versions`.
+fn checkpoint_files(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    std::fs::read_dir(dir.join("versions"))
+        .expect("the checkpoint folder")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), hash_hex(&std::fs::read(&p).unwrap())))
+        .collect()
+}
+
+/// The newest version among the checkpoint files.
+fn newest_file_version(files: &std::collections::BTreeMap<String, String>) -> u64 {
+    files.keys().filter_map(|name| name.get(1..9)?.parse().ok()).max().expect("a checkpoint")
+}
+
+fn remove_ledger(dir: &Path) {
+    for name in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
+#[test]
+fn a_lost_or_damaged_ledger_loses_no_checkpoint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[inner]\nsteps = 4\nbatch = 4\n[round]\ntarget = 1\ndeadline_secs = 1\n\
+             [storage]\ndir = {:?}\nkeep_last = 3\nkeep_every = 4\n",
+            data.display().to_string()
+        ),
+    )
+    .expect("write the job");
+    let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
+    let (addr_arg, job_arg) = (addr.to_string(), job.display().to_string());
+    let serve = || crowdgrad(&["serve", "--addr", &addr_arg, "--config", &job_arg]);
+    let relay_url = format!("ws://{addr}/ws");
+    let version = || status(addr).and_then(|s| s["version"].as_u64());
+
+    // Train to version 9, then lose the whole ledger.
+    let relay = serve();
+    let contributor = crowdgrad(&["contribute", "--relay", &relay_url]);
+    wait_for("version 9", Duration::from_secs(120), || (version()? >= 9).then_some(()));
+    drop(contributor);
+    drop(relay);
+    let files = checkpoint_files(&data);
+    remove_ledger(&data);
+    let relay = serve();
+    let resumed = wait_for("the relay without its ledger", Duration::from_secs(30), version);
+    assert_eq!(resumed, newest_file_version(&files), "resumed from the newest checkpoint");
+    let after = checkpoint_files(&data);
+    assert!(files.iter().all(|(name, hash)| after.get(name) == Some(hash)), "every checkpoint is still there");
+    let contributor = crowdgrad(&["contribute", "--relay", &relay_url]);
+    wait_for("training to go on", Duration::from_secs(60), || (version()? > resumed).then_some(()));
+    drop(contributor);
+    drop(relay);
+
+    // A ledger cut in half: the relay resumes from what it can read, or refuses with
+    // what to do; moved aside, the checkpoints take over.
+    let files = checkpoint_files(&data);
+    let ledger = data.join("ledger.sqlite");
+    let len = std::fs::metadata(&ledger).expect("the ledger").len();
+    std::fs::OpenOptions::new().write(true).open(&ledger).and_then(|f| f.set_len(len / 2)).expect("truncate");
+    let mut damaged = std::process::Command::new(env!("CARGO_BIN_EXE_crowdgrad"))
+        .args(["serve", "--addr", &addr_arg, "--config", &job_arg])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start crowdgrad");
+    let exited = wait_for("the relay to refuse or resume", Duration::from_secs(30), || {
+        if let Some(code) = damaged.try_wait().expect("wait") {
+            return Some(Some(code));
+        }
+        version().map(|_| None)
+    });
+    match exited {
+        Some(code) => {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut damaged.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert!(!code.success(), "a refusal is a failure exit");
+            assert!(stderr.contains("Move it aside"), "the refusal says what to do: {stderr}");
+            println!("the relay refused the truncated ledger: {}", stderr.lines().last().unwrap_or_default());
+        }
+        None => {
+            println!("the relay resumed from what it could read of the truncated ledger");
+            let _ = damaged.kill();
+            let _ = damaged.wait();
+        }
+    }
+    let after = checkpoint_files(&data);
+    assert!(files.iter().all(|(name, hash)| after.get(name) == Some(hash)), "every checkpoint is still there");
+    remove_ledger(&data);
+    let relay = serve();
+    let resumed = wait_for("the relay with its ledger moved aside", Duration::from_secs(30), version);
+    assert_eq!(resumed, newest_file_version(&after), "resumed from the newest checkpoint");
+    drop(relay);
 }

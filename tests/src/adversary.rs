@@ -36,7 +36,7 @@ pub enum Attack {
     /// "A little is enough": the honest results' mean minus 1.5 standard deviations per
     /// coordinate (it sees the round's honest results).
     Alie,
-    /// A NaN in a dense Δ.
+    /// A NaN in a dense Δ, or a NaN loss with a compressed one.
     NonFinite,
     /// Its own first accepted result again, for each later unit.
     ReplayOld,
@@ -58,11 +58,20 @@ pub enum Attack {
     ForgedSignature,
     /// Compressed bytes that do not decode.
     Malformed,
+    /// Honest for its first [`TRUSTED_AFTER`] units, until the relay replays it only now
+    /// and then; then 9 × Δ, just under the 10× norm bound.
+    TrustedScale9,
+    /// 1.5ᵏ × Δ at its k-th unit: a slow drift that starts inside the norm bound.
+    Drift,
 }
+
+/// Units a [`Attack::TrustedScale9`] attacker sends honestly first: the relay's default
+/// `verify.trust_after`.
+pub const TRUSTED_AFTER: u32 = 5;
 
 impl Attack {
     /// Every attack.
-    pub const ALL: [Attack; 14] = [
+    pub const ALL: [Attack; 16] = [
         Attack::SignFlip,
         Attack::Scale100,
         Attack::Noise,
@@ -77,6 +86,8 @@ impl Attack {
         Attack::WrongUnit,
         Attack::ForgedSignature,
         Attack::Malformed,
+        Attack::TrustedScale9,
+        Attack::Drift,
     ];
 
     /// The rejection codes that count as the right reason, where one is required (the
@@ -155,6 +166,8 @@ struct Member {
     unit: Option<WorkUnit>,
     first_unit: Option<WorkUnit>,
     first_accepted: Option<Update>,
+    /// Units it has submitted for.
+    units: u32,
     /// The update it sent last, kept until its ack says whether it was accepted.
     last_sent: Option<Update>,
     rng: Rng,
@@ -244,6 +257,7 @@ fn join(c: &mut Coordinator, attack: Option<Attack>, index: u64, now: Instant) -
         unit: None,
         first_unit: None,
         first_accepted: None,
+        units: 0,
         last_sent: None,
         rng: Rng::from_parts(&[index, 0xAD]),
     }
@@ -341,8 +355,10 @@ fn lie(
         update: Update::Dense(Vec::new()),
         signature: Vec::new(),
     };
+    m.units += 1;
     let attack = match m.attack {
         Some(Attack::ReplayOld) if m.first_accepted.is_none() => None,
+        Some(Attack::TrustedScale9) if m.units <= TRUSTED_AFTER => None,
         Some(Attack::Copy | Attack::NearCopy | Attack::Alie) if honest.is_empty() => None,
         Some(Attack::StaleVersion)
             if m.first_unit.as_ref().is_none_or(|f| f.version + max_staleness >= unit.version) =>
@@ -355,11 +371,21 @@ fn lie(
         None => pack(m, unit, &delta),
         Some(Attack::SignFlip) => pack(m, unit, &delta.iter().map(|d| -d).collect::<Vec<_>>()),
         Some(Attack::Scale100) => pack(m, unit, &delta.iter().map(|d| 100.0 * d).collect::<Vec<_>>()),
+        Some(Attack::TrustedScale9) => pack(m, unit, &delta.iter().map(|d| 9.0 * d).collect::<Vec<_>>()),
+        Some(Attack::Drift) => {
+            let factor = 1.5f32.powi(m.units as i32);
+            pack(m, unit, &delta.iter().map(|d| factor * d).collect::<Vec<_>>())
+        }
         Some(Attack::Noise) => {
             let noisy: Vec<f32> = delta.iter().map(|d| d + 3.0 * rms * m.rng.normal()).collect();
             pack(m, unit, &noisy)
         }
         Some(Attack::Alie) => pack(m, unit, &alie(honest, n)),
+        // A compressed unit's values cannot be NaN (its scale would not decode): its loss is.
+        Some(Attack::NonFinite) if unit.codec.is_some() => {
+            sub.loss_after = f32::NAN;
+            pack(m, unit, &delta)
+        }
         Some(Attack::NonFinite) => {
             let mut values = delta.clone();
             values[0] = f32::NAN;

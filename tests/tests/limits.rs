@@ -228,3 +228,93 @@ async fn job_control_needs_the_admin_token() {
     assert_eq!(post(addr, "/api/admin/pause", Some("anything"), String::new()).await.0, 403, "no token, no control");
     relay.stop().await;
 }
+
+/// Opens `/ws` with an `X-Forwarded-For` header; `Err` carries a refusal's status.
+async fn connect_forwarded(addr: SocketAddr, forwarded_for: &str) -> Result<Socket, u16> {
+    let mut request = format!("ws://{addr}/ws").into_client_request().expect("request");
+    request.headers_mut().insert("x-forwarded-for", forwarded_for.parse().expect("header value"));
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(Error::Http(response)) => Err(response.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut job = test_job(1, dir.path());
+    job.limits.sessions_per_ip = 1;
+    let relay = start(job.clone(), None).await;
+    let _first = connect_forwarded(relay.addr, "203.0.113.1").await.expect("first");
+    assert_eq!(
+        connect_forwarded(relay.addr, "203.0.113.2").await.err(),
+        Some(429),
+        "from an untrusted peer the header is ignored: both are 127.0.0.1"
+    );
+    relay.stop().await;
+
+    job.limits.trusted_proxies = vec!["127.0.0.1".parse().expect("literal")];
+    let relay = start(job, None).await;
+    let _first = connect_forwarded(relay.addr, "203.0.113.1").await.expect("first client");
+    assert_eq!(connect_forwarded(relay.addr, "203.0.113.1").await.err(), Some(429), "the same client again");
+    let _other = connect_forwarded(relay.addr, "203.0.113.2").await.expect("another client through the proxy");
+    relay.stop().await;
+}
+
+/// Whether the relay closes `stream` (end of stream, a reset, or a response to the
+/// half-sent request) within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    matches!(tokio::time::timeout(limit, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dribbling_headers_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut job = test_job(1, dir.path());
+    job.limits.header_secs = 1.0;
+    let relay = start(job, None).await;
+    let mut slow = TcpStream::connect(relay.addr).await.expect("connect");
+    slow.write_all(b"GET /api/status HTTP/1.1\r\n").await.expect("request line");
+    let started = std::time::Instant::now();
+    let dribble = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                return;
+            }
+        }
+    };
+    // Writes keep succeeding into the socket buffer after the relay closes; stop at 4 s.
+    let _ = tokio::time::timeout(Duration::from_secs(4), dribble).await;
+    assert!(closed_within(&mut slow, Duration::from_millis(100)).await, "still open after {:?}", started.elapsed());
+    assert_eq!(status(relay.addr)["job"], "byte-gpt", "a prompt client is served");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_address_bound_are_closed_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut job = test_job(1, dir.path());
+    job.limits.connections_per_ip = 3;
+    let relay = start(job, None).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(TcpStream::connect(relay.addr).await.expect("connect"));
+    }
+    let mut fourth = TcpStream::connect(relay.addr).await.expect("the kernel accepts");
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await, "a fourth connection is closed");
+    for stream in &mut open {
+        assert!(!closed_within(stream, Duration::from_millis(50)).await, "the first three stay open");
+    }
+    drop(open.pop());
+    let answer = wait_for("a freed slot", Duration::from_secs(5), || {
+        ureq::get(&format!("http://{}/api/status", relay.addr)).call().ok().map(|r| r.status().as_u16())
+    })
+    .await;
+    assert_eq!(answer, 200);
+    relay.stop().await;
+}

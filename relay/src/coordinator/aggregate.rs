@@ -28,6 +28,22 @@ pub enum Rule {
     CenteredClip,
 }
 
+impl Rule {
+    /// The fewest results with which no single one can move the update at will: 3 for
+    /// centered clipping (with 2, the median is their mean and nothing is clipped), and
+    /// enough for the trimmed mean to drop one at each end. `mean` (and a trim of 0) is
+    /// not robust at any size, so it asks for nothing: the norm bound and replay are its
+    /// only defence.
+    pub fn robust_min(self, trim: f32) -> usize {
+        match self {
+            Rule::Mean => 1,
+            Rule::TrimmedMean if trim <= 0.0 => 1,
+            Rule::TrimmedMean => ((1.0 / trim).ceil() as usize).max(3),
+            Rule::CenteredClip => 3,
+        }
+    }
+}
+
 /// One accepted result: its Δ, its share of H, and that share discounted for staleness.
 #[derive(Clone, Copy)]
 pub struct Weighted<'a> {

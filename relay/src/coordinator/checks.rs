@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crowdgrad_runtime::identity::KEY_BYTES;
 
+use super::screen::Kind;
 use super::sketch::Sketch;
 use super::{Coordinator, Judged, Rejection, UnitState};
 use crate::verify::{Check, Report};
@@ -18,10 +19,14 @@ pub(super) struct Claim {
     pub losses: (f32, f32),
     /// The key that signed it.
     pub key: [u8; KEY_BYTES],
-    /// Whether the Δ came compressed (its replay tolerance is looser).
-    pub compressed: bool,
+    /// Whether the Δ came dense or compressed (a compressed one's replay tolerance is
+    /// looser).
+    pub kind: Kind,
     /// The factor its weight in the round is multiplied by (½ for each of two twins).
     pub weight: f32,
+    /// Whether it was sent for replay: a round too small for its robust rule averages
+    /// only replayed results.
+    pub replayed: bool,
 }
 
 /// A result out for checking; its Δ travels in the [`Check`].
@@ -32,7 +37,6 @@ pub(super) struct Pending {
     norm: f32,
     hash: [u8; 32],
     sketch: Sketch,
-    replayed: bool,
 }
 
 /// What to check of one result.
@@ -42,16 +46,23 @@ pub(super) struct Plan {
 }
 
 impl Coordinator {
-    /// Whether (and how) a result of `contributor` is checked: a replay as its trust
-    /// says, the loss check always when on.
-    pub(super) fn plan_check(&mut self, contributor: u64) -> Option<Plan> {
-        let replay = self.trust.sample(contributor, &self.job.verify);
+    /// Whether (and how) a result of `contributor` of `kind` is checked: a replay as its
+    /// trust says, or always while the screen has no norm scale for `kind` yet (a new
+    /// job) or when every round is too small for the robust rule; the loss check always
+    /// when on.
+    pub(super) fn plan_check(&mut self, contributor: u64, kind: Kind) -> Option<Plan> {
+        let a = &self.job.aggregation;
+        // Rounds too small for the rule average only replayed results (see `commit`).
+        let short_rounds = self.job.round.target < a.rule.robust_min(a.trim);
+        let must = self.job.verify.replay && (!self.screen.has_scale(kind) || short_rounds);
+        let replay = self.trust.sample(contributor, &self.job.verify) || must;
         let loss_batches = self.job.verify.loss_batches;
         (replay || loss_batches > 0).then_some(Plan { replay, loss_batches })
     }
 
     /// Parks a screened result and queues its check for the verifier.
-    pub(super) fn queue_check(&mut self, session: u64, contributor: u64, claim: Claim, judged: Judged, plan: Plan) {
+    pub(super) fn queue_check(&mut self, session: u64, contributor: u64, mut claim: Claim, judged: Judged, plan: Plan) {
+        claim.replayed = plan.replay;
         let unit = self.units.get_mut(&claim.unit_id).expect("judged units are present");
         unit.state = UnitState::Checking;
         let (shard, seed, steps, version) = (unit.shard, unit.seed, unit.steps, unit.version);
@@ -75,10 +86,10 @@ impl Coordinator {
             replay: plan.replay,
             loss_batches: plan.loss_batches,
             loss_margin: self.job.verify.loss_margin,
-            compressed: claim.compressed,
+            compressed: claim.kind == Kind::Compressed,
         };
         let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
-        let pending = Pending { session, contributor, claim, norm, hash, sketch, replayed: plan.replay };
+        let pending = Pending { session, contributor, claim, norm, hash, sketch };
         self.pending.insert(ticket, pending);
         self.checks.push(check);
     }
@@ -94,9 +105,9 @@ impl Coordinator {
     /// since replaced are ignored.
     pub fn checked(&mut self, check: Check, report: Report, now: Instant) {
         let Some(p) = self.pending.remove(&check.ticket) else { return };
-        let verdict = self.within_tolerance(p.claim.compressed, &report);
+        let verdict = self.within_tolerance(p.claim.kind == Kind::Compressed, &report);
         // A pass counts toward trust only when replayed; any failure ends it.
-        if p.replayed || verdict.is_err() {
+        if p.claim.replayed || verdict.is_err() {
             self.trust.record(p.contributor, verdict.is_ok());
         }
         if report.replay.is_some() {
@@ -105,6 +116,10 @@ impl Coordinator {
         }
         if report.loss.is_some() {
             self.counters.loss_checked += 1;
+        }
+        if let (Ok(()), Some(r), Kind::Compressed) = (&verdict, report.replay, p.claim.kind) {
+            let recorded = self.screen.record_projection(&self.ledger, r.projection);
+            self.note_storage("recording a projection", recorded);
         }
         let behind = self.version - p.claim.version;
         let verdict = match verdict {
@@ -129,12 +144,21 @@ impl Coordinator {
         }
     }
 
+    /// The greatest projection a compressed replay may show now: `max_projection_ratio`
+    /// × the median of recent accepted ones, and never under `max_projection_compressed`.
+    fn max_projection(&self) -> f32 {
+        let v = &self.job.verify;
+        let recent = self.screen.projection_median().map_or(0.0, |m| m * v.max_projection_ratio);
+        recent.max(v.max_projection_compressed)
+    }
+
     /// Whether a check's figures are within the job's `[verify]` tolerances.
     pub(super) fn within_tolerance(&self, compressed: bool, report: &Report) -> Result<(), (Rejection, String)> {
         let v = &self.job.verify;
         if let Some(r) = report.replay {
+            let most = self.max_projection();
             let passed = if compressed {
-                r.projection >= v.min_projection_compressed
+                (v.min_projection_compressed..=most).contains(&r.projection)
             } else {
                 r.cosine >= v.min_cosine
                     && r.norm_ratio <= v.max_replay_ratio
@@ -143,14 +167,16 @@ impl Coordinator {
             if !passed {
                 let why = format!(
                     "{}: the replayed unit gives a Δ with cosine {:.3}, norm ratio {:.3} and projection {:.3} \
-                     (at least {} cosine within {}× for a dense Δ, at least {} projection for a compressed one)",
+                     (at least {} cosine within {}× for a dense Δ, a projection within {}..={:.2} for a compressed \
+                     one)",
                     Rejection::ReplayMismatch.code(),
                     r.cosine,
                     r.norm_ratio,
                     r.projection,
                     v.min_cosine,
                     v.max_replay_ratio,
-                    v.min_projection_compressed
+                    v.min_projection_compressed,
+                    most
                 );
                 return Err((Rejection::ReplayMismatch, why));
             }
@@ -165,5 +191,37 @@ impl Coordinator {
             return Err((Rejection::LossCheck, why));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crowdgrad_runtime::data::Corpus;
+
+    use super::super::{Coordinator, Rejection};
+    use crate::config::JobConfig;
+    use crate::verify::{Replayed, Report};
+
+    #[test]
+    fn a_compressed_replay_is_bounded_above_as_well_as_below() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut job = JobConfig::default();
+        (job.storage.dir, job.data.eval_batches) = (dir.path().to_path_buf(), 1);
+        let mut c = Coordinator::open(job, Corpus::builtin(), Default::default()).expect("opens");
+        let verdict = |c: &Coordinator, projection: f32| {
+            let replay = Replayed { cosine: 0.5, norm_ratio: projection, projection };
+            c.within_tolerance(true, &Report { replay: Some(replay), loss: None }).map_err(|(r, _)| r)
+        };
+        assert_eq!(verdict(&c, 1.2), Ok(()), "an honest Δ with its residual");
+        assert_eq!(verdict(&c, 6.3), Ok(()), "an honest one 8 units on (tests/adversarial.rs)");
+        assert_eq!(verdict(&c, 0.1), Err(Rejection::ReplayMismatch), "unrelated to the unit");
+        assert_eq!(verdict(&c, 20.0), Err(Rejection::ReplayMismatch), "over 16 before any history");
+        assert_eq!(verdict(&c, 1e4), Err(Rejection::ReplayMismatch), "the unit's Δ × 10⁴");
+        // Residuals grown over a long run: the bound follows the honest projections.
+        for _ in 0..4 {
+            c.screen.record_projection(&c.ledger, 20.0).expect("recorded");
+        }
+        assert_eq!(verdict(&c, 50.0), Ok(()), "within 3× of the recent median");
+        assert_eq!(verdict(&c, 9.0 * 20.0), Err(Rejection::ReplayMismatch), "a trusted contributor's Δ × 9");
     }
 }

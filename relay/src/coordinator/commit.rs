@@ -10,7 +10,7 @@ use super::aggregate::{Weighted, aggregate, outer_step};
 use super::{Coordinator, HISTORY_LEN, VersionRecord};
 use crate::config::JobConfig;
 use crate::ledger::{Ledger, VersionRow, now_ms};
-use crate::store::Store;
+use crate::store::{Meta, Store};
 use crowdgrad_runtime::identity::{hex, merkle_root};
 
 /// How long after a failed write the commit is tried again.
@@ -38,6 +38,10 @@ pub(super) struct Written {
     pub train_loss: Option<f32>,
     /// Results averaged into it.
     pub results: u32,
+    /// The round it closes (0 for version 0).
+    pub round: u64,
+    /// Every unit id issued so far, or issued before the next version, is below this.
+    pub units_below: u64,
 }
 
 /// Writes a version's files durably (the Merkle root of `receipts`, `(unit, receipt
@@ -58,7 +62,14 @@ pub(super) fn persist(
     receipts.sort_unstable();
     let leaves: Vec<[u8; 32]> = receipts.iter().map(|(_, hash)| *hash).collect();
     let receipts_root = hex(&merkle_root(&leaves));
-    let written = store.write(&job.model, version.version, params, momentum, &job.name, &receipts_root)?;
+    let meta = Meta {
+        version: version.version,
+        job: &job.name,
+        receipts_root: &receipts_root,
+        round: version.round,
+        units_below: version.units_below,
+    };
+    let written = store.write(&job.model, params, momentum, &meta)?;
     let row = VersionRow {
         version: version.version,
         weights_hash: written.weights_hash.clone(),
@@ -78,11 +89,28 @@ impl Coordinator {
     /// Averages the round's results and takes the outer Nesterov step; once the new
     /// version is written, serves it and opens the next round.
     pub(super) fn commit(&mut self, now: Instant) {
-        // Each Δ counts by its share of H, discounted when late, under the job's rule.
-        let n = self.results.len();
-        let results: Vec<Weighted> =
-            self.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+        // Each Δ counts by its share of H, discounted when late, under the job's rule. A
+        // round too small for the rule to be robust takes only replayed results: with
+        // one or two results, nothing would bound what an unchecked one does. (A job
+        // with replay off has given that up.)
         let a = &self.job.aggregation;
+        let short = self.job.verify.replay && self.results.len() < a.rule.robust_min(a.trim);
+        let used: Vec<&super::Contribution> = self.results.iter().filter(|c| c.replayed || !short).collect();
+        if used.is_empty() {
+            let wait = self.arrivals.deadline(self.job.round_deadline());
+            tracing::info!(results = self.results.len(), "round too small for its rule and none replayed; waiting");
+            self.round_deadline = Some(now + wait);
+            return;
+        }
+        let n = used.len();
+        let left_out = self.results.len() - n;
+        if left_out > 0 {
+            tracing::info!(left_out, used = n, "round too small for its rule: averaging only replayed results");
+            self.counters.unreplayed_left_out += left_out as u64;
+        }
+        let units: std::collections::HashSet<u64> = used.iter().map(|c| c.unit).collect();
+        let results: Vec<Weighted> =
+            used.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
         let g = aggregate(a.rule, &results, a.trim, a.clip);
         let (mut params, mut momentum) = (self.params.to_vec(), self.momentum.clone());
         outer_step(&mut params, &mut momentum, &g, self.job.outer.lr, self.job.outer.momentum);
@@ -94,11 +122,19 @@ impl Coordinator {
             &self.store,
             &mut self.ledger,
             &self.job,
-            Written { version, val_loss, train_loss, results: n as u32 },
+            Written {
+                version,
+                val_loss,
+                train_loss,
+                results: n as u32,
+                round: self.round,
+                // The next round creates at most `round.target` units.
+                units_below: self.next_unit + self.job.round.target as u64,
+            },
             &params,
             &momentum,
             Some(self.round),
-            &self.round_receipts,
+            &self.round_receipts.iter().filter(|(unit, _)| units.contains(unit)).copied().collect::<Vec<_>>(),
         );
         let current = match written {
             Ok(current) => current,
@@ -154,8 +190,10 @@ impl Coordinator {
     }
 
     /// Deletes the files of versions that are neither among the newest `keep_last` nor
-    /// a multiple of `keep_every`.
+    /// a multiple of `keep_every`, and the screen's history it no longer reads.
     fn prune(&mut self) {
+        let pruned = super::screen::Screen::prune(&self.ledger);
+        self.note_storage("pruning the screen's history", pruned);
         let kept = self.ledger.kept_versions();
         let Some(kept) = self.note_storage("listing kept versions", kept) else { return };
         let (last, every) = (self.job.storage.keep_last as u64, self.job.storage.keep_every);
@@ -172,5 +210,48 @@ impl Coordinator {
                 tracing::warn!(version, "could not delete an old version: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crowdgrad_runtime::data::Corpus;
+
+    use super::super::{Contribution, Coordinator};
+    use crate::config::JobConfig;
+
+    fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
+        Contribution { unit, replayed, delta: vec![value; n], share: 1.0, weight: 1.0 }
+    }
+
+    #[test]
+    fn a_round_too_small_for_its_rule_averages_only_replayed_results() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut job = JobConfig::default();
+        (job.storage.dir, job.data.eval_batches) = (dir.path().to_path_buf(), 1);
+        let (lr, mu) = (job.outer.lr, job.outer.momentum);
+        let mut c = Coordinator::open(job, Corpus::builtin(), Default::default()).expect("opens");
+        let n = c.param_count();
+        let start = c.params.to_vec();
+        // Centered clipping needs 3; of these two, only the replayed one counts.
+        c.results.push(result(1, true, 1e-4, n));
+        c.results.push(result(2, false, 10.0, n));
+        c.commit(Instant::now());
+        assert_eq!(c.version, 1);
+        let moved = start[0] - c.params[0];
+        let expected = lr * (1.0 + mu) * 1e-4; // Nesterov's first step on g alone
+        assert!((moved - expected).abs() < 1e-7, "moved {moved}, the replayed Δ alone moves {expected}");
+        assert_eq!(c.counters.unreplayed_left_out, 1);
+        // Nothing replayed: the round waits for more.
+        c.results.push(result(3, false, 1e-4, n));
+        c.commit(Instant::now());
+        assert_eq!(c.version, 1, "a lone unreplayed result commits nothing");
+        // Three results are enough for the rule: all count.
+        c.results.push(result(4, false, 1e-4, n));
+        c.results.push(result(5, false, 1e-4, n));
+        c.commit(Instant::now());
+        assert_eq!((c.version, c.counters.unreplayed_left_out), (2, 1));
     }
 }

@@ -13,11 +13,12 @@ mod commit;
 mod mesh;
 mod pacing;
 mod report;
+mod screen;
 mod sketch;
 mod trust;
 mod twins;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +40,12 @@ use crate::config::JobConfig;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
 use crate::metrics::{Metrics, Reason};
+use crate::recovery;
 use crate::store::Store;
 use crate::verify::Check;
 
 use self::checks::{Claim, Pending};
+use self::screen::{Kind, Screen};
 use self::sketch::Sketch;
 use self::twins::Held;
 
@@ -54,14 +57,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 
 /// Versions of loss history kept in memory for `/api/status`.
 const HISTORY_LEN: usize = 200;
-/// Accepted results whose norms the screen remembers.
-const RECENT_NORMS: usize = 64;
-/// Accepted Δs whose hashes the screen remembers.
-const RECENT_HASHES: usize = 4096;
-/// Accepted Δs whose sketches the screen compares new ones with.
-const RECENT_SKETCHES: usize = 256;
-/// A Δ whose sketch is this close to a recent one's is a near-copy.
-const NEAR_COPY_COSINE: f32 = 0.995;
 /// Versions `/api/history` returns at most.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
@@ -129,6 +124,10 @@ struct Judged {
 
 /// An accepted result waiting for its round to close.
 struct Contribution {
+    unit: u64,
+    /// Whether it was replayed: a round smaller than its rule's
+    /// [`Rule::robust_min`] averages only replayed results.
+    replayed: bool,
     delta: Vec<f32>,
     /// Its steps as a fraction of H.
     share: f32,
@@ -195,13 +194,8 @@ pub struct Coordinator {
     round_receipts: Vec<(u64, [u8; 32])>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
     paused: bool,
-    /// Norms per step share of recently accepted results, for screening.
-    recent_norms: VecDeque<f32>,
-    /// blake3 of recently accepted Δs (replays and copies are refused), and their order.
-    recent_hashes: HashSet<[u8; 32]>,
-    hash_order: VecDeque<[u8; 32]>,
-    /// Sketches of recently accepted Δs, with their units (near-copies are refused).
-    recent_sketches: VecDeque<(u64, Sketch)>,
+    /// Norms, hashes and sketches of recent results, which new ones are screened by.
+    screen: Screen,
     /// Recent arrival times, for the adaptive round deadline.
     arrivals: pacing::Arrivals,
     /// Contributors online over time, oldest first.
@@ -237,6 +231,11 @@ impl Coordinator {
             .collect();
         let width = corpus.width();
         let mut evaluator = Evaluator::new(&job, corpus);
+        let recovered = recovery::reconcile(&store, &mut ledger, &job, &mut evaluator)
+            .with_context(|| format!("reconciling {} with the ledger", job.storage.dir.join("versions").display()))?;
+        if recovered.removed > 0 || !recovered.adopted.is_empty() || !recovered.set_aside.is_empty() {
+            tracing::warn!(?recovered, "the checkpoint folder and the ledger disagreed");
+        }
         let (version, params, momentum, current) = match ledger.last_version()? {
             Some(row) => {
                 let (bytes, params, momentum) = store
@@ -248,17 +247,21 @@ impl Coordinator {
                 let params = job.model.init(job.seed);
                 let momentum = vec![0.0; params.len()];
                 let loss = evaluator.loss(&params);
-                let written = commit::Written { version: 0, val_loss: loss, train_loss: None, results: 0 };
+                let written = commit::Written {
+                    version: 0,
+                    val_loss: loss,
+                    train_loss: None,
+                    results: 0,
+                    round: 0,
+                    units_below: recovered.units_below + job.round.target as u64 + 1,
+                };
                 let row = commit::persist(&store, &mut ledger, &job, written, &params, &momentum, None, &[])
                     .context("writing version 0")?;
                 (0, params, momentum, row)
             }
         };
-        let swept = store.sweep(&ledger.kept_versions()?).context("cleaning the checkpoint folder")?;
-        if swept > 0 {
-            tracing::info!(files = swept, "removed checkpoint files a crash left behind");
-        }
-        let (round, next_unit) = ledger.abandon_open_rounds()?;
+        let (round, next_unit) = ledger.abandon_open_rounds((recovered.round + 1, recovered.units_below))?;
+        let screen = Screen::load(&ledger).context("reading the screen's history")?;
         ledger.open_round(round, version)?;
         let history: VecDeque<VersionRecord> =
             ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
@@ -297,10 +300,7 @@ impl Coordinator {
             identity,
             round_receipts: Vec::new(),
             paused: false,
-            recent_norms: VecDeque::new(),
-            recent_hashes: HashSet::new(),
-            hash_order: VecDeque::new(),
-            recent_sketches: VecDeque::new(),
+            screen,
             arrivals: pacing::Arrivals::default(),
             online: VecDeque::new(),
             last_online_sample: None,
@@ -475,16 +475,21 @@ impl Coordinator {
     /// Forgets a session; its unit goes back to the pool and to an idle session.
     pub fn leave(&mut self, session: u64, now: Instant) {
         self.mesh_leave(session);
-        if let Some(s) = self.sessions.remove(&session)
-            && let Some(unit_id) = s.unit
-            && self
-                .units
-                .get(&unit_id)
-                .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
+        if let Some(unit_id) = self.sessions.get(&session).and_then(|s| s.unit)
+            && self.holds(session, unit_id)
         {
+            self.sessions.remove(&session);
             self.release(unit_id);
             self.offer_all(now);
         }
+        self.sessions.remove(&session);
+    }
+
+    /// Whether `unit_id` is assigned to `session` now.
+    fn holds(&self, session: u64, unit_id: u64) -> bool {
+        self.units
+            .get(&unit_id)
+            .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
     }
 
     /// Screens a submission and gives the session its next unit. A result that fails
@@ -498,8 +503,9 @@ impl Coordinator {
             version: sub.version,
             losses: (sub.loss_before, sub.loss_after),
             key,
-            compressed: matches!(sub.update, Update::Compressed(_)),
+            kind: if matches!(sub.update, Update::Compressed(_)) { Kind::Compressed } else { Kind::Dense },
             weight: 1.0,
+            replayed: false,
         };
         let outcome = match self.judge(session, &sub) {
             Ok(judged) => {
@@ -507,7 +513,7 @@ impl Coordinator {
                 if self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some()) {
                     self.pair(session, contributor, claim, judged, now);
                 } else {
-                    match self.plan_check(contributor) {
+                    match self.plan_check(contributor, claim.kind) {
                         Some(plan) => self.queue_check(session, contributor, claim, judged, plan),
                         None => self.settle(session, contributor, &claim, Ok(judged), now),
                     }
@@ -516,6 +522,12 @@ impl Coordinator {
             }
             Err(r) => {
                 let reason = format!("{}: {}", r.code(), self.explain(r, &sub));
+                // Its unit goes to someone else at once, not at its deadline: a session
+                // that fails every unit must not hold a round up.
+                if self.holds(session, sub.unit_id) {
+                    self.release(sub.unit_id);
+                    self.offer_all(now);
+                }
                 self.settle(session, contributor, &claim, Err((r, reason)), now);
                 Err(r)
             }
@@ -601,12 +613,10 @@ impl Coordinator {
         self.note_storage("recording a receipt", stored);
         self.round_receipts.push((claim.unit_id, signed.hash()));
         let share = steps as f32 / self.job.inner.steps as f32;
-        self.recent_norms.push_back(norm / share);
-        if self.recent_norms.len() > RECENT_NORMS {
-            self.recent_norms.pop_front();
-        }
+        let recorded = self.screen.record_norm(&self.ledger, claim.kind, norm / share);
+        self.note_storage("recording a norm", recorded);
         let weight = share * pacing::staleness_weight(behind) * claim.weight;
-        self.results.push(Contribution { delta, share, weight });
+        self.results.push(Contribution { unit: claim.unit_id, replayed: claim.replayed, delta, share, weight });
         self.train_losses.push(claim.losses.1);
         self.counters.accepted += 1;
         self.metrics.accepted.inc();
@@ -616,19 +626,8 @@ impl Coordinator {
     /// Remembers a screened Δ's hash and sketch, so that replays and copies of it are
     /// refused.
     fn remember(&mut self, unit: u64, judged: &Judged) {
-        self.recent_sketches.push_back((unit, judged.sketch.clone()));
-        if self.recent_sketches.len() > RECENT_SKETCHES {
-            self.recent_sketches.pop_front();
-        }
-        let hash = judged.hash;
-        if self.recent_hashes.insert(hash) {
-            self.hash_order.push_back(hash);
-        }
-        if self.hash_order.len() > RECENT_HASHES
-            && let Some(old) = self.hash_order.pop_front()
-        {
-            self.recent_hashes.remove(&old);
-        }
+        let remembered = self.screen.remember(&self.ledger, unit, judged.hash, &judged.sketch);
+        self.note_storage("recording a screened delta", remembered);
     }
 
     /// The submission's dense Δ, with its norm and hash, if it is acceptable.
@@ -649,43 +648,40 @@ impl Coordinator {
         if sub.steps != unit.steps {
             return Err(Rejection::WrongSteps);
         }
-        let delta = match &sub.update {
-            Update::Dense(delta) if delta.len() != self.params.len() => return Err(Rejection::WrongSize),
-            Update::Dense(delta) => delta.clone(),
-            Update::Compressed(bytes) => codec::decode(bytes, self.params.len()).map_err(|_| Rejection::Malformed)?,
+        let delta = match (&sub.update, self.unit_codec(unit)) {
+            (Update::Dense(delta), None) if delta.len() != self.params.len() => return Err(Rejection::WrongSize),
+            (Update::Dense(delta), None) => delta.clone(),
+            (Update::Compressed(bytes), Some(asked)) => {
+                let (sent, _) = codec::header(bytes).map_err(|_| Rejection::Malformed)?;
+                if (sent.chunk, sent.k, sent.bits) != (asked.chunk, asked.k, asked.bits) {
+                    return Err(Rejection::WrongCodec);
+                }
+                codec::decode(bytes, self.params.len()).map_err(|_| Rejection::Malformed)?
+            }
+            _ => return Err(Rejection::WrongCodec),
         };
         if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
             return Err(Rejection::NonFinite);
         }
         let size = norm(&delta);
-        if let Some(median) = self.norm_median(unit.steps) {
+        let kind = if matches!(sub.update, Update::Compressed(_)) { Kind::Compressed } else { Kind::Dense };
+        let share = unit.steps as f32 / self.job.inner.steps as f32;
+        if let Some(median) = self.screen.norm_median(kind, share) {
             let ratio = self.job.aggregation.max_norm_ratio;
             if size > ratio * median || size < median / ratio {
                 return Err(Rejection::NormBound);
             }
         }
         let hash = delta_hash(&delta);
-        if self.recent_hashes.contains(&hash) && !self.is_twins_result(sub.unit_id, &hash) {
+        if self.screen.seen(&hash) && !self.is_twins_result(sub.unit_id, &hash) {
             return Err(Rejection::Duplicate);
         }
         let sketch = Sketch::of(&delta);
         let twin = unit.twin;
-        if self.recent_sketches.iter().any(|(u, s)| Some(*u) != twin && s.cosine(&sketch) > NEAR_COPY_COSINE) {
+        if self.screen.near_copy(&sketch, twin) {
             return Err(Rejection::Duplicate);
         }
         Ok(Judged { delta, norm: size, hash, sketch })
-    }
-
-    /// The median ‖Δ‖ of recent results, scaled to a unit of `steps`, once 4 have been
-    /// seen.
-    fn norm_median(&self, steps: u32) -> Option<f32> {
-        if self.recent_norms.len() < 4 {
-            return None;
-        }
-        let mut sorted: Vec<f32> = self.recent_norms.iter().copied().collect();
-        sorted.sort_unstable_by(f32::total_cmp);
-        let share = steps as f32 / self.job.inner.steps as f32;
-        Some(sorted[sorted.len() / 2] * share)
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
@@ -705,6 +701,18 @@ impl Coordinator {
                 Update::Dense(delta) => format!("delta has {} values, the model {}", delta.len(), self.params.len()),
                 Update::Compressed(_) => "the compressed delta has the wrong size".into(),
             },
+            Rejection::WrongCodec => {
+                let sent = match &sub.update {
+                    Update::Dense(_) => "a dense delta".to_string(),
+                    Update::Compressed(bytes) => codec::header(bytes)
+                        .map_or_else(|e| e.0, |(c, _)| format!("chunk {}, top-{} at {} bits", c.chunk, c.k, c.bits)),
+                };
+                let asked = match unit.and_then(|u| self.unit_codec(u)) {
+                    None => "a dense delta".to_string(),
+                    Some(c) => format!("chunk {}, top-{} at {} bits", c.chunk, c.k, c.bits),
+                };
+                format!("sent {sent}; the unit asked for {asked}")
+            }
             Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
             Rejection::BadSignature => "the signature does not match this contributor's key".into(),
             Rejection::NormBound => format!(
@@ -841,8 +849,8 @@ impl Coordinator {
         let unit = self.units.get_mut(&unit_id).expect("found or created above");
         unit.state = UnitState::Assigned { session, deadline };
         (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
-        let codec = if unit.twin.is_some() { None } else { self.job.compression.codec() };
         let (shard, seed) = (unit.shard, unit.seed);
+        let codec = self.unit_codec(&self.units[&unit_id]);
         let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
         let put = self.ledger.put_unit(
             unit_id,
@@ -876,6 +884,12 @@ impl Coordinator {
             optim: self.job.inner_optim(self.version),
         });
         self.send(session, msg);
+    }
+
+    /// How a unit's Δ must come back: compressed with the job's codec, or dense (`None`)
+    /// when compression is off or the unit has a twin (twins compare dense Δs).
+    fn unit_codec(&self, unit: &Unit) -> Option<codec::CodecConfig> {
+        if unit.twin.is_some() { None } else { self.job.compression.codec() }
     }
 
     /// Tells an idle session to wait, once until it next gets work.

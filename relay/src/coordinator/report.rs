@@ -21,6 +21,9 @@ pub enum Rejection {
     WrongSteps,
     /// Δ has another length than the model.
     WrongSize,
+    /// Δ came dense where its unit asked for compression, compressed where it asked for a
+    /// dense Δ, or compressed with another chunk, k or bits than the unit's.
+    WrongCodec,
     /// Δ or a loss is NaN or infinite.
     NonFinite,
     /// The compressed Δ does not decode.
@@ -47,6 +50,7 @@ impl Rejection {
             Rejection::WrongVersion => "wrong_version",
             Rejection::WrongSteps => "wrong_steps",
             Rejection::WrongSize => "wrong_size",
+            Rejection::WrongCodec => "wrong_codec",
             Rejection::NonFinite => "non_finite",
             Rejection::Malformed => "malformed",
             Rejection::BadSignature => "bad_signature",
@@ -92,6 +96,9 @@ pub struct Counters {
     pub late_accepted: u64,
     /// Results replayed on the CPU reference.
     pub replayed: u64,
+    /// Accepted results left out of a version because their round was too small for
+    /// its robust rule and they had not been replayed.
+    pub unreplayed_left_out: u64,
     /// Results loss-checked.
     pub loss_checked: u64,
     /// Pairs of twin results compared (`verify.redundancy`).

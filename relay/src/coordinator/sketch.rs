@@ -28,6 +28,16 @@ impl Sketch {
         Sketch(sums)
     }
 
+    /// Its bucket sums, as the ledger stores them.
+    pub fn values(&self) -> &[f32] {
+        &self.0
+    }
+
+    /// A sketch from stored bucket sums; `None` unless there are exactly [`BUCKETS`].
+    pub fn from_values(values: &[f32]) -> Option<Self> {
+        values.try_into().ok().map(Sketch)
+    }
+
     /// The cosine similarity of two sketches (0 when either is zero).
     pub fn cosine(&self, other: &Sketch) -> f32 {
         let dot: f32 = self.0.iter().zip(&other.0).map(|(a, b)| a * b).sum();

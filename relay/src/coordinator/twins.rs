@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use super::checks::{Claim, Plan};
+use super::screen::Kind;
 use super::{Coordinator, Judged, UnitState};
 use crate::verify::{Report, compare};
 
@@ -49,7 +50,7 @@ impl Coordinator {
         self.counters.twins_compared += 1;
         let report = Report { replay: Some(compare(&judged.delta, &other.judged.delta)), loss: None };
         let agree = self.within_tolerance(false, &report).is_ok();
-        let plan = |this: &mut Self, contributor| match this.plan_check(contributor) {
+        let plan = |this: &mut Self, contributor| match this.plan_check(contributor, Kind::Dense) {
             Some(plan) if agree => Plan { replay: false, ..plan },
             Some(plan) => Plan { replay: true, ..plan },
             None => Plan { replay: !agree, loss_batches: 0 },
@@ -93,7 +94,7 @@ impl Coordinator {
             .collect();
         for id in orphans {
             let Held { session, contributor, claim, judged } = self.held.remove(&id).expect("listed above");
-            match self.plan_check(contributor) {
+            match self.plan_check(contributor, claim.kind) {
                 Some(plan) => self.queue_check(session, contributor, claim, judged, plan),
                 None => self.settle(session, contributor, &claim, Ok(judged), now),
             }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// A coordinator for rounds of 2 units of 2 steps, deadlines 10 s (round) and 5 s
-/// (unit), its storage in `dir`, with `adjust` applied to the job first.
+/// (unit), dense updates, its storage in `dir`, with `adjust` applied to the job first.
 pub fn open_with(dir: &tempfile::TempDir, adjust: impl FnOnce(&mut JobConfig)) -> Coordinator {
     let mut job = JobConfig::default();
     (job.inner.steps, job.data.eval_batches) = (2, 1);
@@ -19,6 +19,8 @@ pub fn open_with(dir: &tempfile::TempDir, adjust: impl FnOnce(&mut JobConfig)) -
     job.storage.dir = dir.path().to_path_buf();
     // These tests submit made-up deltas; replay and the loss check have their own tests.
     (job.verify.replay, job.verify.loss_batches) = (false, 0);
+    // Their made-up deltas are dense; tests of compressed updates turn it on.
+    job.compression.enabled = false;
     adjust(&mut job);
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("coordinator opens")
 }
@@ -45,14 +47,16 @@ impl Client {
         Client { id: c.join(tx, hello, now), inbox, identity }
     }
 
-    /// The next assignment in the inbox, skipping other messages.
+    /// The latest assignment in the inbox (a refused result's unit may come back more
+    /// than once), skipping other messages.
     pub fn assignment(&mut self) -> Option<WorkUnit> {
+        let mut latest = None;
         while let Ok(msg) = self.inbox.try_recv() {
             if let ServerMsg::Assign(unit) = msg {
-                return Some(unit);
+                latest = Some(unit);
             }
         }
-        None
+        latest
     }
 
     /// `sub` signed with this contributor's key.

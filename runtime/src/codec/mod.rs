@@ -245,8 +245,10 @@ pub fn encode(delta: &[f32], residual: &mut [f32], cfg: &CodecConfig) -> Vec<u8>
     pack(&picked, delta.len(), cfg).expect("the reference's own table packs")
 }
 
-/// Decodes an update that must hold exactly `len` values; every field is checked.
-pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
+/// What an encoded update's header says: its chunk, k and bits (the decay, the encoder's
+/// business, does not travel and reads as 1) and its number of values. Reads only the
+/// first 16 bytes, so a relay can refuse an update of the wrong codec before decoding it.
+pub fn header(bytes: &[u8]) -> Result<(CodecConfig, usize), CodecError> {
     if bytes.len() < HEADER || bytes[..2] != MAGIC {
         return bad("not an encoded update (bad magic or too short)");
     }
@@ -254,11 +256,16 @@ pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
         return bad(format!("format {} is not supported (this side reads {FORMAT})", bytes[2]));
     }
     let word = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    // The decay is the encoder's business; it does not travel.
     let cfg = CodecConfig { bits: bytes[3], chunk: word(4), k: word(8), decay: 1.0 };
     cfg.validate().map_err(CodecError)?;
-    if word(12) as usize != len {
-        return bad(format!("{} values, the model has {len}", word(12)));
+    Ok((cfg, word(12) as usize))
+}
+
+/// Decodes an update that must hold exactly `len` values; every field is checked.
+pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
+    let (cfg, values) = header(bytes)?;
+    if values != len {
+        return bad(format!("{values} values, the model has {len}"));
     }
     let levels = cfg.levels() as f32;
     let mut out = vec![0f32; len];

@@ -87,7 +87,7 @@ impl Drop for RelayProcess {
 /// The load's Δs are made up, not trained: replay and the loss check are off (their
 /// cost is the relay's CPU, which `bench adversarial` measures).
 const UNCHECKED: &str = "[verify]\nreplay = false\nloss_batches = 0\n";
-const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\n";
+const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\nmax_connections = 100000\nconnections_per_ip = 100000\n";
 
 struct Flags {
     idle: usize,

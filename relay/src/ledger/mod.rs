@@ -3,7 +3,13 @@
 //!
 //! A version row is written only after its checkpoint files are durable, so every
 //! version the ledger lists can be loaded. WAL journaling with `synchronous = NORMAL`:
-//! a killed process loses nothing committed.
+//! a killed process loses nothing written; a version's row is written with
+//! `synchronous = FULL`, so a power loss cannot roll it back behind its files either.
+//! Receipts are append-only, and unit ids never repeat.
+
+mod screen;
+
+pub use screen::ScreenedDelta;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -84,6 +90,18 @@ CREATE TABLE IF NOT EXISTS receipts (
     in_version INTEGER
 );
 CREATE INDEX IF NOT EXISTS receipts_by_contributor ON receipts (contributor_key);
+CREATE INDEX IF NOT EXISTS contributors_by_key ON contributors (public_key);
+CREATE TABLE IF NOT EXISTS screen_values (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    series INTEGER NOT NULL,
+    value REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS screen_deltas (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    sketch BLOB NOT NULL
+);
 ";
 
 /// Milliseconds since the Unix epoch.
@@ -183,14 +201,22 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (or creates) `dir/ledger.sqlite` for `job`. A ledger of another model shape
     /// is refused: its checkpoints would not load.
+    ///
+    /// A ledger file that SQLite cannot read whole (truncated or corrupt) is refused with
+    /// what to do: move it aside, and the relay rebuilds the ledger from the checkpoints
+    /// (see `recovery`).
     pub fn open(dir: &Path, job: &JobConfig) -> anyhow::Result<Ledger> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("ledger.sqlite");
-        let db = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "NORMAL")?;
-        db.pragma_update(None, "foreign_keys", "ON")?;
-        db.execute_batch(SCHEMA)?;
+        let db = Self::open_whole(&path).with_context(|| {
+            format!(
+                "{0} is damaged. Move it aside (for example `mv {0} {0}.damaged`, with its -wal and -shm files) and \
+                 start again: the relay then adopts the checkpoints in {1} and resumes from the newest; contributors \
+                 register anew and earlier receipts stay in the old file",
+                path.display(),
+                dir.join("versions").display()
+            )
+        })?;
         let config = serde_json::to_string(job)?;
         let stored: Option<String> =
             db.query_row("SELECT config FROM jobs WHERE id = 1", [], |r| r.get(0)).optional()?;
@@ -214,6 +240,18 @@ impl Ledger {
             }
         }
         Ok(Ledger { db })
+    }
+
+    /// Opens `path`, checks that SQLite can read it whole, and creates missing tables.
+    fn open_whole(path: &Path) -> anyhow::Result<Connection> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.pragma_update(None, "foreign_keys", "ON")?;
+        let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        anyhow::ensure!(check == "ok", "SQLite's quick_check says: {check}");
+        db.execute_batch(SCHEMA)?;
+        Ok(db)
     }
 
     /// Opens an existing ledger in `dir` for reading only (`crowdgrad ledger export`).
@@ -264,7 +302,15 @@ impl Ledger {
 
     /// Records a committed version, marks the receipts of `units` as averaged into it,
     /// and closes `round`'s row as committed, in one transaction.
+    /// The transaction is fsynced before this returns (`synchronous = FULL` for it).
     pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
+        self.db.pragma_update(None, "synchronous", "FULL")?;
+        let written = self.write_version(row, round, units);
+        self.db.pragma_update(None, "synchronous", "NORMAL")?;
+        written
+    }
+
+    fn write_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms,
@@ -303,6 +349,13 @@ impl Ledger {
         Ok(())
     }
 
+    /// Every version the ledger has a row for, with whether its files are kept.
+    pub fn version_states(&self) -> anyhow::Result<std::collections::BTreeMap<u64, bool>> {
+        let mut stmt = self.db.prepare_cached("SELECT version, kept FROM versions")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, bool>(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Versions whose files are still kept, oldest first.
     pub fn kept_versions(&self) -> anyhow::Result<Vec<u64>> {
         let mut stmt = self.db.prepare_cached("SELECT version FROM versions WHERE kept = 1 ORDER BY version")?;
@@ -311,8 +364,10 @@ impl Ledger {
     }
 
     /// Closes rounds a previous run left open, with their units; returns the next
-    /// round number and the next unit id, so that ids never repeat.
-    pub fn abandon_open_rounds(&mut self) -> anyhow::Result<(u64, u64)> {
+    /// round number and the next unit id, so that ids never repeat: above every unit and
+    /// receipt the ledger has seen, and at least `floor` (round, unit), what adopted
+    /// checkpoints say was issued.
+    pub fn abandon_open_rounds(&mut self, floor: (u64, u64)) -> anyhow::Result<(u64, u64)> {
         let tx = self.db.transaction()?;
         tx.execute(
             "UPDATE units SET state = 'abandoned', contributor = NULL, deadline_ms = NULL
@@ -321,9 +376,13 @@ impl Ledger {
         )?;
         tx.execute("UPDATE rounds SET state = 'abandoned', closed_ms = ?1 WHERE state = 'open'", [now_ms()])?;
         let round: i64 = tx.query_row("SELECT COALESCE(MAX(round), 0) + 1 FROM rounds", [], |r| r.get(0))?;
-        let unit: i64 = tx.query_row("SELECT COALESCE(MAX(unit), 0) + 1 FROM units", [], |r| r.get(0))?;
+        let unit: i64 = tx.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(unit) FROM units), 0), COALESCE((SELECT MAX(unit) FROM receipts), 0)) + 1",
+            [],
+            |r| r.get(0),
+        )?;
         tx.commit()?;
-        Ok((round as u64, unit as u64))
+        Ok(((round as u64).max(floor.0), (unit as u64).max(floor.1)))
     }
 
     /// Records that `round` opened on `version`.
@@ -387,11 +446,12 @@ impl Ledger {
         Ok(id as u64)
     }
 
-    /// Stores the receipt of an accepted unit.
+    /// Stores the receipt of an accepted unit. Receipts are never replaced: a second one
+    /// for the same unit is an error.
     pub fn record_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
         let f = &receipt.fields;
         let mut stmt = self.db.prepare_cached(
-            "INSERT OR REPLACE INTO receipts (unit, contributor_key, version, tokens, flops, relay_key, signature, hash)
+            "INSERT INTO receipts (unit, contributor_key, version, tokens, flops, relay_key, signature, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         stmt.execute(params![

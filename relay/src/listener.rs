@@ -1,0 +1,141 @@
+//! The accept loop: HTTP/1.1 connections with a bound on how many are open and on how
+//! long a client may take to send a request's headers.
+//!
+//! - At most `limits.max_connections` connections are open at once, and at most
+//!   `limits.connections_per_ip` from one address ([`client_addr::limit_key`]; trusted
+//!   proxies are not counted per address). A connection over either bound is closed as
+//!   soon as it is accepted, which costs the relay one `accept`.
+//! - A request's headers must arrive within `limits.header_secs` (hyper's header read
+//!   timeout), so a client dribbling a header every few seconds is cut off. An idle
+//!   keep-alive connection waits for its next request's headers under the same bound.
+//! - A connection's slot lasts as long as the connection, including after an upgrade to
+//!   a WebSocket: the session holds the [`ConnectionSlot`] from the request's
+//!   extensions.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt;
+
+use crate::client_addr;
+use crate::config::Limits;
+
+/// How long a stopping relay waits for open HTTP requests to finish.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// One open connection's share of the bounds; dropped when the connection (or the
+/// WebSocket session it became) ends.
+#[derive(Clone)]
+pub struct ConnectionSlot {
+    _held: Arc<SlotInner>,
+}
+
+/// Open connections per address key.
+type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+struct SlotInner {
+    _permit: OwnedSemaphorePermit,
+    address: Option<(IpAddr, AddressCounts)>,
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        if let Some((ip, counts)) = &self.address {
+            let mut counts = counts.lock().expect("connection counts lock");
+            if let Some(n) = counts.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` under `limits` (the job's at start: a later job's
+/// connection limits apply from the next start) until `stop` resolves; then stops
+/// accepting, asks open connections to finish their request, and waits up to 5 s.
+pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: impl Future<Output = ()>) {
+    let max = limits.max_connections;
+    let connections = Arc::new(Semaphore::new(max));
+    let per_address: AddressCounts = Arc::default();
+    let (stopping, stopped) = watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs_f64(limits.header_secs));
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was
+                    // accepted: wait a moment rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Some(slot) = take_slot(&connections, &per_address, peer.ip(), limits) else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            continue;
+        };
+        let service = app.clone().map_request(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(slot.clone());
+            request
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            let stopping = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopping => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    let _ = stopping.send(true);
+    let _ = tokio::time::timeout(DRAIN, connections.acquire_many(max as u32)).await;
+}
+
+/// A slot for a connection from `ip`, or `None` when the relay or that address is at
+/// its bound.
+fn take_slot(
+    connections: &Arc<Semaphore>,
+    per_address: &AddressCounts,
+    ip: IpAddr,
+    limits: &Limits,
+) -> Option<ConnectionSlot> {
+    let permit = connections.clone().try_acquire_owned().ok()?;
+    let address = if limits.trusted_proxies.contains(&ip) {
+        None
+    } else {
+        let key = client_addr::limit_key(ip);
+        let mut counts = per_address.lock().expect("connection counts lock");
+        let n = counts.entry(key).or_insert(0);
+        if *n >= limits.connections_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some((key, per_address.clone()))
+    };
+    Some(ConnectionSlot { _held: Arc::new(SlotInner { _permit: permit, address }) })
+}
