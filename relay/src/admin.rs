@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::JobConfig;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `None` when `headers` carry the operator's token, else the refusal.
 fn refuse(state: &AppState, headers: &HeaderMap) -> Option<Response> {
@@ -59,7 +59,7 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
     }
     let name = job.name.clone();
     let metrics = state.metrics.clone();
-    let opened = tokio::task::spawn_blocking(move || crate::open_coordinator(job, metrics)).await;
+    let opened = tokio::task::spawn_blocking(move || crate::job_data::open_coordinator(job, metrics)).await;
     let coordinator = match opened {
         Ok(Ok(coordinator)) => coordinator,
         Ok(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),

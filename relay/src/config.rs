@@ -14,9 +14,10 @@
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
 //! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed,
 //!           # max_projection_ratio, max_projection_compressed, max_replay_ratio,
-//!           # loss_batches, loss_margin, redundancy
+//!           # loss_batches, loss_margin, min_alignment, redundancy
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs, trusted_proxies,
-//!           # max_connections, connections_per_ip, header_secs
+//!           # max_connections, connections_per_ip, header_secs, new_contributors_per_hour,
+//!           # downloads_per_ip
 //! [mesh]    # peers, signals_per_link, ice_servers
 //! ```
 
@@ -29,7 +30,6 @@ use crowdgrad_runtime::codec::{CodecConfig, MAX_CHUNK};
 use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
 
-use crate::coordinator::Rule;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_PARAMS, MAX_STRING};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
@@ -84,6 +84,35 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         MeshConfig { peers: 6, signals_per_link: 64, ice_servers: Vec::new() }
+    }
+}
+
+/// How a round's results are combined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Σ weightᵢ·Δᵢ / Σ shareᵢ.
+    Mean,
+    /// Per coordinate, the mean of what is left after dropping the `trim` fraction at
+    /// each end.
+    TrimmedMean,
+    /// Centered clipping around the coordinate-wise median.
+    CenteredClip,
+}
+
+impl Rule {
+    /// The fewest results with which no single one can move the update at will: 3 for
+    /// centered clipping (with 2, the median is their mean and nothing is clipped), and
+    /// enough for the trimmed mean to drop one at each end. `mean` (and a trim of 0) is
+    /// not robust at any size, so it asks for nothing: the norm bound and replay are its
+    /// only defence.
+    pub fn robust_min(self, trim: f32) -> usize {
+        match self {
+            Rule::Mean => 1,
+            Rule::TrimmedMean if trim <= 0.0 => 1,
+            Rule::TrimmedMean => ((1.0 / trim).ceil() as usize).max(3),
+            Rule::CenteredClip => 3,
+        }
     }
 }
 
@@ -151,6 +180,10 @@ pub struct VerifyConfig {
     /// The loss check's slack, nats per token: a result passes when it lowers the loss
     /// of its own batches, and by no less than that of the other shard's minus this.
     pub loss_margin: f32,
+    /// A compressed Δ must point downhill on its own batches by at least this many
+    /// standard deviations of a random direction (its cosine with their gradient on the
+    /// coordinates it sent, × √coordinates): random garbage scores about ±1.
+    pub min_alignment: f32,
     /// The share of units issued twice, to two contributors, whose results are compared
     /// (dense; see `coordinator::twins`); 0 turns redundancy off.
     pub redundancy: f32,
@@ -169,6 +202,7 @@ impl Default for VerifyConfig {
             max_replay_ratio: 1.25,
             loss_batches: 4,
             loss_margin: 0.05,
+            min_alignment: 3.0,
             redundancy: 0.0,
         }
     }
@@ -319,6 +353,12 @@ pub struct Limits {
     pub connections_per_ip: usize,
     /// Seconds a client has to send a request's headers.
     pub header_secs: f64,
+    /// New contributors (hellos without a known resume token) one client address may
+    /// register per hour, in bursts up to this many.
+    pub new_contributors_per_hour: u32,
+    /// Weight downloads (files, chunk lists, chunks) one client address may have open at
+    /// once.
+    pub downloads_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -333,6 +373,8 @@ impl Default for Limits {
             max_connections: 10_000,
             connections_per_ip: 256,
             header_secs: 10.0,
+            new_contributors_per_hour: 120,
+            downloads_per_ip: 64,
         }
     }
 }
@@ -554,6 +596,7 @@ impl JobConfig {
         within("verify.max_replay_ratio", v.max_replay_ratio as f64, 1.0, 1e6)?;
         within("verify.loss_batches", v.loss_batches as f64, 0.0, 256.0)?;
         within("verify.loss_margin", v.loss_margin as f64, 0.0, 100.0)?;
+        within("verify.min_alignment", v.min_alignment as f64, 0.0, 1e6)?;
         within("verify.redundancy", v.redundancy as f64, 0.0, 1.0)?;
         let l = &self.limits;
         within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
@@ -570,6 +613,8 @@ impl JobConfig {
         within("limits.max_connections", l.max_connections as f64, 1.0, 1e6)?;
         within("limits.connections_per_ip", l.connections_per_ip as f64, 1.0, l.max_connections as f64)?;
         within("limits.header_secs", l.header_secs, 0.1, 3600.0)?;
+        within("limits.new_contributors_per_hour", l.new_contributors_per_hour as f64, 1.0, 1e9)?;
+        within("limits.downloads_per_ip", l.downloads_per_ip as f64, 1.0, 1e6)?;
         let m = &self.mesh;
         within("mesh.peers", m.peers as f64, 0.0, 16.0)?;
         within("mesh.signals_per_link", m.signals_per_link as f64, 1.0, 10_000.0)?;

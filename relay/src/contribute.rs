@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::backoff::Backoff;
 use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
@@ -146,22 +147,25 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 3
     Ok(())
 }
 
-/// Like [`contribute`], reconnecting after each ended session with a backoff that
-/// doubles from 1 s up to 30 s and resets after a session the relay welcomed. The
-/// relay's resume token, kept in `stats`, makes each new session the same contributor.
+/// Like [`contribute`], reconnecting after each ended session with a [`Backoff`] (1 s
+/// doubling to 30 s, jittered; reset after a session the relay welcomed). The relay's
+/// resume token, kept in `stats`, makes each new session the same contributor.
 pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 32]) {
-    let mut backoff = Duration::from_secs(1);
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).expect("the OS provides randomness");
+    let mut backoff = Backoff::new(u64::from_le_bytes(seed));
     loop {
-        let before = stats.lock().expect("stats lock").session;
+        // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
+        stats.lock().expect("stats lock").session = 0;
         match contribute(url, gpu, stats.clone(), secret).await {
             Ok(()) => tracing::info!("session ended"),
             Err(e) => tracing::warn!("session failed: {e:#}"),
         }
-        if stats.lock().expect("stats lock").session != before {
-            backoff = Duration::from_secs(1);
+        if stats.lock().expect("stats lock").session != 0 {
+            backoff.reset();
         }
-        tracing::info!("reconnecting in {backoff:?}");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let wait = Duration::from_secs_f64(backoff.next_wait());
+        tracing::info!("reconnecting in {wait:?}");
+        tokio::time::sleep(wait).await;
     }
 }

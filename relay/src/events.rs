@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::stream::{self, Stream};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Time between two events.
 const EVERY: Duration = Duration::from_secs(1);

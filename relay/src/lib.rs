@@ -10,39 +10,51 @@
 //! - [`session`]: one contributor connection.
 //! - [`client_addr`]: who a request comes from (trusted proxies, IPv6 /64s).
 //! - [`server`]: HTTP routes.
+//! - [`state`]: what every handler shares.
+//! - [`address_counts`]: open sessions, connections and downloads per address.
 //! - [`listener`]: the accept loop, with connection bounds and a header timeout.
 //! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
+//! - [`job_data`]: a job's dataset, loaded and checked, and its coordinator opened.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 //! - [`verify`]: replay and the loss check of submitted results.
+//! - [`check_queue`]: the verifier's fair queue.
+//! - [`weights`]: the weights files and chunks, served at bounded cost.
 
+pub mod address_counts;
 pub mod admin;
+pub mod check_queue;
 pub mod client_addr;
 pub mod config;
 pub mod contribute;
 pub mod coordinator;
 pub mod eval;
 pub mod events;
+pub mod job_data;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
 pub mod recovery;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod store;
 pub mod verify;
+pub mod weights;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use anyhow::Context;
-use crowdgrad_runtime::data::{Corpus, TokenWidth};
 use tokio::net::TcpListener;
 
-use crate::config::{JobConfig, ServeConfig};
+use crate::check_queue::CheckQueue;
+use crate::config::ServeConfig;
 use crate::coordinator::{Coordinator, TICK};
 use crate::metrics::Metrics;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::verify::Verifier;
 
 /// A running relay.
 pub struct Relay {
@@ -68,6 +80,33 @@ impl Relay {
     }
 }
 
+/// Starts the relay's verifier thread: it runs each queued check in turn, off the
+/// coordinator's lock, and hands the report to whichever job is running then (a
+/// replaced job's checks are ignored). One thread: replays use the CPU's cores through
+/// rayon already, and contributors' GPUs outnumber the relay's cores anyway. The thread
+/// ends when every queue handle and the coordinator are gone.
+///
+/// A panic on this thread ends the relay process (see [`exit_on_panic`]): results
+/// would otherwise wait for a verdict forever. `CROWDGRAD_FAULT=verifier-panic` makes
+/// it panic at its first check, for the test that shows this.
+pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
+    let (queue, checks) = check_queue::channel();
+    let injected = std::env::var("CROWDGRAD_FAULT").is_ok_and(|fault| fault == "verifier-panic");
+    std::thread::Builder::new()
+        .name("verifier".into())
+        .spawn(move || {
+            let mut verifier = Verifier::default();
+            while let Some(check) = checks.pop() {
+                assert!(!injected, "CROWDGRAD_FAULT=verifier-panic: the verifier fails at its first check");
+                let report = verifier.run(&check);
+                let Some(coordinator) = coordinator.upgrade() else { break };
+                coordinator.lock().expect("coordinator lock").checked(check, report, Instant::now());
+            }
+        })
+        .expect("the OS starts a thread");
+    queue
+}
+
 /// Makes any panic, on any thread, end the process with status 101 once the default
 /// hook has reported it. A relay whose coordinator lock is poisoned, or whose verifier
 /// thread died, must not limp on or exit 0: its supervisor restarts it, and it resumes
@@ -80,33 +119,18 @@ pub fn exit_on_panic() {
     }));
 }
 
-/// Loads `job`'s data, checks that its tokens fit the model's vocabulary, and opens
-/// its coordinator (resuming its storage).
-pub fn open_coordinator(job: JobConfig, metrics: Arc<Metrics>) -> anyhow::Result<Coordinator> {
-    let corpus = match (&job.data.path, job.data.width()) {
-        (None, _) => Corpus::builtin(),
-        (Some(path), TokenWidth::Byte) => {
-            anyhow::ensure!(job.data.val_path.is_none(), "data.val_path: text datasets split themselves");
-            Corpus::from_file(path).with_context(|| format!("data.path {}", path.display()))?
-        }
-        (Some(path), TokenWidth::U16) => Corpus::from_token_files(path, job.data.val_path.as_deref())
-            .with_context(|| format!("data.path {}", path.display()))?,
-    };
-    let top = corpus.train().max_token().max(corpus.val().max_token());
-    anyhow::ensure!(
-        (top as usize) < job.model.vocab,
-        "model.vocab: {} is too small for the dataset, whose token ids reach {top}",
-        job.model.vocab
-    );
-    Coordinator::open(job, corpus, metrics)
-}
-
 /// Loads the job's data, binds `config.addr` and starts serving in the background.
+///
+/// Everything the relay runs besides the sessions' tasks starts here: the verifier
+/// thread ([`spawn_verifier`]), and one task with the clock (the coordinator's
+/// [`Coordinator::tick`] every [`TICK`]) and the accept loop ([`listener::serve`]), which
+/// spawns a task per connection.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
     let metrics = Arc::new(Metrics::default());
-    let coordinator = open_coordinator(config.job.clone(), metrics.clone())?;
-    let state = AppState::new(coordinator, metrics, config.admin_token.as_deref());
+    let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
+    let checks = spawn_verifier(Arc::downgrade(&coordinator));
+    let state = AppState::new(coordinator, checks, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let ticker = state.coordinator.clone();

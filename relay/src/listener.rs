@@ -12,9 +12,8 @@
 //!   a WebSocket: the session holds the [`ConnectionSlot`] from the request's
 //!   extensions.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::address_counts::{AddressCounts, AddressSlot};
 use crate::client_addr;
 use crate::config::Limits;
 
@@ -37,29 +37,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// WebSocket session it became) ends.
 #[derive(Clone)]
 pub struct ConnectionSlot {
-    _held: Arc<SlotInner>,
-}
-
-/// Open connections per address key.
-type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-struct SlotInner {
-    _permit: OwnedSemaphorePermit,
-    address: Option<(IpAddr, AddressCounts)>,
-}
-
-impl Drop for SlotInner {
-    fn drop(&mut self) {
-        if let Some((ip, counts)) = &self.address {
-            let mut counts = counts.lock().expect("connection counts lock");
-            if let Some(n) = counts.get_mut(ip) {
-                *n -= 1;
-                if *n == 0 {
-                    counts.remove(ip);
-                }
-            }
-        }
-    }
+    _held: Arc<(OwnedSemaphorePermit, Option<AddressSlot>)>,
 }
 
 /// Serves `app` on `listener` under `limits` (the job's at start: a later job's
@@ -68,7 +46,7 @@ impl Drop for SlotInner {
 pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: impl Future<Output = ()>) {
     let max = limits.max_connections;
     let connections = Arc::new(Semaphore::new(max));
-    let per_address: AddressCounts = Arc::default();
+    let per_address = AddressCounts::default();
     let (stopping, stopped) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs_f64(limits.header_secs));
@@ -87,6 +65,8 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: im
             },
             () = &mut stop => break,
         };
+        // Acks and assignments are small frames: send each at once.
+        let _ = stream.set_nodelay(true);
         let Some(slot) = take_slot(&connections, &per_address, peer.ip(), limits) else {
             tracing::debug!(%peer, "connection refused: too many open");
             continue;
@@ -128,14 +108,7 @@ fn take_slot(
     let address = if limits.trusted_proxies.contains(&ip) {
         None
     } else {
-        let key = client_addr::limit_key(ip);
-        let mut counts = per_address.lock().expect("connection counts lock");
-        let n = counts.entry(key).or_insert(0);
-        if *n >= limits.connections_per_ip {
-            return None;
-        }
-        *n += 1;
-        Some((key, per_address.clone()))
+        Some(per_address.take(client_addr::limit_key(ip), limits.connections_per_ip)?)
     };
-    Some(ConnectionSlot { _held: Arc::new(SlotInner { _permit: permit, address }) })
+    Some(ConnectionSlot { _held: Arc::new((permit, address)) })
 }

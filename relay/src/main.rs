@@ -31,7 +31,7 @@ enum Command {
         /// Folder of the static site (the page and its wasm bundle).
         #[arg(long, env = "CROWDGRAD_WWW", default_value = "www")]
         www: PathBuf,
-        /// The job, as a TOML file (see the README); without one, the default job.
+        /// The job, as a TOML file (see docs/jobs.md); without one, the default job.
         #[arg(long, env = "CROWDGRAD_CONFIG")]
         config: Option<PathBuf>,
         /// Secret for job control (`/api/admin/pause|resume|job`); without it, off.

@@ -4,7 +4,6 @@
 //! and a session sending faster than `limits.messages_per_minute` is closed (each unit
 //! assigned to it gives one frame back, so submitting what it was given never counts).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,10 +12,10 @@ use crowdgrad_runtime::protocol::{self, ClientMsg, FrameError, MAX_CONTROL_FRAME
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::check_queue::CheckQueue;
 use crate::config::Limits;
 use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
-use crate::verify::CheckQueue;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -33,14 +32,6 @@ const OUTBOX: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Time a new connection has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Session ids, unique for the life of the process (across job changes).
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
-/// A fresh session id.
-pub fn next_session_id() -> u64 {
-    NEXT_SESSION.fetch_add(1, Ordering::Relaxed)
-}
 
 /// What ends a session, sent to the peer as a close frame.
 struct Closing {
@@ -108,11 +99,13 @@ pub struct SessionContext {
     pub max_submission: usize,
     /// Rate, ping and idle limits.
     pub limits: Limits,
+    /// The client's address (behind a trusted proxy, the one it forwarded for).
+    pub client: std::net::IpAddr,
 }
 
 /// Runs one connection to its end, counting it and its bytes in the metrics.
 pub async fn run(socket: WebSocket, cx: SessionContext) {
-    let SessionContext { coordinator, metrics, checks, max_submission, limits } = cx;
+    let SessionContext { coordinator, metrics, checks, max_submission, limits, client } = cx;
     metrics.sessions.inc();
     let (mut sink, mut stream) = socket.split();
     // The coordinator gets the only sender at hello, so when it drops the session (too
@@ -149,7 +142,10 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                 match (msg, session) {
                     (ClientMsg::Hello(hello), None) => {
                         let outbox = outbox.take().expect("hello is handled once");
-                        session = Some(coordinator.join(outbox, hello, Instant::now()));
+                        match coordinator.join_from(outbox, hello, client, Instant::now()) {
+                            Ok(id) => session = Some(id),
+                            Err(why) => break Some(Closing::new(close::POLICY, why)),
+                        }
                     }
                     (ClientMsg::Hello(_), Some(_)) => break Some(Closing::new(close::POLICY, "hello was already sent")),
                     (ClientMsg::Submit(_) | ClientMsg::Signal { .. } | ClientMsg::Fetched { .. }, None) => {
@@ -165,8 +161,7 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                             tracing::info!(session = id, unit, reason = r.code(), "rejected a result");
                         }
                         for check in coordinator.take_checks() {
-                            // The verifier lives as long as the relay's state.
-                            let _ = checks.send(check);
+                            checks.push(check);
                         }
                     }
                 }

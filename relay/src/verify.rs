@@ -9,12 +9,10 @@
 //!   done on the assigned data fits that data, a copy or a made-up Δ does not.
 //!
 //! A [`Check`] owns everything it needs, so it runs off the coordinator's lock on the
-//! relay's verifier thread ([`Verifier`]).
+//! relay's verifier thread (started by [`crate::start`]).
 
 use std::cmp::Ordering;
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::sync::Arc;
 
 pub use axum::body::Bytes;
 use crowdgrad_runtime::cpu::CpuBackend;
@@ -24,42 +22,14 @@ use crowdgrad_runtime::rng::Rng;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use serde::Serialize;
 
-use crate::coordinator::Coordinator;
-
-/// Where sessions send the checks their submissions queued ([`Coordinator::take_checks`]).
-pub type CheckQueue = Sender<Check>;
-
-/// Starts the relay's verifier thread: it runs each queued check in turn, off the
-/// coordinator's lock, and hands the report to whichever job is running then (a
-/// replaced job's checks are ignored). One thread: replays use the CPU's cores through
-/// rayon already, and contributors' GPUs outnumber the relay's cores anyway. The thread
-/// ends when every queue handle and the coordinator are gone.
-///
-/// A panic on this thread ends the relay process (see [`crate::exit_on_panic`]): results
-/// would otherwise wait for a verdict forever. `CROWDGRAD_FAULT=verifier-panic` makes
-/// it panic at its first check, for the test that shows this.
-pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
-    let (queue, checks) = channel::<Check>();
-    let injected = std::env::var("CROWDGRAD_FAULT").is_ok_and(|fault| fault == "verifier-panic");
-    std::thread::Builder::new()
-        .name("verifier".into())
-        .spawn(move || {
-            let mut verifier = Verifier::default();
-            while let Ok(check) = checks.recv() {
-                assert!(!injected, "CROWDGRAD_FAULT=verifier-panic: the verifier fails at its first check");
-                let report = verifier.run(&check);
-                let Some(coordinator) = coordinator.upgrade() else { break };
-                coordinator.lock().expect("coordinator lock").checked(check, report, Instant::now());
-            }
-        })
-        .expect("the OS starts a thread");
-    queue
-}
-
 /// The work a result claims, and what to check of it.
 pub struct Check {
     /// Names the waiting result in the coordinator that queued it.
     pub ticket: u64,
+    /// The contributor whose result it is.
+    pub contributor: u64,
+    /// Whether that contributor has passed a replay (see [`crate::check_queue`]).
+    pub trusted: bool,
     /// The unit.
     pub unit_id: u64,
     /// The model trained.
@@ -92,6 +62,38 @@ pub struct Check {
     /// The job's `verify.loss_margin`, nats per token: a result that fails the loss check
     /// is not replayed (the check costs a few forward passes, a replay a whole unit).
     pub loss_margin: f32,
+    /// The job's `verify.min_alignment` (see [`LossGain::alignment`]).
+    pub min_alignment: f32,
+}
+
+#[cfg(test)]
+impl Check {
+    /// A check of a 1-layer model's unit `unit_id` for `contributor`, for tests of the
+    /// queue.
+    pub(crate) fn for_test(unit_id: u64, contributor: u64, trusted: bool) -> Check {
+        let model = GptConfig { vocab: 256, context: 4, layers: 1, heads: 1, width: 8, bias: true };
+        Check {
+            ticket: unit_id,
+            contributor,
+            trusted,
+            unit_id,
+            model,
+            rows: 1,
+            start: Arc::new(Vec::new()),
+            shard: Bytes::new(),
+            other_shard: Bytes::new(),
+            tokens: TokenWidth::Byte,
+            seed: 0,
+            steps: 1,
+            optim: InnerOptim::default(),
+            delta: Vec::new(),
+            compressed: false,
+            replay: false,
+            loss_batches: 0,
+            loss_margin: 0.0,
+            min_alignment: 0.0,
+        }
+    }
 }
 
 /// What a replay found.
@@ -116,16 +118,22 @@ pub struct LossGain {
     pub own: f32,
     /// On batches of another shard.
     pub other: f32,
+    /// For a compressed Δ, how far its direction is from chance on the coordinates it
+    /// sent: the cosine of Δ with the mean gradient of its own batches there, times
+    /// √(coordinates sent). A direction drawn at random scores about ±1 (a standard
+    /// normal); honest work points downhill, and scores far above.
+    pub alignment: Option<f32>,
 }
 
 impl LossGain {
     /// A dense Δ must help its own data at least as much as other data, within `margin`
     /// nats per token (`own + margin ≥ max(other, 0)`). A compressed one must point
-    /// downhill on its own data (`own > 0`): its residual carries earlier units' work on
-    /// other data, so other data may gain as much. A NaN fails either way.
-    pub fn passes(&self, compressed: bool, margin: f32) -> bool {
+    /// downhill on its own data, more than chance allows: an `alignment` of at least
+    /// `min_alignment` (its residual carries earlier units' work on other data, so other
+    /// data may gain as much). A NaN fails either way.
+    pub fn passes(&self, compressed: bool, margin: f32, min_alignment: f32) -> bool {
         if compressed {
-            return self.own > 0.0;
+            return self.own > 0.0 && self.alignment.is_some_and(|a| a >= min_alignment);
         }
         matches!((self.own + margin).partial_cmp(&self.other.max(0.0)), Some(Ordering::Greater | Ordering::Equal))
     }
@@ -153,7 +161,7 @@ impl Verifier {
         let trainer = self.trainer_for(check.model, check.rows, slots);
         let shard = Tokens::new(&check.shard, check.tokens);
         let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
-        let failed_loss = loss.is_some_and(|l| !l.passes(check.compressed, check.loss_margin));
+        let failed_loss = loss.is_some_and(|l| !l.passes(check.compressed, check.loss_margin, check.min_alignment));
         let replay = (check.replay && !failed_loss).then(|| {
             let opt = &check.optim;
             let outcome = pollster::block_on(run_unit(trainer, &check.start, shard, check.seed, check.steps, opt))
@@ -213,15 +221,21 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
     let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
     if check.compressed {
         trainer.load(&check.start);
+        let mut own_gradient = vec![0f32; check.delta.len()];
         let gains: Vec<f32> = batches
             .iter()
-            .map(|batch| {
+            .enumerate()
+            .map(|(i, batch)| {
                 let grad =
                     pollster::block_on(trainer.gradients(batch)).expect("the CPU backend's readback cannot fail");
+                if i < n {
+                    own_gradient.iter_mut().zip(&grad).for_each(|(sum, g)| *sum += g);
+                }
                 grad.iter().zip(&check.delta).map(|(g, d)| (*g as f64 * *d as f64) as f32).sum()
             })
             .collect();
-        return LossGain { own: mean(&gains[..n]), other: mean(&gains[n..]) };
+        let alignment = Some(alignment(&own_gradient, &check.delta));
+        return LossGain { own: mean(&gains[..n]), other: mean(&gains[n..]), alignment };
     }
     let after: Vec<f32> = check.start.iter().zip(&check.delta).map(|(p, d)| p - d).collect();
     let mut mean_loss = |params: &[f32]| {
@@ -234,7 +248,22 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
     };
     let (own_before, other_before) = mean_loss(&check.start);
     let (own_after, other_after) = mean_loss(&after);
-    LossGain { own: own_before - own_after, other: other_before - other_after }
+    LossGain { own: own_before - own_after, other: other_before - other_after, alignment: None }
+}
+
+/// `cos(gradient, Δ) · √k` on the `k` coordinates where Δ is not zero (0 when either is
+/// zero there): see [`LossGain::alignment`].
+fn alignment(gradient: &[f32], delta: &[f32]) -> f32 {
+    let (mut dot, mut gg, mut dd, mut sent) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (&g, &d) in gradient.iter().zip(delta) {
+        if d != 0.0 {
+            dot += g as f64 * d as f64;
+            gg += g as f64 * g as f64;
+            dd += d as f64 * d as f64;
+            sent += 1;
+        }
+    }
+    if gg > 0.0 && dd > 0.0 { (dot / (gg.sqrt() * dd.sqrt()) * (sent as f64).sqrt()) as f32 } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -268,6 +297,8 @@ mod tests {
         let honest = pollster::block_on(run_unit(&mut trainer, &start, data, 7, 8, &optim)).unwrap().delta;
         let check = |delta: Vec<f32>| Check {
             ticket: 1,
+            contributor: 1,
+            trusted: false,
             unit_id: 1,
             model,
             rows: 4,
@@ -282,15 +313,16 @@ mod tests {
             replay: true,
             loss_batches: 4,
             loss_margin: 0.05,
+            min_alignment: 3.0,
             compressed: false,
         };
         let mut verifier = Verifier::default();
         let report = verifier.run(&check(honest.clone()));
         let (replay, loss) = (report.replay.expect("replayed"), report.loss.expect("loss-checked"));
         assert!(replay.cosine > 0.999 && (replay.norm_ratio - 1.0).abs() < 1e-3, "{replay:?}");
-        assert!(loss.passes(false, 0.05), "{loss:?}");
+        assert!(loss.passes(false, 0.05, 3.0), "{loss:?}");
         let flipped = verifier.run(&check(honest.iter().map(|d| -d).collect()));
-        assert!(!flipped.loss.expect("loss-checked").passes(false, 0.05), "{flipped:?}");
+        assert!(!flipped.loss.expect("loss-checked").passes(false, 0.05, 3.0), "{flipped:?}");
         assert_eq!(flipped.replay, None, "a result the loss check refuses costs no replay");
 
         // Compressed: the submission carries a residual (here three earlier units' Δs)
@@ -301,9 +333,9 @@ mod tests {
         let report = verifier.run(&compressed(carried.clone()));
         let (replay, loss) = (report.replay.expect("replayed"), report.loss.expect("loss-checked"));
         assert!(replay.cosine < 0.9 && replay.projection > 1.0, "{replay:?}");
-        assert!(loss.passes(true, 0.05), "first order, downhill on its own batches: {loss:?}");
+        assert!(loss.passes(true, 0.05, 3.0), "first order, downhill on its own batches: {loss:?}");
         let flipped = verifier.run(&compressed(carried.iter().map(|d| -d).collect()));
-        assert!(!flipped.loss.expect("loss-checked").passes(true, 0.05), "{flipped:?}");
+        assert!(!flipped.loss.expect("loss-checked").passes(true, 0.05, 3.0), "{flipped:?}");
         let rms = (honest.iter().map(|d| d * d).sum::<f32>() / honest.len() as f32).sqrt();
         let mut rng = Rng::new(11);
         let random: Vec<f32> = honest.iter().map(|_| rng.normal() * 3.0 * rms).collect();

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crowdgrad_relay::coordinator::Rejection;
+use crowdgrad_relay::coordinator::{Coordinator, Rejection};
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{Submission, Update, WorkUnit};
@@ -191,10 +191,7 @@ fn the_norm_bound_survives_a_restart() {
     let mut c = open_with(&dir, |job| job.round.target = 1);
     let mut a = Client::join(&mut c, t0);
     let n = c.param_count();
-    for _ in 0..4 {
-        let unit = a.assignment().expect("work");
-        assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
-    }
+    accept_four(&mut c, &mut a, t0);
     drop(c);
     let mut c = open_with(&dir, |job| job.round.target = 1);
     let mut stranger = Client::join(&mut c, t0);
@@ -210,6 +207,15 @@ fn the_norm_bound_survives_a_restart() {
         Err(Rejection::Duplicate),
         "unit 1's delta, from before the restart"
     );
+}
+
+/// Four of `a`'s results accepted in a row (rounds of one): enough for the norm bound.
+fn accept_four(c: &mut Coordinator, a: &mut Client, now: Instant) {
+    let n = c.param_count();
+    for _ in 0..4 {
+        let unit = a.assignment().expect("work");
+        assert_eq!(c.submit(a.id, a.result(&unit, n), now), Ok(()));
+    }
 }
 
 /// An honest compressed update of `n` values.
@@ -253,10 +259,7 @@ fn scaled_zero_replayed_and_copied_deltas_are_refused() {
     let mut c = open_with(&dir, |job| job.round.target = 1);
     let mut a = Client::join(&mut c, t0);
     let n = c.param_count();
-    for _ in 0..4 {
-        let unit = a.assignment().expect("work");
-        assert_eq!(c.submit(a.id, a.result(&unit, n), t0), Ok(()));
-    }
+    accept_four(&mut c, &mut a, t0);
     let unit = a.assignment().expect("work");
     let scaled = a.signed(Submission { update: Update::Dense(vec![0.1; n]), ..a.result(&unit, n) });
     assert_eq!(c.submit(a.id, scaled, t0), Err(Rejection::NormBound), "100 × the recent norms");

@@ -18,6 +18,16 @@ use process::{crowdgrad, status, wait_for};
 
 const KILLS: usize = 20;
 
+/// Writes `dir/job.toml`: units of 4 steps of 4 rows, `rounds` (a `[round]` section),
+/// storage in `dir/data` keeping the last 3 versions and every `keep_every`-th.
+fn job_file(dir: &Path, rounds: &str, keep_every: u64) -> std::path::PathBuf {
+    let job = dir.join("job.toml");
+    let data = dir.join("data").display().to_string();
+    let storage = format!("[storage]\ndir = {data:?}\nkeep_last = 3\nkeep_every = {keep_every}\n");
+    std::fs::write(&job, format!("[inner]\nsteps = 4\nbatch = 4\n{rounds}{storage}")).expect("write the job");
+    job
+}
+
 /// Checks the ledger against the files: versions are 0..=newest without gaps, every
 /// kept version's two files match their hashes, and at most one round is open.
 /// Returns the newest committed version.
@@ -57,16 +67,7 @@ fn check_storage(dir: &Path) -> u64 {
 fn the_relay_survives_being_killed_at_random_points() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let job = dir.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "[inner]\nsteps = 4\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 1\nunit_deadline_secs = 5\n\
-             [storage]\ndir = {:?}\nkeep_last = 3\nkeep_every = 5\n",
-            data.display().to_string()
-        ),
-    )
-    .expect("write the job");
+    let job = job_file(dir.path(), "[round]\ntarget = 2\ndeadline_secs = 1\nunit_deadline_secs = 5\n", 5);
     let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let (addr_arg, job_arg) = (addr.to_string(), job.display().to_string());
     let serve = || crowdgrad(&["serve", "--addr", &addr_arg, "--config", &job_arg]);
@@ -90,11 +91,13 @@ fn the_relay_survives_being_killed_at_random_points() {
         assert!(committed >= seen, "version {seen} was served, so it must have survived the kill");
         relay = serve();
     }
-    let s = wait_for("both contributors back and resumed", Duration::from_secs(60), || {
+    let first = wait_for("the relay to answer", Duration::from_secs(30), || status(addr));
+    assert_eq!(first["version"].as_u64(), Some(committed), "the last restart resumed too");
+    // Their reconnection waits are jittered, so they need not come back together.
+    wait_for("both contributors back and resumed", Duration::from_secs(60), || {
         let s = status(addr)?;
         (s["contributors_online"] == 2 && s["counters"]["resumed"].as_u64()? >= 2).then_some(s)
     });
-    assert_eq!(s["version"].as_u64(), Some(committed), "the last restart resumed too");
     wait_for("training to go on after the last restart", Duration::from_secs(60), || {
         (status(addr)?["version"].as_u64()? > committed).then_some(())
     });
@@ -127,16 +130,7 @@ fn remove_ledger(dir: &Path) {
 fn a_lost_or_damaged_ledger_loses_no_checkpoint() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
-    let job = dir.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            "[inner]\nsteps = 4\nbatch = 4\n[round]\ntarget = 1\ndeadline_secs = 1\n\
-             [storage]\ndir = {:?}\nkeep_last = 3\nkeep_every = 4\n",
-            data.display().to_string()
-        ),
-    )
-    .expect("write the job");
+    let job = job_file(dir.path(), "[round]\ntarget = 1\ndeadline_secs = 1\n", 4);
     let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let (addr_arg, job_arg) = (addr.to_string(), job.display().to_string());
     let serve = || crowdgrad(&["serve", "--addr", &addr_arg, "--config", &job_arg]);

@@ -210,6 +210,13 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         f(&mut self.stats.lock().expect("stats lock"));
     }
 
+    /// Carries on over `transport`, a new connection after the last one ended: the next
+    /// [`Contributor::run`] says hello with the relay's resume token, and keeps the
+    /// device, the downloaded weights and the error-feedback residual.
+    pub fn reconnect(&mut self, transport: T) {
+        self.transport = transport;
+    }
+
     /// Runs until the transport closes or something fails; stats record why.
     pub async fn run(&mut self) -> Result<(), ContributorError> {
         let result = self.session().await;

@@ -1,7 +1,7 @@
 //! Error feedback kept on the trainer's device: the residual and the unit's start weights
 //! live beside the parameters, and [`Backend::pick_top_k`] selects the update there, so a
 //! compressed update reads back only the table of picked values (`chunks · (2 + k)` words,
-//! about 1.6 % of the model for the default 4096/64), never the full Δ.
+//! about 3 % of the model for the default 4096/120), never the full Δ.
 
 use crate::backend::{Backend, BackendError, View};
 use crate::codec::{self, CodecConfig, CodecError};

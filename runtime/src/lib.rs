@@ -10,10 +10,12 @@
 //! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
 //! - [`identity`]: ed25519 keys, signed submissions and receipts.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
+//! - [`backoff`]: how long a contributor waits before reconnecting.
 //! - [`sample`]: text generation from a trained model.
 //! - [`bench`]: throughput measurements shared by the native and browser benches.
 
 pub mod backend;
+pub mod backoff;
 pub mod bench;
 pub mod checkpoint;
 pub mod codec;

@@ -122,6 +122,9 @@ pub struct Tally {
     /// How each replayed one compared with its replay: the cosine for a dense Δ, the
     /// projection for a compressed one (the figure the relay judges).
     pub replay_scores: Vec<f32>,
+    /// The loss check's alignment of each compressed one it checked (see
+    /// `crowdgrad_relay::verify::LossGain::alignment`).
+    pub alignments: Vec<f32>,
 }
 
 impl Tally {
@@ -132,9 +135,19 @@ impl Tally {
 
     /// The least and greatest replay score seen, if any was replayed.
     pub fn score_range(&self) -> Option<(f32, f32)> {
-        let min = self.replay_scores.iter().copied().reduce(f32::min)?;
-        Some((min, self.replay_scores.iter().copied().fold(min, f32::max)))
+        range(&self.replay_scores)
     }
+
+    /// The least and greatest alignment the loss check measured, if any.
+    pub fn alignment_range(&self) -> Option<(f32, f32)> {
+        range(&self.alignments)
+    }
+}
+
+/// The least and greatest of `values`, if any.
+fn range(values: &[f32]) -> Option<(f32, f32)> {
+    let min = values.iter().copied().reduce(f32::min)?;
+    Some((min, values.iter().copied().fold(min, f32::max)))
 }
 
 /// The outcome of one run.
@@ -216,6 +229,7 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
                 let owner = if attacked_units.contains(&check.unit_id) { &mut attack_tally } else { &mut honest_tally };
                 let score = |r: Replayed| if check.compressed { r.projection } else { r.cosine };
                 owner.replay_scores.extend(report.replay.map(score));
+                owner.alignments.extend(report.loss.and_then(|l| l.alignment));
                 c.checked(check, report, clock);
             }
             m.first_unit.get_or_insert(unit);

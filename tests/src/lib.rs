@@ -18,12 +18,30 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
+/// The `crowdgrad` binary that `cargo test --workspace` builds beside the test binaries
+/// (`target/debug/crowdgrad`), for tests that kill the relay's process.
+pub fn relay_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let debug = exe.parent().and_then(Path::parent).expect("test binaries live in target/debug/deps");
+    let binary = debug.join("crowdgrad");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p crowdgrad-relay` (`cargo test --workspace` does)",
+        binary.display()
+    );
+    binary
+}
+
 /// A small, fast job: 10 inner steps, rounds of `target` results, short deadlines,
-/// storage in `dir`.
+/// storage in `dir`. Results count up to 2 versions late: a tab on a software adapter
+/// can take longer than two of these rounds, and every result of a round this small is
+/// replayed on the relay's CPU first (rounds under 3 are too small for centered
+/// clipping).
 pub fn test_job(target: usize, dir: &Path) -> JobConfig {
     let mut job = JobConfig::default();
     (job.inner.steps, job.inner.batch) = (10, 4);
     (job.round.target, job.round.min, job.round.deadline_secs, job.round.unit_deadline_secs) = (target, 1, 5.0, 30.0);
+    job.round.max_staleness = 2;
     job.storage.dir = dir.to_path_buf();
     job
 }

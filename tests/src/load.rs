@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crowdgrad_runtime::backend::DeviceInfo;
+use crowdgrad_runtime::codec;
 use crowdgrad_runtime::identity::Identity;
-use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update};
+use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -115,8 +116,9 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                                 steps: unit.steps,
                                 loss_before: 2.0,
                                 loss_after: 1.9,
-                                // Distinct per unit: the relay refuses repeated Δs.
-                                update: Update::Dense(made_up_delta(unit.unit_id, params)),
+                                // Distinct per unit (the relay refuses repeated Δs), and
+                                // compressed when the unit asks.
+                                update: made_up_update(&unit, params),
                                 signature: Vec::new(),
                             };
                             submission.signature = identity.sign_submission(&submission);
@@ -161,4 +163,14 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
 fn made_up_delta(unit_id: u64, params: usize) -> Vec<f32> {
     let mut rng = crowdgrad_runtime::rng::Rng::from_parts(&[unit_id]);
     (0..params).map(|_| 1e-4 * (0.5 + rng.uniform())).collect()
+}
+
+/// [`made_up_delta`] as `unit` asks for it: compressed with its codec (a fresh residual), or
+/// dense.
+fn made_up_update(unit: &WorkUnit, params: usize) -> Update {
+    let delta = made_up_delta(unit.unit_id, params);
+    match unit.codec {
+        Some(cfg) => Update::Compressed(codec::encode(&delta, &mut vec![0.0; params], &cfg)),
+        None => Update::Dense(delta),
+    }
 }

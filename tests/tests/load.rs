@@ -15,7 +15,7 @@ async fn active_contributors_lose_nothing_and_idle_sessions_stay() {
     job.model = GptConfig { vocab: 256, context: 8, layers: 1, heads: 1, width: 16, bias: true };
     (job.inner.steps, job.inner.batch, job.data.eval_batches) = (1, 1, 1);
     (job.limits.sessions_per_ip, job.limits.messages_per_minute) = (10_000, 10_000);
-    job.limits.connections_per_ip = 10_000;
+    (job.limits.connections_per_ip, job.limits.new_contributors_per_hour) = (10_000, 100_000);
     // The load's deltas are made up, not trained: no replay or loss check.
     (job.verify.replay, job.verify.loss_batches) = (false, 0);
     let params = job.model.layout().total;

@@ -27,6 +27,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::backoff::Backoff;
 use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor as Loop, Rest, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
@@ -59,6 +60,8 @@ enum Session {
     Starting,
     /// Connected through this socket.
     Connected(WebSocket),
+    /// The connection ended without the visitor stopping it: waiting to connect again.
+    Reconnecting,
 }
 
 /// A tab's contribution to a relay's training job.
@@ -71,6 +74,8 @@ pub struct Contributor {
     mesh: Rc<RefCell<Option<Mesh>>>,
     /// Share of the time spent working, `0.1..=1`.
     intensity: Rc<Cell<f64>>,
+    /// Counts starts and stops: a task whose start is no longer the latest ends.
+    epoch: Rc<Cell<u64>>,
 }
 
 #[wasm_bindgen]
@@ -85,6 +90,7 @@ impl Contributor {
             session: Rc::new(RefCell::new(Session::Idle)),
             mesh: Rc::default(),
             intensity: Rc::new(Cell::new(1.0)),
+            epoch: Rc::default(),
         }
     }
 
@@ -96,27 +102,40 @@ impl Contributor {
 
     /// Picks the device (WebGPU when the browser gives an adapter, else the wasm CPU
     /// backend), connects and trains in the background until [`Contributor::stop`].
+    /// When the connection ends (the relay restarts, the network drops), the tab shows
+    /// `reconnecting` and connects again by itself, after 1 s doubling up to 30 s
+    /// (jittered), as the same contributor and with its residual.
     pub fn start(&self) {
         if !matches!(*self.session.borrow(), Session::Idle) {
             return;
         }
         *self.session.borrow_mut() = Session::Starting;
+        self.epoch.set(self.epoch.get() + 1);
         let (url, stats, session) = (self.relay_url.clone(), self.stats.clone(), self.session.clone());
-        let held = Held { session: session.clone(), mesh: self.mesh.clone() };
+        let held = Held {
+            session: session.clone(),
+            mesh: self.mesh.clone(),
+            epoch: self.epoch.clone(),
+            mine: self.epoch.get(),
+        };
         let rest = duty::rest(self.intensity.clone());
         wasm_bindgen_futures::spawn_local(async move {
-            if let Err(message) = run(&url, stats.clone(), held, rest).await {
+            if let Err(message) = run(&url, stats.clone(), &held, rest).await {
                 let mut s = stats.lock().expect("stats lock");
                 s.state = "stopped".into();
                 s.error = Some(message);
             }
-            *session.borrow_mut() = Session::Idle;
+            if held.current() {
+                *session.borrow_mut() = Session::Idle;
+            }
         });
     }
 
-    /// Closes the session; training stops after the current step. [`Contributor::start`]
-    /// resumes with the relay's resume token, as the same contributor.
+    /// Closes the session (or ends the wait to reconnect); training stops after the
+    /// current step. [`Contributor::start`] resumes with the relay's resume token, as the
+    /// same contributor.
     pub fn stop(&self) {
+        self.epoch.set(self.epoch.get() + 1);
         if let Session::Connected(socket) = self.session.replace(Session::Idle) {
             let _ = socket.close_with_code_and_reason(1000, "stopped by the visitor");
         }
@@ -156,11 +175,21 @@ impl Contributor {
 struct Held {
     session: Rc<RefCell<Session>>,
     mesh: Rc<RefCell<Option<Mesh>>>,
+    epoch: Rc<Cell<u64>>,
+    /// The epoch of the start that launched this task.
+    mine: u64,
+}
+
+impl Held {
+    /// Whether the visitor has not stopped (or restarted) since this task began.
+    fn current(&self) -> bool {
+        self.epoch.get() == self.mine
+    }
 }
 
 /// Picks and calibrates the device, then contributes on it. The relay is contacted only
 /// after calibration, which can take seconds when many tabs start at once.
-async fn run(url: &str, stats: SharedStats, held: Held, rest: Rest) -> Result<(), String> {
+async fn run(url: &str, stats: SharedStats, held: &Held, rest: Rest) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
     let saved = residual::load().await;
     // The adapter's name (for the page) and the device are asked for together.
@@ -184,27 +213,64 @@ async fn run(url: &str, stats: SharedStats, held: Held, rest: Rest) -> Result<()
     }
 }
 
-/// Connects (unless the visitor stopped meanwhile) and trains on `backend`.
+/// Connects and trains on `backend` until the visitor stops; each time the connection
+/// ends, says `reconnecting` and connects again after a [`Backoff`] wait, keeping the
+/// loop (device, weights, residual) and so the contributor.
 async fn contribute<B: Backend>(
     url: &str,
     backend: B,
     gflops: f32,
     stats: SharedStats,
-    held: Held,
+    held: &Held,
     rest: Rest,
     saved: SavedResidual,
 ) -> Result<(), String> {
-    if !matches!(*held.session.borrow(), Session::Starting) {
-        stats.lock().expect("stats lock").state = "stopped".into();
-        return Ok(());
+    let seed = global::random_bytes()?;
+    let mut backoff = Backoff::new(u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")));
+    let mut setup = Some((backend, saved, rest, identity::load_or_create()?));
+    let mut trainer: Option<Loop<B, WebTransport>> = None;
+    while held.current() {
+        // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
+        stats.lock().expect("stats lock").session = 0;
+        let ended = match WebTransport::connect(url, stats.clone()).await {
+            Ok(transport) if held.current() => {
+                held.session.replace(Session::Connected(transport.socket()));
+                held.mesh.replace(transport.mesh());
+                stats.lock().expect("stats lock").error = None;
+                let running = match trainer.as_mut() {
+                    Some(running) => {
+                        running.reconnect(transport);
+                        running
+                    }
+                    None => {
+                        let (backend, saved, rest, identity) = setup.take().expect("set up once");
+                        let fresh = Loop::new(transport, backend, AGENT, stats.clone(), gflops, identity)
+                            .with_residual(saved, Box::new(residual::IndexedDbResidual))
+                            .with_rest(rest);
+                        trainer.insert(fresh)
+                    }
+                };
+                running.run().await.map_err(|e| e.to_string()).err()
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if !held.current() {
+            break;
+        }
+        if stats.lock().expect("stats lock").session != 0 {
+            backoff.reset();
+        }
+        let wait = backoff.next_wait();
+        held.session.replace(Session::Reconnecting);
+        {
+            let mut s = stats.lock().expect("stats lock");
+            s.state = "reconnecting".into();
+            let why = ended.unwrap_or_else(|| "the connection ended".into());
+            s.error = Some(format!("{why}; reconnecting in {wait:.0} s"));
+        }
+        global::sleep(wait).await;
     }
-    let transport = WebTransport::connect(url, stats.clone()).await.map_err(|e| e.to_string())?;
-    held.session.replace(Session::Connected(transport.socket()));
-    held.mesh.replace(transport.mesh());
-    Loop::new(transport, backend, AGENT, stats, gflops, identity::load_or_create()?)
-        .with_residual(saved, Box::new(residual::IndexedDbResidual))
-        .with_rest(rest)
-        .run()
-        .await
-        .map_err(|e| e.to_string())
+    stats.lock().expect("stats lock").state = "stopped".into();
+    Ok(())
 }

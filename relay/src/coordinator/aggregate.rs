@@ -8,41 +8,13 @@
 //! any one result can move.
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+
+use crate::config::Rule;
 
 /// Coordinates per parallel chunk.
 const CHUNK: usize = 64 * 1024;
 /// Centered-clipping iterations.
 const CLIP_ITERATIONS: usize = 3;
-
-/// How a round's results are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    /// Σ weightᵢ·Δᵢ / Σ shareᵢ.
-    Mean,
-    /// Per coordinate, the mean of what is left after dropping the `trim` fraction at
-    /// each end.
-    TrimmedMean,
-    /// Centered clipping around the coordinate-wise median.
-    CenteredClip,
-}
-
-impl Rule {
-    /// The fewest results with which no single one can move the update at will: 3 for
-    /// centered clipping (with 2, the median is their mean and nothing is clipped), and
-    /// enough for the trimmed mean to drop one at each end. `mean` (and a trim of 0) is
-    /// not robust at any size, so it asks for nothing: the norm bound and replay are its
-    /// only defence.
-    pub fn robust_min(self, trim: f32) -> usize {
-        match self {
-            Rule::Mean => 1,
-            Rule::TrimmedMean if trim <= 0.0 => 1,
-            Rule::TrimmedMean => ((1.0 / trim).ceil() as usize).max(3),
-            Rule::CenteredClip => 3,
-        }
-    }
-}
 
 /// One accepted result: its Δ, its share of H, and that share discounted for staleness.
 #[derive(Clone, Copy)]

@@ -72,6 +72,8 @@ impl Coordinator {
         let start = self.starts.get(&version).cloned().unwrap_or_else(|| Arc::new(self.params.to_vec()));
         let check = Check {
             ticket,
+            contributor,
+            trusted: self.trust.has_passed(contributor),
             unit_id: claim.unit_id,
             model: self.job.model,
             rows: self.job.inner.batch as usize,
@@ -86,12 +88,25 @@ impl Coordinator {
             replay: plan.replay,
             loss_batches: plan.loss_batches,
             loss_margin: self.job.verify.loss_margin,
+            min_alignment: self.job.verify.min_alignment,
             compressed: claim.kind == Kind::Compressed,
         };
         let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
         let pending = Pending { session, contributor, claim, norm, hash, sketch };
         self.pending.insert(ticket, pending);
         self.checks.push(check);
+    }
+
+    /// Whether a result of `contributor` may go out for checking: it has fewer than
+    /// `PER_CONTRIBUTOR_CHECKS` out, and, while it has passed no replay, fewer than
+    /// `NEWCOMER_CHECKS` of such contributors' results are out.
+    pub(super) fn room_for_check(&self, contributor: u64) -> bool {
+        let mine = self.pending.values().filter(|p| p.contributor == contributor).count();
+        if mine >= super::PER_CONTRIBUTOR_CHECKS {
+            return false;
+        }
+        self.trust.has_passed(contributor)
+            || self.pending.values().filter(|p| !self.trust.has_passed(p.contributor)).count() < super::NEWCOMER_CHECKS
     }
 
     /// The checks queued since the last call, for the verifier to run.
@@ -181,12 +196,14 @@ impl Coordinator {
                 return Err((Rejection::ReplayMismatch, why));
             }
         }
-        if let Some(l) = report.loss.filter(|l| !l.passes(compressed, v.loss_margin)) {
+        if let Some(l) = report.loss.filter(|l| !l.passes(compressed, v.loss_margin, v.min_alignment)) {
+            let alignment = l.alignment.map(|a| format!(", aligned {a:.1} (at least {})", v.min_alignment));
             let why = format!(
-                "{}: the Δ lowers its own batches' loss by {:.4} and another shard's by {:.4} nats",
+                "{}: the Δ lowers its own batches' loss by {:.4} and another shard's by {:.4} nats{}",
                 Rejection::LossCheck.code(),
                 l.own,
-                l.other
+                l.other,
+                alignment.unwrap_or_default()
             );
             return Err((Rejection::LossCheck, why));
         }

@@ -11,6 +11,7 @@ mod aggregate;
 mod checks;
 mod commit;
 mod mesh;
+mod newcomers;
 mod pacing;
 mod report;
 mod screen;
@@ -19,8 +20,10 @@ mod trust;
 mod twins;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -34,9 +37,11 @@ use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Wel
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
-pub use self::aggregate::{Rule, Weighted, aggregate, outer_step};
+pub use self::aggregate::{Weighted, aggregate, outer_step};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
+use crate::client_addr;
 use crate::config::JobConfig;
+pub use crate::config::Rule;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
 use crate::metrics::{Metrics, Reason};
@@ -52,11 +57,20 @@ use self::twins::Held;
 /// A session's outbox; when it is full the session is too slow and is dropped.
 pub type Outbox = mpsc::Sender<ServerMsg>;
 
+/// Session ids, unique for the life of the process (across job changes, which replace
+/// the coordinator).
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
 /// How often [`Coordinator::tick`] runs.
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// Versions of loss history kept in memory for `/api/status`.
 const HISTORY_LEN: usize = 200;
+/// Results of one contributor out for checking at once; more are refused as `busy`.
+const PER_CONTRIBUTOR_CHECKS: usize = 4;
+/// Results out for checking at once from contributors who have not passed a replay.
+const NEWCOMER_CHECKS: usize = 64;
+
 /// Versions `/api/history` returns at most.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
@@ -211,6 +225,8 @@ pub struct Coordinator {
     held: HashMap<u64, Held>,
     /// Draws check tickets and the loss check's other shard.
     ticket_rng: Rng,
+    /// New contributors registered per address.
+    newcomers: newcomers::Newcomers,
 }
 
 impl Coordinator {
@@ -309,6 +325,7 @@ impl Coordinator {
             checks: Vec::new(),
             held: HashMap::new(),
             ticket_rng: Rng::new(random_u64()),
+            newcomers: Default::default(),
             job,
         })
     }
@@ -422,7 +439,17 @@ impl Coordinator {
     /// Registers a session that has said hello, as the contributor its resume token
     /// names or as a new one; greets it and gives it work if any.
     pub fn join(&mut self, outbox: Outbox, hello: Hello, now: Instant) -> u64 {
-        let id = crate::session::next_session_id();
+        self.admit(outbox, hello, None, now).expect("without an address there is no limit")
+    }
+
+    /// Like [`Self::join`], for a session from `address`: a hello that would register a
+    /// new contributor is refused, with why, once the address has used its
+    /// `limits.new_contributors_per_hour`.
+    pub fn join_from(&mut self, outbox: Outbox, hello: Hello, address: IpAddr, now: Instant) -> Result<u64, String> {
+        self.admit(outbox, hello, Some(address), now)
+    }
+
+    fn admit(&mut self, outbox: Outbox, hello: Hello, address: Option<IpAddr>, now: Instant) -> Result<u64, String> {
         let resumed = match hello.resume.as_deref() {
             Some(token) => {
                 let found = self.ledger.resume_contributor(token);
@@ -436,12 +463,22 @@ impl Coordinator {
                 known
             }
             None => {
+                let per_hour = self.job.limits.new_contributors_per_hour;
+                if let Some(address) = address
+                    && !self.newcomers.admit(client_addr::limit_key(address), per_hour, now)
+                {
+                    return Err(format!(
+                        "this address registered {per_hour} new contributors in the last hour; \
+                         resume with your token, or try later"
+                    ));
+                }
                 let token = new_token();
                 let device = format!("{} ({})", hello.device.kind, hello.device.adapter);
                 let created = self.ledger.new_contributor(&token, &hex(&hello.key), &hello.agent, &device);
                 (self.note_storage("registering a contributor", created).unwrap_or(0), token)
             }
         };
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let welcome = ServerMsg::Welcome(Welcome {
             session: id,
             contributor,
@@ -469,7 +506,7 @@ impl Coordinator {
             self.mesh_join(id);
         }
         self.offer(id, now);
-        id
+        Ok(id)
     }
 
     /// Forgets a session; its unit goes back to the pool and to an idle session.
@@ -507,16 +544,21 @@ impl Coordinator {
             weight: 1.0,
             replayed: false,
         };
-        let outcome = match self.judge(session, &sub) {
-            Ok(judged) => {
+        let judged = self.judge(session, &sub).and_then(|judged| {
+            let twin = self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some());
+            let plan = if twin { None } else { self.plan_check(contributor, claim.kind) };
+            if plan.is_some() && !self.room_for_check(contributor) {
+                return Err(Rejection::Busy);
+            }
+            Ok((judged, twin, plan))
+        });
+        let outcome = match judged {
+            Ok((judged, twin, plan)) => {
                 self.remember(claim.unit_id, &judged);
-                if self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some()) {
-                    self.pair(session, contributor, claim, judged, now);
-                } else {
-                    match self.plan_check(contributor, claim.kind) {
-                        Some(plan) => self.queue_check(session, contributor, claim, judged, plan),
-                        None => self.settle(session, contributor, &claim, Ok(judged), now),
-                    }
+                match plan {
+                    _ if twin => self.pair(session, contributor, claim, judged, now),
+                    Some(plan) => self.queue_check(session, contributor, claim, judged, plan),
+                    None => self.settle(session, contributor, &claim, Ok(judged), now),
                 }
                 Ok(())
             }
@@ -723,6 +765,10 @@ impl Coordinator {
                 "the same delta, or one within a cosine of 0.995, was already accepted (a replay or a copy)".into()
             }
             Rejection::ReplayMismatch | Rejection::LossCheck => String::new(),
+            Rejection::Busy => format!(
+                "the relay is checking as many results as it holds for this contributor ({PER_CONTRIBUTOR_CHECKS}) \
+                 or for contributors without a passed replay ({NEWCOMER_CHECKS}); take the next unit"
+            ),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)

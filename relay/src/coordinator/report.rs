@@ -38,6 +38,9 @@ pub enum Rejection {
     ReplayMismatch,
     /// The Δ does not lower its own batches' loss more than another shard's.
     LossCheck,
+    /// The relay already checks as many results as it holds for this contributor, or for
+    /// contributors without a passed replay.
+    Busy,
 }
 
 impl Rejection {
@@ -58,6 +61,7 @@ impl Rejection {
             Rejection::Duplicate => "duplicate",
             Rejection::ReplayMismatch => "replay_mismatch",
             Rejection::LossCheck => "loss_check",
+            Rejection::Busy => "busy",
         }
     }
 }

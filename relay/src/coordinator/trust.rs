@@ -30,6 +30,12 @@ impl Trust {
         (cfg.trust_after as f32 / streak as f32).max(cfg.min_replay_rate)
     }
 
+    /// Whether `contributor`'s last replay passed (its streak is under way): its checks
+    /// go in the verifier's trusted lane.
+    pub fn has_passed(&self, contributor: u64) -> bool {
+        self.streaks.get(&contributor).is_some_and(|&streak| streak > 0)
+    }
+
     /// Draws whether `contributor`'s result is replayed.
     pub fn sample(&mut self, contributor: u64, cfg: &VerifyConfig) -> bool {
         cfg.replay && self.rng.uniform() < self.replay_rate(contributor, cfg)

@@ -62,13 +62,15 @@ fn row(name: &str, run: &Outcome, clean: f32) {
     let share = if sent == 0 { "-".to_string() } else { format!("{:.0} %", 100.0 * caught as f32 / sent as f32) };
     let reasons: Vec<String> = run.attacks.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
     let honest_rejected: u32 = run.honest.caught();
-    let range = |t: &adversary::Tally| t.score_range().map_or("-".into(), |(lo, hi)| format!("{lo:+.2}…{hi:+.2}"));
+    let show = |range: Option<(f32, f32)>| range.map_or("-".into(), |(lo, hi)| format!("{lo:+.2}…{hi:+.2}"));
     println!(
-        "| {name} | {sent} | {share} | {} | {honest_rejected} of {} | {} | {} | {:.4} | {:+.1} % | {} | {:.0} s |",
+        "| {name} | {sent} | {share} | {} | {honest_rejected} of {} | {} | {} | {} | {} | {:.4} | {:+.1} % | {} | {:.0} s |",
         if reasons.is_empty() { "-".into() } else { reasons.join(", ") },
         run.honest.sent,
-        range(&run.honest),
-        range(&run.attacks),
+        show(run.honest.score_range()),
+        show(run.attacks.score_range()),
+        show(run.honest.alignment_range()),
+        show(run.attacks.alignment_range()),
         run.val_loss,
         100.0 * (run.val_loss / clean - 1.0),
         run.replayed,
@@ -93,10 +95,10 @@ pub fn run(args: &[String]) {
     println!();
     println!(
         "| run | attacks sent | caught | rejected as | honest rejected | honest replay {score} | attack replay {score} | \
-         val loss | vs clean | replays | time |",
+         honest alignment | attack alignment | val loss | vs clean | replays | time |",
         score = if flags.dense { "cosine" } else { "projection" }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let clean = adversary::run(job(&flags, &dir.path().join("clean")), corpus(), members, &[], flags.rounds);
     row("clean", &clean, clean.val_loss);
     for attack in Attack::ALL {

@@ -5,6 +5,13 @@
 //! - (b) `--active N` (1,000) contributors answering every unit at once with a Δ the size of
 //!   a compressed update, for `--seconds S` (20): results/s, submit→ack p50/p99, lost.
 //! - (c) aggregating 100 results of a 10M-parameter model (each rule) and the outer step.
+//! - (d) `--downloads N` (500) concurrent chunk requests against old versions of a
+//!   10M-parameter model: the relay's RSS growth (see [`downloads`]).
+//! - (e) `--honest N` (20) contributors beside `--garbage N` (200) garbage submitters on
+//!   fresh keys for `--flood-seconds S` (60): honest ack latency, clean against flooded
+//!   (see [`flood`]).
+//!
+//! `--only a,b,…` runs some of them.
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -15,23 +22,35 @@ use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::load::{open_idle_sessions, run_active_contributors};
 use crowdgrad_tests::repo_root;
 
+#[path = "downloads.rs"]
+mod downloads;
+#[path = "flood.rs"]
+mod flood;
+
 /// The model of the active run: small, so that a dense Δ (4 bytes a parameter) is the
 /// size of a compressed update of a large model.
 const ACTIVE_MODEL: GptConfig = GptConfig { vocab: 256, context: 8, layers: 1, heads: 1, width: 16, bias: true };
 
 /// A `crowdgrad serve` process, killed when dropped.
-struct RelayProcess {
+pub struct RelayProcess {
     child: Child,
-    addr: SocketAddr,
+    /// Where it listens.
+    pub addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl RelayProcess {
     /// Starts the release binary on a free port with `job` (TOML, without `[storage]`).
-    fn start(job: &str) -> RelayProcess {
+    pub fn start(job: &str) -> RelayProcess {
+        RelayProcess::start_with(job, |_| {})
+    }
+
+    /// Like [`RelayProcess::start`], with `prepare` given the storage folder first.
+    pub fn start_with(job: &str, prepare: impl FnOnce(&std::path::Path)) -> RelayProcess {
         let binary = repo_root().join("target/release/crowdgrad");
         assert!(binary.is_file(), "{} is missing: cargo build --release -p crowdgrad-relay", binary.display());
         let dir = tempfile::tempdir().expect("temp dir");
+        prepare(dir.path());
         let file = dir.path().join("job.toml");
         let storage =
             format!("\n[storage]\ndir = {:?}\nkeep_last = 2\nkeep_every = 0\n", dir.path().display().to_string());
@@ -54,13 +73,14 @@ impl RelayProcess {
         relay
     }
 
-    fn status(&self) -> Option<serde_json::Value> {
+    /// Its `/api/status`, `None` while it does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
         let mut response = ureq::get(&format!("http://{}/api/status", self.addr)).call().ok()?;
         serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
     }
 
     /// Resident memory, KiB.
-    fn rss_kib(&self) -> u64 {
+    pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
         let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
         line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
@@ -87,66 +107,106 @@ impl Drop for RelayProcess {
 /// The load's Δs are made up, not trained: replay and the loss check are off (their
 /// cost is the relay's CPU, which `bench adversarial` measures).
 const UNCHECKED: &str = "[verify]\nreplay = false\nloss_batches = 0\n";
-const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\nmax_connections = 100000\nconnections_per_ip = 100000\n";
+pub const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\nmax_connections = 100000\nconnections_per_ip = 100000\nnew_contributors_per_hour = 1000000\ndownloads_per_ip = 1000000\n";
 
 struct Flags {
     idle: usize,
     active: usize,
     seconds: u64,
+    downloads: usize,
+    honest: usize,
+    garbage: usize,
+    flood_seconds: u64,
+    only: String,
 }
 
 fn flags(args: &[String]) -> Flags {
-    let mut f = Flags { idle: 10_000, active: 1_000, seconds: 20 };
+    let mut f = Flags {
+        idle: 10_000,
+        active: 1_000,
+        seconds: 20,
+        downloads: 500,
+        honest: 20,
+        garbage: 200,
+        flood_seconds: 60,
+        only: "a,b,c,d,e".into(),
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--only" {
+            f.only = it.next().cloned().unwrap_or_else(|| panic!("--only takes a list like a,d"));
+            continue;
+        }
         let value = it.next().and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("{flag} takes a number"));
         match flag.as_str() {
             "--idle" => f.idle = value,
             "--active" => f.active = value,
             "--seconds" => f.seconds = value as u64,
+            "--downloads" => f.downloads = value,
+            "--honest" => f.honest = value,
+            "--garbage" => f.garbage = value,
+            "--flood-seconds" => f.flood_seconds = value as u64,
             other => panic!("unknown flag {other}"),
         }
     }
     f
 }
 
-/// `relay [--idle N] [--active N] [--seconds S]`.
+/// `relay [--idle N] [--active N] [--seconds S] [--downloads N]`.
 pub async fn run(args: &[String]) {
     let flags = flags(args);
     let files = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
     println!("open-file limit: {files}");
+    let wanted = |part: &str| flags.only.split(',').any(|p| p == part);
+    if wanted("a") {
+        idle_sessions(flags.idle).await;
+    }
+    if wanted("b") {
+        active_contributors(flags.active, flags.seconds).await;
+    }
+    if wanted("c") {
+        aggregation_times();
+    }
+    if wanted("d") {
+        downloads::run(flags.downloads).await;
+    }
+    if wanted("e") {
+        flood::run(flags.honest, flags.garbage, flags.flood_seconds).await;
+    }
+}
 
+/// (a): the relay's RSS per idle session.
+async fn idle_sessions(idle: usize) {
     let relay = RelayProcess::start(LOOSE_LIMITS);
     let before = relay.rss_kib();
     let t0 = Instant::now();
-    let sessions = open_idle_sessions(relay.addr, flags.idle).await;
-    relay.wait_online(flags.idle).await;
+    let sessions = open_idle_sessions(relay.addr, idle).await;
+    relay.wait_online(idle).await;
     let opened = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = relay.rss_kib();
-    let per_session = (after.saturating_sub(before)) as f64 / flags.idle as f64;
+    let per_session = (after.saturating_sub(before)) as f64 / idle as f64;
     println!(
-        "(a) {} idle sessions (opened in {opened:.1} s): relay RSS {before} KiB → {after} KiB, {per_session:.1} KiB per session (goal < 50)",
-        flags.idle
+        "(a) {idle} idle sessions (opened in {opened:.1} s): relay RSS {before} KiB → {after} KiB, {per_session:.1} KiB per session (goal < 50)"
     );
     sessions.iter().for_each(|s| s.abort());
-    drop(relay);
+}
 
+/// (b): results/s and submit→ack latency of `active` contributors for `seconds`.
+async fn active_contributors(active: usize, seconds: u64) {
     let model = ACTIVE_MODEL;
     let params = model.layout().total;
     let job = format!(
         "[model]\nvocab = {}\ncontext = {}\nlayers = {}\nheads = {}\nwidth = {}\n[inner]\nsteps = 1\nbatch = 1\n\
-         [data]\neval_batches = 1\n[round]\ntarget = {}\ndeadline_secs = 5\n{UNCHECKED}{LOOSE_LIMITS}",
-        model.vocab, model.context, model.layers, model.heads, model.width, flags.active
+         [data]\neval_batches = 1\n[round]\ntarget = {active}\ndeadline_secs = 5\n{UNCHECKED}{LOOSE_LIMITS}",
+        model.vocab, model.context, model.layers, model.heads, model.width
     );
     let relay = RelayProcess::start(&job);
-    let report = run_active_contributors(relay.addr, flags.active, params, Duration::from_secs(flags.seconds)).await;
+    let report = run_active_contributors(relay.addr, active, params, Duration::from_secs(seconds)).await;
     let version = relay.status().and_then(|s| s["version"].as_u64()).unwrap_or(0);
     println!(
-        "(b) {} active contributors for {} s, Δ of {} bytes: {:.0} results/s, submit→ack p50 {:.1} ms, p99 {:.1} ms; \
+        "(b) {active} active contributors for {seconds} s, Δ of {} bytes: {:.0} results/s, submit→ack p50 {:.1} ms, p99 {:.1} ms; \
          {} submitted, {} accepted, {} rejected, {} lost (must be 0); {version} versions committed",
-        flags.active,
-        flags.seconds,
         params * 4,
         report.results_per_second(),
         report.latency_ms(0.5),
@@ -156,9 +216,6 @@ pub async fn run(args: &[String]) {
         report.rejected,
         report.lost
     );
-    drop(relay);
-
-    aggregation_times();
     assert_eq!(report.lost, 0, "results were lost");
 }
 

@@ -1,0 +1,47 @@
+//! What every handler shares: the training state, the metrics, the verifier's queue,
+//! the per-address counts and the weights routes' bounds.
+
+use std::sync::{Arc, Mutex};
+
+use crate::address_counts::AddressCounts;
+use crate::check_queue::CheckQueue;
+use crate::coordinator::Coordinator;
+use crate::metrics::Metrics;
+use crate::weights::WeightFiles;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The training state; the operator can swap in a new job.
+    pub coordinator: Arc<Mutex<Coordinator>>,
+    /// The relay's metrics, kept across job changes.
+    pub metrics: Arc<Metrics>,
+    /// Sessions open per client address.
+    pub sessions_by_ip: AddressCounts,
+    /// blake3 of the operator's token; `None` disables `/api/admin/*`.
+    pub admin_token: Option<blake3::Hash>,
+    /// The verifier thread's queue.
+    pub checks: CheckQueue,
+    /// The weights routes' bounds and chunk hash lists.
+    pub weights: Arc<WeightFiles>,
+}
+
+impl AppState {
+    /// State for `coordinator`, whose checks go to `checks`; `admin_token` enables job
+    /// control.
+    pub fn new(
+        coordinator: Arc<Mutex<Coordinator>>,
+        checks: CheckQueue,
+        metrics: Arc<Metrics>,
+        admin_token: Option<&str>,
+    ) -> Self {
+        AppState {
+            checks,
+            coordinator,
+            metrics,
+            sessions_by_ip: AddressCounts::default(),
+            admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
+            weights: Arc::default(),
+        }
+    }
+}
