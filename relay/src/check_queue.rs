@@ -2,8 +2,10 @@
 //! replay and newcomers.
 //!
 //! Checks wait in two lanes: results of contributors who have passed a replay
-//! (`trusted`) and of those who have not. Within a lane, contributors take turns, oldest
-//! check first. Between the lanes, turns go by how many contributors each has waiting,
+//! (`trusted`) and of those who have not. Within a lane the oldest check goes first (no
+//! contributor has more than a few out: see `coordinator::checks::room_for_check`), so a
+//! result waits as little as it can and is not checked after its version has moved on.
+//! Between the lanes, turns go by how many contributors each has waiting,
 //! except that newcomers, however many, count as at most a third of the trusted ones
 //! (and at least one): a few honest newcomers beside a few trusted contributors are
 //! served alike, while a flood of results from fresh keys delays trusted contributors'
@@ -11,7 +13,7 @@
 //! itself is bounded by the coordinator, which refuses a result as `busy` rather than
 //! queue more checks than its limits allow.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::verify::Check;
@@ -19,42 +21,38 @@ use crate::verify::Check;
 /// Newcomers count as at most one in this many of the trusted contributors waiting.
 const NEWCOMER_DISCOUNT: usize = 3;
 
-/// One lane: each contributor's checks, in arrival order, and whose turn is next.
+/// One lane: its checks in arrival order, and how many each contributor has in it.
 #[derive(Default)]
 struct Lane {
-    by_contributor: BTreeMap<u64, VecDeque<Check>>,
-    /// The contributor served last; the next turn goes to the one after it.
-    last: Option<u64>,
+    checks: VecDeque<Check>,
+    per_contributor: HashMap<u64, usize>,
 }
 
 impl Lane {
-    fn push(&mut self, contributor: u64, check: Check) {
-        self.by_contributor.entry(contributor).or_default().push_back(check);
+    fn push(&mut self, check: Check) {
+        *self.per_contributor.entry(check.contributor).or_insert(0) += 1;
+        self.checks.push_back(check);
     }
 
     fn is_empty(&self) -> bool {
-        self.by_contributor.is_empty()
+        self.checks.is_empty()
     }
 
     /// Contributors with a check waiting.
     fn contributors(&self) -> usize {
-        self.by_contributor.len()
+        self.per_contributor.len()
     }
 
-    /// The oldest check of the contributor after the last one served.
+    /// The oldest check.
     fn pop(&mut self) -> Option<Check> {
-        let next = match self.last {
-            Some(last) => self.by_contributor.range(last + 1..).next().map(|(c, _)| *c),
-            None => None,
-        };
-        let contributor = next.or_else(|| self.by_contributor.keys().next().copied())?;
-        let checks = self.by_contributor.get_mut(&contributor).expect("listed above");
-        let check = checks.pop_front();
-        if checks.is_empty() {
-            self.by_contributor.remove(&contributor);
+        let check = self.checks.pop_front()?;
+        if let Some(n) = self.per_contributor.get_mut(&check.contributor) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_contributor.remove(&check.contributor);
+            }
         }
-        self.last = Some(contributor);
-        check
+        Some(check)
     }
 }
 
@@ -121,7 +119,7 @@ impl CheckQueue {
         let (lanes, ready) = &*self.shared;
         let mut lanes = lanes.lock().expect("check queue lock");
         let lane = if check.trusted { &mut lanes.trusted } else { &mut lanes.newcomers };
-        lane.push(check.contributor, check);
+        lane.push(check);
         ready.notify_one();
     }
 }
@@ -154,18 +152,18 @@ mod tests {
     }
 
     #[test]
-    fn contributors_take_turns_and_a_flood_of_newcomers_counts_as_a_third_of_the_trusted() {
+    fn oldest_first_and_a_flood_of_newcomers_counts_as_a_third_of_the_trusted() {
         let (queue, receiver) = channel();
         // A flood: 100 newcomers' checks (units 1000..), then 2 trusted contributors with
-        // 4 checks each (units 1..=8; contributor 1 has units 1..=4).
+        // 4 checks each (units 1..=8, taking turns between them).
         for i in 0..100 {
             queue.push(Check::for_test(1000 + i, 500 + i, false));
         }
         for unit in 1..=8 {
-            queue.push(Check::for_test(unit, if unit <= 4 { 1 } else { 2 }, true));
+            queue.push(Check::for_test(unit, 1 + unit % 2, true));
         }
         let order = drain(&receiver, 12);
-        assert_eq!(order, [1, 5, 1000, 2, 6, 1001, 3, 7, 1002, 4, 8, 1003], "the flood weighs as one contributor");
+        assert_eq!(order, [1, 2, 1000, 3, 4, 1001, 5, 6, 1002, 7, 8, 1003], "the flood weighs as one contributor");
         assert_eq!(drain(&receiver, 2), [1004, 1005], "newcomers alone once no trusted check waits");
         // 30 trusted (10 checks each) against the flood: the newcomers weigh as 10 of 40.
         for unit in 0..300 {
@@ -179,7 +177,7 @@ mod tests {
             queue.push(Check::for_test(unit, 1, true));
             queue.push(Check::for_test(100 + unit, 2, false));
         }
-        assert_eq!(drain(&receiver, 8), [0, 100, 1, 101, 2, 102, 3, 103], "taking turns");
+        assert_eq!(drain(&receiver, 8), [0, 100, 1, 101, 2, 102, 3, 103], "taking turns, oldest first");
         let second = queue.clone();
         drop(queue);
         second.push(Check::for_test(9, 1, true));

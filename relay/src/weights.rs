@@ -125,9 +125,11 @@ fn admit_and_locate(
     peer: SocketAddr,
     version: u64,
 ) -> Result<(AddressSlot, VersionSource, String), Refused> {
-    let limit = state.coordinator.lock().expect("coordinator lock").job().limits.downloads_per_ip;
+    let (limit, file) = {
+        let mut coordinator = state.coordinator.lock().expect("coordinator lock");
+        (coordinator.job().limits.downloads_per_ip, coordinator.version_file(version))
+    };
     let open = state.weights.admit(peer.ip(), limit)?;
-    let file = state.coordinator.lock().expect("coordinator lock").version_file(version);
     let (source, hash) = file.ok_or(Refused::NotKept(version))?;
     Ok((open, source, hash))
 }

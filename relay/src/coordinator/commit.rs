@@ -13,6 +13,9 @@ use crate::ledger::{Ledger, VersionRow, now_ms};
 use crate::store::{Meta, Store};
 use crowdgrad_runtime::identity::{hex, merkle_root};
 
+/// Versions between trims of the screen's history in the ledger.
+const SCREEN_PRUNE_EVERY: u64 = 64;
+
 /// How long after a failed write the commit is tried again.
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
 
@@ -192,8 +195,11 @@ impl Coordinator {
     /// Deletes the files of versions that are neither among the newest `keep_last` nor
     /// a multiple of `keep_every`, and the screen's history it no longer reads.
     fn prune(&mut self) {
-        let pruned = super::screen::Screen::prune(&self.ledger);
-        self.note_storage("pruning the screen's history", pruned);
+        // The screen's rows are few and small: trimming them now and then is enough.
+        if self.version.is_multiple_of(SCREEN_PRUNE_EVERY) {
+            let pruned = super::screen::Screen::prune(&self.ledger);
+            self.note_storage("pruning the screen's history", pruned);
+        }
         let kept = self.ledger.kept_versions();
         let Some(kept) = self.note_storage("listing kept versions", kept) else { return };
         let (last, every) = (self.job.storage.keep_last as u64, self.job.storage.keep_every);
