@@ -213,18 +213,13 @@ impl Coordinator {
 
 #[cfg(test)]
 mod tests {
-    use crowdgrad_runtime::data::Corpus;
-
     use super::super::{Coordinator, Rejection};
-    use crate::config::JobConfig;
     use crate::verify::{Replayed, Report};
 
     #[test]
     fn a_compressed_replay_is_bounded_above_as_well_as_below() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut job = JobConfig::default();
-        (job.storage.dir, job.data.eval_batches) = (dir.path().to_path_buf(), 1);
-        let mut c = Coordinator::open(job, Corpus::builtin(), Default::default()).expect("opens");
+        let mut c = super::super::for_test(dir.path());
         let verdict = |c: &Coordinator, projection: f32| {
             let replay = Replayed { cosine: 0.5, norm_ratio: projection, projection };
             c.within_tolerance(true, &Report { replay: Some(replay), loss: None }).map_err(|(r, _)| r)

@@ -223,10 +223,7 @@ impl Coordinator {
 mod tests {
     use std::time::Instant;
 
-    use crowdgrad_runtime::data::Corpus;
-
-    use super::super::{Contribution, Coordinator};
-    use crate::config::JobConfig;
+    use super::super::Contribution;
 
     fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
         Contribution { unit, replayed, delta: vec![value; n], share: 1.0, weight: 1.0 }
@@ -235,10 +232,8 @@ mod tests {
     #[test]
     fn a_round_too_small_for_its_rule_averages_only_replayed_results() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut job = JobConfig::default();
-        (job.storage.dir, job.data.eval_batches) = (dir.path().to_path_buf(), 1);
-        let (lr, mu) = (job.outer.lr, job.outer.momentum);
-        let mut c = Coordinator::open(job, Corpus::builtin(), Default::default()).expect("opens");
+        let mut c = super::super::for_test(dir.path());
+        let (lr, mu) = (c.job.outer.lr, c.job.outer.momentum);
         let n = c.param_count();
         let start = c.params.to_vec();
         // Centered clipping needs 3; of these two, only the replayed one counts.

@@ -1008,6 +1008,14 @@ impl Coordinator {
     }
 }
 
+/// A coordinator for the default job with its storage in `dir`, for the parts' unit tests.
+#[cfg(test)]
+fn for_test(dir: &std::path::Path) -> Coordinator {
+    let mut job = JobConfig::default();
+    (job.storage.dir, job.data.eval_batches) = (dir.to_path_buf(), 1);
+    Coordinator::open(job, Corpus::builtin(), Default::default()).expect("the coordinator opens")
+}
+
 /// blake3 of a Δ's values.
 fn delta_hash(delta: &[f32]) -> [u8; 32] {
     *blake3::hash(bytemuck::cast_slice(delta)).as_bytes()
