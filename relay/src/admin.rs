@@ -60,11 +60,12 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
     let name = job.name.clone();
     let metrics = state.metrics.clone();
     let opened = tokio::task::spawn_blocking(move || crate::job_data::open_coordinator(job, metrics)).await;
-    let coordinator = match opened {
+    let mut coordinator = match opened {
         Ok(Ok(coordinator)) => coordinator,
         Ok(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e:#}")).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
+    coordinator.commit_off_lock(state.commits.clone());
     let old = std::mem::replace(&mut *state.coordinator.lock().expect("coordinator lock"), coordinator);
     // Dropping the old job closes its sessions' outboxes, ending those sessions.
     drop(old);

@@ -51,7 +51,7 @@ use tokio::net::TcpListener;
 
 use crate::check_queue::CheckQueue;
 use crate::config::ServeConfig;
-use crate::coordinator::{Coordinator, TICK};
+use crate::coordinator::{CommitJob, CommitQueue, Coordinator, TICK};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::verify::Verifier;
@@ -107,6 +107,35 @@ pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
     queue
 }
 
+/// Starts the relay's committer thread: it runs each round's commit (averaging, the
+/// outer step, the held-out loss, and the writes; see [`CommitJob`]) off the
+/// coordinator's lock, one at a time, and hands the result to whichever job is running
+/// then (a replaced job's is ignored). The thread ends when every queue handle is gone.
+/// A panic on it ends the process ([`exit_on_panic`]).
+///
+/// Its CPU work (the aggregation and the evaluation, parallel over rayon) runs on a pool
+/// of one core fewer than the machine has, so that sessions keep a core during a commit.
+pub fn spawn_committer(coordinator: Weak<Mutex<Coordinator>>) -> CommitQueue {
+    let (queue, jobs) = std::sync::mpsc::channel::<CommitJob>();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("committer-{i}"))
+        .build()
+        .expect("the OS starts the committer's threads");
+    std::thread::Builder::new()
+        .name("committer".into())
+        .spawn(move || {
+            while let Ok(job) = jobs.recv() {
+                let done = pool.install(|| job.run());
+                let Some(coordinator) = coordinator.upgrade() else { break };
+                coordinator.lock().expect("coordinator lock").committed(done, Instant::now());
+            }
+        })
+        .expect("the OS starts a thread");
+    queue
+}
+
 /// Makes any panic, on any thread, end the process with status 101 once the default
 /// hook has reported it. A relay whose coordinator lock is poisoned, or whose verifier
 /// thread died, must not limp on or exit 0: its supervisor restarts it, and it resumes
@@ -122,7 +151,7 @@ pub fn exit_on_panic() {
 /// Loads the job's data, binds `config.addr` and starts serving in the background.
 ///
 /// Everything the relay runs besides the sessions' tasks starts here: the verifier
-/// thread ([`spawn_verifier`]), and one task with the clock (the coordinator's
+/// thread ([`spawn_verifier`]), the committer thread ([`spawn_committer`]), and one task with the clock (the coordinator's
 /// [`Coordinator::tick`] every [`TICK`]) and the accept loop ([`listener::serve`]), which
 /// spawns a task per connection.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
@@ -130,7 +159,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     let metrics = Arc::new(Metrics::default());
     let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
     let checks = spawn_verifier(Arc::downgrade(&coordinator));
-    let state = AppState::new(coordinator, checks, metrics, config.admin_token.as_deref());
+    let commits = spawn_committer(Arc::downgrade(&coordinator));
+    coordinator.lock().expect("coordinator lock").commit_off_lock(commits.clone());
+    let state = AppState::new(coordinator, checks, commits, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let ticker = state.coordinator.clone();

@@ -138,6 +138,19 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                     Ok(msg) => msg,
                     Err(e) => break Some(Closing::from_frame(e)),
                 };
+                // A result is decoded and measured off the lock (see `coordinator::measure`).
+                let (msg, measurement) = match (msg, session) {
+                    (ClientMsg::Submit(sub), Some(id)) => {
+                        let expectation = coordinator.lock().expect("coordinator lock").expectation(id, &sub);
+                        let measured = tokio::task::spawn_blocking(move || {
+                            let measurement = expectation.map(|e| e.measure(&sub));
+                            (sub, measurement)
+                        });
+                        let (sub, measurement) = measured.await.expect("measuring a result does not panic");
+                        (ClientMsg::Submit(sub), measurement)
+                    }
+                    (msg, _) => (msg, None),
+                };
                 let mut coordinator = coordinator.lock().expect("coordinator lock");
                 match (msg, session) {
                     (ClientMsg::Hello(hello), None) => {
@@ -157,7 +170,7 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                     (ClientMsg::Fetched { version, from_peers }, Some(id)) => coordinator.fetched(id, version, from_peers),
                     (ClientMsg::Submit(sub), Some(id)) => {
                         let unit = sub.unit_id;
-                        if let Err(r) = coordinator.submit(id, sub, Instant::now()) {
+                        if let Err(r) = coordinator.submit_measured(id, sub, measurement, Instant::now()) {
                             tracing::info!(session = id, unit, reason = r.code(), "rejected a result");
                         }
                         for check in coordinator.take_checks() {

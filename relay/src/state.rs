@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::address_counts::AddressCounts;
 use crate::check_queue::CheckQueue;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{CommitQueue, Coordinator};
 use crate::metrics::Metrics;
 use crate::weights::WeightFiles;
 
@@ -22,21 +22,25 @@ pub struct AppState {
     pub admin_token: Option<blake3::Hash>,
     /// The verifier thread's queue.
     pub checks: CheckQueue,
+    /// The committer thread's queue, for the coordinators of the operator's new jobs.
+    pub commits: CommitQueue,
     /// The weights routes' bounds and chunk hash lists.
     pub weights: Arc<WeightFiles>,
 }
 
 impl AppState {
-    /// State for `coordinator`, whose checks go to `checks`; `admin_token` enables job
-    /// control.
+    /// State for `coordinator`, whose checks go to `checks` and commits to `commits`;
+    /// `admin_token` enables job control.
     pub fn new(
         coordinator: Arc<Mutex<Coordinator>>,
         checks: CheckQueue,
+        commits: CommitQueue,
         metrics: Arc<Metrics>,
         admin_token: Option<&str>,
     ) -> Self {
         AppState {
             checks,
+            commits,
             coordinator,
             metrics,
             sessions_by_ip: AddressCounts::default(),

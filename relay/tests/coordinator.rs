@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crowdgrad_relay::coordinator::{Coordinator, Rejection};
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::Identity;
-use crowdgrad_runtime::protocol::{Submission, Update, WorkUnit};
+use crowdgrad_runtime::protocol::{ServerMsg, Submission, Update, WorkUnit};
 
 mod common;
 
@@ -293,4 +293,35 @@ fn twin_units_go_to_two_contributors_dense_and_agreeing_twins_count_half_each() 
     let status = c.status();
     assert_eq!((status.counters.twins_compared, status.counters.twins_disagreed), (1, 0));
     assert_eq!(status.version, 1, "both results count: the round of 2 is complete");
+}
+
+#[test]
+fn acks_and_hellos_flow_while_a_version_commits_off_the_lock() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |_| {});
+    // Commits go to this queue, as the relay's go to its committer thread.
+    let (queue, jobs) = std::sync::mpsc::channel();
+    c.commit_off_lock(queue);
+    let (mut a, mut b) = (Client::join(&mut c, t0), Client::join(&mut c, t0));
+    let (ua, ub) = (a.assignment().expect("a has work"), b.assignment().expect("b has work"));
+    assert_eq!(c.submit(a.id, a.result(&ua, c.param_count()), t0), Ok(()));
+    assert_eq!(c.submit(b.id, b.result(&ub, c.param_count()), t0), Ok(()));
+    // The round is full: its commit waits in the queue, and b has its ack already.
+    let job = jobs.try_recv().expect("the round's commit was handed off");
+    let acked =
+        std::iter::from_fn(|| b.inbox.try_recv().ok()).any(|m| matches!(m, ServerMsg::Ack(ack) if ack.accepted));
+    assert!(acked, "the ack does not wait for the commit");
+    assert_eq!(c.status().version, 0, "version 1 is not served before it is written");
+    // A newcomer is welcomed and told to wait: a unit now would start from version 0.
+    let mut late = Client::join(&mut c, t0);
+    let told: Vec<ServerMsg> = std::iter::from_fn(|| late.inbox.try_recv().ok()).collect();
+    assert!(matches!(told.first(), Some(ServerMsg::Welcome(_))), "{told:?}");
+    assert!(told.iter().any(|m| matches!(m, ServerMsg::Wait { .. })), "{told:?}");
+    // The commit runs elsewhere, then the new version is served and the round opens.
+    let done = std::thread::spawn(move || job.run()).join().expect("the commit runs");
+    c.committed(done, t0 + Duration::from_millis(10));
+    assert_eq!(c.status().version, 1);
+    let next = late.assignment().expect("the waiting contributor gets a unit of the new round");
+    assert_eq!(next.version, 1);
 }

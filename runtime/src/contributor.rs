@@ -42,8 +42,8 @@ pub trait Transport {
         self.fetch(&format!("/api/weights/{version}")).await
     }
     /// Whether the transport shares weights with peers, handling the relay's
-    /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`] and [`ServerMsg::Signal`] itself
-    /// (see [`Hello::p2p`]).
+    /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`], [`ServerMsg::Signal`] and
+    /// [`ServerMsg::Version`] itself (see [`Hello::p2p`]).
     fn p2p(&self) -> bool {
         false
     }
@@ -116,6 +116,10 @@ pub struct Stats {
     pub weights_version: u64,
     /// Versions whose weights it fetched (each checked against the published hash).
     pub versions_fetched: u32,
+    /// The newest version whose weights file a transport sharing weights with peers
+    /// holds whole: such a tab fetches each version as it is announced, before it
+    /// trains on it. 0 for other transports.
+    pub mesh_version: u64,
     /// Weight bytes received from the relay over HTTP (counted by transports that
     /// share weights with peers).
     pub weights_from_relay: u64,
@@ -257,7 +261,10 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 ServerMsg::Assign(unit) => self.work(unit).await?,
                 ServerMsg::Ack(ack) => self.record(ack),
                 // Only sent to transports that share weights, which take them first.
-                ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } | ServerMsg::Signal { .. } => {}
+                ServerMsg::Peer { .. }
+                | ServerMsg::PeerGone { .. }
+                | ServerMsg::Signal { .. }
+                | ServerMsg::Version { .. } => {}
             }
         }
     }

@@ -18,10 +18,11 @@ use crate::train::InnerOptim;
 
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
-/// The protocol version this build speaks; a frame with another is refused. Version 4:
-/// compressed updates in the codec's format 2 (Rice-coded indices), and compressed units
-/// trained with AdamW's moments carried over from the contributor's last unit.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// The protocol version this build speaks; a frame with another is refused. Version 5:
+/// [`ServerMsg::Version`] tells the tabs of the mesh of each new version, and which of
+/// its chunks each takes from the relay. (Version 4: compressed updates in the codec's
+/// format 2, and compressed units carrying AdamW's moments over.)
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -154,6 +155,17 @@ pub enum ServerMsg {
         from: u64,
         /// What the peer sent, unchanged.
         payload: String,
+    },
+    /// A new version was committed; sent to every session in the mesh at once, so that
+    /// they fetch it together, each taking its part from the relay and the rest from the
+    /// others. Its part is the chunks `i` with `i % parts == part`.
+    Version {
+        /// The new model version.
+        version: u64,
+        /// This session's part, below `parts`.
+        part: u32,
+        /// Sessions sharing the version's chunks (the mesh's size, at least 1).
+        parts: u32,
     },
 }
 
@@ -323,6 +335,8 @@ impl Validate for ServerMsg {
                 w.ice_servers.iter().try_for_each(|url| check_string("ice_servers", url))
             }
             ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } => Ok(()),
+            ServerMsg::Version { part, parts, .. } if part >= parts => Err(format!("part {part} of {parts}")),
+            ServerMsg::Version { .. } => Ok(()),
             ServerMsg::Signal { payload, .. } => check_signal(payload),
             ServerMsg::Wait { reason } => check_string("reason", reason),
             ServerMsg::Ack(a) => {

@@ -85,16 +85,65 @@ impl LoadReport {
     }
 }
 
+/// Compressed updates made before a run, so that the contributors' own work (a large
+/// model's Δ takes ~0.1 s to make) does not delay their sockets during it.
+pub struct MadeAhead {
+    updates: Vec<Update>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl MadeAhead {
+    /// `count` distinct updates of `params` values, compressed with `codec`, made on
+    /// every core.
+    pub fn new(codec: codec::CodecConfig, params: usize, count: usize) -> MadeAhead {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = count.div_ceil(cores);
+        let updates = std::thread::scope(|scope| {
+            let parts: Vec<_> = (0..cores)
+                .map(|core| {
+                    scope.spawn(move || {
+                        let ids = (core * per..((core + 1) * per).min(count)).map(|i| u64::MAX - i as u64);
+                        ids.map(|id| {
+                            let delta = made_up_delta(id, params);
+                            Update::Compressed(codec::encode(&delta, &mut vec![0.0; params], &codec))
+                        })
+                        .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts.into_iter().flat_map(|p| p.join().expect("making updates")).collect()
+        });
+        MadeAhead { updates, next: Default::default() }
+    }
+
+    /// The next unused update, or `None` when all were used.
+    fn take(&self) -> Option<Update> {
+        self.updates.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).cloned()
+    }
+}
+
 /// Runs `n` contributors against the relay at `addr` for `duration`: each answers
 /// every assignment at once with a Δ of `params` small values, and waits for its
 /// acknowledgement (at most 30 s after the end) before taking the next.
 pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, duration: Duration) -> LoadReport {
+    run_active_contributors_with(addr, n, params, duration, None).await
+}
+
+/// [`run_active_contributors`], taking compressed updates from `ahead` while it has
+/// some (for units that ask for its codec).
+pub async fn run_active_contributors_with(
+    addr: SocketAddr,
+    n: usize,
+    params: usize,
+    duration: Duration,
+    ahead: Option<Arc<MadeAhead>>,
+) -> LoadReport {
     let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
     let start = Instant::now() + Duration::from_secs(1);
     let until = start + duration;
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let gate = gate.clone();
+            let (gate, ahead) = (gate.clone(), ahead.clone());
             tokio::spawn(async move {
                 let permit = gate.acquire_owned().await.expect("the gate stays open");
                 let (mut socket, _) =
@@ -118,7 +167,10 @@ pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, 
                                 loss_after: 1.9,
                                 // Distinct per unit (the relay refuses repeated Δs), and
                                 // compressed when the unit asks.
-                                update: made_up_update(&unit, params),
+                                update: match ahead.as_ref().filter(|_| unit.codec.is_some()).and_then(|a| a.take()) {
+                                    Some(update) => update,
+                                    None => made_up_update(&unit, params),
+                                },
                                 signature: Vec::new(),
                             };
                             submission.signature = identity.sign_submission(&submission);

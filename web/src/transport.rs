@@ -41,7 +41,7 @@ impl WebTransport {
         let socket = WebSocket::new(url).map_err(|e| TransportError(format!("{url}: {e:?}")))?;
         socket.set_binary_type(BinaryType::Arraybuffer);
         let (tx, inbox) = mpsc::unbounded();
-        let mesh = mesh::available().then(|| Mesh::new(socket.clone(), stats));
+        let mesh = mesh::available().then(|| Mesh::new(socket.clone(), http_base.clone(), stats));
         let (open_tx, open_rx) = futures_channel::oneshot::channel::<Result<(), String>>();
         let open_tx = Rc::new(RefCell::new(Some(open_tx)));
 
@@ -125,7 +125,7 @@ impl Transport for WebTransport {
 
     async fn fetch_weights(&mut self, version: u64) -> Result<Vec<u8>, TransportError> {
         match &self.mesh {
-            Some(mesh) => mesh.download(&self.http_base, version).await.map_err(TransportError),
+            Some(mesh) => mesh.download(version).await.map_err(TransportError),
             None => self.fetch(&format!("/api/weights/{version}")).await,
         }
     }

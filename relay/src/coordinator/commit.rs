@@ -1,14 +1,29 @@
-//! Closing a round: the outer Nesterov step on the mean delta, then the new version
-//! written to the store and the ledger before it is served. When writing fails the
-//! relay stays at its last good version, says so in status, and tries again.
+//! Closing a round, in three steps, so that acks, assignments of the next round and
+//! every other call keep flowing while a new version is computed and written:
+//! 1. under the coordinator's lock, [`Coordinator::close_round`] takes the round's
+//!    results into a [`CommitJob`] (with the evaluator and the commit's own ledger
+//!    connection, which only one commit at a time uses);
+//! 2. off the lock, on the committer thread ([`crate::spawn_committer`]),
+//!    [`CommitJob::run`] averages them, takes the outer Nesterov step, evaluates the
+//!    held-out loss, and writes the version to the store and then the ledger;
+//! 3. under the lock again, [`Coordinator::committed`] serves the new version and opens
+//!    the next round.
+//!
+//! While a commit runs, results keep being judged and acknowledged (they count into the
+//! next round), and no new unit is handed out: it would start from a version about to be
+//! replaced. When writing fails the relay stays at its last good version, says so in
+//! status, and a second later writes the same new version again (it is not recomputed).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 
 use super::aggregate::{Weighted, aggregate, outer_step};
-use super::{Coordinator, HISTORY_LEN, VersionRecord};
+use super::{Contribution, Coordinator, HISTORY_LEN, VersionRecord};
 use crate::config::JobConfig;
+use crate::eval::Evaluator;
 use crate::ledger::{Ledger, VersionRow, now_ms};
 use crate::store::{Meta, Store};
 use crowdgrad_runtime::identity::{hex, merkle_root};
@@ -18,6 +33,120 @@ const SCREEN_PRUNE_EVERY: u64 = 64;
 
 /// How long after a failed write the commit is tried again.
 const COMMIT_RETRY: Duration = Duration::from_secs(1);
+
+/// Coordinator ids, so that a commit finishing after the operator replaced the job is
+/// not installed into the new one.
+static NEXT_COORDINATOR: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh coordinator id.
+pub(super) fn new_owner() -> u64 {
+    NEXT_COORDINATOR.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where commits run: on the committer thread, or (for the parts' unit tests) inline.
+pub type CommitQueue = std::sync::mpsc::Sender<CommitJob>;
+
+/// What a commit needs besides the round: it travels with the [`CommitJob`] and comes
+/// back with it, so that a commit in flight is one whose tools are away.
+pub(super) struct Tools {
+    /// Evaluates the held-out loss of the new weights.
+    pub evaluator: Evaluator,
+    /// The commit's own connection to the job's ledger.
+    pub ledger: Ledger,
+    /// The checkpoint folder.
+    pub store: Store,
+    /// The job (its name and model go into the files).
+    pub job: JobConfig,
+}
+
+/// A round taken for committing: the results it averages and where it starts from.
+pub(super) struct Draft {
+    /// The new version.
+    version: u64,
+    /// The round it closes.
+    round: u64,
+    /// Every unit id issued before the next version is below this.
+    units_below: u64,
+    /// The results averaged into it.
+    results: Vec<Contribution>,
+    /// Mean last-step training loss of those results, nats.
+    train_loss: Option<f32>,
+    /// `(unit, receipt hash)` of those results.
+    receipts: Vec<(u64, [u8; 32])>,
+    /// The current version's weights, `[parameters]`.
+    start: Arc<Vec<f32>>,
+    /// The outer momentum, `[parameters]`.
+    momentum: Vec<f32>,
+}
+
+/// The new version's tensors and loss, once computed.
+pub(super) struct Computed {
+    params: Vec<f32>,
+    momentum: Vec<f32>,
+    /// Held-out loss, nats.
+    val_loss: f32,
+}
+
+/// A round on its way to becoming a version; kept whole when its write fails.
+pub(super) struct Pending {
+    draft: Draft,
+    computed: Option<Computed>,
+}
+
+/// One commit, to run off the coordinator's lock ([`CommitJob::run`]).
+pub struct CommitJob {
+    /// The coordinator it belongs to.
+    owner: u64,
+    tools: Tools,
+    pending: Pending,
+}
+
+/// A commit that ran: its job back, and the new weights file and its blake3 hex, or why
+/// they could not be written.
+pub struct Committed {
+    job: CommitJob,
+    written: Result<(Bytes, String), String>,
+}
+
+impl CommitJob {
+    /// Averages the results (each Δ counts by its share of H, discounted when late,
+    /// under the job's rule), takes the outer Nesterov step and evaluates the result,
+    /// unless an earlier try did; then writes the version.
+    pub fn run(mut self) -> Committed {
+        let Tools { evaluator, ledger, store, job } = &mut self.tools;
+        let draft = &self.pending.draft;
+        let computed = self.pending.computed.get_or_insert_with(|| {
+            let a = &job.aggregation;
+            let results: Vec<Weighted> =
+                draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+            let g = aggregate(a.rule, &results, a.trim, a.clip);
+            let (mut params, mut momentum) = (draft.start.to_vec(), draft.momentum.clone());
+            outer_step(&mut params, &mut momentum, &g, job.outer.lr, job.outer.momentum);
+            let val_loss = evaluator.loss(&params);
+            Computed { params, momentum, val_loss }
+        });
+        let version = Written {
+            version: draft.version,
+            val_loss: computed.val_loss,
+            train_loss: draft.train_loss,
+            results: draft.results.len() as u32,
+            round: draft.round,
+            units_below: draft.units_below,
+        };
+        let written = persist(
+            store,
+            ledger,
+            job,
+            version,
+            &computed.params,
+            &computed.momentum,
+            Some(draft.round),
+            &draft.receipts,
+        )
+        .map_err(|e| format!("{e:#}"));
+        Committed { job: self, written }
+    }
+}
 
 impl From<VersionRow> for VersionRecord {
     fn from(row: VersionRow) -> Self {
@@ -89,72 +218,102 @@ pub(super) fn persist(
 }
 
 impl Coordinator {
-    /// Averages the round's results and takes the outer Nesterov step; once the new
-    /// version is written, serves it and opens the next round.
-    pub(super) fn commit(&mut self, now: Instant) {
-        // Each Δ counts by its share of H, discounted when late, under the job's rule. A
-        // round too small for the rule to be robust takes only replayed results: with
-        // one or two results, nothing would bound what an unchecked one does. (A job
-        // with replay off has given that up.)
+    /// Whether a commit is running off the lock.
+    pub(super) fn committing(&self) -> bool {
+        self.tools.is_none()
+    }
+
+    /// Closes the round: takes its results (or the commit whose write failed) into a
+    /// [`CommitJob`] and hands it to the committer. A round too small for the job's rule
+    /// to be robust takes only replayed results: with one or two results, nothing would
+    /// bound what an unchecked one does. (A job with replay off has given that up.)
+    pub(super) fn close_round(&mut self, now: Instant) {
+        if self.committing() {
+            return;
+        }
+        let pending = match self.failed_commit.take() {
+            Some(pending) => pending,
+            None => match self.take_round(now) {
+                Some(draft) => Pending { draft, computed: None },
+                None => return,
+            },
+        };
+        let tools = self.tools.take().expect("no commit runs");
+        let job = CommitJob { owner: self.owner, tools, pending };
+        match &self.commits {
+            Some(queue) => queue.send(job).expect("the committer thread runs as long as the relay"),
+            None => {
+                let done = job.run();
+                self.committed(done, now);
+            }
+        }
+    }
+
+    /// The round's results as a [`Draft`], or `None` (and a later deadline) when none may
+    /// be averaged yet.
+    fn take_round(&mut self, now: Instant) -> Option<Draft> {
         let a = &self.job.aggregation;
         let short = self.job.verify.replay && self.results.len() < a.rule.robust_min(a.trim);
-        let used: Vec<&super::Contribution> = self.results.iter().filter(|c| c.replayed || !short).collect();
-        if used.is_empty() {
+        if short && !self.results.iter().any(|c| c.replayed) {
             let wait = self.arrivals.deadline(self.job.round_deadline());
             tracing::info!(results = self.results.len(), "round too small for its rule and none replayed; waiting");
             self.round_deadline = Some(now + wait);
+            return None;
+        }
+        let (results, left_out): (Vec<Contribution>, Vec<Contribution>) =
+            std::mem::take(&mut self.results).into_iter().partition(|c| c.replayed || !short);
+        if !left_out.is_empty() {
+            tracing::info!(
+                left_out = left_out.len(),
+                used = results.len(),
+                "round too small for its rule: averaging only replayed results"
+            );
+            self.counters.unreplayed_left_out += left_out.len() as u64;
+        }
+        let units: std::collections::HashSet<u64> = results.iter().map(|c| c.unit).collect();
+        let receipts = std::mem::take(&mut self.round_receipts).into_iter().filter(|(unit, _)| units.contains(unit));
+        let losses = std::mem::take(&mut self.train_losses);
+        Some(Draft {
+            version: self.version + 1,
+            round: self.round,
+            // The next round creates at most `round.target` units.
+            units_below: self.next_unit + self.job.round.target as u64,
+            results,
+            train_loss: (!losses.is_empty()).then(|| losses.iter().sum::<f32>() / losses.len() as f32),
+            receipts: receipts.collect(),
+            start: self.params.clone(),
+            momentum: self.momentum.clone(),
+        })
+    }
+
+    /// Takes a commit that ran: on success, serves its version and opens the next round;
+    /// on a failed write, keeps it to write again. A replaced job's commit is ignored.
+    pub fn committed(&mut self, done: Committed, now: Instant) {
+        let Committed { job, written } = done;
+        if job.owner != self.owner {
             return;
         }
-        let n = used.len();
-        let left_out = self.results.len() - n;
-        if left_out > 0 {
-            tracing::info!(left_out, used = n, "round too small for its rule: averaging only replayed results");
-            self.counters.unreplayed_left_out += left_out as u64;
-        }
-        let units: std::collections::HashSet<u64> = used.iter().map(|c| c.unit).collect();
-        let results: Vec<Weighted> =
-            used.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
-        let g = aggregate(a.rule, &results, a.trim, a.clip);
-        let (mut params, mut momentum) = (self.params.to_vec(), self.momentum.clone());
-        outer_step(&mut params, &mut momentum, &g, self.job.outer.lr, self.job.outer.momentum);
-        let version = self.version + 1;
-        let val_loss = self.evaluator.loss(&params);
-        let train_loss = (!self.train_losses.is_empty())
-            .then(|| self.train_losses.iter().sum::<f32>() / self.train_losses.len() as f32);
-        let written = persist(
-            &self.store,
-            &mut self.ledger,
-            &self.job,
-            Written {
-                version,
-                val_loss,
-                train_loss,
-                results: n as u32,
-                round: self.round,
-                // The next round creates at most `round.target` units.
-                units_below: self.next_unit + self.job.round.target as u64,
-            },
-            &params,
-            &momentum,
-            Some(self.round),
-            &self.round_receipts.iter().filter(|(unit, _)| units.contains(unit)).copied().collect::<Vec<_>>(),
-        );
+        self.tools = Some(job.tools);
+        let Pending { draft, computed } = job.pending;
         let current = match written {
             Ok(current) => current,
             Err(e) => {
-                let message = format!("version {version} could not be saved ({e:#}); serving version {}", self.version);
+                let message =
+                    format!("version {} could not be saved ({e}); serving version {}", draft.version, self.version);
                 tracing::error!("{message}; retrying in {COMMIT_RETRY:?}");
                 self.storage_error = Some(message);
                 self.retry_commit_at = Some(now + COMMIT_RETRY);
+                self.failed_commit = Some(Pending { draft, computed });
                 return;
             }
         };
+        let Computed { params, momentum, val_loss } = computed.expect("a written commit was computed");
+        let (version, n, train_loss) = (draft.version, draft.results.len(), draft.train_loss);
         if self.storage_error.take().is_some() {
             tracing::info!(version, "storage works again");
         }
         self.retry_commit_at = None;
-        self.round_receipts.clear();
-        self.params = std::sync::Arc::new(params);
+        self.params = Arc::new(params);
         self.starts.insert(version, self.params.clone());
         self.momentum = momentum;
         self.version = version;
@@ -184,12 +343,15 @@ impl Coordinator {
             super::UnitState::Checking => true,
             _ => false,
         });
-        self.results.clear();
-        self.train_losses.clear();
         for s in self.sessions.values_mut() {
             s.unit = None;
         }
+        self.announce_version(version);
         self.offer_all(now);
+        // Results accepted while this commit ran may fill the next round already.
+        if self.results.len() >= self.job.round.target {
+            self.close_round(now);
+        }
     }
 
     /// Deletes the files of versions that are neither among the newest `keep_last` nor
@@ -239,7 +401,7 @@ mod tests {
         // Centered clipping needs 3; of these two, only the replayed one counts.
         c.results.push(result(1, true, 1e-4, n));
         c.results.push(result(2, false, 10.0, n));
-        c.commit(Instant::now());
+        c.close_round(Instant::now());
         assert_eq!(c.version, 1);
         let moved = start[0] - c.params[0];
         let expected = lr * (1.0 + mu) * 1e-4; // Nesterov's first step on g alone
@@ -247,12 +409,12 @@ mod tests {
         assert_eq!(c.counters.unreplayed_left_out, 1);
         // Nothing replayed: the round waits for more.
         c.results.push(result(3, false, 1e-4, n));
-        c.commit(Instant::now());
+        c.close_round(Instant::now());
         assert_eq!(c.version, 1, "a lone unreplayed result commits nothing");
         // Three results are enough for the rule: all count.
         c.results.push(result(4, false, 1e-4, n));
         c.results.push(result(5, false, 1e-4, n));
-        c.commit(Instant::now());
+        c.close_round(Instant::now());
         assert_eq!((c.version, c.counters.unreplayed_left_out), (2, 1));
     }
 }

@@ -82,6 +82,11 @@ impl Mesh {
         self.links.contains_key(&id)
     }
 
+    /// The sessions in the mesh, by id.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.links.keys().copied()
+    }
+
     /// The sessions `id` is linked to.
     #[cfg(test)]
     pub fn peers(&self, id: u64) -> impl Iterator<Item = u64> + '_ {
@@ -120,6 +125,17 @@ impl Coordinator {
         }
     }
 
+    /// Tells every session in the mesh that `version` is out, each with its part of the
+    /// chunks to take from the relay: they fetch it together, and the relay sends about
+    /// one copy however many fetch it.
+    pub(super) fn announce_version(&mut self, version: u64) {
+        let members: Vec<u64> = self.mesh.members().collect();
+        let parts = members.len() as u32;
+        for (part, id) in (0..).zip(members) {
+            self.send_lossy(id, ServerMsg::Version { version, part, parts });
+        }
+    }
+
     fn introduce(&mut self, offering: u64, answering: u64) {
         self.send(offering, ServerMsg::Peer { session: answering, offer: true });
         self.send(answering, ServerMsg::Peer { session: offering, offer: false });
@@ -138,14 +154,16 @@ impl Coordinator {
     }
 
     /// Counts the weight bytes a session says it got from peers for `version`: only from a
-    /// session in the mesh, only for the version of its last assignment (the one it had
-    /// to fetch), once per version, and never more than the file has.
+    /// session in the mesh, only for the current version (which the mesh fetches as it is
+    /// announced) or that of its last assignment, once per version, and never more than
+    /// the file has.
     pub fn fetched(&mut self, session: u64, version: u64, from_peers: u64) {
         // Every version of a job has the same file size.
         let file_bytes = self.current.0.len() as u64;
         let in_mesh = self.mesh.contains(session);
         let Some(s) = self.sessions.get_mut(&session) else { return };
-        let due = s.assigned_version == Some(version) && s.last_fetched.is_none_or(|v| v < version);
+        let wanted = version == self.version || s.assigned_version == Some(version);
+        let due = wanted && s.last_fetched.is_none_or(|v| v < version);
         if !(in_mesh && due) {
             tracing::info!(session, version, "ignored a peer-bytes report for a version it was not due to fetch");
             return;

@@ -10,6 +10,7 @@
 mod aggregate;
 mod checks;
 mod commit;
+mod measure;
 mod mesh;
 mod newcomers;
 mod pacing;
@@ -38,6 +39,8 @@ use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
 pub use self::aggregate::{Weighted, aggregate, outer_step};
+pub use self::commit::{CommitJob, CommitQueue, Committed};
+pub use self::measure::{Expectation, Measurement};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::client_addr;
 use crate::config::JobConfig;
@@ -50,8 +53,8 @@ use crate::store::Store;
 use crate::verify::Check;
 
 use self::checks::{Claim, Pending};
+use self::measure::Judged;
 use self::screen::{Kind, Screen};
-use self::sketch::Sketch;
 use self::twins::Held;
 
 /// A session's outbox; when it is full the session is too slow and is dropped.
@@ -64,14 +67,14 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// How often [`Coordinator::tick`] runs.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Versions of loss history kept in memory for `/api/status`.
+/// Versions of loss history `/api/status` shows.
 const HISTORY_LEN: usize = 200;
 /// Results of one contributor out for checking at once; more are refused as `busy`.
 const PER_CONTRIBUTOR_CHECKS: usize = 4;
 /// Results out for checking at once from contributors who have not passed a replay.
 const NEWCOMER_CHECKS: usize = 64;
 
-/// Versions `/api/history` returns at most.
+/// Versions of loss history kept in memory, which `/api/history` returns.
 const FULL_HISTORY_LEN: usize = 10_000;
 /// How often the number of contributors online is sampled.
 const ONLINE_EVERY: Duration = Duration::from_secs(10);
@@ -126,14 +129,6 @@ struct Session {
     /// The assignment count when it was last given a unit (0: never); idle sessions are
     /// served least recently first.
     last_assigned: u64,
-}
-
-/// A submission that passed [`Coordinator::judge`]: its dense Δ, ‖Δ‖, blake3 and sketch.
-struct Judged {
-    delta: Vec<f32>,
-    norm: f32,
-    hash: [u8; 32],
-    sketch: Sketch,
 }
 
 /// An accepted result waiting for its round to close.
@@ -193,7 +188,7 @@ pub struct Coordinator {
     sessions: BTreeMap<u64, Session>,
     /// Which p2p sessions were introduced to each other.
     mesh: mesh::Mesh,
-    evaluator: Evaluator,
+    /// The loss history, oldest first (the last [`FULL_HISTORY_LEN`] versions).
     history: VecDeque<VersionRecord>,
     counters: Counters,
     ledger: Ledger,
@@ -201,6 +196,14 @@ pub struct Coordinator {
     storage_error: Option<String>,
     /// When a commit that could not be written is tried again.
     retry_commit_at: Option<Instant>,
+    /// What a commit needs; `None` while one runs (see [`commit`]).
+    tools: Option<commit::Tools>,
+    /// The commit whose write failed, to write again.
+    failed_commit: Option<commit::Pending>,
+    /// The committer thread's queue; `None` runs commits inline (the parts' unit tests).
+    commits: Option<CommitQueue>,
+    /// This coordinator's id, which its commits carry.
+    owner: u64,
     metrics: Arc<Metrics>,
     /// The relay's key, which signs receipts.
     identity: Identity,
@@ -280,7 +283,13 @@ impl Coordinator {
         let screen = Screen::load(&ledger).context("reading the screen's history")?;
         ledger.open_round(round, version)?;
         let history: VecDeque<VersionRecord> =
-            ledger.recent_versions(HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
+            ledger.recent_versions(FULL_HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
+        let tools = commit::Tools {
+            evaluator,
+            ledger: ledger.second_connection().context("opening the ledger for commits")?,
+            store: store.clone(),
+            job: job.clone(),
+        };
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
         metrics.version.set(version as i64);
         if let Some(last) = history.back() {
@@ -305,7 +314,10 @@ impl Coordinator {
             next_unit,
             sessions: BTreeMap::new(),
             mesh: mesh::Mesh::default(),
-            evaluator,
+            tools: Some(tools),
+            failed_commit: None,
+            commits: None,
+            owner: commit::new_owner(),
             history,
             counters: Counters::default(),
             ledger,
@@ -396,7 +408,7 @@ impl Coordinator {
             contributors_online: self.sessions.len(),
             round_results: self.results.len(),
             counters: self.counters.clone(),
-            history: self.history.iter().cloned().collect(),
+            history: self.history.iter().skip(self.history.len().saturating_sub(HISTORY_LEN)).cloned().collect(),
             devices,
             storage_error: self.storage_error.clone(),
             paused: self.paused,
@@ -410,13 +422,16 @@ impl Coordinator {
 
     /// The loss curve of every committed version (up to the last 10,000) and the
     /// number of contributors online over time, for `/api/history`.
-    pub fn history(&mut self) -> History {
-        let versions = self.ledger.recent_versions(FULL_HISTORY_LEN);
-        let versions = self.note_storage("reading the history", versions).unwrap_or_default();
+    pub fn history(&self) -> History {
         History {
-            versions: versions.into_iter().map(VersionRecord::from).collect(),
+            versions: self.history.iter().cloned().collect(),
             contributors: self.online.iter().cloned().collect(),
         }
+    }
+
+    /// Runs this job's commits on the committer thread behind `queue`, off the lock.
+    pub fn commit_off_lock(&mut self, queue: CommitQueue) {
+        self.commits = Some(queue);
     }
 
     /// Pauses (no new units; rounds wait) or resumes the job.
@@ -529,11 +544,25 @@ impl Coordinator {
             .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
     }
 
-    /// Screens a submission and gives the session its next unit. A result that fails
+    /// Screens a submission and gives the session its next unit, measuring it here
+    /// (under the lock: the relay's sessions measure off it, see
+    /// [`Self::submit_measured`]).
+    pub fn submit(&mut self, session: u64, sub: Submission, now: Instant) -> Result<(), Rejection> {
+        self.submit_measured(session, sub, None, now)
+    }
+
+    /// Screens a submission, with its `measurement` when one was made off the lock
+    /// ([`Self::expectation`]), and gives the session its next unit. A result that fails
     /// screening is refused (and acknowledged) at once; one that passes is accepted, or,
     /// when it is to be replayed or loss-checked, waits in [`Self::take_checks`] for
     /// [`Self::checked`], which acknowledges it. `Ok` means it passed screening.
-    pub fn submit(&mut self, session: u64, sub: Submission, now: Instant) -> Result<(), Rejection> {
+    pub fn submit_measured(
+        &mut self,
+        session: u64,
+        sub: Submission,
+        measurement: Option<Measurement>,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         let (contributor, key) = self.sessions.get(&session).map_or((0, [0; KEY_BYTES]), |s| (s.contributor, s.key));
         let claim = Claim {
             unit_id: sub.unit_id,
@@ -544,7 +573,7 @@ impl Coordinator {
             weight: 1.0,
             replayed: false,
         };
-        let judged = self.judge(session, &sub).and_then(|judged| {
+        let judged = self.judge(session, &sub, measurement).and_then(|judged| {
             let twin = self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some());
             let plan = if twin { None } else { self.plan_check(contributor, claim.kind) };
             if plan.is_some() && !self.room_for_check(contributor) {
@@ -614,7 +643,7 @@ impl Coordinator {
             }
         };
         if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
-            self.commit(now);
+            self.close_round(now);
         }
         let ack = Ack { unit_id: claim.unit_id, accepted, reason, version: self.version, receipt };
         self.send(session, ServerMsg::Ack(ack));
@@ -627,7 +656,8 @@ impl Coordinator {
         unit.state = UnitState::Done;
         let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
         let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
-        let behind = self.version - unit.version;
+        // While a commit runs, accepted results count into the round after it.
+        let behind = self.version + u64::from(self.tools.is_none()) - unit.version;
         let put = self.ledger.put_unit(claim.unit_id, round, shard, seed, UnitRowState::Done, Some(contributor), None);
         self.note_storage("recording a unit", put);
         if let (Some(s), Some(took)) = (self.sessions.get_mut(&session), took) {
@@ -673,8 +703,16 @@ impl Coordinator {
     }
 
     /// The submission's dense Δ, with its norm and hash, if it is acceptable.
-    fn judge(&self, session: u64, sub: &Submission) -> Result<Judged, Rejection> {
-        if !self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)) {
+    /// Screens `sub` from `session` with its `measurement` (made off the lock, or here
+    /// when `None`): signature, unit, codec, values, then the screen's norm bound,
+    /// duplicates and near-copies, in that order.
+    fn judge(&self, session: u64, sub: &Submission, measurement: Option<Measurement>) -> Result<Judged, Rejection> {
+        let measurement = self.own(measurement);
+        let signed = match &measurement {
+            Some(m) => m.signed(),
+            None => self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)),
+        };
+        if !signed {
             return Err(Rejection::BadSignature);
         }
         let Some(unit) = self.units.get(&sub.unit_id) else {
@@ -690,40 +728,25 @@ impl Coordinator {
         if sub.steps != unit.steps {
             return Err(Rejection::WrongSteps);
         }
-        let delta = match (&sub.update, self.unit_codec(unit)) {
-            (Update::Dense(delta), None) if delta.len() != self.params.len() => return Err(Rejection::WrongSize),
-            (Update::Dense(delta), None) => delta.clone(),
-            (Update::Compressed(bytes), Some(asked)) => {
-                let (sent, _) = codec::header(bytes).map_err(|_| Rejection::Malformed)?;
-                if (sent.chunk, sent.k, sent.bits) != (asked.chunk, asked.k, asked.bits) {
-                    return Err(Rejection::WrongCodec);
-                }
-                codec::decode(bytes, self.params.len()).map_err(|_| Rejection::Malformed)?
-            }
-            _ => return Err(Rejection::WrongCodec),
+        let judged = match measurement {
+            Some(m) => m.into_judged()?,
+            None => measure::decode_and_measure(sub, self.unit_codec(unit), self.params.len())?,
         };
-        if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
-            return Err(Rejection::NonFinite);
-        }
-        let size = norm(&delta);
         let kind = if matches!(sub.update, Update::Compressed(_)) { Kind::Compressed } else { Kind::Dense };
         let share = unit.steps as f32 / self.job.inner.steps as f32;
         if let Some(median) = self.screen.norm_median(kind, share) {
             let ratio = self.job.aggregation.max_norm_ratio;
-            if size > ratio * median || size < median / ratio {
+            if judged.norm > ratio * median || judged.norm < median / ratio {
                 return Err(Rejection::NormBound);
             }
         }
-        let hash = delta_hash(&delta);
-        if self.screen.seen(&hash) && !self.is_twins_result(sub.unit_id, &hash) {
+        if self.screen.seen(&judged.hash) && !self.is_twins_result(sub.unit_id, &judged.hash) {
             return Err(Rejection::Duplicate);
         }
-        let sketch = Sketch::of(&delta);
-        let twin = unit.twin;
-        if self.screen.near_copy(&sketch, twin) {
+        if self.screen.near_copy(&judged.sketch, unit.twin) {
             return Err(Rejection::Duplicate);
         }
-        Ok(Judged { delta, norm: size, hash, sketch })
+        Ok(judged)
     }
 
     fn explain(&self, r: Rejection, sub: &Submission) -> String {
@@ -802,14 +825,14 @@ impl Coordinator {
         if let Some(retry) = self.retry_commit_at
             && now >= retry
         {
-            self.commit(now);
+            self.close_round(now);
         } else if let Some(deadline) = self.round_deadline
             && now >= deadline
             && self.retry_commit_at.is_none()
             && !self.paused
         {
             if self.results.len() >= self.job.round.min {
-                self.commit(now);
+                self.close_round(now);
             } else {
                 self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
             }
@@ -873,7 +896,7 @@ impl Coordinator {
         let created = self.units.values().filter(|u| u.round == round).count();
         let unit_id = match open {
             Some(id) => Some(id),
-            None if created < self.job.round.target && self.retry_commit_at.is_none() => {
+            None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
                 let id = self.create_unit(now);
                 if self.wants_twin(created) {
                     self.create_twin(id);
@@ -1014,16 +1037,6 @@ fn for_test(dir: &std::path::Path) -> Coordinator {
     let mut job = JobConfig::default();
     (job.storage.dir, job.data.eval_batches) = (dir.to_path_buf(), 1);
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("the coordinator opens")
-}
-
-/// blake3 of a Δ's values.
-fn delta_hash(delta: &[f32]) -> [u8; 32] {
-    *blake3::hash(bytemuck::cast_slice(delta)).as_bytes()
-}
-
-/// The L2 norm of `values`.
-fn norm(values: &[f32]) -> f32 {
-    values.iter().map(|v| v * v).sum::<f32>().sqrt()
 }
 
 /// A fresh resume token: 128 random bits, hex.

@@ -12,7 +12,7 @@ mod screen;
 pub use screen::ScreenedDelta;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -21,6 +21,22 @@ use crowdgrad_runtime::identity::{Receipt, hex};
 use serde::Serialize;
 
 use crate::config::JobConfig;
+
+/// Every receipt, oldest first.
+const ALL_RECEIPTS: &str =
+    "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version FROM receipts
+     ORDER BY unit";
+/// One contributor key's receipts, oldest first.
+const RECEIPTS_OF_KEY: &str =
+    "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version FROM receipts
+     WHERE contributor_key = ?1 ORDER BY unit";
+
+/// Accepted and rejected results of the contributors signing with one key.
+const CONTRIBUTOR_COUNTS: &str =
+    "SELECT COALESCE(SUM(accepted), 0), COALESCE(SUM(rejected), 0) FROM contributors WHERE public_key = ?1";
+
+/// How long a connection waits for the other to finish writing.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -242,12 +258,27 @@ impl Ledger {
         Ok(Ledger { db })
     }
 
-    /// Opens `path`, checks that SQLite can read it whole, and creates missing tables.
-    fn open_whole(path: &Path) -> anyhow::Result<Connection> {
+    /// Another connection to this ledger, for the commits that run off the coordinator's
+    /// lock. SQLite lets one connection write at a time; each waits up to
+    /// [`BUSY_WAIT`] for the other.
+    pub fn second_connection(&self) -> anyhow::Result<Ledger> {
+        let path = self.db.path().context("the ledger is a file")?;
+        Ok(Ledger { db: Self::connect(Path::new(path))? })
+    }
+
+    /// A connection to `path` in WAL mode.
+    fn connect(path: &Path) -> anyhow::Result<Connection> {
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
+        db.busy_timeout(BUSY_WAIT)?;
+        Ok(db)
+    }
+
+    /// Opens `path`, checks that SQLite can read it whole, and creates missing tables.
+    fn open_whole(path: &Path) -> anyhow::Result<Connection> {
+        let db = Self::connect(path)?;
         let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "SQLite's quick_check says: {check}");
         db.execute_batch(SCHEMA)?;
@@ -469,11 +500,13 @@ impl Ledger {
 
     /// Receipts, oldest first: all of them, or those of one contributor key (hex).
     pub fn receipts(&self, contributor_key: Option<&str>) -> anyhow::Result<Vec<ReceiptRow>> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version
-             FROM receipts WHERE ?1 IS NULL OR contributor_key = ?1 ORDER BY unit",
-        )?;
-        let rows = stmt.query_map([contributor_key], |r| {
+        // Two statements: one with `?1 IS NULL OR …` would scan every receipt instead of
+        // using the index on the contributor's key.
+        let mut stmt = match contributor_key {
+            Some(_) => self.db.prepare_cached(RECEIPTS_OF_KEY)?,
+            None => self.db.prepare_cached(ALL_RECEIPTS)?,
+        };
+        let rows = stmt.query_map(rusqlite::params_from_iter(contributor_key), |r| {
             Ok(ReceiptRow {
                 unit: r.get::<_, i64>(0)? as u64,
                 contributor_key: r.get(1)?,
@@ -491,9 +524,7 @@ impl Ledger {
 
     /// Accepted and rejected results of the contributors signing as `key` (hex).
     pub fn contributor_counts(&self, key: &str) -> anyhow::Result<(u64, u64)> {
-        let mut stmt = self.db.prepare_cached(
-            "SELECT COALESCE(SUM(accepted), 0), COALESCE(SUM(rejected), 0) FROM contributors WHERE public_key = ?1",
-        )?;
+        let mut stmt = self.db.prepare_cached(CONTRIBUTOR_COUNTS)?;
         Ok(stmt.query_row([key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?)
     }
 
@@ -527,4 +558,26 @@ impl Ledger {
 /// resume someone else's session.
 fn token_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql` with one text parameter, one step per line.
+    fn plan(ledger: &Ledger, sql: &str) -> String {
+        let mut stmt = ledger.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("a valid statement");
+        let steps = stmt.query_map(["key"], |r| r.get::<_, String>(3)).expect("a plan");
+        steps.collect::<Result<Vec<_>, _>>().expect("plan rows").join("\n")
+    }
+
+    #[test]
+    fn a_contributors_receipts_and_counts_are_found_by_index() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ledger = Ledger::open(dir.path(), &JobConfig::default()).expect("the ledger opens");
+        let receipts = plan(&ledger, RECEIPTS_OF_KEY);
+        assert!(receipts.contains("USING INDEX receipts_by_contributor"), "{receipts}");
+        let counts = plan(&ledger, CONTRIBUTOR_COUNTS);
+        assert!(counts.contains("USING INDEX contributors_by_key"), "{counts}");
+    }
 }

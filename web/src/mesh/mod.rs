@@ -3,7 +3,10 @@
 //! the weights file in [`WEIGHT_CHUNK`]-byte chunks, each checked against the hash list
 //! the relay publishes (`/api/weights/{version}/chunks`). A peer that sends a chunk that
 //! fails its hash, or a malformed message, is dropped for good. The relay serves what no
-//! peer has (see [`swarm`]).
+//! peer has (see [`swarm`]). When the relay announces a new version
+//! ([`ServerMsg::Version`]), every tab of the mesh fetches it at once, each taking its
+//! part of the chunks from the relay and the rest from the others, while it trains on the
+//! version before; a peer is sent each chunk of a version at most once ([`uplink`]).
 //!
 //! [`WEIGHT_CHUNK`]: crowdgrad_runtime::protocol::WEIGHT_CHUNK
 
@@ -11,6 +14,7 @@ mod holdings;
 mod peer;
 mod store;
 mod swarm;
+mod uplink;
 mod wire;
 
 use std::cell::RefCell;
@@ -24,7 +28,7 @@ use web_sys::WebSocket;
 
 use self::peer::Peer;
 use self::store::Store;
-use self::swarm::Download;
+use self::swarm::{Download, Part};
 use self::wire::PeerMsg;
 
 /// Whether this JavaScript host has WebRTC (browsers do, Node.js does not).
@@ -41,6 +45,8 @@ pub struct Mesh {
 /// State behind the [`Mesh`], reached from WebRTC callbacks through a `Weak`.
 pub struct Shared {
     relay: WebSocket,
+    /// The relay's HTTP origin, e.g. `http://127.0.0.1:8080`.
+    http_base: String,
     /// This tab's session id, from the relay's welcome.
     me: u64,
     ice_servers: Vec<String>,
@@ -50,22 +56,30 @@ pub struct Shared {
     store: Store,
     /// The version being fetched now, if any.
     download: Option<Download>,
+    /// Whether a download runs: one at a time, the others wait their turn.
+    fetching: bool,
+    /// The newest version the relay announced, with this tab's part of its chunks.
+    announced: Option<(u64, Part)>,
     /// Wakes the download when a chunk or an announcement arrives or a peer goes.
     wake: Option<mpsc::UnboundedSender<()>>,
     stats: SharedStats,
 }
 
 impl Mesh {
-    /// A mesh that signals through the relay session `relay` and counts into `stats`.
-    pub fn new(relay: WebSocket, stats: SharedStats) -> Mesh {
+    /// A mesh that signals through the relay session `relay`, downloads from the relay
+    /// at `http_base`, and counts into `stats`.
+    pub fn new(relay: WebSocket, http_base: String, stats: SharedStats) -> Mesh {
         let shared = Shared {
             relay,
+            http_base,
             me: 0,
             ice_servers: Vec::new(),
             peers: BTreeMap::new(),
             banned: BTreeSet::new(),
             store: Store::default(),
             download: None,
+            fetching: false,
+            announced: None,
             wake: None,
             stats,
         };
@@ -93,6 +107,11 @@ impl Mesh {
                 if let Some(peer) = self.shared.borrow().peers.get(from) {
                     peer.signal(payload.clone());
                 }
+                true
+            }
+            ServerMsg::Version { version, part, parts } => {
+                self.shared.borrow_mut().announced = Some((*version, Part { part: *part, parts: *parts }));
+                wasm_bindgen_futures::spawn_local(self.clone().prefetch(*version));
                 true
             }
             _ => false,
@@ -176,13 +195,13 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
             s.wake();
         }
         PeerMsg::Request { version, index } => {
-            let reply = match s.store.chunk(version, index) {
+            let Shared { peers, store, .. } = &mut *s;
+            let Some(peer) = peers.get_mut(&id) else { return };
+            let reply = match store.chunk(version, index).filter(|_| peer.uplink.allow(version, index)) {
                 Some(bytes) => PeerMsg::Chunk { version, index, bytes: bytes.to_vec() },
                 None => PeerMsg::Missing { version, index },
             };
-            if let Some(peer) = s.peers.get(&id) {
-                peer.send(&reply);
-            }
+            peer.send(&reply);
         }
         PeerMsg::Missing { version, index } => {
             let asked = s.download.as_mut().is_some_and(|d| d.failed(id, version, index));

@@ -19,6 +19,7 @@ use web_sys::{
 };
 
 use super::holdings::Holdings;
+use super::uplink::Uplink;
 use super::{Shared, wire::PeerMsg};
 
 type Handler = Closure<dyn FnMut(JsValue)>;
@@ -33,6 +34,8 @@ pub struct Peer {
     pub since: f64,
     /// What it says it holds, and how far it is believed.
     pub holdings: Holdings,
+    /// The chunks sent to it.
+    pub uplink: Uplink,
     /// Remote signals, applied in order by the connection's task.
     signals: mpsc::UnboundedSender<String>,
     _handlers: Vec<Handler>,
@@ -118,6 +121,7 @@ impl Peer {
             open: false,
             since: crate::global::now_seconds(),
             holdings: Holdings::default(),
+            uplink: Uplink::default(),
             signals,
             _handlers: vec![on_candidate, on_open, on_message, on_close, on_state],
         })

@@ -15,20 +15,25 @@ pub struct Store {
 }
 
 impl Store {
-    /// Makes room for `chunks` chunks of `version`, forgetting the oldest version kept.
+    /// Makes room for `chunks` chunks of `version`, forgetting the oldest other version
+    /// kept (`version` may be older than those held: a late unit's).
     pub fn begin(&mut self, version: u64, chunks: usize) {
         self.versions.entry(version).or_insert_with(|| vec![None; chunks]);
-        while self.versions.len() > KEPT_VERSIONS {
-            self.versions.pop_first();
-        }
+        self.trim(version);
     }
 
     /// Keeps a whole file of `version`, cut into chunks.
     pub fn put_file(&mut self, version: u64, bytes: &[u8]) {
         let chunks = bytes.chunks(WEIGHT_CHUNK).map(|c| Some(c.to_vec())).collect();
         self.versions.insert(version, chunks);
+        self.trim(version);
+    }
+
+    /// Forgets the oldest versions but `keep` until [`KEPT_VERSIONS`] are left.
+    fn trim(&mut self, keep: u64) {
         while self.versions.len() > KEPT_VERSIONS {
-            self.versions.pop_first();
+            let Some(oldest) = self.versions.keys().copied().find(|&v| v != keep) else { return };
+            self.versions.remove(&oldest);
         }
     }
 
@@ -94,5 +99,9 @@ mod tests {
         store.begin(3, 3);
         assert!(store.chunk(1, 0).is_none(), "the oldest version is forgotten");
         assert_eq!(store.chunk(2, 1), Some(&[7; WEIGHT_CHUNK][..]));
+        // A late unit's older version is begun after newer ones: it is what is kept.
+        store.begin(1, 3);
+        assert_eq!(store.missing(1), vec![0, 1, 2], "version 1 is kept to be fetched");
+        assert!(store.chunk(2, 1).is_none() && store.missing(3).len() == 3, "the oldest other one went");
     }
 }

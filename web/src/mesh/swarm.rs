@@ -1,12 +1,15 @@
 //! Fetching one version's weights from peers first and from the relay for the rest.
 //!
 //! The tab announces the version, then asks peers for the chunks they announced, a few
-//! at a time, and checks each against the relay's hash list. When no peer has anything
-//! it lacks, it takes a chunk from the relay over HTTP: the tabs fetching the same
-//! version (they announce it, and wait a moment to hear of each other) split the chunks
-//! between them (chunk `i` is for the fetcher of rank
-//! `i mod n`, by session id) and trade them; another's share is taken from the relay only
-//! when progress stalls. A tab with no open peer fetches the whole file in one request.
+//! at a time, and checks each against the relay's hash list. The relay announces each
+//! new version to the whole mesh with each tab's [`Part`]: a tab takes its part from the
+//! relay at once and the rest from its peers, so the relay sends one copy of the version
+//! however many tabs fetch it. Where progress stalls (a tab whose part it is left or
+//! misbehaved), or for a version fetched without an announcement, the tabs fetching it
+//! (they announce it, and wait a moment to hear of each other) split what is missing
+//! between them (chunk `i` is for the fetcher of rank `i mod n`, by session id); another's
+//! share is taken from the relay only when progress stalls. A tab with no open peer
+//! fetches the whole file in one request. Downloads run one at a time.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +41,22 @@ const FIRST_CONTACT: f64 = 2.0;
 const CONNECTING: f64 = 10.0;
 /// Largest weights file, bytes.
 pub const MAX_FILE: usize = 4 * MAX_PARAMS + 1024 * 1024;
+
+/// The chunks of a version a tab takes from the relay: chunk `i` when
+/// `i % parts == part`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Part {
+    /// This tab's part, below `parts`.
+    pub part: u32,
+    /// Tabs sharing the version.
+    pub parts: u32,
+}
+
+impl Part {
+    fn owns(self, index: u32) -> bool {
+        index % self.parts.max(1) == self.part
+    }
+}
 
 /// A version being fetched: its chunk hashes and the requests out to peers.
 pub struct Download {
@@ -97,7 +116,7 @@ enum Step {
 impl Shared {
     /// Sends what requests it can and says what to do next.
     fn next_step(&mut self, now: f64, last_progress: f64, offset: usize) -> Step {
-        let Shared { peers, download, store, me, .. } = self;
+        let Shared { peers, download, store, me, announced, .. } = self;
         let Some(d) = download.as_mut() else { return Step::Wait };
         let version = d.version;
         let missing = store.missing(version);
@@ -131,7 +150,13 @@ impl Shared {
                 d.in_flight.insert(index, (id, now));
             }
         }
-        if !d.in_flight.is_empty() || now - d.started < GATHER {
+        // This tab's part of an announced version comes from the relay straight away.
+        let part = (*announced).filter(|(v, _)| *v == version).map(|(_, part)| part);
+        if let Some(&index) = part.and_then(|p| missing.iter().find(|&&i| p.owns(i) && !d.in_flight.contains_key(&i))) {
+            return Step::FromRelay(index);
+        }
+        let stalled = now - d.last_from_peer.max(last_progress) > STALLED;
+        if !d.in_flight.is_empty() || (part.is_none() && now - d.started < GATHER) || (part.is_some() && !stalled) {
             return Step::Wait;
         }
         // Tabs fetching this version split the relay's chunks between them by session
@@ -141,7 +166,6 @@ impl Shared {
         fetchers.sort_unstable();
         let rank = fetchers.iter().position(|id| id == me).expect("this tab is among them");
         let mine = missing.iter().find(|&&i| i as usize % fetchers.len() == rank);
-        let stalled = now - d.last_from_peer.max(last_progress) > STALLED;
         match mine {
             Some(&index) => Step::FromRelay(index),
             None if stalled => Step::FromRelay(missing[start]),
@@ -163,13 +187,55 @@ impl Shared {
 }
 
 impl Mesh {
-    /// The weights file of `version`: from peers where they have it, from the relay at
-    /// `http_base` for the rest. Reports the peer bytes to the relay.
-    pub async fn download(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
+    /// The weights file of `version`: held already, or from peers where they have it and
+    /// from the relay for the rest. Waits for a download under way (most often of this
+    /// very version, announced by the relay) to end first.
+    pub async fn download(&self, version: u64) -> Result<Vec<u8>, String> {
+        self.turn().await;
+        self.fetch(version).await
+    }
+
+    /// Fetches `version`, which the relay just announced, unless a newer one was
+    /// announced while it waited its turn.
+    pub async fn prefetch(self, version: u64) {
+        self.turn().await;
+        if self.shared.borrow().announced.is_some_and(|(newest, _)| newest > version) {
+            return;
+        }
+        if let Err(e) = self.fetch(version).await {
+            web_sys::console::warn_1(&format!("crowdgrad: fetching version {version}: {e}").into());
+        }
+    }
+
+    /// Returns once no download runs; the caller's next step, without awaiting in
+    /// between, is [`Mesh::fetch`], which starts one.
+    async fn turn(&self) {
+        while self.shared.borrow().fetching {
+            global::sleep(POLL).await;
+        }
+    }
+
+    /// The weights of `version`, from the store or downloaded (one download at a time).
+    async fn fetch(&self, version: u64) -> Result<Vec<u8>, String> {
         let held = self.shared.borrow().store.complete(version);
         if let Some(file) = held {
             return Ok(file);
         }
+        self.shared.borrow_mut().fetching = true;
+        let result = self.fetch_new(version).await;
+        let mut s = self.shared.borrow_mut();
+        s.fetching = false;
+        if result.is_ok() {
+            let mut stats = s.stats.lock().expect("stats lock");
+            stats.mesh_version = stats.mesh_version.max(version);
+        }
+        result
+    }
+
+    /// Downloads `version` and reports its peer bytes to the relay.
+    async fn fetch_new(&self, version: u64) -> Result<Vec<u8>, String> {
+        let http_base = self.shared.borrow().http_base.clone();
+        let http_base = http_base.as_str();
         let deadline = now_seconds() + FIRST_CONTACT;
         while now_seconds() < deadline && self.shared.borrow().only_connecting(now_seconds()) {
             global::sleep(POLL).await;

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{LOOSE_LIMITS, RelayProcess};
 
 /// nanoGPT's shakespeare_char model, with a byte vocabulary (the relay's built-in corpus).
-const MODEL: GptConfig = GptConfig { vocab: 256, context: 256, layers: 6, heads: 6, width: 384, bias: false };
+pub const MODEL: GptConfig = GptConfig { vocab: 256, context: 256, layers: 6, heads: 6, width: 384, bias: false };
 
 /// One raw HTTP/1.1 GET on its own connection: the status code and the body's length.
 async fn get(addr: std::net::SocketAddr, path: String) -> (u16, usize) {

@@ -11,6 +11,10 @@
 //!   fresh keys for `--flood-seconds S` (60): honest ack latency, clean against flooded
 //!   (see [`flood`]).
 //!
+//! - (f) `--commit-active N` (100) contributors against the 10M model for
+//!   `--commit-seconds S` (30), a commit every 8 results: submit→ack p99 during commits
+//!   (see [`commits`]).
+//!
 //! `--only a,b,…` runs some of them.
 
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +26,8 @@ use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::load::{open_idle_sessions, run_active_contributors};
 use crowdgrad_tests::repo_root;
 
+#[path = "commits.rs"]
+mod commits;
 #[path = "downloads.rs"]
 mod downloads;
 #[path = "flood.rs"]
@@ -106,7 +112,7 @@ impl Drop for RelayProcess {
 /// Limits loose enough for one address to hold every simulated session.
 /// The load's Δs are made up, not trained: replay and the loss check are off (their
 /// cost is the relay's CPU, which `bench adversarial` measures).
-const UNCHECKED: &str = "[verify]\nreplay = false\nloss_batches = 0\n";
+pub const UNCHECKED: &str = "[verify]\nreplay = false\nloss_batches = 0\n";
 pub const LOOSE_LIMITS: &str = "[limits]\nsessions_per_ip = 1000000\nmessages_per_minute = 1000000\nmax_connections = 100000\nconnections_per_ip = 100000\nnew_contributors_per_hour = 1000000\ndownloads_per_ip = 1000000\n";
 
 struct Flags {
@@ -117,6 +123,8 @@ struct Flags {
     honest: usize,
     garbage: usize,
     flood_seconds: u64,
+    commit_active: usize,
+    commit_seconds: u64,
     only: String,
 }
 
@@ -129,7 +137,9 @@ fn flags(args: &[String]) -> Flags {
         honest: 20,
         garbage: 200,
         flood_seconds: 60,
-        only: "a,b,c,d,e".into(),
+        commit_active: 100,
+        commit_seconds: 30,
+        only: "a,b,c,d,e,f".into(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -146,6 +156,8 @@ fn flags(args: &[String]) -> Flags {
             "--honest" => f.honest = value,
             "--garbage" => f.garbage = value,
             "--flood-seconds" => f.flood_seconds = value as u64,
+            "--commit-active" => f.commit_active = value,
+            "--commit-seconds" => f.commit_seconds = value as u64,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -172,6 +184,9 @@ pub async fn run(args: &[String]) {
     }
     if wanted("e") {
         flood::run(flags.honest, flags.garbage, flags.flood_seconds).await;
+    }
+    if wanted("f") {
+        commits::run(flags.commit_active, flags.commit_seconds).await;
     }
 }
 

@@ -1,0 +1,109 @@
+//! The costly part of judging a result, which needs no coordinator state: checking its
+//! signature, decoding its Δ, and measuring it (finite, ‖Δ‖, blake3, sketch). A session
+//! reads its [`Expectation`] under the coordinator's lock, measures off it
+//! ([`Expectation::measure`], on a blocking thread), and hands the [`Measurement`] to
+//! [`Coordinator::submit_measured`]; for a large model this is most of a submission's
+//! cost, and results of different sessions are then measured in parallel.
+
+use crowdgrad_runtime::codec::{self, CodecConfig};
+use crowdgrad_runtime::identity::{KEY_BYTES, verify_submission};
+use crowdgrad_runtime::protocol::{Submission, Update};
+
+use super::sketch::Sketch;
+use super::{Coordinator, Rejection};
+
+/// What a submission to one session's unit must be, read under the lock.
+pub struct Expectation {
+    /// The coordinator it was read from (the operator may replace the job meanwhile).
+    owner: u64,
+    /// The session's ed25519 key.
+    key: [u8; KEY_BYTES],
+    /// The codec its unit asked for; `None` for a dense update.
+    codec: Option<CodecConfig>,
+    /// Values in a Δ of the model.
+    params: usize,
+}
+
+/// A submission measured against its [`Expectation`].
+pub struct Measurement {
+    owner: u64,
+    /// Whether its signature checks out with the session's key.
+    signed: bool,
+    /// Its Δ and measures, or why it cannot be decoded.
+    judged: Result<Judged, Rejection>,
+}
+
+/// A submission that passed [`Coordinator::judge`]: its dense Δ (`[parameters]`), ‖Δ‖,
+/// blake3 of its values, and sketch.
+pub(super) struct Judged {
+    pub delta: Vec<f32>,
+    pub norm: f32,
+    pub hash: [u8; 32],
+    pub sketch: Sketch,
+}
+
+impl Expectation {
+    /// Checks the signature and decodes and measures the Δ.
+    pub fn measure(&self, sub: &Submission) -> Measurement {
+        Measurement {
+            owner: self.owner,
+            signed: verify_submission(&self.key, sub),
+            judged: decode_and_measure(sub, self.codec, self.params),
+        }
+    }
+}
+
+/// The dense Δ of `sub` (as `codec` asks, `params` values), checked finite, with its
+/// norm, hash and sketch.
+pub(super) fn decode_and_measure(
+    sub: &Submission,
+    codec: Option<CodecConfig>,
+    params: usize,
+) -> Result<Judged, Rejection> {
+    let delta = match (&sub.update, codec) {
+        (Update::Dense(delta), None) if delta.len() != params => return Err(Rejection::WrongSize),
+        (Update::Dense(delta), None) => delta.clone(),
+        (Update::Compressed(bytes), Some(asked)) => {
+            let (sent, _) = codec::header(bytes).map_err(|_| Rejection::Malformed)?;
+            if (sent.chunk, sent.k, sent.bits) != (asked.chunk, asked.k, asked.bits) {
+                return Err(Rejection::WrongCodec);
+            }
+            codec::decode(bytes, params).map_err(|_| Rejection::Malformed)?
+        }
+        _ => return Err(Rejection::WrongCodec),
+    };
+    if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
+        return Err(Rejection::NonFinite);
+    }
+    let norm = delta.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let hash = *blake3::hash(bytemuck::cast_slice(&delta)).as_bytes();
+    let sketch = Sketch::of(&delta);
+    Ok(Judged { delta, norm, hash, sketch })
+}
+
+impl Coordinator {
+    /// What `sub` from `session` must be, if both its session and its unit are known
+    /// (otherwise [`Coordinator::submit_measured`] refuses it without a measurement).
+    pub fn expectation(&self, session: u64, sub: &Submission) -> Option<Expectation> {
+        let key = self.sessions.get(&session)?.key;
+        let unit = self.units.get(&sub.unit_id)?;
+        Some(Expectation { owner: self.owner, key, codec: self.unit_codec(unit), params: self.params.len() })
+    }
+
+    /// `measurement` if it was made against this coordinator.
+    pub(super) fn own(&self, measurement: Option<Measurement>) -> Option<Measurement> {
+        measurement.filter(|m| m.owner == self.owner)
+    }
+}
+
+impl Measurement {
+    /// Whether the signature checked out.
+    pub(super) fn signed(&self) -> bool {
+        self.signed
+    }
+
+    /// The decoded Δ and its measures, or why there are none.
+    pub(super) fn into_judged(self) -> Result<Judged, Rejection> {
+        self.judged
+    }
+}
