@@ -19,9 +19,12 @@ commands:
   bench gpt [--iters N --gpu-iters N --browser-iters N --torch-iters N --dataset PATH]
                   nanoGPT's shakespeare_char run: val loss at 2000 iterations, GPU against CPU,
                   tokens/s beside PyTorch, matmul GFLOP/s
-  bench relay [--idle N --active N --seconds S]
-                  the relay under load: RSS per idle session, results/s and latency of active
-                  contributors, lost results, and the outer step's time for a 10M model
+  bench relay [--only a,b,… --idle N --active N --seconds S --downloads N --honest N
+               --garbage N --flood-seconds S --commit-active N --commit-seconds S]
+                  the relay under load: (a) RSS per idle session, (b) results/s and latency
+                  of active contributors, lost results, (c) the outer step's time for a 10M
+                  model, (d) RSS under concurrent chunk requests, (e) honest acks beside a
+                  flood of garbage, (f) acks while a 10.8M model commits
   bench diloco [--steps N --k 4,8 --h 10,50,100 --plot PATH]
                   K simulated contributors against one trainer at equal tokens, compression
                   on and off: val loss, upload bytes per round, and a PNG of the curves
