@@ -158,7 +158,7 @@ impl Contributor {
     /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
     /// software }, session, version, units_done, units_rejected, last_rejection,
     /// rejections: { code: count }, last_loss, tokens, upload_bytes, weights_version,
-    /// versions_fetched, weights_from_relay, weights_from_peers (bytes), peers,
+    /// versions_fetched, mesh_version, weights_from_relay, weights_from_peers (bytes), peers,
     /// peers_dropped, key, receipts, residual_restored, error }`. `device.kind` is
     /// `"webgpu"` or `"cpu"`; `residual_restored` counts the values of the error-feedback
     /// residual carried over from an earlier visit (IndexedDB); `peers` counts open WebRTC

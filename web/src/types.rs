@@ -58,6 +58,9 @@ export interface ContributorStats {
   /** The model version whose weights the tab holds. */
   weights_version: number;
   versions_fetched: number;
+  /** The newest version whose weights the tab's mesh holds whole (it fetches each
+   * announced version before training on it). */
+  mesh_version: number;
   /** Weight bytes from the relay over HTTP. */
   weights_from_relay: number;
   /** Weight bytes from peer tabs over WebRTC, each chunk checked against its hash. */

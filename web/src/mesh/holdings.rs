@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
 
+use super::store::KEPT_VERSIONS;
+
 /// Failed requests of one version after which a peer is no longer asked for it.
 pub const MAX_FAILURES: u32 = 2;
 /// Chunks in the largest weights file; announced indices past it are ignored.
@@ -20,14 +22,14 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    /// Takes the peer's announcement of `chunks` of `version`: only its newest two
+    /// Takes the peer's announcement of `chunks` of `version`: only its newest three
     /// versions are remembered, indices past the largest file are ignored, and a version
     /// it failed [`MAX_FAILURES`] requests of is not believed again.
     pub fn announced(&mut self, version: u64, chunks: Vec<u32>) {
         if self.failures.get(&version).is_some_and(|&f| f >= MAX_FAILURES) {
             return;
         }
-        self.have.retain(|v, _| v.saturating_add(2) > version);
+        self.have.retain(|v, _| v.saturating_add(KEPT_VERSIONS as u64) > version);
         self.have.entry(version).or_default().extend(chunks.into_iter().filter(|&i| i < MAX_CHUNKS));
     }
 
@@ -50,7 +52,7 @@ impl Holdings {
         if let Some(chunks) = self.have.get_mut(&version) {
             chunks.remove(&index);
         }
-        self.failures.retain(|v, _| v.saturating_add(2) > version);
+        self.failures.retain(|v, _| v.saturating_add(KEPT_VERSIONS as u64) > version);
         let failures = self.failures.entry(version).or_default();
         *failures += 1;
         if *failures >= MAX_FAILURES {
@@ -92,6 +94,7 @@ mod tests {
         for version in 0..100 {
             peer.announced(version, vec![0]);
         }
-        assert!(peer.have.len() <= 3, "at most the newest versions are kept: {}", peer.have.len());
+        // The newest kept, and the far-future one announced first.
+        assert!(peer.have.len() <= KEPT_VERSIONS + 1, "at most the newest versions are kept: {}", peer.have.len());
     }
 }

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
 
-/// Versions kept: the one trained on and the one being fetched.
-const KEPT_VERSIONS: usize = 2;
+/// Versions kept: the one being fetched, the one trained on, and the one before, which a
+/// unit assigned while the tab was busy may still ask for (without it, the tab would fetch
+/// that version again, mostly from the relay, since its peers forget it too).
+pub const KEPT_VERSIONS: usize = 3;
 
 /// Chunks of the last [`KEPT_VERSIONS`] versions, each `WEIGHT_CHUNK` bytes (the last
 /// one of a file may be shorter); `None` where not yet fetched.
@@ -97,11 +99,12 @@ mod tests {
         assert_eq!(store.announcements(), vec![(1, vec![0, 1, 2]), (2, vec![1])]);
         assert_eq!(store.latest_complete().map(|(v, _)| v), Some(1), "version 2 is partial");
         store.begin(3, 3);
+        store.begin(4, 3);
         assert!(store.chunk(1, 0).is_none(), "the oldest version is forgotten");
         assert_eq!(store.chunk(2, 1), Some(&[7; WEIGHT_CHUNK][..]));
         // A late unit's older version is begun after newer ones: it is what is kept.
         store.begin(1, 3);
         assert_eq!(store.missing(1), vec![0, 1, 2], "version 1 is kept to be fetched");
-        assert!(store.chunk(2, 1).is_none() && store.missing(3).len() == 3, "the oldest other one went");
+        assert!(store.chunk(2, 1).is_none() && store.missing(4).len() == 3, "the oldest other one went");
     }
 }

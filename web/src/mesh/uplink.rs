@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Versions whose sent chunks are remembered; older requests are refused.
-const VERSIONS: u64 = 2;
+/// Versions whose sent chunks are remembered (as many as a tab keeps); older requests
+/// are refused.
+const VERSIONS: u64 = super::store::KEPT_VERSIONS as u64;
 
 /// The chunks sent to one peer, by version.
 #[derive(Default)]
@@ -36,8 +37,8 @@ mod tests {
         assert!(uplink.allow(5, 0) && uplink.allow(5, 1));
         assert!(!uplink.allow(5, 0), "chunk 0 of version 5 was sent");
         assert!(uplink.allow(6, 0), "a newer version is fetched anew");
-        assert!(uplink.allow(7, 0));
-        assert!(!uplink.allow(5, 2), "version 5 is two behind the newest asked for");
+        assert!(uplink.allow(8, 0));
+        assert!(!uplink.allow(5, 2), "version 5 is three behind the newest asked for");
         assert!(uplink.sent.len() <= VERSIONS as usize, "what is remembered stays bounded");
         assert!(uplink.allow(u64::MAX, 0) && !uplink.allow(u64::MAX, 0), "the largest version too");
     }
