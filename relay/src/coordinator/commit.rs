@@ -57,6 +57,9 @@ pub(super) struct Tools {
     pub store: Store,
     /// The job (its name and model go into the files).
     pub job: JobConfig,
+    /// The outer momentum as of the current version, `[parameters]`; only commits use
+    /// it. A commit takes it for its step, and the new one comes back when it is written.
+    pub momentum: Vec<f32>,
 }
 
 /// A round taken for committing: the results it averages and where it starts from.
@@ -75,8 +78,6 @@ pub(super) struct Draft {
     receipts: Vec<(u64, [u8; 32])>,
     /// The current version's weights, `[parameters]`.
     start: Arc<Vec<f32>>,
-    /// The outer momentum, `[parameters]`.
-    momentum: Vec<f32>,
 }
 
 /// The new version's tensors and loss, once computed.
@@ -113,14 +114,14 @@ impl CommitJob {
     /// under the job's rule), takes the outer Nesterov step and evaluates the result,
     /// unless an earlier try did; then writes the version.
     pub fn run(mut self) -> Committed {
-        let Tools { evaluator, ledger, store, job } = &mut self.tools;
-        let draft = &self.pending.draft;
-        let computed = self.pending.computed.get_or_insert_with(|| {
+        let Tools { evaluator, ledger, store, job, momentum } = &mut self.tools;
+        let Pending { draft, computed } = &mut self.pending;
+        let computed = computed.get_or_insert_with(|| {
             let a = &job.aggregation;
             let results: Vec<Weighted> =
                 draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
             let g = aggregate(a.rule, &results, a.trim, a.clip);
-            let (mut params, mut momentum) = (draft.start.to_vec(), draft.momentum.clone());
+            let (mut params, mut momentum) = (draft.start.to_vec(), std::mem::take(momentum));
             outer_step(&mut params, &mut momentum, &g, job.outer.lr, job.outer.momentum);
             let val_loss = evaluator.loss(&params);
             Computed { params, momentum, val_loss }
@@ -282,7 +283,6 @@ impl Coordinator {
             train_loss: (!losses.is_empty()).then(|| losses.iter().sum::<f32>() / losses.len() as f32),
             receipts: receipts.collect(),
             start: self.params.clone(),
-            momentum: self.momentum.clone(),
         })
     }
 
@@ -293,7 +293,7 @@ impl Coordinator {
         if job.owner != self.owner {
             return;
         }
-        self.tools = Some(job.tools);
+        let mut tools = job.tools;
         let Pending { draft, computed } = job.pending;
         let current = match written {
             Ok(current) => current,
@@ -304,6 +304,7 @@ impl Coordinator {
                 self.storage_error = Some(message);
                 self.retry_commit_at = Some(now + COMMIT_RETRY);
                 self.failed_commit = Some(Pending { draft, computed });
+                self.tools = Some(tools);
                 return;
             }
         };
@@ -315,7 +316,8 @@ impl Coordinator {
         self.retry_commit_at = None;
         self.params = Arc::new(params);
         self.starts.insert(version, self.params.clone());
-        self.momentum = momentum;
+        tools.momentum = momentum;
+        self.tools = Some(tools);
         self.version = version;
         self.current = current;
         tracing::info!(version, val_loss, results = n, "committed version");

@@ -169,7 +169,6 @@ pub struct Coordinator {
     /// The weights of the current and the `round.max_staleness` previous versions,
     /// which checks of their units start from.
     starts: BTreeMap<u64, Arc<Vec<f32>>>,
-    momentum: Vec<f32>,
     version: u64,
     /// The current version's weights file and its blake3 hex.
     current: (Bytes, String),
@@ -289,6 +288,7 @@ impl Coordinator {
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
             store: store.clone(),
             job: job.clone(),
+            momentum,
         };
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
         metrics.version.set(version as i64);
@@ -300,7 +300,6 @@ impl Coordinator {
         Ok(Coordinator {
             starts: BTreeMap::from([(version, params.clone())]),
             params,
-            momentum,
             version,
             current,
             shards,
