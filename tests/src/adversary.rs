@@ -207,8 +207,19 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
             drain(m, is_attack, &mut honest_tally, &mut attack_tally);
         }
         let mut honest_updates: Vec<(Update, Vec<f32>)> = Vec::new();
-        // Honest members first: copiers and ALIE see this round's honest results.
-        for m in &mut members {
+        let version = c.status().version;
+        // Honest members first: copiers and ALIE see this round's honest results. A
+        // second pass runs the units of this version given out during the first (ones
+        // whose first holder's result was refused), as a live contributor would at once.
+        let count = members.len();
+        for (pass, i) in (0..2).flat_map(|pass| (0..count).map(move |i| (pass, i))) {
+            let m = &mut members[i];
+            if pass == 1 {
+                drain(m, m.attack.is_some(), &mut honest_tally, &mut attack_tally);
+                if m.unit.as_ref().is_none_or(|u| u.version != version) {
+                    continue;
+                }
+            }
             let Some(unit) = m.unit.take() else { continue };
             let weights = weights(&mut c, &unit);
             let delta = train(&mut c, m, &unit, &weights);
@@ -224,20 +235,18 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
             }
             m.last_sent = Some(sub.update.clone());
             let _ = c.submit(m.session, sub, clock);
-            for check in c.take_checks() {
-                let report = verifier.run(&check);
-                let owner = if attacked_units.contains(&check.unit_id) { &mut attack_tally } else { &mut honest_tally };
-                let score = |r: Replayed| if check.compressed { r.projection } else { r.cosine };
-                owner.replay_scores.extend(report.replay.map(score));
-                owner.alignments.extend(report.loss.and_then(|l| l.alignment));
-                c.checked(check, report, clock);
-            }
+            let tallies = (&mut honest_tally, &mut attack_tally);
+            run_checks(&mut c, &mut verifier, &attacked_units, tallies, clock);
             m.first_unit.get_or_insert(unit);
             drain(m, is_attack, &mut honest_tally, &mut attack_tally);
         }
         clock += job.round_deadline() * 4 + Duration::from_secs(1);
         c.tick(clock);
     }
+    // The units still out expire, and results held for their twins go on alone.
+    clock += job.unit_deadline() + Duration::from_secs(1);
+    c.tick(clock);
+    run_checks(&mut c, &mut verifier, &attacked_units, (&mut honest_tally, &mut attack_tally), clock);
     for m in &mut members {
         let is_attack = m.attack.is_some();
         drain(m, is_attack, &mut honest_tally, &mut attack_tally);
@@ -251,6 +260,25 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
         replayed: status.counters.replayed,
         twins: (status.counters.twins_compared, status.counters.twins_disagreed),
         seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Runs the checks `c` queued and hands it their reports, counting replay scores and
+/// loss alignments into the honest or the attack tally (`tallies`) by unit.
+fn run_checks(
+    c: &mut Coordinator,
+    verifier: &mut Verifier,
+    attacked_units: &std::collections::HashSet<u64>,
+    (honest, attacks): (&mut Tally, &mut Tally),
+    now: Instant,
+) {
+    for check in c.take_checks() {
+        let report = verifier.run(&check);
+        let owner = if attacked_units.contains(&check.unit_id) { &mut *attacks } else { &mut *honest };
+        let score = |r: Replayed| if check.compressed { r.projection } else { r.cosine };
+        owner.replay_scores.extend(report.replay.map(score));
+        owner.alignments.extend(report.loss.and_then(|l| l.alignment));
+        c.checked(check, report, now);
     }
 }
 

@@ -13,7 +13,12 @@ use crowdgrad_tests::{loss_history, start_relay, status, test_job, wait_for};
 async fn two_chromium_tabs_train_on_webgpu() {
     require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
-    let relay = start_relay(test_job(2, dir.path())).await;
+    let mut job = test_job(2, dir.path());
+    // A reloaded tab's first unit (shaders, weights, residual) takes several rounds of
+    // the other tab's on SwiftShader: this test is about GPU results passing replay, not
+    // about how stale a result may be.
+    job.round.max_staleness = 4;
+    let relay = start_relay(job).await;
     let addr = relay.addr;
     let driver = Chromedriver::start().expect("chromedriver");
     let mut tabs = Vec::new();
@@ -73,7 +78,13 @@ async fn two_chromium_tabs_train_on_webgpu() {
     let (first, last) = (history[0], *history.last().unwrap());
     assert!(last.1 < first.1, "held-out loss did not fall: {first:?} → {last:?}");
     let counters = &s["counters"];
-    assert_eq!(counters["rejected"].as_object().map(|m| m.len()), Some(0), "GPU results rejected: {counters}");
+    println!("counters: {counters}");
+    let mut tab_stats = Vec::new();
+    for tab in &tabs {
+        tab_stats.push(read_stats(tab).await);
+    }
+    let rejected = counters["rejected"].as_object().map(|m| m.len());
+    assert_eq!(rejected, Some(0), "GPU results rejected: {counters}; the tabs: {tab_stats:?}");
     assert!(counters["replayed"].as_u64() >= Some(2), "the tabs' units are replayed on the CPU: {counters}");
     for tab in tabs {
         let _ = tab.close().await;

@@ -345,8 +345,18 @@ impl Coordinator {
             super::UnitState::Checking => true,
             _ => false,
         });
-        for s in self.sessions.values_mut() {
-            s.unit = None;
+        // A session still working on a late unit gets its next one when it hands that
+        // in, on the version then current: a unit queued behind a busy one would start
+        // a version late and often end too stale to count.
+        let units = &self.units;
+        for (id, s) in self.sessions.iter_mut() {
+            let working = s
+                .unit
+                .and_then(|u| units.get(&u))
+                .is_some_and(|u| matches!(u.state, super::UnitState::Assigned { session, .. } if session == *id));
+            if !working {
+                s.unit = None;
+            }
         }
         self.announce_version(version);
         self.offer_all(now);
@@ -387,6 +397,9 @@ impl Coordinator {
 mod tests {
     use std::time::Instant;
 
+    use crowdgrad_runtime::backend::DeviceInfo;
+    use crowdgrad_runtime::protocol::{Hello, ServerMsg};
+
     use super::super::Contribution;
 
     fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
@@ -418,5 +431,37 @@ mod tests {
         c.results.push(result(5, false, 1e-4, n));
         c.close_round(Instant::now());
         assert_eq!((c.version, c.counters.unreplayed_left_out), (2, 1));
+    }
+
+    /// Joins a CPU session to `c`; its inbox.
+    fn join(c: &mut super::super::Coordinator) -> tokio::sync::mpsc::Receiver<ServerMsg> {
+        let (outbox, inbox) = tokio::sync::mpsc::channel(16);
+        let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
+        let key = crowdgrad_runtime::identity::Identity::generate().public();
+        let hello = Hello { agent: "test".into(), device, resume: None, gflops: 0.0, key, p2p: false };
+        c.join(outbox, hello, Instant::now());
+        inbox
+    }
+
+    /// The versions of the units assigned in `inbox` so far.
+    fn assigned(inbox: &mut tokio::sync::mpsc::Receiver<ServerMsg>) -> Vec<u64> {
+        std::iter::from_fn(|| inbox.try_recv().ok())
+            .filter_map(|m| if let ServerMsg::Assign(u) = m { Some(u.version) } else { None })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_busy_with_a_late_unit_gets_its_next_one_when_it_hands_that_in() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = super::super::for_test(dir.path());
+        let mut busy = join(&mut c);
+        assert_eq!(assigned(&mut busy), [0]);
+        let n = c.param_count();
+        c.results.push(result(1, true, 1e-4, n));
+        c.close_round(Instant::now());
+        assert_eq!(c.version, 1);
+        assert_eq!(assigned(&mut busy), [] as [u64; 0], "no unit queued behind the late one");
+        let mut idle = join(&mut c);
+        assert_eq!(assigned(&mut idle), [1], "an idle session works on the new version");
     }
 }

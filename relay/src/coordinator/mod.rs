@@ -843,10 +843,15 @@ impl Coordinator {
     }
 
     /// Takes a unit from its holder: a unit of the open round goes back to the pool; a
-    /// late unit is dropped.
+    /// late unit is dropped, and so is a twin whose sibling's result is in (done or
+    /// being checked, or gone with its round): the same work again would only be refused
+    /// as a copy of it.
     fn release(&mut self, unit_id: u64) {
+        let sibling_in = self.units.get(&unit_id).and_then(|u| u.twin).is_some_and(|t| {
+            self.units.get(&t).is_none_or(|t| matches!(t.state, UnitState::Checking | UnitState::Done))
+        });
         let Some(unit) = self.units.get_mut(&unit_id) else { return };
-        if unit.round != self.round {
+        if unit.round != self.round || sibling_in {
             let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
             self.units.remove(&unit_id);
             let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
