@@ -34,6 +34,7 @@ pub mod job_data;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
+pub mod read_gate;
 pub mod recovery;
 pub mod server;
 pub mod session;

@@ -11,6 +11,9 @@
 //! - A connection's slot lasts as long as the connection, including after an upgrade to
 //!   a WebSocket: the session holds the [`ConnectionSlot`] from the request's
 //!   extensions.
+//! - Its reads are counted by a [`ReadGate`], also in the extensions, which bounds a
+//!   WebSocket's bytes before its hello; hyper buffers at most [`MAX_BUFFER`] bytes of a
+//!   request it has not parsed yet.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,9 +32,12 @@ use tower::ServiceExt;
 use crate::address_counts::{AddressCounts, AddressSlot};
 use crate::client_addr;
 use crate::config::Limits;
+use crate::read_gate::Gated;
 
 /// How long a stopping relay waits for open HTTP requests to finish.
 const DRAIN: Duration = Duration::from_secs(5);
+/// hyper's read buffer, bytes: a request's headers must fit (the default is ~400 KiB).
+pub const MAX_BUFFER: usize = 64 * 1024;
 
 /// One open connection's share of the bounds; dropped when the connection (or the
 /// WebSocket session it became) ends.
@@ -49,7 +55,9 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: im
     let per_address = AddressCounts::default();
     let (stopping, stopped) = watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs_f64(limits.header_secs));
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(limits.header_secs))
+        .max_buf_size(MAX_BUFFER);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -71,9 +79,11 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: im
             tracing::debug!(%peer, "connection refused: too many open");
             continue;
         };
+        let (stream, gate) = Gated::new(stream);
         let service = app.clone().map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(slot.clone());
+            request.extensions_mut().insert(gate.clone());
             request
         });
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();

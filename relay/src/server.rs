@@ -16,6 +16,7 @@ use crate::admin;
 use crate::client_addr;
 use crate::config::Limits;
 use crate::listener::ConnectionSlot;
+use crate::read_gate::{PRE_HELLO_BYTES, ReadGate};
 use crate::session::{self, SessionContext};
 use crate::state::AppState;
 use crate::weights;
@@ -54,6 +55,7 @@ async fn websocket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     connection: Option<Extension<ConnectionSlot>>,
+    read_gate: Option<Extension<ReadGate>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -75,8 +77,13 @@ async fn websocket(
     };
     let max_submission = max_submission_frame(params);
     // Frames up to twice the largest valid message reach the decoder, which refuses
-    // oversize ones with a reason; beyond that the library cuts the connection.
+    // oversize ones with a reason; beyond that the library cuts the connection. Before
+    // its hello, the connection may send one control frame's worth.
     let limit = max_submission * 2;
+    let read_gate = read_gate.map(|Extension(gate)| gate);
+    if let Some(gate) = &read_gate {
+        gate.allow(PRE_HELLO_BYTES);
+    }
     let cx = SessionContext {
         coordinator: state.coordinator.clone(),
         metrics: state.metrics.clone(),
@@ -84,6 +91,7 @@ async fn websocket(
         max_submission,
         limits,
         client,
+        read_gate,
     };
     upgrade
         .read_buffer_size(4 * 1024)

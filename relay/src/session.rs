@@ -16,6 +16,7 @@ use crate::check_queue::CheckQueue;
 use crate::config::Limits;
 use crate::coordinator::Coordinator;
 use crate::metrics::Metrics;
+use crate::read_gate::ReadGate;
 
 /// Close codes (RFC 6455 §7.4.1).
 mod close {
@@ -101,11 +102,14 @@ pub struct SessionContext {
     pub limits: Limits,
     /// The client's address (behind a trusted proxy, the one it forwarded for).
     pub client: std::net::IpAddr,
+    /// The connection's read bound, opened once the hello is accepted (`None` where the
+    /// connection did not come through the relay's accept loop).
+    pub read_gate: Option<ReadGate>,
 }
 
 /// Runs one connection to its end, counting it and its bytes in the metrics.
 pub async fn run(socket: WebSocket, cx: SessionContext) {
-    let SessionContext { coordinator, metrics, checks, max_submission, limits, client } = cx;
+    let SessionContext { coordinator, metrics, checks, max_submission, limits, client, read_gate } = cx;
     metrics.sessions.inc();
     let (mut sink, mut stream) = socket.split();
     // The coordinator gets the only sender at hello, so when it drops the session (too
@@ -156,7 +160,12 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                     (ClientMsg::Hello(hello), None) => {
                         let outbox = outbox.take().expect("hello is handled once");
                         match coordinator.join_from(outbox, hello, client, Instant::now()) {
-                            Ok(id) => session = Some(id),
+                            Ok(id) => {
+                                session = Some(id);
+                                if let Some(gate) = &read_gate {
+                                    gate.open();
+                                }
+                            }
                             Err(why) => break Some(Closing::new(close::POLICY, why)),
                         }
                     }

@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crowdgrad_runtime::backend::DeviceInfo;
-use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, MAGIC, PROTOCOL_VERSION, Submission, Update};
+use crowdgrad_runtime::protocol::{
+    self, ClientMsg, Hello, MAGIC, MAX_CONTROL_FRAME, PROTOCOL_VERSION, Submission, Update,
+};
 use crowdgrad_tests::{spawn_native_contributor, start_relay, status, test_job, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -85,8 +87,14 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
     let (code, reason) = close_reason(addr, vec![Message::Text("hello?".into())]).await;
     assert_eq!((code, reason.as_str()), (1003, "text frames are not part of the protocol"));
 
-    // Before hello only control-sized frames are allowed.
+    // Before hello only control-sized frames are allowed: the relay stops reading at a
+    // control frame's worth, so the rest of this one never leaves the kernel's buffer.
     let (code, reason) = close_reason(addr, vec![frame_with_header(&vec![0u8; 64 * 1024])]).await;
+    assert_eq!(code, 1009);
+    let budget = crowdgrad_relay::read_gate::PRE_HELLO_BYTES;
+    assert!(reason.contains(&format!("more than {budget} bytes before hello")), "{reason}");
+    // A control frame just over its limit is still refused by the decoder, with its size.
+    let (code, reason) = close_reason(addr, vec![frame_with_header(&vec![0u8; MAX_CONTROL_FRAME])]).await;
     assert_eq!(code, 1009);
     assert!(reason.contains("exceeds the limit"), "{reason}");
 
@@ -126,7 +134,9 @@ async fn bad_frames_close_the_socket_with_a_reason_and_others_keep_working() {
         (stats.lock().unwrap().units_done >= before + 2).then_some(())
     })
     .await;
-    assert!(status(addr)["version"].as_u64().unwrap() >= 3);
+    // Their commits run on the committer thread, so the last may still be under way.
+    wait_for("version 3 committed", Duration::from_secs(30), || (status(addr)["version"].as_u64()? >= 3).then_some(()))
+        .await;
     relay.stop().await;
     let _ = honest.join();
 }
