@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 
 use super::aggregate::{Weighted, aggregate, outer_step};
-use super::{Contribution, Coordinator, HISTORY_LEN, VersionRecord};
+use super::{Contribution, Coordinator, VersionRecord};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, VersionRow, now_ms};
@@ -327,10 +327,13 @@ impl Coordinator {
         if let Some(started) = self.round_started.take() {
             self.metrics.round_seconds.observe(now.duration_since(started).as_secs_f64());
         }
-        self.history.push_back(VersionRecord { version, val_loss, train_loss, results: n as u32, at_ms: now_ms() });
-        while self.history.len() > HISTORY_LEN {
-            self.history.pop_front();
-        }
+        self.timeline.record_version(VersionRecord {
+            version,
+            val_loss,
+            train_loss,
+            results: n as u32,
+            at_ms: now_ms(),
+        });
         self.prune();
         self.round += 1;
         let opened = self.ledger.open_round(self.round, version);

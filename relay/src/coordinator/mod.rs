@@ -8,6 +8,7 @@
 //! (see [`commit`]), so a restarted relay resumes at its last committed version.
 
 mod aggregate;
+mod assign;
 mod checks;
 mod commit;
 mod measure;
@@ -17,10 +18,12 @@ mod pacing;
 mod report;
 mod screen;
 mod sketch;
+mod timeline;
 mod trust;
 mod twins;
+mod verdicts;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,10 +34,9 @@ use anyhow::Context;
 use axum::body::Bytes;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
-use crowdgrad_runtime::codec;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
-use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, hex, verify_submission};
-use crowdgrad_runtime::protocol::{Ack, Hello, ServerMsg, Submission, Update, Welcome, WorkUnit};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, hex};
+use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, Welcome};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
@@ -46,8 +48,8 @@ use crate::client_addr;
 use crate::config::JobConfig;
 pub use crate::config::Rule;
 use crate::eval::Evaluator;
-use crate::ledger::{Ledger, ResultRow, UnitRowState, now_ms};
-use crate::metrics::{Metrics, Reason};
+use crate::ledger::{Ledger, now_ms};
+use crate::metrics::Metrics;
 use crate::recovery;
 use crate::store::Store;
 use crate::verify::Check;
@@ -67,19 +69,10 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 /// How often [`Coordinator::tick`] runs.
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// Versions of loss history `/api/status` shows.
-const HISTORY_LEN: usize = 200;
 /// Results of one contributor out for checking at once; more are refused as `busy`.
 const PER_CONTRIBUTOR_CHECKS: usize = 4;
 /// Results out for checking at once from contributors who have not passed a replay.
 const NEWCOMER_CHECKS: usize = 64;
-
-/// Versions of loss history kept in memory, which `/api/history` returns.
-const FULL_HISTORY_LEN: usize = 10_000;
-/// How often the number of contributors online is sampled.
-const ONLINE_EVERY: Duration = Duration::from_secs(10);
-/// Samples of contributors online kept (a day at one per 10 s).
-const ONLINE_LEN: usize = 8640;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum UnitState {
@@ -187,8 +180,8 @@ pub struct Coordinator {
     sessions: BTreeMap<u64, Session>,
     /// Which p2p sessions were introduced to each other.
     mesh: mesh::Mesh,
-    /// The loss history, oldest first (the last [`FULL_HISTORY_LEN`] versions).
-    history: VecDeque<VersionRecord>,
+    /// Committed versions' losses and contributors online over time.
+    timeline: timeline::Timeline,
     counters: Counters,
     ledger: Ledger,
     store: Store,
@@ -214,9 +207,6 @@ pub struct Coordinator {
     screen: Screen,
     /// Recent arrival times, for the adaptive round deadline.
     arrivals: pacing::Arrivals,
-    /// Contributors online over time, oldest first.
-    online: VecDeque<OnlineSample>,
-    last_online_sample: Option<Instant>,
     /// How often each contributor's results are replayed.
     trust: trust::Trust,
     /// Results out for checking, by ticket.
@@ -281,8 +271,8 @@ impl Coordinator {
         let (round, next_unit) = ledger.abandon_open_rounds((recovered.round + 1, recovered.units_below))?;
         let screen = Screen::load(&ledger).context("reading the screen's history")?;
         ledger.open_round(round, version)?;
-        let history: VecDeque<VersionRecord> =
-            ledger.recent_versions(FULL_HISTORY_LEN)?.into_iter().map(VersionRecord::from).collect();
+        let versions = ledger.recent_versions(timeline::KEPT_VERSIONS)?.into_iter().map(VersionRecord::from);
+        let timeline = timeline::Timeline::new(versions.collect());
         let tools = commit::Tools {
             evaluator,
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
@@ -292,7 +282,7 @@ impl Coordinator {
         };
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
         metrics.version.set(version as i64);
-        if let Some(last) = history.back() {
+        if let Some(last) = timeline.last() {
             metrics.val_loss.set(last.val_loss as f64);
             metrics.train_loss.set(last.train_loss.unwrap_or(f32::NAN) as f64);
         }
@@ -317,7 +307,7 @@ impl Coordinator {
             failed_commit: None,
             commits: None,
             owner: commit::new_owner(),
-            history,
+            timeline,
             counters: Counters::default(),
             ledger,
             store,
@@ -329,8 +319,6 @@ impl Coordinator {
             paused: false,
             screen,
             arrivals: pacing::Arrivals::default(),
-            online: VecDeque::new(),
-            last_online_sample: None,
             trust: trust::Trust::new(random_u64()),
             pending: HashMap::new(),
             checks: Vec::new(),
@@ -407,7 +395,7 @@ impl Coordinator {
             contributors_online: self.sessions.len(),
             round_results: self.results.len(),
             counters: self.counters.clone(),
-            history: self.history.iter().skip(self.history.len().saturating_sub(HISTORY_LEN)).cloned().collect(),
+            history: self.timeline.recent(),
             devices,
             storage_error: self.storage_error.clone(),
             paused: self.paused,
@@ -422,10 +410,7 @@ impl Coordinator {
     /// The loss curve of every committed version (up to the last 10,000) and the
     /// number of contributors online over time, for `/api/history`.
     pub fn history(&self) -> History {
-        History {
-            versions: self.history.iter().cloned().collect(),
-            contributors: self.online.iter().cloned().collect(),
-        }
+        self.timeline.history()
     }
 
     /// Runs this job's commits on the committer thread behind `queue`, off the lock.
@@ -536,13 +521,6 @@ impl Coordinator {
         self.sessions.remove(&session);
     }
 
-    /// Whether `unit_id` is assigned to `session` now.
-    fn holds(&self, session: u64, unit_id: u64) -> bool {
-        self.units
-            .get(&unit_id)
-            .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
-    }
-
     /// Screens a submission and gives the session its next unit, measuring it here
     /// (under the lock: the relay's sessions measure off it, see
     /// [`Self::submit_measured`]).
@@ -611,205 +589,10 @@ impl Coordinator {
         outcome
     }
 
-    /// Records a verdict, counts an accepted result into its round (committing the round
-    /// at its target), and acknowledges it.
-    fn settle(
-        &mut self,
-        session: u64,
-        contributor: u64,
-        claim: &Claim,
-        verdict: Result<Judged, (Rejection, String)>,
-        now: Instant,
-    ) {
-        let reason = verdict.as_ref().err().map(|(_, reason)| reason.clone()).unwrap_or_default();
-        let row = ResultRow {
-            unit: claim.unit_id,
-            contributor,
-            version: claim.version,
-            accepted: verdict.is_ok(),
-            reason: &reason,
-            losses: claim.losses,
-        };
-        let recorded = self.ledger.record_result(&row);
-        self.note_storage("recording a result", recorded);
-        let accepted = verdict.is_ok();
-        let receipt = match verdict {
-            Ok(judged) => Some(self.accept(session, contributor, claim, judged, now)),
-            Err((r, _)) => {
-                *self.counters.rejected.entry(r.code()).or_insert(0) += 1;
-                self.metrics.rejected.get_or_create(&Reason { reason: r.code().into() }).inc();
-                None
-            }
-        };
-        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
-            self.close_round(now);
-        }
-        let ack = Ack { unit_id: claim.unit_id, accepted, reason, version: self.version, receipt };
-        self.send(session, ServerMsg::Ack(ack));
-    }
-
-    /// Counts an accepted result into its round and signs its receipt.
-    fn accept(&mut self, session: u64, contributor: u64, claim: &Claim, judged: Judged, now: Instant) -> Receipt {
-        let Judged { delta, norm, .. } = judged;
-        let unit = self.units.get_mut(&claim.unit_id).expect("settled units are present");
-        unit.state = UnitState::Done;
-        let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
-        let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
-        // While a commit runs, accepted results count into the round after it.
-        let behind = self.version + u64::from(self.tools.is_none()) - unit.version;
-        let put = self.ledger.put_unit(claim.unit_id, round, shard, seed, UnitRowState::Done, Some(contributor), None);
-        self.note_storage("recording a unit", put);
-        if let (Some(s), Some(took)) = (self.sessions.get_mut(&session), took) {
-            // Half old, half new: one slow unit (a download) does not halve the next.
-            s.step_secs = Some(s.step_secs.map_or(took, |old| 0.5 * (old + took)));
-        }
-        if behind == 0
-            && let Some(started) = self.round_started
-        {
-            self.arrivals.record(now.duration_since(started));
-        } else if behind > 0 {
-            self.counters.late_accepted += 1;
-        }
-        let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
-        self.counters.tokens += tokens;
-        let fields = ReceiptFields {
-            contributor: claim.key,
-            unit_id: claim.unit_id,
-            version: claim.version,
-            tokens,
-            flops: 6 * self.params.len() as u64 * tokens,
-        };
-        let signed = self.identity.sign_receipt(fields);
-        let stored = self.ledger.record_receipt(&signed);
-        self.note_storage("recording a receipt", stored);
-        self.round_receipts.push((claim.unit_id, signed.hash()));
-        let share = steps as f32 / self.job.inner.steps as f32;
-        let recorded = self.screen.record_norm(&self.ledger, claim.kind, norm / share);
-        self.note_storage("recording a norm", recorded);
-        let weight = share * pacing::staleness_weight(behind) * claim.weight;
-        self.results.push(Contribution { unit: claim.unit_id, replayed: claim.replayed, delta, share, weight });
-        self.train_losses.push(claim.losses.1);
-        self.counters.accepted += 1;
-        self.metrics.accepted.inc();
-        signed
-    }
-
-    /// Remembers a screened Δ's hash and sketch, so that replays and copies of it are
-    /// refused.
-    fn remember(&mut self, unit: u64, judged: &Judged) {
-        let remembered = self.screen.remember(&self.ledger, unit, judged.hash, &judged.sketch);
-        self.note_storage("recording a screened delta", remembered);
-    }
-
-    /// The submission's dense Δ, with its norm and hash, if it is acceptable.
-    /// Screens `sub` from `session` with its `measurement` (made off the lock, or here
-    /// when `None`): signature, unit, codec, values, then the screen's norm bound,
-    /// duplicates and near-copies, in that order.
-    fn judge(&self, session: u64, sub: &Submission, measurement: Option<Measurement>) -> Result<Judged, Rejection> {
-        let measurement = self.own(measurement);
-        let signed = match &measurement {
-            Some(m) => m.signed(),
-            None => self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)),
-        };
-        if !signed {
-            return Err(Rejection::BadSignature);
-        }
-        let Some(unit) = self.units.get(&sub.unit_id) else {
-            return Err(if sub.unit_id < self.next_unit { Rejection::Stale } else { Rejection::UnknownUnit });
-        };
-        match unit.state {
-            UnitState::Assigned { session: holder, .. } if holder == session => {}
-            _ => return Err(Rejection::NotAssigned),
-        }
-        if sub.version != unit.version {
-            return Err(Rejection::WrongVersion);
-        }
-        if sub.steps != unit.steps {
-            return Err(Rejection::WrongSteps);
-        }
-        let judged = match measurement {
-            Some(m) => m.into_judged()?,
-            None => measure::decode_and_measure(sub, self.unit_codec(unit), self.params.len())?,
-        };
-        let kind = if matches!(sub.update, Update::Compressed(_)) { Kind::Compressed } else { Kind::Dense };
-        let share = unit.steps as f32 / self.job.inner.steps as f32;
-        if let Some(median) = self.screen.norm_median(kind, share) {
-            let ratio = self.job.aggregation.max_norm_ratio;
-            if judged.norm > ratio * median || judged.norm < median / ratio {
-                return Err(Rejection::NormBound);
-            }
-        }
-        if self.screen.seen(&judged.hash) && !self.is_twins_result(sub.unit_id, &judged.hash) {
-            return Err(Rejection::Duplicate);
-        }
-        if self.screen.near_copy(&judged.sketch, unit.twin) {
-            return Err(Rejection::Duplicate);
-        }
-        Ok(judged)
-    }
-
-    fn explain(&self, r: Rejection, sub: &Submission) -> String {
-        let unit = self.units.get(&sub.unit_id);
-        match r {
-            Rejection::UnknownUnit => format!("unit {} was never issued", sub.unit_id),
-            Rejection::Stale => format!(
-                "unit {} is from a round more than {} versions behind; the model is at version {}",
-                sub.unit_id, self.job.round.max_staleness, self.version
-            ),
-            Rejection::NotAssigned => format!("unit {} is not assigned to this session", sub.unit_id),
-            Rejection::WrongVersion => {
-                format!("version {} but the unit is for version {}", sub.version, unit.map_or(0, |u| u.version))
-            }
-            Rejection::WrongSteps => format!("{} steps but the unit has {}", sub.steps, unit.map_or(0, |u| u.steps)),
-            Rejection::WrongSize => match &sub.update {
-                Update::Dense(delta) => format!("delta has {} values, the model {}", delta.len(), self.params.len()),
-                Update::Compressed(_) => "the compressed delta has the wrong size".into(),
-            },
-            Rejection::WrongCodec => {
-                let sent = match &sub.update {
-                    Update::Dense(_) => "a dense delta".to_string(),
-                    Update::Compressed(bytes) => codec::header(bytes)
-                        .map_or_else(|e| e.0, |(c, _)| format!("chunk {}, top-{} at {} bits", c.chunk, c.k, c.bits)),
-                };
-                let asked = match unit.and_then(|u| self.unit_codec(u)) {
-                    None => "a dense delta".to_string(),
-                    Some(c) => format!("chunk {}, top-{} at {} bits", c.chunk, c.k, c.bits),
-                };
-                format!("sent {sent}; the unit asked for {asked}")
-            }
-            Rejection::NonFinite => "delta or loss is NaN or infinite".into(),
-            Rejection::BadSignature => "the signature does not match this contributor's key".into(),
-            Rejection::NormBound => format!(
-                "the delta's norm is not within {0}× of the median of recent results (either way)",
-                self.job.aggregation.max_norm_ratio
-            ),
-            Rejection::Duplicate => {
-                "the same delta, or one within a cosine of 0.995, was already accepted (a replay or a copy)".into()
-            }
-            Rejection::ReplayMismatch | Rejection::LossCheck => String::new(),
-            Rejection::Busy => format!(
-                "the relay is checking as many results as it holds for this contributor ({PER_CONTRIBUTOR_CHECKS}) \
-                 or for contributors without a passed replay ({NEWCOMER_CHECKS}); take the next unit"
-            ),
-            Rejection::Malformed => match &sub.update {
-                Update::Compressed(bytes) => {
-                    codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)
-                }
-                Update::Dense(_) => String::new(),
-            },
-        }
-    }
-
     /// Reassigns units past their deadline, closes the round at its deadline, and
     /// retries a commit that could not be written.
     pub fn tick(&mut self, now: Instant) {
-        if self.last_online_sample.is_none_or(|last| now >= last + ONLINE_EVERY) {
-            self.last_online_sample = Some(now);
-            self.online.push_back(OnlineSample { at_ms: now_ms(), online: self.sessions.len() });
-            if self.online.len() > ONLINE_LEN {
-                self.online.pop_front();
-            }
-        }
+        self.timeline.sample_online(now, now_ms(), self.sessions.len());
         // The late session stays busy (its result will be refused as not assigned), so
         // the unit goes to someone else.
         let expired: Vec<u64> = self
@@ -840,160 +623,6 @@ impl Coordinator {
         if !expired.is_empty() {
             self.offer_all(now);
         }
-    }
-
-    /// Takes a unit from its holder: a unit of the open round goes back to the pool; a
-    /// late unit is dropped, and so is a twin whose sibling's result is in (done or
-    /// being checked, or gone with its round): the same work again would only be refused
-    /// as a copy of it.
-    fn release(&mut self, unit_id: u64) {
-        let sibling_in = self.units.get(&unit_id).and_then(|u| u.twin).is_some_and(|t| {
-            self.units.get(&t).is_none_or(|t| matches!(t.state, UnitState::Checking | UnitState::Done))
-        });
-        let Some(unit) = self.units.get_mut(&unit_id) else { return };
-        if unit.round != self.round || sibling_in {
-            let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
-            self.units.remove(&unit_id);
-            let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
-            self.note_storage("recording a unit", put);
-            return;
-        }
-        unit.state = UnitState::Open;
-        unit.assigned_at = None;
-        let (shard, seed) = (unit.shard, unit.seed);
-        self.counters.reassigned += 1;
-        let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
-        self.note_storage("recording a unit", put);
-    }
-
-    fn offer_all(&mut self, now: Instant) {
-        // The longest without work first, so that when a round has fewer units than idle
-        // sessions the same ones do not get them every time.
-        let mut idle: Vec<(u64, u64)> =
-            self.sessions.iter().filter(|(_, s)| s.unit.is_none()).map(|(id, s)| (s.last_assigned, *id)).collect();
-        idle.sort_unstable();
-        for (_, id) in idle {
-            self.offer(id, now);
-        }
-    }
-
-    /// Gives an idle session an open unit (creating one while the round is short of its
-    /// target), or tells it once to wait.
-    fn offer(&mut self, session: u64, now: Instant) {
-        let Some(s) = self.sessions.get(&session) else { return };
-        if s.unit.is_some() {
-            return;
-        }
-        let contributor = s.contributor;
-        if self.paused {
-            self.tell_to_wait(session, "the job is paused by its operator".into());
-            return;
-        }
-        let round = self.round;
-        // Never both twins to one contributor.
-        let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
-        let open = self
-            .units
-            .iter()
-            .find(|(_, u)| u.state == UnitState::Open && u.round == round && sibling_holder(u) != Some(contributor))
-            .map(|(id, _)| *id);
-        let created = self.units.values().filter(|u| u.round == round).count();
-        let unit_id = match open {
-            Some(id) => Some(id),
-            None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
-                let id = self.create_unit(now);
-                if self.wants_twin(created) {
-                    self.create_twin(id);
-                }
-                Some(id)
-            }
-            None => None,
-        };
-        let Some(unit_id) = unit_id else {
-            let reason = format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
-            self.tell_to_wait(session, reason);
-            return;
-        };
-        let deadline = now + self.job.unit_deadline();
-        let steps = pacing::unit_steps(&self.job, self.sessions[&session].step_secs);
-        // Twins run the same steps: the first assigned sets them.
-        let twin = self.units[&unit_id].twin.and_then(|t| self.units.get(&t));
-        let steps = twin.filter(|t| t.holder.is_some()).map_or(steps, |t| t.steps);
-        let unit = self.units.get_mut(&unit_id).expect("found or created above");
-        unit.state = UnitState::Assigned { session, deadline };
-        (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
-        let (shard, seed) = (unit.shard, unit.seed);
-        let codec = self.unit_codec(&self.units[&unit_id]);
-        let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
-        let put = self.ledger.put_unit(
-            unit_id,
-            self.round,
-            shard,
-            seed,
-            UnitRowState::Assigned,
-            Some(contributor),
-            Some(deadline_ms),
-        );
-        self.note_storage("recording a unit", put);
-        let s = self.sessions.get_mut(&session).expect("checked above");
-        s.unit = Some(unit_id);
-        s.told_to_wait = false;
-        self.counters.assigned += 1;
-        s.last_assigned = self.counters.assigned;
-        s.assigned_version = Some(self.version);
-        self.metrics.assigned.inc();
-        let msg = ServerMsg::Assign(WorkUnit {
-            unit_id,
-            version: self.version,
-            weights_hash: self.current.1.clone(),
-            shard,
-            shard_hash: self.shards[shard as usize].hash.clone(),
-            seed,
-            steps,
-            batch: self.job.inner.batch,
-            tokens: self.tokens,
-            codec,
-            model: self.job.model,
-            optim: self.job.inner_optim(self.version),
-        });
-        self.send(session, msg);
-    }
-
-    /// How a unit's Δ must come back: compressed with the job's codec, or dense (`None`)
-    /// when compression is off or the unit has a twin (twins compare dense Δs).
-    fn unit_codec(&self, unit: &Unit) -> Option<codec::CodecConfig> {
-        if unit.twin.is_some() { None } else { self.job.compression.codec() }
-    }
-
-    /// Tells an idle session to wait, once until it next gets work.
-    fn tell_to_wait(&mut self, session: u64, reason: String) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
-        if !s.told_to_wait {
-            s.told_to_wait = true;
-            self.send(session, ServerMsg::Wait { reason });
-        }
-    }
-
-    fn create_unit(&mut self, now: Instant) -> u64 {
-        self.round_deadline.get_or_insert(now + self.arrivals.deadline(self.job.round_deadline()));
-        self.round_started.get_or_insert(now);
-        let id = self.next_unit;
-        self.next_unit += 1;
-        let mut rng = Rng::from_parts(&[self.job.seed, id]);
-        let shard = rng.below(self.job.data.shards as u64) as u32;
-        let unit = Unit {
-            round: self.round,
-            version: self.version,
-            shard,
-            seed: rng.next_u64(),
-            steps: self.job.inner.steps,
-            state: UnitState::Open,
-            assigned_at: None,
-            holder: None,
-            twin: None,
-        };
-        self.units.insert(id, unit);
-        id
     }
 
     /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and

@@ -1,0 +1,175 @@
+//! The assignment of units to sessions: creating a round's units, offering them to idle
+//! sessions (least recently served first, never both twins to one contributor), telling
+//! the rest to wait, and taking units back from holders that left, failed or ran late.
+
+use std::time::Instant;
+
+use crowdgrad_runtime::codec;
+use crowdgrad_runtime::protocol::{ServerMsg, WorkUnit};
+use crowdgrad_runtime::rng::Rng;
+
+use super::{Coordinator, Unit, UnitState, pacing};
+use crate::ledger::{UnitRowState, now_ms};
+
+impl Coordinator {
+    /// Whether `unit_id` is assigned to `session` now.
+    pub(super) fn holds(&self, session: u64, unit_id: u64) -> bool {
+        self.units
+            .get(&unit_id)
+            .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
+    }
+
+    /// Takes a unit from its holder: a unit of the open round goes back to the pool; a
+    /// late unit is dropped, and so is a twin whose sibling's result is in (done or
+    /// being checked, or gone with its round): the same work again would only be refused
+    /// as a copy of it.
+    pub(super) fn release(&mut self, unit_id: u64) {
+        let sibling_in = self.units.get(&unit_id).and_then(|u| u.twin).is_some_and(|t| {
+            self.units.get(&t).is_none_or(|t| matches!(t.state, UnitState::Checking | UnitState::Done))
+        });
+        let Some(unit) = self.units.get_mut(&unit_id) else { return };
+        if unit.round != self.round || sibling_in {
+            let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
+            self.units.remove(&unit_id);
+            let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
+            self.note_storage("recording a unit", put);
+            return;
+        }
+        unit.state = UnitState::Open;
+        unit.assigned_at = None;
+        let (shard, seed) = (unit.shard, unit.seed);
+        self.counters.reassigned += 1;
+        let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
+        self.note_storage("recording a unit", put);
+    }
+
+    pub(super) fn offer_all(&mut self, now: Instant) {
+        // The longest without work first, so that when a round has fewer units than idle
+        // sessions the same ones do not get them every time.
+        let mut idle: Vec<(u64, u64)> =
+            self.sessions.iter().filter(|(_, s)| s.unit.is_none()).map(|(id, s)| (s.last_assigned, *id)).collect();
+        idle.sort_unstable();
+        for (_, id) in idle {
+            self.offer(id, now);
+        }
+    }
+
+    /// Gives an idle session an open unit (creating one while the round is short of its
+    /// target), or tells it once to wait.
+    pub(super) fn offer(&mut self, session: u64, now: Instant) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.unit.is_some() {
+            return;
+        }
+        let contributor = s.contributor;
+        if self.paused {
+            self.tell_to_wait(session, "the job is paused by its operator".into());
+            return;
+        }
+        let round = self.round;
+        // Never both twins to one contributor.
+        let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
+        let open = self
+            .units
+            .iter()
+            .find(|(_, u)| u.state == UnitState::Open && u.round == round && sibling_holder(u) != Some(contributor))
+            .map(|(id, _)| *id);
+        let created = self.units.values().filter(|u| u.round == round).count();
+        let unit_id = match open {
+            Some(id) => Some(id),
+            None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
+                let id = self.create_unit(now);
+                if self.wants_twin(created) {
+                    self.create_twin(id);
+                }
+                Some(id)
+            }
+            None => None,
+        };
+        let Some(unit_id) = unit_id else {
+            let reason = format!("round {} is fully assigned; waiting for version {}", self.round, self.version + 1);
+            self.tell_to_wait(session, reason);
+            return;
+        };
+        let deadline = now + self.job.unit_deadline();
+        let steps = pacing::unit_steps(&self.job, self.sessions[&session].step_secs);
+        // Twins run the same steps: the first assigned sets them.
+        let twin = self.units[&unit_id].twin.and_then(|t| self.units.get(&t));
+        let steps = twin.filter(|t| t.holder.is_some()).map_or(steps, |t| t.steps);
+        let unit = self.units.get_mut(&unit_id).expect("found or created above");
+        unit.state = UnitState::Assigned { session, deadline };
+        (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
+        let (shard, seed) = (unit.shard, unit.seed);
+        let codec = self.unit_codec(&self.units[&unit_id]);
+        let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
+        let put = self.ledger.put_unit(
+            unit_id,
+            self.round,
+            shard,
+            seed,
+            UnitRowState::Assigned,
+            Some(contributor),
+            Some(deadline_ms),
+        );
+        self.note_storage("recording a unit", put);
+        let s = self.sessions.get_mut(&session).expect("checked above");
+        s.unit = Some(unit_id);
+        s.told_to_wait = false;
+        self.counters.assigned += 1;
+        s.last_assigned = self.counters.assigned;
+        s.assigned_version = Some(self.version);
+        self.metrics.assigned.inc();
+        let msg = ServerMsg::Assign(WorkUnit {
+            unit_id,
+            version: self.version,
+            weights_hash: self.current.1.clone(),
+            shard,
+            shard_hash: self.shards[shard as usize].hash.clone(),
+            seed,
+            steps,
+            batch: self.job.inner.batch,
+            tokens: self.tokens,
+            codec,
+            model: self.job.model,
+            optim: self.job.inner_optim(self.version),
+        });
+        self.send(session, msg);
+    }
+
+    /// How a unit's Δ must come back: compressed with the job's codec, or dense (`None`)
+    /// when compression is off or the unit has a twin (twins compare dense Δs).
+    pub(super) fn unit_codec(&self, unit: &Unit) -> Option<codec::CodecConfig> {
+        if unit.twin.is_some() { None } else { self.job.compression.codec() }
+    }
+
+    /// Tells an idle session to wait, once until it next gets work.
+    pub(super) fn tell_to_wait(&mut self, session: u64, reason: String) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if !s.told_to_wait {
+            s.told_to_wait = true;
+            self.send(session, ServerMsg::Wait { reason });
+        }
+    }
+
+    pub(super) fn create_unit(&mut self, now: Instant) -> u64 {
+        self.round_deadline.get_or_insert(now + self.arrivals.deadline(self.job.round_deadline()));
+        self.round_started.get_or_insert(now);
+        let id = self.next_unit;
+        self.next_unit += 1;
+        let mut rng = Rng::from_parts(&[self.job.seed, id]);
+        let shard = rng.below(self.job.data.shards as u64) as u32;
+        let unit = Unit {
+            round: self.round,
+            version: self.version,
+            shard,
+            seed: rng.next_u64(),
+            steps: self.job.inner.steps,
+            state: UnitState::Open,
+            assigned_at: None,
+            holder: None,
+            twin: None,
+        };
+        self.units.insert(id, unit);
+        id
+    }
+}
