@@ -207,7 +207,7 @@ pub fn run(mut job: JobConfig, corpus: Corpus, honest: usize, attackers: &[Attac
             drain(m, is_attack, &mut honest_tally, &mut attack_tally);
         }
         let mut honest_updates: Vec<(Update, Vec<f32>)> = Vec::new();
-        let version = c.status().version;
+        let version = c.version();
         // Honest members first: copiers and ALIE see this round's honest results. A
         // second pass runs the units of this version given out during the first (ones
         // whose first holder's result was refused), as a live contributor would at once.

@@ -351,15 +351,14 @@ impl Coordinator {
         // A session still working on a late unit gets its next one when it hands that
         // in, on the version then current: a unit queued behind a busy one would start
         // a version late and often end too stale to count.
-        let units = &self.units;
-        for (id, s) in self.sessions.iter_mut() {
-            let working = s
-                .unit
-                .and_then(|u| units.get(&u))
-                .is_some_and(|u| matches!(u.state, super::UnitState::Assigned { session, .. } if session == *id));
-            if !working {
-                s.unit = None;
-            }
+        let freed: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| !s.unit.is_some_and(|unit| self.holds(**id, unit)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in freed {
+            self.sessions.get_mut(&id).expect("listed above").unit = None;
         }
         self.announce_version(version);
         self.offer_all(now);
