@@ -18,6 +18,7 @@
 //! - [`job_data`]: a job's dataset, loaded and checked, and its coordinator opened.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 //! - [`verify`]: replay and the loss check of submitted results.
+//! - [`delta`]: a submitted Δ, dense or as the values a compressed update sent.
 //! - [`check_queue`]: the verifier's fair queue.
 //! - [`weights`]: the weights files and chunks, served at bounded cost.
 
@@ -28,6 +29,7 @@ pub mod client_addr;
 pub mod config;
 pub mod contribute;
 pub mod coordinator;
+pub mod delta;
 pub mod eval;
 pub mod events;
 pub mod job_data;

@@ -5,8 +5,9 @@
 //! - A version the ledger forgot (`kept = 0`) was being pruned: its files are deleted.
 //! - A version the ledger does not know at all (its row was lost with the WAL, or the
 //!   whole ledger was) is **adopted** when its two files check out
-//!   ([`Store::read_unrecorded`]): its row is written again, with its held-out loss
-//!   measured anew. Otherwise its files are moved aside into `versions/unadopted/`.
+//!   ([`Store::read_unrecorded`]): its row is written again, with the held-out loss its
+//!   metadata records (measured anew only for files written before it was recorded).
+//!   Otherwise its files are moved aside into `versions/unadopted/`.
 //!
 //! A kept version is never deleted here, and neither is anything the relay cannot
 //! account for.
@@ -59,7 +60,7 @@ pub fn reconcile(
                         version,
                         weights_hash: found.weights_hash,
                         momentum_hash: found.momentum_hash,
-                        val_loss: evaluator.loss(&found.params),
+                        val_loss: found.val_loss.unwrap_or_else(|| evaluator.loss(&found.params)),
                         train_loss: None,
                         results: 0,
                         committed_ms: now_ms(),

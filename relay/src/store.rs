@@ -35,6 +35,8 @@ pub struct Meta<'a> {
     pub round: u64,
     /// Every unit id the relay issued or may issue before the next version is below this.
     pub units_below: u64,
+    /// Its held-out loss, nats per token.
+    pub val_loss: f32,
 }
 
 /// A version found on disk without a ledger row, whose files check out.
@@ -53,6 +55,9 @@ pub struct Unrecorded {
     pub round: u64,
     /// The metadata's `units_below`.
     pub units_below: u64,
+    /// The metadata's held-out loss (nats per token), if it is there and finite: files
+    /// written before it was recorded have none.
+    pub val_loss: Option<f32>,
 }
 
 /// What the folder holds: versions with at least one file, and temporary files.
@@ -100,6 +105,7 @@ impl Store {
             ("receipts_root", meta.receipts_root.to_string()),
             ("round", meta.round.to_string()),
             ("units_below", meta.units_below.to_string()),
+            ("val_loss", meta.val_loss.to_string()),
         ];
         let weights = checkpoint::encode(model, params, &pairs);
         write_atomically(&self.weights_path(meta.version), &weights)?;
@@ -175,6 +181,7 @@ impl Store {
             receipts_root: field("receipts_root").unwrap_or_default(),
             round: number("round").unwrap_or(0),
             units_below: number("units_below").unwrap_or(0),
+            val_loss: field("val_loss").and_then(|v| v.parse::<f32>().ok()).filter(|v| v.is_finite()),
         })
     }
 
@@ -235,7 +242,7 @@ mod tests {
     use super::*;
 
     fn meta(version: u64) -> Meta<'static> {
-        Meta { version, job: "test", receipts_root: "", round: version, units_below: 10 * version }
+        Meta { version, job: "test", receipts_root: "", round: version, units_below: 10 * version, val_loss: 2.5 }
     }
 
     #[test]
@@ -253,6 +260,7 @@ mod tests {
         assert_eq!(listing.temporary.len(), 1);
         let found = store.read_unrecorded(&model, 2).expect("version 2 is whole");
         assert_eq!((found.params, found.round, found.units_below), (params.clone(), 2, 20));
+        assert_eq!(found.val_loss, Some(2.5), "adopting it needs no evaluation");
         // Version 3's weights replaced by version 1's: its momentum file no longer matches.
         fs::copy(store.weights_path(1), store.weights_path(3)).unwrap();
         let err = store.read_unrecorded(&model, 3).err().expect("mismatched files are refused");

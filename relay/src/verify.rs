@@ -22,6 +22,8 @@ use crowdgrad_runtime::rng::Rng;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use serde::Serialize;
 
+use crate::delta::Delta;
+
 /// The work a result claims, and what to check of it.
 pub struct Check {
     /// Names the waiting result in the coordinator that queued it.
@@ -51,7 +53,7 @@ pub struct Check {
     /// The unit's inner optimizer.
     pub optim: InnerOptim,
     /// The submitted Δ, decoded (`θ_start − θ_end`).
-    pub delta: Vec<f32>,
+    pub delta: Delta,
     /// Whether it came compressed: then it carries the contributor's error-feedback
     /// residual, and both checks measure direction rather than size (see [`Report`]).
     pub compressed: bool,
@@ -86,7 +88,7 @@ impl Check {
             seed: 0,
             steps: 1,
             optim: InnerOptim::default(),
-            delta: Vec::new(),
+            delta: Delta::Dense(Vec::new()),
             compressed: false,
             replay: false,
             loss_batches: 0,
@@ -184,17 +186,16 @@ impl Verifier {
     }
 }
 
-/// Cosine and norm ratio of `submitted` against `replayed`, on the coordinates where
-/// `submitted` is not zero (all of them for a dense Δ).
-pub fn compare(submitted: &[f32], replayed: &[f32]) -> Replayed {
+/// Cosine and norm ratio of `submitted` against `replayed` (`[parameters]`), on the
+/// coordinates where `submitted` is not zero.
+pub fn compare(submitted: &Delta, replayed: &[f32]) -> Replayed {
     let (mut dot, mut ss, mut rr) = (0.0f64, 0.0f64, 0.0f64);
-    for (&s, &r) in submitted.iter().zip(replayed) {
-        if s != 0.0 {
-            dot += s as f64 * r as f64;
-            ss += s as f64 * s as f64;
-            rr += r as f64 * r as f64;
-        }
-    }
+    submitted.for_each_nonzero(|i, s| {
+        let r = replayed[i];
+        dot += s as f64 * r as f64;
+        ss += s as f64 * s as f64;
+        rr += r as f64 * r as f64;
+    });
     let cosine = if ss > 0.0 && rr > 0.0 { dot / (ss.sqrt() * rr.sqrt()) } else { 0.0 };
     let norm_ratio = if rr > 0.0 { (ss / rr).sqrt() } else { f64::INFINITY };
     let projection = if rr > 0.0 { dot / rr } else { 0.0 };
@@ -231,13 +232,15 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
                 if i < n {
                     own_gradient.iter_mut().zip(&grad).for_each(|(sum, g)| *sum += g);
                 }
-                grad.iter().zip(&check.delta).map(|(g, d)| (*g as f64 * *d as f64) as f32).sum()
+                let mut gain = 0f32;
+                check.delta.for_each_nonzero(|i, d| gain += (grad[i] as f64 * d as f64) as f32);
+                gain
             })
             .collect();
         let alignment = Some(alignment(&own_gradient, &check.delta));
         return LossGain { own: mean(&gains[..n]), other: mean(&gains[n..]), alignment };
     }
-    let after: Vec<f32> = check.start.iter().zip(&check.delta).map(|(p, d)| p - d).collect();
+    let after: Vec<f32> = check.start.iter().zip(check.delta.dense().iter()).map(|(p, d)| p - d).collect();
     let mut mean_loss = |params: &[f32]| {
         trainer.load(params);
         for (slot, batch) in batches.iter().enumerate() {
@@ -253,16 +256,15 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
 
 /// `cos(gradient, Δ) · √k` on the `k` coordinates where Δ is not zero (0 when either is
 /// zero there): see [`LossGain::alignment`].
-fn alignment(gradient: &[f32], delta: &[f32]) -> f32 {
+fn alignment(gradient: &[f32], delta: &Delta) -> f32 {
     let (mut dot, mut gg, mut dd, mut sent) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    for (&g, &d) in gradient.iter().zip(delta) {
-        if d != 0.0 {
-            dot += g as f64 * d as f64;
-            gg += g as f64 * g as f64;
-            dd += d as f64 * d as f64;
-            sent += 1;
-        }
-    }
+    delta.for_each_nonzero(|i, d| {
+        let g = gradient[i];
+        dot += g as f64 * d as f64;
+        gg += g as f64 * g as f64;
+        dd += d as f64 * d as f64;
+        sent += 1;
+    });
     if gg > 0.0 && dd > 0.0 { (dot / (gg.sqrt() * dd.sqrt()) * (sent as f64).sqrt()) as f32 } else { 0.0 }
 }
 
@@ -273,14 +275,15 @@ mod tests {
     #[test]
     fn compare_looks_only_at_sent_coordinates() {
         let replayed = [1.0, 2.0, 3.0, 4.0];
-        let same = compare(&replayed, &replayed);
+        let dense = |values: &[f32]| Delta::Dense(values.to_vec());
+        let same = compare(&dense(&replayed), &replayed);
         assert!((same.cosine - 1.0).abs() < 1e-6 && (same.norm_ratio - 1.0).abs() < 1e-6);
-        let sparse = compare(&[0.0, 4.0, 0.0, 8.0], &replayed);
+        let sparse = compare(&dense(&[0.0, 4.0, 0.0, 8.0]), &replayed);
         assert!((sparse.cosine - 1.0).abs() < 1e-6, "{sparse:?}");
         assert!((sparse.norm_ratio - 2.0).abs() < 1e-6, "{sparse:?}");
-        let flipped = compare(&[-1.0, -2.0, -3.0, -4.0], &replayed);
+        let flipped = compare(&dense(&[-1.0, -2.0, -3.0, -4.0]), &replayed);
         assert!((flipped.cosine + 1.0).abs() < 1e-6);
-        let nothing = compare(&[0.0; 4], &replayed);
+        let nothing = compare(&dense(&[0.0; 4]), &replayed);
         assert_eq!(nothing.cosine, 0.0);
     }
 
@@ -309,7 +312,7 @@ mod tests {
             seed: 7,
             steps: 8,
             optim,
-            delta,
+            delta: Delta::Dense(delta),
             replay: true,
             loss_batches: 4,
             loss_margin: 0.05,

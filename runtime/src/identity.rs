@@ -81,7 +81,13 @@ impl Identity {
 
 /// Lowercase hex of `bytes` (keys in URLs, files and the ledger).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(2 * bytes.len());
+    for &b in bytes {
+        text.push(DIGITS[usize::from(b >> 4)] as char);
+        text.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    text
 }
 
 /// The 32 bytes written as 64 hex digits in `text` (surrounding whitespace ignored).
@@ -254,6 +260,7 @@ mod tests {
     fn keys_round_trip_through_hex() {
         let me = Identity::from_secret([0xab; 32]);
         assert_eq!(parse_hex32(&format!(" {}\n", hex(&me.secret()))), Some(me.secret()));
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
         assert_eq!(parse_hex32("abc"), None);
         assert_eq!(parse_hex32(&"zz".repeat(32)), None);
     }

@@ -85,6 +85,33 @@ impl LoadReport {
     }
 }
 
+/// Says hello to the relay at `addr` on a fresh connection every `every` until `until`,
+/// and times each hello to the relay's welcome, which it sends under the coordinator's
+/// lock: milliseconds, sorted. Run beside contributors, it shows whether the lock is free
+/// while versions commit.
+pub async fn time_hellos(addr: SocketAddr, every: Duration, until: Instant) -> Vec<f64> {
+    let mut times = Vec::new();
+    while Instant::now() < until {
+        let next = Instant::now() + every;
+        let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("connect");
+        let sent = Instant::now();
+        socket.send(hello("probe", Identity::generate().public())).await.expect("hello");
+        while let Some(Ok(msg)) = socket.next().await {
+            let Message::Binary(bytes) = msg else { continue };
+            if let ServerMsg::Welcome(_) =
+                protocol::decode::<ServerMsg>(&bytes, MAX_CONTROL_FRAME).expect("a relay message")
+            {
+                times.push(sent.elapsed().as_secs_f64() * 1e3);
+                break;
+            }
+        }
+        let _ = socket.close(None).await;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
 /// Compressed updates made before a run, so that the contributors' own work (a large
 /// model's Δ takes ~0.1 s to make) does not delay their sockets during it.
 pub struct MadeAhead {

@@ -66,15 +66,16 @@ impl Coordinator {
             self.tell_to_wait(session, "the job is paused by its operator".into());
             return;
         }
-        let round = self.round;
         // Never both twins to one contributor.
         let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
-        let open = self
-            .units
-            .iter()
-            .find(|(_, u)| u.state == UnitState::Open && u.round == round && sibling_holder(u) != Some(contributor))
-            .map(|(id, _)| *id);
-        let created = self.units.values().filter(|u| u.round == round).count();
+        // One pass over the round's units (the newest ids), not every unit still out.
+        let (mut open, mut created) = (None, 0);
+        for (id, u) in self.units.range(self.round_first_unit..).filter(|(_, u)| u.round == self.round) {
+            created += 1;
+            if open.is_none() && u.state == UnitState::Open && sibling_holder(u) != Some(contributor) {
+                open = Some(*id);
+            }
+        }
         let unit_id = match open {
             Some(id) => Some(id),
             None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {

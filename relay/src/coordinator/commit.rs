@@ -118,8 +118,13 @@ impl CommitJob {
         let Pending { draft, computed } = &mut self.pending;
         let computed = computed.get_or_insert_with(|| {
             let a = &job.aggregation;
-            let results: Vec<Weighted> =
-                draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+            let dense: Vec<_> = draft.results.iter().map(|c| c.delta.dense()).collect();
+            let results: Vec<Weighted> = draft
+                .results
+                .iter()
+                .zip(&dense)
+                .map(|(c, delta)| Weighted { delta, share: c.share, weight: c.weight })
+                .collect();
             let g = aggregate(a.rule, &results, a.trim, a.clip);
             let (mut params, mut momentum) = (draft.start.to_vec(), std::mem::take(momentum));
             outer_step(&mut params, &mut momentum, &g, job.outer.lr, job.outer.momentum);
@@ -201,6 +206,7 @@ pub(super) fn persist(
         receipts_root: &receipts_root,
         round: version.round,
         units_below: version.units_below,
+        val_loss: version.val_loss,
     };
     let written = store.write(&job.model, params, momentum, &meta)?;
     let row = VersionRow {
@@ -336,6 +342,7 @@ impl Coordinator {
         });
         self.prune();
         self.round += 1;
+        self.round_first_unit = self.next_unit;
         let opened = self.ledger.open_round(self.round, version);
         self.note_storage("opening a round", opened);
         self.round_deadline = None;
@@ -403,9 +410,10 @@ mod tests {
     use crowdgrad_runtime::protocol::{Hello, ServerMsg};
 
     use super::super::Contribution;
+    use crate::delta::Delta;
 
     fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
-        Contribution { unit, replayed, delta: vec![value; n], share: 1.0, weight: 1.0 }
+        Contribution { unit, replayed, delta: Delta::Dense(vec![value; n]), share: 1.0, weight: 1.0 }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crowdgrad_runtime::protocol::{Submission, Update};
 
 use super::sketch::Sketch;
 use super::{Coordinator, Rejection};
+use crate::delta::Delta;
 
 /// What a submission to one session's unit must be, read under the lock.
 pub struct Expectation {
@@ -33,10 +34,10 @@ pub struct Measurement {
     judged: Result<Judged, Rejection>,
 }
 
-/// A submission that passed [`Coordinator::judge`]: its dense Δ (`[parameters]`), ‖Δ‖,
-/// blake3 of its values, and sketch.
+/// A submission that passed [`Coordinator::judge`]: its Δ (`[parameters]`, sparse when
+/// it came compressed), ‖Δ‖, [`Delta::hash`], and sketch.
 pub(super) struct Judged {
-    pub delta: Vec<f32>,
+    pub delta: Delta,
     pub norm: f32,
     pub hash: [u8; 32],
     pub sketch: Sketch,
@@ -53,8 +54,8 @@ impl Expectation {
     }
 }
 
-/// The dense Δ of `sub` (as `codec` asks, `params` values), checked finite, with its
-/// norm, hash and sketch.
+/// The Δ of `sub` (as `codec` asks, `params` values), checked finite, with its norm,
+/// hash and sketch: for a compressed Δ, all read from the values it sent.
 pub(super) fn decode_and_measure(
     sub: &Submission,
     codec: Option<CodecConfig>,
@@ -62,22 +63,22 @@ pub(super) fn decode_and_measure(
 ) -> Result<Judged, Rejection> {
     let delta = match (&sub.update, codec) {
         (Update::Dense(delta), None) if delta.len() != params => return Err(Rejection::WrongSize),
-        (Update::Dense(delta), None) => delta.clone(),
+        (Update::Dense(delta), None) => Delta::Dense(delta.clone()),
         (Update::Compressed(bytes), Some(asked)) => {
             let (sent, _) = codec::header(bytes).map_err(|_| Rejection::Malformed)?;
             if (sent.chunk, sent.k, sent.bits) != (asked.chunk, asked.k, asked.bits) {
                 return Err(Rejection::WrongCodec);
             }
-            codec::decode(bytes, params).map_err(|_| Rejection::Malformed)?
+            Delta::Sparse(codec::decode_sparse(bytes, params).map_err(|_| Rejection::Malformed)?)
         }
         _ => return Err(Rejection::WrongCodec),
     };
-    if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && delta.iter().all(|x| x.is_finite())) {
+    let values = delta.held_values();
+    if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && values.iter().all(|x| x.is_finite())) {
         return Err(Rejection::NonFinite);
     }
-    let norm = delta.iter().map(|v| v * v).sum::<f32>().sqrt();
-    let hash = *blake3::hash(bytemuck::cast_slice(&delta)).as_bytes();
-    let sketch = Sketch::of(&delta);
+    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+    let (hash, sketch) = (delta.hash(), Sketch::of(&delta));
     Ok(Judged { delta, norm, hash, sketch })
 }
 

@@ -47,6 +47,7 @@ pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejec
 use crate::client_addr;
 use crate::config::JobConfig;
 pub use crate::config::Rule;
+use crate::delta::Delta;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::Metrics;
@@ -130,7 +131,7 @@ struct Contribution {
     /// Whether it was replayed: a round smaller than its rule's
     /// [`Rule::robust_min`] averages only replayed results.
     replayed: bool,
-    delta: Vec<f32>,
+    delta: Delta,
     /// Its steps as a fraction of H.
     share: f32,
     /// `share`, discounted for staleness.
@@ -174,6 +175,8 @@ pub struct Coordinator {
     /// Set when the round's first unit is handed out: an empty relay never times out.
     round_deadline: Option<Instant>,
     units: BTreeMap<u64, Unit>,
+    /// The first unit id of the open round: its units are those from here on.
+    round_first_unit: u64,
     results: Vec<Contribution>,
     train_losses: Vec<f32>,
     next_unit: u64,
@@ -301,6 +304,7 @@ impl Coordinator {
             results: Vec::new(),
             train_losses: Vec::new(),
             next_unit,
+            round_first_unit: next_unit,
             sessions: BTreeMap::new(),
             mesh: mesh::Mesh::default(),
             tools: Some(tools),

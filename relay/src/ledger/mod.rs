@@ -545,11 +545,12 @@ impl Ledger {
             finite(row.losses.1),
             now_ms()
         ])?;
-        let column = if row.accepted { "accepted" } else { "rejected" };
-        self.db.execute(
-            &format!("UPDATE contributors SET {column} = {column} + 1 WHERE id = ?1"),
-            [row.contributor as i64],
-        )?;
+        let mut count = self.db.prepare_cached(if row.accepted {
+            "UPDATE contributors SET accepted = accepted + 1 WHERE id = ?1"
+        } else {
+            "UPDATE contributors SET rejected = rejected + 1 WHERE id = ?1"
+        })?;
+        count.execute([row.contributor as i64])?;
         Ok(())
     }
 }

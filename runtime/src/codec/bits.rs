@@ -67,28 +67,54 @@ impl<'a> BitReader<'a> {
         BitReader { bytes, at: 0 }
     }
 
+    /// The bits from the next one on, as the low bits of a word (zeros past the end of
+    /// the slice), and how many of them are in the slice (at least 57 unless it ends).
+    #[inline]
+    fn peek(&self) -> (u64, u32) {
+        let (byte, shift) = (self.at / 8, self.at % 8);
+        if let Some(&eight) = self.bytes.get(byte..byte + 8).and_then(|s| s.as_array::<8>()) {
+            return (u64::from_le_bytes(eight) >> shift, 64 - shift as u32);
+        }
+        let rest = self.bytes.get(byte..).unwrap_or_default();
+        let take = rest.len().min(8);
+        let mut word = [0u8; 8];
+        word[..take].copy_from_slice(&rest[..take]);
+        (u64::from_le_bytes(word) >> shift, (take * 8).saturating_sub(shift) as u32)
+    }
+
     /// Reads `bits` (at most 32) bits; `None` past the end.
     pub fn read(&mut self, bits: u32) -> Option<u32> {
-        let mut value = 0u32;
-        for i in 0..bits {
-            let byte = *self.bytes.get(self.at / 8)?;
-            value |= (((byte >> (self.at % 8)) & 1) as u32) << i;
-            self.at += 1;
+        debug_assert!(bits <= 32);
+        let (word, available) = self.peek();
+        if available < bits {
+            return None;
         }
-        Some(value)
+        self.at += bits as usize;
+        Some((word & ((1u64 << bits) - 1)) as u32)
     }
 
     /// Reads a Rice-coded gap with parameter `rice` that must stay below `limit`; `None`
     /// past the end or at the limit (so a run of one-bits stops early).
     pub fn read_rice(&mut self, rice: u8, limit: u32) -> Option<u32> {
-        let mut quotient = 0u32;
-        while self.read(1)? == 1 {
-            quotient += 1;
-            if (quotient as u64) << rice >= limit as u64 {
+        let mut quotient = 0u64;
+        loop {
+            let (word, available) = self.peek();
+            if available == 0 {
                 return None;
             }
+            // The one-bits of the quotient in this word; past `available` the word is zero.
+            let ones = (!word).trailing_zeros().min(available);
+            quotient += ones as u64;
+            if quotient << rice >= limit as u64 {
+                return None;
+            }
+            self.at += ones as usize;
+            if ones < available {
+                self.at += 1;
+                break;
+            }
         }
-        let gap = (quotient << rice) | self.read(rice as u32)?;
+        let gap = ((quotient as u32) << rice) | self.read(rice as u32)?;
         (gap < limit).then_some(gap)
     }
 
@@ -133,5 +159,9 @@ mod tests {
         w.finish();
         assert_eq!(BitReader::new(&out).read_rice(3, 64), None);
         assert_eq!(BitReader::new(&[0xff; 4]).read_rice(0, u32::MAX), None, "ones to the end");
+        assert_eq!(BitReader::new(&[0xff; 12]).read_rice(0, 70), None, "a run across words reaching the limit");
+        let mut long = vec![0xff; 9];
+        long.push(0b10);
+        assert_eq!(BitReader::new(&long).read_rice(0, 100), Some(72), "a run across words");
     }
 }

@@ -17,9 +17,11 @@
 //! these bounds and the expected length.
 
 mod bits;
+mod sparse;
 
 use bits::{BitReader, BitWriter, MAX_RICE, rice_bits};
 use serde::{Deserialize, Serialize};
+pub use sparse::SparseDelta;
 
 /// Two bytes that open every encoded update.
 const MAGIC: [u8; 2] = *b"CZ";
@@ -263,14 +265,24 @@ pub fn header(bytes: &[u8]) -> Result<(CodecConfig, usize), CodecError> {
 
 /// Decodes an update that must hold exactly `len` values; every field is checked.
 pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
+    decode_sparse(bytes, len).map(|sparse| sparse.to_dense())
+}
+
+/// [`decode`], as the update's nonzero values and their indices (a few percent of `len`
+/// at the default density), without writing the zeros in between.
+pub fn decode_sparse(bytes: &[u8], len: usize) -> Result<SparseDelta, CodecError> {
     let (cfg, values) = header(bytes)?;
     if values != len {
         return bad(format!("{values} values, the model has {len}"));
     }
     let levels = cfg.levels() as f32;
-    let mut out = vec![0f32; len];
+    let chunks = len.div_ceil(cfg.chunk as usize);
+    let mut out = SparseDelta::with_capacity(len, chunks * cfg.k as usize);
+    let mut indices = Vec::with_capacity(cfg.k as usize);
     let mut at = HEADER;
-    for (c, chunk) in out.chunks_mut(cfg.chunk as usize).enumerate() {
+    for c in 0..chunks {
+        let first = c * cfg.chunk as usize;
+        let chunk_len = (len - first).min(cfg.chunk as usize);
         let Some(head) = bytes.get(at..at + CHUNK_HEADER) else { return bad(format!("chunk {c} is cut short")) };
         let scale = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let count = u16::from_le_bytes([head[4], head[5]]) as usize;
@@ -279,19 +291,19 @@ pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
         if !(scale.is_finite() && scale >= 0.0) {
             return bad(format!("chunk {c} has scale {scale}"));
         }
-        if count > (cfg.k as usize).min(chunk.len()) {
-            return bad(format!("chunk {c} lists {count} values; at most {} fit", (cfg.k as usize).min(chunk.len())));
+        if count > (cfg.k as usize).min(chunk_len) {
+            return bad(format!("chunk {c} lists {count} values; at most {} fit", (cfg.k as usize).min(chunk_len)));
         }
         if rice > MAX_RICE {
             return bad(format!("chunk {c} has Rice parameter {rice}, above {MAX_RICE}"));
         }
         let mut stream = BitReader::new(&bytes[at..]);
-        let mut indices = Vec::with_capacity(count);
+        indices.clear();
         let mut next = 0usize;
         for _ in 0..count {
-            let room = (chunk.len() - next) as u32;
+            let room = (chunk_len - next) as u32;
             let Some(gap) = stream.read_rice(rice, room) else {
-                return bad(format!("chunk {c}: an index past its {} values or cut short", chunk.len()));
+                return bad(format!("chunk {c}: an index past its {chunk_len} values or cut short"));
             };
             let index = next + gap as usize;
             indices.push(index);
@@ -303,7 +315,7 @@ pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
             if level.unsigned_abs() > cfg.levels() as u32 {
                 return bad(format!("chunk {c}: level {level} outside ±{}", cfg.levels()));
             }
-            chunk[index] = level as f32 / levels * scale;
+            out.push(first + index, level as f32 / levels * scale);
         }
         at += stream.bytes_used();
     }
