@@ -18,19 +18,6 @@ pub enum Delta {
 }
 
 impl Delta {
-    /// Values in the dense Δ (the model's parameters).
-    pub fn len(&self) -> usize {
-        match self {
-            Delta::Dense(values) => values.len(),
-            Delta::Sparse(sparse) => sparse.len(),
-        }
-    }
-
-    /// Whether the dense Δ has no values.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The values it holds: every value of a dense Δ, the nonzero ones of a sparse one
     /// (enough for finiteness and the norm).
     pub fn held_values(&self) -> &[f32] {

@@ -222,7 +222,7 @@ fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
     let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
     if check.compressed {
         trainer.load(&check.start);
-        let mut own_gradient = vec![0f32; check.delta.len()];
+        let mut own_gradient = vec![0f32; check.start.len()];
         let gains: Vec<f32> = batches
             .iter()
             .enumerate()
