@@ -66,8 +66,11 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
     coordinator.commit_off_lock(state.commits.clone());
-    let old = std::mem::replace(&mut *state.coordinator.lock().expect("coordinator lock"), coordinator);
-    // Dropping the old job closes its sessions' outboxes, ending those sessions.
+    coordinator.group_writes();
+    let mut old = std::mem::replace(&mut *state.coordinator.lock().expect("coordinator lock"), coordinator);
+    // What the old job wrote lands, and its acks go out; dropping it then closes its
+    // sessions' outboxes, ending those sessions.
+    old.flush_writes();
     drop(old);
     tracing::info!(job = %name, "the operator started a new job");
     (StatusCode::OK, format!("running job {name}")).into_response()

@@ -54,7 +54,7 @@ use tokio::net::TcpListener;
 
 use crate::check_queue::CheckQueue;
 use crate::config::ServeConfig;
-use crate::coordinator::{CommitJob, CommitQueue, Coordinator, TICK};
+use crate::coordinator::{CommitJob, CommitQueue, Coordinator, FLUSH, TICK};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::verify::Verifier;
@@ -74,6 +74,7 @@ impl Relay {
     pub async fn stop(self) {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
+        self.state.coordinator.lock().expect("coordinator lock").flush_writes();
     }
 
     /// Serves until the process is stopped; an error if the server task died.
@@ -155,7 +156,8 @@ pub fn exit_on_panic() {
 ///
 /// Everything the relay runs besides the sessions' tasks starts here: the verifier
 /// thread ([`spawn_verifier`]), the committer thread ([`spawn_committer`]), and one task with the clock (the coordinator's
-/// [`Coordinator::tick`] every [`TICK`]) and the accept loop ([`listener::serve`]), which
+/// [`Coordinator::tick`] every [`TICK`]), the group commit of the ledger's writes
+/// ([`Coordinator::flush_writes`] every [`FLUSH`]) and the accept loop ([`listener::serve`]), which
 /// spawns a task per connection.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
@@ -163,11 +165,15 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
     let checks = spawn_verifier(Arc::downgrade(&coordinator));
     let commits = spawn_committer(Arc::downgrade(&coordinator));
-    coordinator.lock().expect("coordinator lock").commit_off_lock(commits.clone());
+    {
+        let mut c = coordinator.lock().expect("coordinator lock");
+        c.commit_off_lock(commits.clone());
+        c.group_writes();
+    }
     let state = AppState::new(coordinator, checks, commits, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
-    let ticker = state.coordinator.clone();
+    let (ticker, flusher) = (state.coordinator.clone(), state.coordinator.clone());
     let limits = config.job.limits.clone();
     let app = server::router(state.clone(), &config.www);
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -179,12 +185,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
                 ticker.lock().expect("coordinator lock").tick(std::time::Instant::now());
             }
         };
+        let mut flushes = tokio::time::interval(FLUSH);
+        flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let flush = async move {
+            loop {
+                flushes.tick().await;
+                flusher.lock().expect("coordinator lock").flush_writes();
+            }
+        };
         let serve = listener::serve(listener, app, &limits, async move {
             let _ = stopped.await;
         });
         tokio::select! {
             () = serve => {}
             () = clock => {}
+            () = flush => {}
         }
     });
     tracing::info!(%addr, "relay listening");

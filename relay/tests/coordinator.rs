@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crowdgrad_relay::coordinator::{Coordinator, Rejection};
+use crowdgrad_relay::ledger::Ledger;
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::{ServerMsg, Submission, Update, WorkUnit};
@@ -324,4 +325,24 @@ fn acks_and_hellos_flow_while_a_version_commits_off_the_lock() {
     assert_eq!(c.status().version, 1);
     let next = late.assignment().expect("the waiting contributor gets a unit of the new round");
     assert_eq!(next.version, 1);
+}
+
+#[test]
+fn grouped_writes_hold_each_ack_until_its_result_is_in_the_ledger() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| job.round.target = 4);
+    c.group_writes();
+    let mut a = Client::join(&mut c, t0);
+    c.flush_writes();
+    let unit = a.assignment().expect("a has work");
+    assert_eq!(c.submit(a.id, a.result(&unit, c.param_count()), t0), Ok(()));
+    // Another connection, as a restarted relay would read the file.
+    let reader = Ledger::open_read_only(dir.path()).expect("the ledger opens");
+    let acked = |a: &mut Client| std::iter::from_fn(|| a.inbox.try_recv().ok()).any(|m| matches!(m, ServerMsg::Ack(_)));
+    assert!(!acked(&mut a), "no ack before its result is written");
+    assert!(reader.receipts(None).expect("receipts").is_empty(), "the transaction is still open");
+    c.flush_writes();
+    assert_eq!(reader.receipts(None).expect("receipts").len(), 1, "the receipt landed");
+    assert!(acked(&mut a), "the ack follows its write");
 }

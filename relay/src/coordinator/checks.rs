@@ -119,6 +119,11 @@ impl Coordinator {
     /// `loss_check` otherwise (its unit then goes to someone else). Checks of a job
     /// since replaced are ignored.
     pub fn checked(&mut self, check: Check, report: Report, now: Instant) {
+        self.in_one_write(|c| c.settle_checked(check, report, now));
+    }
+
+    /// [`Self::checked`], inside its ledger transaction.
+    fn settle_checked(&mut self, check: Check, report: Report, now: Instant) {
         let Some(p) = self.pending.remove(&check.ticket) else { return };
         let verdict = self.within_tolerance(p.claim.kind == Kind::Compressed, &report);
         // A pass counts toward trust only when replayed; any failure ends it.

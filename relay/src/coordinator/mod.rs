@@ -11,6 +11,7 @@ mod aggregate;
 mod assign;
 mod checks;
 mod commit;
+mod group_commit;
 mod measure;
 mod mesh;
 mod newcomers;
@@ -42,6 +43,7 @@ use tokio::sync::mpsc;
 
 pub use self::aggregate::{Weighted, aggregate, outer_step};
 pub use self::commit::{CommitJob, CommitQueue, Committed};
+pub use self::group_commit::FLUSH;
 pub use self::measure::{Expectation, Measurement};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::client_addr;
@@ -218,6 +220,8 @@ pub struct Coordinator {
     checks: Vec<Check>,
     /// Twin results waiting for their twin's, by unit.
     held: HashMap<u64, Held>,
+    /// The ledger's open transaction and the messages it holds back.
+    group_commit: group_commit::GroupCommit,
     /// Draws check tickets and the loss check's other shard.
     ticket_rng: Rng,
     /// New contributors registered per address.
@@ -327,6 +331,7 @@ impl Coordinator {
             pending: HashMap::new(),
             checks: Vec::new(),
             held: HashMap::new(),
+            group_commit: Default::default(),
             ticket_rng: Rng::new(random_u64()),
             newcomers: Default::default(),
             job,
@@ -544,6 +549,17 @@ impl Coordinator {
         measurement: Option<Measurement>,
         now: Instant,
     ) -> Result<(), Rejection> {
+        self.in_one_write(|c| c.take_submission(session, sub, measurement, now))
+    }
+
+    /// [`Self::submit_measured`], inside its ledger transaction.
+    fn take_submission(
+        &mut self,
+        session: u64,
+        sub: Submission,
+        measurement: Option<Measurement>,
+        now: Instant,
+    ) -> Result<(), Rejection> {
         let (contributor, key) = self.sessions.get(&session).map_or((0, [0; KEY_BYTES]), |s| (s.contributor, s.key));
         let claim = Claim {
             unit_id: sub.unit_id,
@@ -632,6 +648,13 @@ impl Coordinator {
     /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and
     /// closing the outbox makes its connection end (and [`Self::leave`] follow).
     fn send(&mut self, session: u64, msg: ServerMsg) {
+        if let Some(msg) = self.group_commit.hold(session, msg) {
+            self.send_now(session, msg);
+        }
+    }
+
+    /// [`Self::send`], not held back.
+    fn send_now(&mut self, session: u64, msg: ServerMsg) {
         if let Some(s) = self.sessions.get(&session)
             && s.outbox.try_send(msg).is_err()
         {

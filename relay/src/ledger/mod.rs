@@ -6,12 +6,18 @@
 //! a killed process loses nothing written; a version's row is written with
 //! `synchronous = FULL`, so a power loss cannot roll it back behind its files either.
 //! Receipts are append-only, and unit ids never repeat.
+//!
+//! The coordinator groups its writes ([`Ledger::begin_writes`], [`Ledger::end_writes`]),
+//! no connection checkpoints on its own (the committer does, after each version), and a
+//! busy connection retries every 200 µs: see `coordinator::Coordinator::flush_writes`.
 
 mod screen;
 
 pub use screen::ScreenedDelta;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -37,6 +43,18 @@ const CONTRIBUTOR_COUNTS: &str =
 
 /// How long a connection waits for the other to finish writing.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a connection sleeps before it tries the write lock again.
+const BUSY_RETRY: Duration = Duration::from_micros(200);
+
+/// SQLite's busy handler: retries every [`BUSY_RETRY`] for up to [`BUSY_WAIT`].
+/// SQLite's own (`busy_timeout`) sleeps 1, 2, 5, … up to 100 ms between tries, so a
+/// connection that found the lock taken for 50 µs could sleep for 10 ms, and the
+/// coordinator's connection does so under the coordinator's lock.
+fn wait_a_little(tries: i32) -> bool {
+    std::thread::sleep(BUSY_RETRY);
+    BUSY_RETRY * (tries.max(0) as u32 + 1) < BUSY_WAIT
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -212,6 +230,9 @@ pub struct ResultRow<'a> {
 /// The open ledger.
 pub struct Ledger {
     db: Connection,
+    /// Set while one of this ledger's connections writes a version
+    /// ([`Self::commit_version`]); shared by all of them (see [`Self::version_waiting`]).
+    version_waiting: Arc<AtomicBool>,
 }
 
 impl Ledger {
@@ -255,7 +276,7 @@ impl Ledger {
                 db.execute("UPDATE jobs SET name = ?1, config = ?2 WHERE id = 1", params![job.name, config])?;
             }
         }
-        Ok(Ledger { db })
+        Ok(Ledger { db, version_waiting: Arc::default() })
     }
 
     /// Another connection to this ledger, for the commits that run off the coordinator's
@@ -263,17 +284,42 @@ impl Ledger {
     /// [`BUSY_WAIT`] for the other.
     pub fn second_connection(&self) -> anyhow::Result<Ledger> {
         let path = self.db.path().context("the ledger is a file")?;
-        Ok(Ledger { db: Self::connect(Path::new(path))? })
+        Ok(Ledger { db: Self::connect(Path::new(path))?, version_waiting: self.version_waiting.clone() })
     }
 
     /// A connection to `path` in WAL mode.
     fn connect(path: &Path) -> anyhow::Result<Connection> {
-        let db = Connection::open(path)?;
+        let mut db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
-        db.busy_timeout(BUSY_WAIT)?;
+        db.pragma_update(None, "wal_autocheckpoint", 0)?;
+        db.busy_handler(Some(wait_a_little))?;
         Ok(db)
+    }
+
+    /// Starts a transaction holding the write lock, so that the writes until
+    /// [`Self::end_writes`] land as one WAL commit rather than one each. Returns
+    /// whether one was started (`false` inside one already).
+    pub fn begin_writes(&self) -> anyhow::Result<bool> {
+        if !self.db.is_autocommit() {
+            return Ok(false);
+        }
+        self.db.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(true)
+    }
+
+    /// Commits the transaction [`Self::begin_writes`] started, if one is open; on failure
+    /// rolls it back, so that the next writes do not join it.
+    pub fn end_writes(&self) -> anyhow::Result<()> {
+        if self.db.is_autocommit() {
+            return Ok(());
+        }
+        let committed = self.db.execute_batch("COMMIT");
+        if committed.is_err() && !self.db.is_autocommit() {
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+        Ok(committed?)
     }
 
     /// Opens `path`, checks that SQLite can read it whole, and creates missing tables.
@@ -290,7 +336,14 @@ impl Ledger {
         let path = dir.join("ledger.sqlite");
         let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Ledger { db })
+        Ok(Ledger { db, version_waiting: Arc::default() })
+    }
+
+    /// Whether another connection of this ledger wants the write lock for a version
+    /// ([`Self::commit_version`]): a connection that holds its transactions open should
+    /// end them and start no other until this is `false` again.
+    pub fn version_waiting(&self) -> bool {
+        self.version_waiting.load(Ordering::Acquire)
     }
 
     /// The newest committed version, if any.
@@ -334,7 +387,22 @@ impl Ledger {
     /// Records a committed version, marks the receipts of `units` as averaged into it,
     /// and closes `round`'s row as committed, in one transaction.
     /// The transaction is fsynced before this returns (`synchronous = FULL` for it).
+    /// Then the WAL is copied into the database as far as no reader needs it (a passive
+    /// checkpoint): connections never checkpoint on their own, so that the coordinator's
+    /// writes, under its lock, never wait for a copy and its fsyncs.
     pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
+        self.version_waiting.store(true, Ordering::Release);
+        let written = self.write_version_durably(row, round, units);
+        self.version_waiting.store(false, Ordering::Release);
+        written?;
+        // The version is written; a checkpoint that fails is tried again at the next.
+        if let Err(e) = self.db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("ledger: checkpointing the WAL failed: {e}");
+        }
+        Ok(())
+    }
+
+    fn write_version_durably(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
         self.db.pragma_update(None, "synchronous", "FULL")?;
         let written = self.write_version(row, round, units);
         self.db.pragma_update(None, "synchronous", "NORMAL")?;
