@@ -346,3 +346,44 @@ fn grouped_writes_hold_each_ack_until_its_result_is_in_the_ledger() {
     assert_eq!(reader.receipts(None).expect("receipts").len(), 1, "the receipt landed");
     assert!(acked(&mut a), "the ack follows its write");
 }
+
+#[test]
+fn a_newcomer_is_written_to_the_ledger_with_its_first_unit_and_forgotten_with_its_last_session_if_it_had_none() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |_| {});
+    let ledger = rusqlite::Connection::open(dir.path().join("ledger.sqlite")).expect("the ledger opens");
+    let rows = || ledger.query_row("SELECT COUNT(*) FROM contributors", [], |r| r.get::<_, i64>(0)).expect("count");
+    let (mut a, mut b) = (Client::join(&mut c, t0), Client::join(&mut c, t0));
+    assert!(a.assignment().is_some() && b.assignment().is_some());
+    assert_eq!(rows(), 2, "each contributor given a unit has its row");
+    // The round's two units are out: a third hello is welcomed, and waits.
+    let (tx, inbox) = tokio::sync::mpsc::channel(16);
+    let mut idle = Client { id: c.join(tx, hello(None), t0), inbox, identity: Identity::generate() };
+    let Some(ServerMsg::Welcome(welcome)) = idle.inbox.try_recv().ok() else { panic!("a welcome first") };
+    assert!(idle.assignment().is_none());
+    assert_eq!(rows(), 2, "a contributor without work has no row yet");
+    // Its token resumes it while a session of it is open, and only then.
+    let (second, resumed) = join_as(&mut c, Some(welcome.token.clone()), t0);
+    assert_eq!(resumed.contributor, welcome.contributor, "the token resumes the waiting newcomer");
+    c.leave(idle.id, t0);
+    c.leave(second, t0);
+    let (_, third) = join_as(&mut c, Some(welcome.token), t0);
+    assert_ne!(third.contributor, welcome.contributor, "forgotten with its last session");
+    assert_eq!(rows(), 2, "and never written");
+}
+
+/// Joins with a hello resuming `token` when given; the session and its welcome.
+fn join_as(c: &mut Coordinator, token: Option<String>, now: Instant) -> (u64, crowdgrad_runtime::protocol::Welcome) {
+    let (tx, mut inbox) = tokio::sync::mpsc::channel(16);
+    let session = c.join(tx, hello(token), now);
+    let Ok(ServerMsg::Welcome(welcome)) = inbox.try_recv() else { panic!("a welcome first") };
+    (session, welcome)
+}
+
+/// A hello from a CPU, resuming with `token` when given.
+fn hello(token: Option<String>) -> crowdgrad_runtime::protocol::Hello {
+    let device = crowdgrad_runtime::backend::DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
+    let key = Identity::generate().public();
+    crowdgrad_runtime::protocol::Hello { agent: "test".into(), device, resume: token, gflops: 0.0, key, p2p: false }
+}

@@ -103,6 +103,7 @@ impl Coordinator {
         let (shard, seed) = (unit.shard, unit.seed);
         let codec = self.unit_codec(&self.units[&unit_id]);
         let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
+        self.register(contributor);
         let put = self.ledger.put_unit(
             unit_id,
             self.round,

@@ -16,6 +16,7 @@ mod measure;
 mod mesh;
 mod newcomers;
 mod pacing;
+mod registrations;
 mod report;
 mod screen;
 mod sketch;
@@ -226,6 +227,8 @@ pub struct Coordinator {
     ticket_rng: Rng,
     /// New contributors registered per address.
     newcomers: newcomers::Newcomers,
+    /// Contributors welcomed and not yet written to the ledger.
+    registrations: registrations::Registrations,
 }
 
 impl Coordinator {
@@ -280,6 +283,7 @@ impl Coordinator {
         ledger.open_round(round, version)?;
         let versions = ledger.recent_versions(timeline::KEPT_VERSIONS)?.into_iter().map(VersionRecord::from);
         let timeline = timeline::Timeline::new(versions.collect());
+        let registrations = registrations::Registrations::new(ledger.next_contributor_id()?);
         let tools = commit::Tools {
             evaluator,
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
@@ -334,6 +338,7 @@ impl Coordinator {
             group_commit: Default::default(),
             ticket_rng: Rng::new(random_u64()),
             newcomers: Default::default(),
+            registrations,
             job,
         })
     }
@@ -461,7 +466,8 @@ impl Coordinator {
         let resumed = match hello.resume.as_deref() {
             Some(token) => {
                 let found = self.ledger.resume_contributor(token);
-                self.note_storage("resuming a contributor", found).flatten().map(|c| (c, token.to_string()))
+                let found = self.note_storage("resuming a contributor", found).flatten();
+                found.or_else(|| self.registrations.resume(token)).map(|c| (c, token.to_string()))
             }
             None => None,
         };
@@ -481,9 +487,14 @@ impl Coordinator {
                     ));
                 }
                 let token = new_token();
-                let device = format!("{} ({})", hello.device.kind, hello.device.adapter);
-                let created = self.ledger.new_contributor(&token, &hex(&hello.key), &hello.agent, &device);
-                (self.note_storage("registering a contributor", created).unwrap_or(0), token)
+                let newcomer = registrations::Newcomer {
+                    sessions: 1,
+                    token: token.clone(),
+                    key: hex(&hello.key),
+                    agent: hello.agent.clone(),
+                    device: format!("{} ({})", hello.device.kind, hello.device.adapter),
+                };
+                (self.registrations.welcome(newcomer), token)
             }
         };
         let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
@@ -517,8 +528,10 @@ impl Coordinator {
         Ok(id)
     }
 
-    /// Forgets a session; its unit goes back to the pool and to an idle session.
+    /// Forgets a session; its unit goes back to the pool and to an idle session. A
+    /// contributor not yet written to the ledger is forgotten with its last session.
     pub fn leave(&mut self, session: u64, now: Instant) {
+        self.forget_unwritten(session);
         self.mesh_leave(session);
         if let Some(unit_id) = self.sessions.get(&session).and_then(|s| s.unit)
             && self.holds(session, unit_id)
@@ -659,6 +672,7 @@ impl Coordinator {
             && s.outbox.try_send(msg).is_err()
         {
             tracing::warn!(session, "outbox full or closed; dropping the session");
+            self.forget_unwritten(session);
             if let Some(unit) = self.sessions.remove(&session).and_then(|s| s.unit) {
                 self.release(unit);
             }
@@ -675,6 +689,23 @@ impl Coordinator {
             tracing::info!(session, "outbox full; dropped a message for it");
         }
         queued
+    }
+
+    /// Counts `session`, which is ending, out of its contributor's sessions if that was
+    /// never written to the ledger (and forgets it with its last).
+    fn forget_unwritten(&mut self, session: u64) {
+        if let Some(contributor) = self.sessions.get(&session).map(|s| s.contributor) {
+            self.registrations.left(contributor);
+        }
+    }
+
+    /// Writes `contributor`'s ledger row if it has none yet: before its first unit or
+    /// result refers to it.
+    fn register(&mut self, contributor: u64) {
+        if let Some(n) = self.registrations.take(contributor) {
+            let written = self.ledger.register_contributor(contributor, &n.token, &n.key, &n.agent, &n.device);
+            self.note_storage("registering a contributor", written);
+        }
     }
 
     /// Passes `result` through; on an error, logs it and shows it in status until the

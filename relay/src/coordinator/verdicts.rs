@@ -35,6 +35,7 @@ impl Coordinator {
             reason: &reason,
             losses: claim.losses,
         };
+        self.register(contributor);
         let recorded = self.ledger.record_result(&row);
         self.note_storage("recording a result", recorded);
         let accepted = verdict.is_ok();

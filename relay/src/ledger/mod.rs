@@ -533,16 +533,34 @@ impl Ledger {
         Ok(id.map(|id| id as u64))
     }
 
-    /// Registers a new contributor reachable through `token`, signing as `public_key`
-    /// (hex); returns its id.
-    pub fn new_contributor(&self, token: &str, public_key: &str, agent: &str, device: &str) -> anyhow::Result<u64> {
-        let now = now_ms();
+    /// Registers contributor `id`, reachable through `token`, signing as `public_key`
+    /// (hex).
+    pub fn register_contributor(
+        &self,
+        id: u64,
+        token: &str,
+        public_key: &str,
+        agent: &str,
+        device: &str,
+    ) -> anyhow::Result<()> {
         let mut stmt = self.db.prepare_cached(
-            "INSERT INTO contributors (token_hash, public_key, agent, device, first_seen_ms, last_seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+            "INSERT INTO contributors (id, token_hash, public_key, agent, device, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
         )?;
-        let id: i64 = stmt.query_row(params![token_hash(token), public_key, agent, device, now], |r| r.get(0))?;
-        Ok(id as u64)
+        stmt.execute(params![id as i64, token_hash(token), public_key, agent, device, now_ms()])?;
+        Ok(())
+    }
+
+    /// One past the highest contributor id ever registered (1 for a new ledger): ids
+    /// from there on are free.
+    pub fn next_contributor_id(&self) -> anyhow::Result<u64> {
+        let highest: i64 = self.db.query_row(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'contributors'), 0),
+                        COALESCE((SELECT MAX(id) FROM contributors), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(highest as u64 + 1)
     }
 
     /// Stores the receipt of an accepted unit. Receipts are never replaced: a second one
