@@ -72,6 +72,8 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
     // sessions' outboxes, ending those sessions.
     old.flush_writes();
     drop(old);
+    // The old job may have registered contributors since the new one read the ledger.
+    state.coordinator.lock().expect("coordinator lock").skip_written_contributor_ids();
     tracing::info!(job = %name, "the operator started a new job");
     (StatusCode::OK, format!("running job {name}")).into_response()
 }

@@ -176,7 +176,9 @@ pub struct Welcome {
     pub session: u64,
     /// The contributor's lasting id (kept across reconnects that resume).
     pub contributor: u64,
-    /// Secret to send as [`Hello::resume`] next time; the relay stores only its hash.
+    /// Secret to send as [`Hello::resume`] next time; the relay stores only its hash. It
+    /// lasts once the contributor has had a unit (its ledger row is written then); before
+    /// that, only while one of its sessions is open.
     pub token: String,
     /// The job's name.
     pub job: String,

@@ -247,12 +247,12 @@ impl Coordinator {
         };
         let tools = self.tools.take().expect("no commit runs");
         let job = CommitJob { owner: self.owner, tools, pending };
+        // The round's receipts land before its checkpoint, which records their root, is
+        // written (and so that the commit's own connection can write).
+        self.flush_writes();
         match &self.commits {
             Some(queue) => queue.send(job).expect("the committer thread runs as long as the relay"),
             None => {
-                // Run here (the parts' tests): what this message wrote lands first, so
-                // that the commit's own connection can write.
-                self.flush_writes();
                 let done = job.run();
                 self.committed(done, now);
             }
@@ -298,6 +298,11 @@ impl Coordinator {
     /// Takes a commit that ran: on success, serves its version and opens the next round;
     /// on a failed write, keeps it to write again. A replaced job's commit is ignored.
     pub fn committed(&mut self, done: Committed, now: Instant) {
+        self.in_one_write(|c| c.serve_committed(done, now));
+    }
+
+    /// [`Self::committed`], inside its ledger transaction.
+    fn serve_committed(&mut self, done: Committed, now: Instant) {
         let Committed { job, written } = done;
         if job.owner != self.owner {
             return;

@@ -9,20 +9,31 @@ use std::time::{Duration, Instant};
 use crowdgrad_runtime::protocol::ServerMsg;
 
 use super::Coordinator;
+use super::registrations::Newcomer;
 
 /// How often the relay ends the ledger's open transaction and sends the acks it held
-/// ([`Coordinator::flush_writes`]): the most a group commit adds to an ack.
+/// ([`Coordinator::flush_writes`]): what a group commit adds to an ack, unless a version
+/// write is waiting (see [`VERSION_WRITE_WAIT`]).
 pub const FLUSH: Duration = Duration::from_millis(2);
 
 /// How long a message waits for the committer's version write before writing anyway.
 const VERSION_WRITE_WAIT: Duration = Duration::from_secs(2);
 
+/// A message held back for `session`; `lossy` when a full outbox drops the message
+/// rather than the session (see `Coordinator::send_lossy`).
+struct Unsent {
+    session: u64,
+    msg: ServerMsg,
+    lossy: bool,
+}
+
 /// The state of the group commit.
 #[derive(Default)]
 pub(super) struct GroupCommit {
-    /// Messages held back while the transaction is open, by session, in the order they
-    /// were sent.
-    unsent: Vec<(u64, ServerMsg)>,
+    /// Messages held back while the transaction is open, in the order they were sent.
+    unsent: Vec<Unsent>,
+    /// Contributors whose rows the open transaction writes: waiting again if it fails.
+    registered: Vec<(u64, Newcomer)>,
     /// Whether the ledger's transaction is open.
     open: bool,
     /// Whether transactions stay open across messages until [`Coordinator::flush_writes`]
@@ -32,12 +43,19 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Holds `msg` for `session` while the transaction is open; gives it back otherwise.
-    pub(super) fn hold(&mut self, session: u64, msg: ServerMsg) -> Option<ServerMsg> {
+    pub(super) fn hold(&mut self, session: u64, msg: ServerMsg, lossy: bool) -> Option<ServerMsg> {
         if !self.open {
             return Some(msg);
         }
-        self.unsent.push((session, msg));
+        self.unsent.push(Unsent { session, msg, lossy });
         None
+    }
+
+    /// Notes that the open transaction, if one is open, writes contributor `id`'s row.
+    pub(super) fn registering(&mut self, id: u64, newcomer: Newcomer) {
+        if self.open {
+            self.registered.push((id, newcomer));
+        }
     }
 }
 
@@ -53,7 +71,9 @@ impl Coordinator {
     /// if none is open), and holds the messages it sends until that transaction has
     /// landed, so that no ack leaves before what it acknowledges is written. The
     /// transaction ends here unless writes are grouped; it ends at once while a version
-    /// waits to be written, and none starts until it is.
+    /// waits to be written, and none starts until it is (for up to
+    /// [`VERSION_WRITE_WAIT`]). Writes outside this join the open transaction, or
+    /// write on their own when none is open.
     pub(super) fn in_one_write<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
         if !self.group_commit.open {
             let yielded = Instant::now();
@@ -71,14 +91,26 @@ impl Coordinator {
     }
 
     /// Ends the ledger's open transaction, if any, and sends the messages it held back.
+    /// When the transaction fails, the contributors it registered wait to be written
+    /// again, the error shows in status, and the messages still go: the verdicts stand
+    /// in memory, as they did when each row was its own write.
     pub fn flush_writes(&mut self) {
         if self.group_commit.open {
             self.group_commit.open = false;
             let ended = self.ledger.end_writes();
-            self.note_storage("writing", ended);
+            let registered = std::mem::take(&mut self.group_commit.registered);
+            if self.note_storage("writing", ended).is_none() {
+                for (id, newcomer) in registered {
+                    self.registrations.restore(id, newcomer);
+                }
+            }
         }
-        for (session, msg) in std::mem::take(&mut self.group_commit.unsent) {
-            self.send_now(session, msg);
+        for Unsent { session, msg, lossy } in std::mem::take(&mut self.group_commit.unsent) {
+            if lossy {
+                self.send_lossy(session, msg);
+            } else {
+                self.send_now(session, msg);
+            }
         }
     }
 }

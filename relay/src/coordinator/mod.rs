@@ -4,8 +4,10 @@
 //! session events ([`Coordinator::join`], [`Coordinator::submit`],
 //! [`Coordinator::leave`]) and the clock ([`Coordinator::tick`]). It sends messages to
 //! sessions through their bounded outboxes and never blocks on them. Every event is
-//! written to the [`Ledger`]; committed versions go to the [`Store`] first
-//! (see [`commit`]), so a restarted relay resumes at its last committed version.
+//! written to the [`Ledger`] (in groups: see [`Coordinator::flush_writes`]; a
+//! contributor's row with its first unit), and its messages go out once it is;
+//! committed versions go to the [`Store`] first (see [`commit`]), so a restarted relay
+//! resumes at its last committed version.
 
 mod aggregate;
 mod assign;
@@ -452,14 +454,14 @@ impl Coordinator {
     /// Registers a session that has said hello, as the contributor its resume token
     /// names or as a new one; greets it and gives it work if any.
     pub fn join(&mut self, outbox: Outbox, hello: Hello, now: Instant) -> u64 {
-        self.admit(outbox, hello, None, now).expect("without an address there is no limit")
+        self.in_one_write(|c| c.admit(outbox, hello, None, now)).expect("without an address there is no limit")
     }
 
     /// Like [`Self::join`], for a session from `address`: a hello that would register a
     /// new contributor is refused, with why, once the address has used its
     /// `limits.new_contributors_per_hour`.
     pub fn join_from(&mut self, outbox: Outbox, hello: Hello, address: IpAddr, now: Instant) -> Result<u64, String> {
-        self.admit(outbox, hello, Some(address), now)
+        self.in_one_write(|c| c.admit(outbox, hello, Some(address), now))
     }
 
     fn admit(&mut self, outbox: Outbox, hello: Hello, address: Option<IpAddr>, now: Instant) -> Result<u64, String> {
@@ -531,6 +533,11 @@ impl Coordinator {
     /// Forgets a session; its unit goes back to the pool and to an idle session. A
     /// contributor not yet written to the ledger is forgotten with its last session.
     pub fn leave(&mut self, session: u64, now: Instant) {
+        self.in_one_write(|c| c.end_session(session, now));
+    }
+
+    /// [`Self::leave`], inside its ledger transaction.
+    fn end_session(&mut self, session: u64, now: Instant) {
         self.forget_unwritten(session);
         self.mesh_leave(session);
         if let Some(unit_id) = self.sessions.get(&session).and_then(|s| s.unit)
@@ -625,6 +632,11 @@ impl Coordinator {
     /// Reassigns units past their deadline, closes the round at its deadline, and
     /// retries a commit that could not be written.
     pub fn tick(&mut self, now: Instant) {
+        self.in_one_write(|c| c.advance_clock(now));
+    }
+
+    /// [`Self::tick`], inside its ledger transaction.
+    fn advance_clock(&mut self, now: Instant) {
         self.timeline.sample_online(now, now_ms(), self.sessions.len());
         // The late session stays busy (its result will be refused as not assigned), so
         // the unit goes to someone else.
@@ -660,8 +672,10 @@ impl Coordinator {
 
     /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and
     /// closing the outbox makes its connection end (and [`Self::leave`] follow).
+    /// While the ledger's transaction is open, the message waits for it to land
+    /// ([`Self::flush_writes`]).
     fn send(&mut self, session: u64, msg: ServerMsg) {
-        if let Some(msg) = self.group_commit.hold(session, msg) {
+        if let Some(msg) = self.group_commit.hold(session, msg, false) {
             self.send_now(session, msg);
         }
     }
@@ -681,14 +695,24 @@ impl Coordinator {
 
     /// Queues `msg` for `session` if its outbox has room, and drops the message (not the
     /// session) otherwise; for messages that only another client's behaviour causes.
-    /// Returns whether it was queued.
+    /// Returns whether it was queued (or held, like [`Self::send`]'s).
     fn send_lossy(&mut self, session: u64, msg: ServerMsg) -> bool {
+        let Some(msg) = self.group_commit.hold(session, msg, true) else { return true };
         let Some(s) = self.sessions.get(&session) else { return false };
         let queued = s.outbox.try_send(msg).is_ok();
         if !queued {
             tracing::info!(session, "outbox full; dropped a message for it");
         }
         queued
+    }
+
+    /// Gives out contributor ids only past those the ledger holds now (after another
+    /// coordinator of the same storage ran).
+    pub fn skip_written_contributor_ids(&mut self) {
+        let next = self.ledger.next_contributor_id();
+        if let Some(next) = self.note_storage("reading contributor ids", next) {
+            self.registrations.skip_to(next);
+        }
     }
 
     /// Counts `session`, which is ending, out of its contributor's sessions if that was
@@ -704,7 +728,11 @@ impl Coordinator {
     fn register(&mut self, contributor: u64) {
         if let Some(n) = self.registrations.take(contributor) {
             let written = self.ledger.register_contributor(contributor, &n.token, &n.key, &n.agent, &n.device);
-            self.note_storage("registering a contributor", written);
+            if self.note_storage("registering a contributor", written).is_some() {
+                self.group_commit.registering(contributor, n);
+            } else {
+                self.registrations.restore(contributor, n);
+            }
         }
     }
 

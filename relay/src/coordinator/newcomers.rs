@@ -1,5 +1,5 @@
 //! New identities per address: every hello that registers a new contributor (no resume
-//! token, or one the ledger does not know) takes one token from its address's bucket,
+//! token, or one that neither the ledger nor a waiting newcomer holds) takes one token from its address's bucket,
 //! which holds `limits.new_contributors_per_hour` and refills at that rate. Fresh keys
 //! cost an attacker nothing, but each is replayed in full while it is new; this bounds
 //! how many one address can bring.

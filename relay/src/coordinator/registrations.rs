@@ -53,6 +53,19 @@ impl Registrations {
         Some(id)
     }
 
+    /// Makes contributor `id` wait to be written again (the transaction that wrote it
+    /// failed).
+    pub fn restore(&mut self, id: u64, newcomer: Newcomer) {
+        self.by_token.insert(newcomer.token.clone(), id);
+        self.waiting.insert(id, newcomer);
+    }
+
+    /// Moves the next id to at least `next` (the ledger's, when another coordinator of
+    /// the same storage gave out ids meanwhile).
+    pub fn skip_to(&mut self, next: u64) {
+        self.next_id = self.next_id.max(next);
+    }
+
     /// Counts one session of contributor `id` less, forgetting it with its last, if it
     /// still waits to be written.
     pub fn left(&mut self, id: u64) {

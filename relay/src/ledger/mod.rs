@@ -44,6 +44,14 @@ const CONTRIBUTOR_COUNTS: &str =
 /// How long a connection waits for the other to finish writing.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
 
+/// WAL frames (pages of 4 KiB) above which a checkpoint makes writers wait for it to
+/// catch up ([`Ledger::checkpoint`]); SQLite truncates the file back to
+/// [`WAL_KEPT_BYTES`] when it starts over.
+const WAL_CATCH_UP_FRAMES: i64 = 4096;
+
+/// The size SQLite truncates a WAL that started over to (`journal_size_limit`).
+const WAL_KEPT_BYTES: i64 = 16 << 20;
+
 /// How long a connection sleeps before it tries the write lock again.
 const BUSY_RETRY: Duration = Duration::from_micros(200);
 
@@ -231,7 +239,8 @@ pub struct ResultRow<'a> {
 pub struct Ledger {
     db: Connection,
     /// Set while one of this ledger's connections writes a version
-    /// ([`Self::commit_version`]); shared by all of them (see [`Self::version_waiting`]).
+    /// ([`Self::commit_version`]) or lets the WAL catch up ([`Self::checkpoint`]); shared
+    /// by all of them (see [`Self::version_waiting`]).
     version_waiting: Arc<AtomicBool>,
 }
 
@@ -294,6 +303,7 @@ impl Ledger {
         db.pragma_update(None, "synchronous", "NORMAL")?;
         db.pragma_update(None, "foreign_keys", "ON")?;
         db.pragma_update(None, "wal_autocheckpoint", 0)?;
+        db.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
         db.busy_handler(Some(wait_a_little))?;
         Ok(db)
     }
@@ -309,12 +319,11 @@ impl Ledger {
         Ok(true)
     }
 
-    /// Commits the transaction [`Self::begin_writes`] started, if one is open; on failure
-    /// rolls it back, so that the next writes do not join it.
+    /// Commits the transaction [`Self::begin_writes`] started; on failure rolls it back,
+    /// so that the next writes do not join it. An error too when SQLite rolled it back
+    /// already (after an I/O error, or a full disk).
     pub fn end_writes(&self) -> anyhow::Result<()> {
-        if self.db.is_autocommit() {
-            return Ok(());
-        }
+        anyhow::ensure!(!self.db.is_autocommit(), "SQLite rolled the transaction back");
         let committed = self.db.execute_batch("COMMIT");
         if committed.is_err() && !self.db.is_autocommit() {
             let _ = self.db.execute_batch("ROLLBACK");
@@ -340,8 +349,8 @@ impl Ledger {
     }
 
     /// Whether another connection of this ledger wants the write lock for a version
-    /// ([`Self::commit_version`]): a connection that holds its transactions open should
-    /// end them and start no other until this is `false` again.
+    /// ([`Self::commit_version`]) or the WAL's catch-up: a connection that holds its
+    /// transactions open should end them and start no other until this is `false` again.
     pub fn version_waiting(&self) -> bool {
         self.version_waiting.load(Ordering::Acquire)
     }
@@ -396,8 +405,24 @@ impl Ledger {
         self.version_waiting.store(false, Ordering::Release);
         written?;
         // The version is written; a checkpoint that fails is tried again at the next.
-        if let Err(e) = self.db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        if let Err(e) = self.checkpoint() {
             tracing::warn!("ledger: checkpointing the WAL failed: {e}");
+        }
+        Ok(())
+    }
+
+    /// Copies the WAL into the database as far as it can without stopping the other
+    /// connections' writes. Writes that go on meanwhile keep SQLite from starting the
+    /// WAL over, so once it holds more than [`WAL_CATCH_UP_FRAMES`] the other
+    /// connections are asked to wait ([`Self::version_waiting`]) while a second pass
+    /// copies the rest; their next write then starts the WAL from its beginning.
+    fn checkpoint(&self) -> anyhow::Result<()> {
+        let passive = || self.db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        if passive()? > WAL_CATCH_UP_FRAMES {
+            self.version_waiting.store(true, Ordering::Release);
+            let caught_up = passive();
+            self.version_waiting.store(false, Ordering::Release);
+            caught_up?;
         }
         Ok(())
     }
