@@ -348,6 +348,34 @@ fn grouped_writes_hold_each_ack_until_its_result_is_in_the_ledger() {
 }
 
 #[test]
+fn an_old_version_s_files_are_deleted_only_once_the_ledger_has_forgotten_it() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = open_with(&dir, |job| {
+        job.round.target = 1;
+        (job.storage.keep_last, job.storage.keep_every) = (1, 0);
+    });
+    c.group_writes();
+    let (queue, jobs) = std::sync::mpsc::channel();
+    c.commit_off_lock(queue);
+    let mut a = Client::join(&mut c, t0);
+    c.flush_writes();
+    let unit = a.assignment().expect("a has work");
+    assert_eq!(c.submit(a.id, a.result(&unit, c.param_count()), t0), Ok(()));
+    c.flush_writes();
+    let done = std::thread::spawn(move || jobs.recv().expect("the round's commit").run()).join().expect("it runs");
+    c.committed(done, t0);
+    // Version 1 is served and version 0 pruned, in the transaction still open.
+    let reader = Ledger::open_read_only(dir.path()).expect("the ledger opens");
+    let v0 = dir.path().join("versions").join("v00000000.safetensors");
+    assert_eq!(reader.kept_versions().expect("kept"), [0, 1], "another connection still reads version 0 as kept");
+    assert!(v0.is_file(), "so its files stay until the ledger has forgotten it");
+    c.flush_writes();
+    assert_eq!(reader.kept_versions().expect("kept"), [1]);
+    assert!(!v0.exists(), "then they go");
+}
+
+#[test]
 fn a_newcomer_is_written_to_the_ledger_with_its_first_unit_and_forgotten_with_its_last_session_if_it_had_none() {
     let t0 = Instant::now();
     let dir = tempfile::tempdir().expect("temp dir");

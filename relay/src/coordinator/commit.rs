@@ -398,14 +398,19 @@ impl Coordinator {
             if version + last > self.version || (every != 0 && version.is_multiple_of(every)) {
                 continue;
             }
-            // The ledger forgets first: a crash in between leaves an orphan file, never a
-            // listed version without its file.
+            // The ledger forgets first, and the files go once that has landed: a crash
+            // in between leaves an orphan file, never a listed version without its file.
             let forgot = self.ledger.forget_version(version);
-            if self.note_storage("forgetting a version", forgot).is_some()
-                && let Err(e) = self.store.remove(version)
-            {
-                tracing::warn!(version, "could not delete an old version: {e}");
+            if self.note_storage("forgetting a version", forgot).is_some() && !self.group_commit.hold_removal(version) {
+                self.remove_files(version);
             }
+        }
+    }
+
+    /// Deletes `version`'s files, which the ledger no longer lists.
+    pub(super) fn remove_files(&self, version: u64) {
+        if let Err(e) = self.store.remove(version) {
+            tracing::warn!(version, "could not delete an old version: {e}");
         }
     }
 }

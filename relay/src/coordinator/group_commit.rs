@@ -34,6 +34,9 @@ pub(super) struct GroupCommit {
     unsent: Vec<Unsent>,
     /// Contributors whose rows the open transaction writes: waiting again if it fails.
     registered: Vec<(u64, Newcomer)>,
+    /// Versions the open transaction marks as deleted: their files go once it has
+    /// landed, so that a crash never leaves a listed version without its files.
+    forgotten: Vec<u64>,
     /// Whether the ledger's transaction is open.
     open: bool,
     /// Whether transactions stay open across messages until [`Coordinator::flush_writes`]
@@ -49,6 +52,15 @@ impl GroupCommit {
         }
         self.unsent.push(Unsent { session, msg, lossy });
         None
+    }
+
+    /// Holds back deleting `version`'s files while the transaction that forgets it is
+    /// open; false when none is open and they can go at once.
+    pub(super) fn hold_removal(&mut self, version: u64) -> bool {
+        if self.open {
+            self.forgotten.push(version);
+        }
+        self.open
     }
 
     /// Notes that the open transaction, if one is open, writes contributor `id`'s row.
@@ -90,16 +102,22 @@ impl Coordinator {
         out
     }
 
-    /// Ends the ledger's open transaction, if any, and sends the messages it held back.
-    /// When the transaction fails, the contributors it registered wait to be written
-    /// again, the error shows in status, and the messages still go: the verdicts stand
-    /// in memory, as they did when each row was its own write.
+    /// Ends the ledger's open transaction, if any, deletes the files of the versions it
+    /// forgot, and sends the messages it held back. When the transaction fails, the
+    /// contributors it registered wait to be written again, the forgotten versions stay
+    /// (with their files), the error shows in status, and the messages still go: the
+    /// verdicts stand in memory, as they did when each row was its own write.
     pub fn flush_writes(&mut self) {
         if self.group_commit.open {
             self.group_commit.open = false;
             let ended = self.ledger.end_writes();
             let registered = std::mem::take(&mut self.group_commit.registered);
-            if self.note_storage("writing", ended).is_none() {
+            let forgotten = std::mem::take(&mut self.group_commit.forgotten);
+            if self.note_storage("writing", ended).is_some() {
+                for version in forgotten {
+                    self.remove_files(version);
+                }
+            } else {
                 for (id, newcomer) in registered {
                     self.registrations.restore(id, newcomer);
                 }
