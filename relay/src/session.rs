@@ -192,12 +192,19 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                 let Some(msg) = queued else {
                     break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, or the job changed)"));
                 };
-                if matches!(msg, ServerMsg::Assign(_)) {
-                    rate.grant();
+                // What is queued goes out in one write (an ack and the next unit, say).
+                let mut sent = Ok(());
+                let mut next = Some(msg);
+                while let (Some(msg), Ok(())) = (next.take(), &sent) {
+                    if matches!(msg, ServerMsg::Assign(_)) {
+                        rate.grant();
+                    }
+                    let frame = protocol::encode(&msg);
+                    metrics.bytes_out.inc_by(frame.len() as u64);
+                    sent = sink.feed(Message::Binary(frame.into())).await;
+                    next = inbox.try_recv().ok();
                 }
-                let frame = protocol::encode(&msg);
-                metrics.bytes_out.inc_by(frame.len() as u64);
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                if sent.is_err() || sink.flush().await.is_err() {
                     break None;
                 }
             }

@@ -30,6 +30,9 @@ impl Coordinator {
         let Some(unit) = self.units.get_mut(&unit_id) else { return };
         if unit.round != self.round || sibling_in {
             let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
+            if round == self.round {
+                self.round_units.dropped(unit_id);
+            }
             self.units.remove(&unit_id);
             let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
             self.note_storage("recording a unit", put);
@@ -37,6 +40,7 @@ impl Coordinator {
         }
         unit.state = UnitState::Open;
         unit.assigned_at = None;
+        self.round_units.reopened(unit_id);
         let (shard, seed) = (unit.shard, unit.seed);
         self.counters.reassigned += 1;
         let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
@@ -68,14 +72,8 @@ impl Coordinator {
         }
         // Never both twins to one contributor.
         let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
-        // One pass over the round's units (the newest ids), not every unit still out.
-        let (mut open, mut created) = (None, 0);
-        for (id, u) in self.units.range(self.round_first_unit..).filter(|(_, u)| u.round == self.round) {
-            created += 1;
-            if open.is_none() && u.state == UnitState::Open && sibling_holder(u) != Some(contributor) {
-                open = Some(*id);
-            }
-        }
+        let created = self.round_units.count();
+        let open = self.round_units.open().find(|id| sibling_holder(&self.units[id]) != Some(contributor));
         let unit_id = match open {
             Some(id) => Some(id),
             None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
@@ -99,6 +97,7 @@ impl Coordinator {
         let steps = twin.filter(|t| t.holder.is_some()).map_or(steps, |t| t.steps);
         let unit = self.units.get_mut(&unit_id).expect("found or created above");
         unit.state = UnitState::Assigned { session, deadline };
+        self.round_units.assigned(unit_id);
         (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
         let (shard, seed) = (unit.shard, unit.seed);
         let codec = self.unit_codec(&self.units[&unit_id]);
@@ -172,6 +171,7 @@ impl Coordinator {
             twin: None,
         };
         self.units.insert(id, unit);
+        self.round_units.created(id);
         id
     }
 }

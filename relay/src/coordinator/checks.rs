@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crowdgrad_runtime::identity::KEY_BYTES;
+use crowdgrad_runtime::identity::{KEY_BYTES, Receipt};
 
 use super::screen::Kind;
 use super::sketch::Sketch;
@@ -37,6 +37,7 @@ pub(super) struct Pending {
     norm: f32,
     hash: [u8; 32],
     sketch: Sketch,
+    receipt: Option<Receipt>,
 }
 
 /// What to check of one result.
@@ -91,8 +92,8 @@ impl Coordinator {
             min_alignment: self.job.verify.min_alignment,
             compressed: claim.kind == Kind::Compressed,
         };
-        let (norm, hash, sketch) = (judged.norm, judged.hash, judged.sketch);
-        let pending = Pending { session, contributor, claim, norm, hash, sketch };
+        let (norm, hash, sketch, receipt) = (judged.norm, judged.hash, judged.sketch, judged.receipt);
+        let pending = Pending { session, contributor, claim, norm, hash, sketch, receipt };
         self.pending.insert(ticket, pending);
         self.checks.push(check);
     }
@@ -149,7 +150,9 @@ impl Coordinator {
                     format!("{}: checked after its version fell too far behind", Rejection::Stale.code()),
                 ))
             }
-            Ok(()) => Ok(Judged { delta: check.delta, norm: p.norm, hash: p.hash, sketch: p.sketch }),
+            Ok(()) => {
+                Ok(Judged { delta: check.delta, norm: p.norm, hash: p.hash, sketch: p.sketch, receipt: p.receipt })
+            }
             Err(e) => Err(e),
         };
         let failed = verdict.is_err();

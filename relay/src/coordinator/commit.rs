@@ -350,7 +350,7 @@ impl Coordinator {
         });
         self.prune();
         self.round += 1;
-        self.round_first_unit = self.next_unit;
+        self.round_units.clear();
         let opened = self.ledger.open_round(self.round, version);
         self.note_storage("opening a round", opened);
         self.round_deadline = None;

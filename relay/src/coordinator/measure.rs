@@ -1,12 +1,16 @@
 //! The costly part of judging a result, which needs no coordinator state: checking its
-//! signature, decoding its Δ, and measuring it (finite, ‖Δ‖, blake3, sketch). A session
+//! signature, decoding its Δ, measuring it (finite, ‖Δ‖, blake3, sketch), and signing
+//! the receipt it gets if it is accepted (used only then, and only if its fields still
+//! match). A session
 //! reads its [`Expectation`] under the coordinator's lock, measures off it
 //! ([`Expectation::measure`], on a blocking thread), and hands the [`Measurement`] to
 //! [`Coordinator::submit_measured`]; for a large model this is most of a submission's
 //! cost, and results of different sessions are then measured in parallel.
 
 use crowdgrad_runtime::codec::{self, CodecConfig};
-use crowdgrad_runtime::identity::{KEY_BYTES, verify_submission};
+use std::sync::Arc;
+
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, verify_submission};
 use crowdgrad_runtime::protocol::{Submission, Update};
 
 use super::sketch::Sketch;
@@ -23,6 +27,10 @@ pub struct Expectation {
     codec: Option<CodecConfig>,
     /// Values in a Δ of the model.
     params: usize,
+    /// What its receipt would attest, signed by `identity` off the lock.
+    receipt: ReceiptFields,
+    /// The relay's key.
+    identity: Arc<Identity>,
 }
 
 /// A submission measured against its [`Expectation`].
@@ -35,22 +43,26 @@ pub struct Measurement {
 }
 
 /// A submission that passed [`Coordinator::judge`]: its Δ (`[parameters]`, sparse when
-/// it came compressed), ‖Δ‖, [`Delta::hash`], and sketch.
+/// it came compressed), ‖Δ‖, [`Delta::hash`], sketch, and the receipt signed for it off
+/// the lock (`None` when it was measured under it).
 pub(super) struct Judged {
     pub delta: Delta,
     pub norm: f32,
     pub hash: [u8; 32],
     pub sketch: Sketch,
+    pub receipt: Option<Receipt>,
 }
 
 impl Expectation {
-    /// Checks the signature and decodes and measures the Δ.
+    /// Checks the signature, decodes and measures the Δ, and, for a signed result that
+    /// decodes, signs its receipt.
     pub fn measure(&self, sub: &Submission) -> Measurement {
-        Measurement {
-            owner: self.owner,
-            signed: verify_submission(&self.key, sub),
-            judged: decode_and_measure(sub, self.codec, self.params),
+        let signed = verify_submission(&self.key, sub);
+        let mut judged = decode_and_measure(sub, self.codec, self.params);
+        if let (true, Ok(judged)) = (signed, &mut judged) {
+            judged.receipt = Some(self.identity.sign_receipt(self.receipt.clone()));
         }
+        Measurement { owner: self.owner, signed, judged }
     }
 }
 
@@ -79,7 +91,7 @@ pub(super) fn decode_and_measure(
     }
     let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
     let (hash, sketch) = (delta.hash(), Sketch::of(&delta));
-    Ok(Judged { delta, norm, hash, sketch })
+    Ok(Judged { delta, norm, hash, sketch, receipt: None })
 }
 
 impl Coordinator {
@@ -88,7 +100,27 @@ impl Coordinator {
     pub fn expectation(&self, session: u64, sub: &Submission) -> Option<Expectation> {
         let key = self.sessions.get(&session)?.key;
         let unit = self.units.get(&sub.unit_id)?;
-        Some(Expectation { owner: self.owner, key, codec: self.unit_codec(unit), params: self.params.len() })
+        Some(Expectation {
+            owner: self.owner,
+            key,
+            codec: self.unit_codec(unit),
+            params: self.params.len(),
+            receipt: self.receipt_fields(key, sub.unit_id, unit.version, unit.steps),
+            identity: self.identity.clone(),
+        })
+    }
+
+    /// What the receipt of `contributor`'s result to unit `unit_id` attests: `steps` from
+    /// `version`, in tokens and training FLOPs.
+    pub(super) fn receipt_fields(
+        &self,
+        contributor: [u8; KEY_BYTES],
+        unit_id: u64,
+        version: u64,
+        steps: u32,
+    ) -> ReceiptFields {
+        let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
+        ReceiptFields { contributor, unit_id, version, tokens, flops: 6 * self.params.len() as u64 * tokens }
     }
 
     /// `measurement` if it was made against this coordinator.

@@ -20,6 +20,7 @@ mod newcomers;
 mod pacing;
 mod registrations;
 mod report;
+mod round_units;
 mod screen;
 mod sketch;
 mod timeline;
@@ -180,8 +181,8 @@ pub struct Coordinator {
     /// Set when the round's first unit is handed out: an empty relay never times out.
     round_deadline: Option<Instant>,
     units: BTreeMap<u64, Unit>,
-    /// The first unit id of the open round: its units are those from here on.
-    round_first_unit: u64,
+    /// The open round's units, and which of them are open.
+    round_units: round_units::RoundUnits,
     results: Vec<Contribution>,
     train_losses: Vec<f32>,
     next_unit: u64,
@@ -206,7 +207,7 @@ pub struct Coordinator {
     owner: u64,
     metrics: Arc<Metrics>,
     /// The relay's key, which signs receipts.
-    identity: Identity,
+    identity: Arc<Identity>,
     /// Units accepted into the open round with their receipts' hashes.
     round_receipts: Vec<(u64, [u8; 32])>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
@@ -314,7 +315,7 @@ impl Coordinator {
             results: Vec::new(),
             train_losses: Vec::new(),
             next_unit,
-            round_first_unit: next_unit,
+            round_units: Default::default(),
             sessions: BTreeMap::new(),
             mesh: mesh::Mesh::default(),
             tools: Some(tools),
@@ -328,7 +329,7 @@ impl Coordinator {
             storage_error: None,
             retry_commit_at: None,
             metrics,
-            identity,
+            identity: Arc::new(identity),
             round_receipts: Vec::new(),
             paused: false,
             screen,

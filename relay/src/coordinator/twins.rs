@@ -35,6 +35,7 @@ impl Coordinator {
         unit.twin = Some(twin_id);
         let twin = super::Unit { twin: Some(id), holder: None, ..unit.clone() };
         self.units.insert(twin_id, twin);
+        self.round_units.created(twin_id);
     }
 
     /// Takes a screened result of a twin unit: holds it until its twin's result comes,

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crowdgrad_runtime::codec;
-use crowdgrad_runtime::identity::{Receipt, ReceiptFields, verify_submission};
+use crowdgrad_runtime::identity::{Receipt, verify_submission};
 use crowdgrad_runtime::protocol::{Ack, ServerMsg, Submission, Update};
 
 use super::checks::Claim;
@@ -63,7 +63,7 @@ impl Coordinator {
         judged: Judged,
         now: Instant,
     ) -> Receipt {
-        let Judged { delta, norm, .. } = judged;
+        let Judged { delta, norm, receipt, .. } = judged;
         let unit = self.units.get_mut(&claim.unit_id).expect("settled units are present");
         unit.state = UnitState::Done;
         let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
@@ -83,16 +83,10 @@ impl Coordinator {
         } else if behind > 0 {
             self.counters.late_accepted += 1;
         }
-        let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
-        self.counters.tokens += tokens;
-        let fields = ReceiptFields {
-            contributor: claim.key,
-            unit_id: claim.unit_id,
-            version: claim.version,
-            tokens,
-            flops: 6 * self.params.len() as u64 * tokens,
-        };
-        let signed = self.identity.sign_receipt(fields);
+        let fields = self.receipt_fields(claim.key, claim.unit_id, claim.version, steps);
+        self.counters.tokens += fields.tokens;
+        // Signed off the lock when the result was measured there.
+        let signed = receipt.filter(|r| r.fields == fields).unwrap_or_else(|| self.identity.sign_receipt(fields));
         let stored = self.ledger.record_receipt(&signed);
         self.note_storage("recording a receipt", stored);
         self.round_receipts.push((claim.unit_id, signed.hash()));
