@@ -73,7 +73,10 @@ impl Coordinator {
         // Never both twins to one contributor.
         let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
         let created = self.round_units.count();
-        let open = self.round_units.open().find(|id| sibling_holder(&self.units[id]) != Some(contributor));
+        let open = self
+            .round_units
+            .open()
+            .find(|id| self.units.get(id).is_some_and(|u| sibling_holder(u) != Some(contributor)));
         let unit_id = match open {
             Some(id) => Some(id),
             None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
