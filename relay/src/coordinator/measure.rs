@@ -1,15 +1,14 @@
 //! The costly part of judging a result, which needs no coordinator state: checking its
 //! signature, decoding its Δ, measuring it (finite, ‖Δ‖, blake3, sketch), and signing
 //! the receipt it gets if it is accepted (used only then, and only if its fields still
-//! match). A session
-//! reads its [`Expectation`] under the coordinator's lock, measures off it
+//! match). A session reads its [`Expectation`] under the coordinator's lock, measures off it
 //! ([`Expectation::measure`], on a blocking thread), and hands the [`Measurement`] to
 //! [`Coordinator::submit_measured`]; for a large model this is most of a submission's
 //! cost, and results of different sessions are then measured in parallel.
 
-use crowdgrad_runtime::codec::{self, CodecConfig};
 use std::sync::Arc;
 
+use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, verify_submission};
 use crowdgrad_runtime::protocol::{Submission, Update};
 

@@ -85,7 +85,7 @@ impl Coordinator {
         }
         let fields = self.receipt_fields(claim.key, claim.unit_id, claim.version, steps);
         self.counters.tokens += fields.tokens;
-        // Signed off the lock when the result was measured there.
+        // The receipt signed off the lock with the measurement, if it attests the same.
         let signed = receipt.filter(|r| r.fields == fields).unwrap_or_else(|| self.identity.sign_receipt(fields));
         let stored = self.ledger.record_receipt(&signed);
         self.note_storage("recording a receipt", stored);
