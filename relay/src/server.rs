@@ -21,6 +21,9 @@ use crate::session::{self, SessionContext};
 use crate::state::AppState;
 use crate::weights;
 
+/// Most bytes of a session's frames held back until it flushes.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// The router: API routes first, then files from `www`. Serve it with
 /// [`crate::listener::serve`], which gives each request its peer's address and its
 /// connection's slot.
@@ -95,7 +98,10 @@ async fn websocket(
     };
     upgrade
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        // Frames fed in turn go out in one write when the session flushes; the buffer
+        // must stay below its maximum by more than one message (relay messages are
+        // control frames, far below `limit / 2`).
+        .write_buffer_size((limit / 2).min(WRITE_BUFFER_BYTES))
         .max_write_buffer_size(limit)
         .max_message_size(limit)
         .max_frame_size(limit)

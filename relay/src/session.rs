@@ -193,8 +193,7 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
                     break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, or the job changed)"));
                 };
                 // What is queued (an ack and the next unit, say) is fed in turn and flushed
-                // once; the socket's write buffer is 0 bytes, so each frame is still its own
-                // write.
+                // once, in one write (see the socket's write buffer in `server.rs`).
                 let mut sent = Ok(());
                 let mut next = Some(msg);
                 while let (Some(msg), Ok(())) = (next.take(), &sent) {

@@ -3,11 +3,13 @@
 
 use std::sync::{Arc, Mutex};
 
+use axum::extract::FromRef;
+
 use crate::address_counts::AddressCounts;
 use crate::check_queue::CheckQueue;
 use crate::coordinator::{CommitQueue, Coordinator};
 use crate::metrics::Metrics;
-use crate::weights::WeightFiles;
+use crate::weights::{WeightFiles, WeightRoutes};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -26,6 +28,16 @@ pub struct AppState {
     pub commits: CommitQueue,
     /// The weights routes' bounds and chunk hash lists.
     pub weights: Arc<WeightFiles>,
+}
+
+impl FromRef<AppState> for WeightRoutes {
+    fn from_ref(state: &AppState) -> WeightRoutes {
+        WeightRoutes {
+            coordinator: state.coordinator.clone(),
+            metrics: state.metrics.clone(),
+            weights: state.weights.clone(),
+        }
+    }
 }
 
 impl AppState {

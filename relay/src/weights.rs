@@ -29,8 +29,8 @@ use tower_http::services::ServeFile;
 
 use crate::address_counts::{AddressCounts, AddressSlot};
 use crate::client_addr;
-use crate::coordinator::VersionSource;
-use crate::state::AppState;
+use crate::coordinator::{Coordinator, VersionSource};
+use crate::metrics::Metrics;
 
 /// Requests reading weight files at once.
 const DISK_READS: usize = 32;
@@ -38,6 +38,17 @@ const DISK_READS: usize = 32;
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// Chunk hash lists kept, newest first.
 const HASH_LISTS: usize = 8;
+
+/// What the routes need of the relay's state (the router's state gives it to them).
+#[derive(Clone)]
+pub struct WeightRoutes {
+    /// The training state, which says where each version's file is.
+    pub coordinator: Arc<Mutex<Coordinator>>,
+    /// The relay's metrics, which count the bytes served.
+    pub metrics: Arc<Metrics>,
+    /// The routes' bounds and chunk hash lists.
+    pub weights: Arc<WeightFiles>,
+}
 
 /// The routes' shared bounds and cache.
 #[derive(Default)]
@@ -121,7 +132,7 @@ impl IntoResponse for Refused {
 /// Counts a request from `peer` under the running job's `limits.downloads_per_ip`, and
 /// finds where `version`'s file is, with its blake3 hex.
 fn admit_and_locate(
-    state: &AppState,
+    state: &WeightRoutes,
     peer: SocketAddr,
     version: u64,
 ) -> Result<(AddressSlot, VersionSource, String), Refused> {
@@ -140,14 +151,14 @@ fn unreadable(version: u64, e: impl std::fmt::Display) -> Refused {
 }
 
 /// Counts weight bytes served over HTTP, for the bytes-out figure and the P2P share.
-fn count(state: &AppState, bytes: u64) {
+fn count(state: &WeightRoutes, bytes: u64) {
     state.metrics.bytes_out.inc_by(bytes);
     state.coordinator.lock().expect("coordinator lock").served_weights(bytes);
 }
 
 /// `GET /api/weights/{version}`: the whole file, with its blake3 as the ETag.
 pub async fn whole(
-    State(state): State<AppState>,
+    State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<u64>,
     request: Request,
@@ -182,7 +193,7 @@ pub async fn whole(
 /// `GET /api/weights/{version}/chunks`: the blake3 of each [`WEIGHT_CHUNK`]-byte chunk of
 /// the file, 32 bytes each, concatenated; what tabs check chunks from peers against.
 pub async fn chunk_hashes(
-    State(state): State<AppState>,
+    State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<u64>,
 ) -> Response {
@@ -247,7 +258,7 @@ async fn read_up_to(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resu
 /// `GET /api/weights/{version}/chunks/{index}`: one chunk (the HTTP fallback when no peer
 /// has it), read from its offset in the file.
 pub async fn chunk(
-    State(state): State<AppState>,
+    State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((version, index)): Path<(u64, u64)>,
 ) -> Response {

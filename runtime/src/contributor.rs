@@ -47,6 +47,12 @@ pub trait Transport {
     fn p2p(&self) -> bool {
         false
     }
+    /// Why the session's connection was lost, when the transport learns it before the
+    /// loop next reads: the loop then gives up the unit in hand, whose result no later
+    /// session could submit. By default the loop learns it at that read.
+    fn lost(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why the loop stopped.
@@ -321,6 +327,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             }
             self.shard = Some((unit.shard_hash.clone(), bytes));
         }
+        Self::still_connected(&self.transport)?;
         self.update(|s| s.state = "training".into());
         self.prepare_trainer(&unit).await?;
         let trainer = self.trainer.as_mut().expect("prepared above");
@@ -333,6 +340,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         let (trained, update) = match unit.codec {
             Some(cfg) => {
                 let trained = train_unit(trainer, start, data, seed, steps, optim, Moments::Carried).await?;
+                Self::still_connected(&self.transport)?;
                 (trained, Update::Compressed(self.feedback.encode(trainer, &self.job, start, cfg).await?))
             }
             None => {
@@ -340,6 +348,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 (outcome.trained, Update::Dense(outcome.delta))
             }
         };
+        Self::still_connected(&self.transport)?;
         self.update(|s| {
             s.state = "submitting".into();
             s.last_loss = trained.losses.last().copied();
@@ -364,6 +373,14 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             rest().await;
         }
         Ok(())
+    }
+
+    /// An error once the transport knows its connection is lost (see [`Transport::lost`]).
+    fn still_connected(transport: &T) -> Result<(), ContributorError> {
+        match transport.lost() {
+            Some(why) => Err(TransportError(why).into()),
+            None => Ok(()),
+        }
     }
 
     /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.

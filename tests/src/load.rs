@@ -143,6 +143,15 @@ impl MadeAhead {
         MadeAhead { updates, next: Default::default() }
     }
 
+    /// Bytes of the first update's payload (all are about this size).
+    pub fn bytes_each(&self) -> usize {
+        match self.updates.first() {
+            Some(Update::Compressed(bytes)) => bytes.len(),
+            Some(Update::Dense(values)) => 4 * values.len(),
+            None => 0,
+        }
+    }
+
     /// The next unused update, or `None` when all were used.
     fn take(&self) -> Option<Update> {
         self.updates.get(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)).cloned()

@@ -1,6 +1,6 @@
 //! Tabs come back by themselves: a headless Chromium tab on the page and another on the
-//! widget card train against a relay process, which is killed with SIGKILL. Both say
-//! `reconnecting` (their buttons still say Pause), and once the relay is started again
+//! widget card train against a relay process, which is killed with SIGKILL while they
+//! train. Both say `reconnecting` within 3 s (their buttons still say Pause), and once the relay is started again
 //! they train and have units accepted within 30 s, as the same contributors, with no
 //! click and no reload.
 
@@ -46,7 +46,7 @@ async fn tabs_come_back_by_themselves_after_the_relay_is_killed() {
     let job = dir.path().join("job.toml");
     let data = dir.path().join("data").display().to_string();
     let toml =
-        format!("[inner]\nsteps = 4\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 2\n[storage]\ndir = {data:?}\n");
+        format!("[inner]\nsteps = 24\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 2\n[storage]\ndir = {data:?}\n");
     std::fs::write(&job, toml).expect("write the job");
     let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let relay = serve(addr, &job);
@@ -68,11 +68,21 @@ async fn tabs_come_back_by_themselves_after_the_relay_is_killed() {
         before.push((s["units_done"].as_u64().expect("units"), s["contributor"].clone()));
     }
 
+    // Killed while both tabs train: each says so when its socket closes, not once its
+    // unit in hand is done.
+    for (page, tab) in &tabs {
+        let script = "const s = window.crowdgrad.stats(); return s.state === 'training' && s;";
+        until(tab, &format!("{page} to train"), Duration::from_secs(60), script).await;
+    }
     drop(relay); // SIGKILL
+    let killed = Instant::now();
     for (page, tab) in &tabs {
         let script = "const s = window.crowdgrad.stats(); return s.state === 'reconnecting' && s;";
         let s = until(tab, &format!("{page} to say reconnecting"), Duration::from_secs(20), script).await;
-        assert!(s["error"].as_str().is_some_and(|e| e.contains("reconnecting in")), "{page} says why: {s}");
+        let after = killed.elapsed().as_secs_f64();
+        println!("{page} said reconnecting {after:.1} s after the kill");
+        assert!(after < 3.0, "{page} said reconnecting only {after:.1} s after the kill: {s}");
+        assert!(s["error"].as_str().is_some_and(|e| e.contains("reconnecting")), "{page} says why: {s}");
         assert_eq!(text(tab, "contribute").await, "Pause", "{page}: the visitor's choice is unchanged");
         // The page redraws from the stats four times a second.
         let shown = if *page == "/" { "state" } else { "live" };

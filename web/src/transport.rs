@@ -16,6 +16,9 @@ use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use crate::mesh::{self, Mesh};
 
+/// The close code of a session ended on purpose (the visitor's Stop).
+const NORMAL_CLOSURE: u16 = 1000;
+
 /// Largest download accepted, bytes.
 const MAX_DOWNLOAD: usize = 80 * 1024 * 1024;
 
@@ -29,19 +32,22 @@ pub struct WebTransport {
     http_base: String,
     /// Peers to share weights with; `None` where the host has no WebRTC.
     mesh: Option<Mesh>,
+    /// Why the socket closed, once it has.
+    lost: Rc<RefCell<Option<String>>>,
     // The callbacks must live as long as the socket can call them.
     _handlers: Vec<Closure<dyn FnMut(JsEvent)>>,
 }
 
 impl WebTransport {
     /// Opens `url` (`ws://host/ws` or `wss://host/ws`) and waits until it is open. Peer
-    /// counts and weight bytes go to `stats`.
+    /// counts and weight bytes go to `stats`, and so does a lost connection, at once: the
+    /// page says `reconnecting` while the unit in hand still runs on the device.
     pub async fn connect(url: &str, stats: SharedStats) -> Result<Self, TransportError> {
         let http_base = url.replacen("ws", "http", 1).trim_end_matches("/ws").to_string();
         let socket = WebSocket::new(url).map_err(|e| TransportError(format!("{url}: {e:?}")))?;
         socket.set_binary_type(BinaryType::Arraybuffer);
         let (tx, inbox) = mpsc::unbounded();
-        let mesh = mesh::available().then(|| Mesh::new(socket.clone(), http_base.clone(), stats));
+        let mesh = mesh::available().then(|| Mesh::new(socket.clone(), http_base.clone(), stats.clone()));
         let (open_tx, open_rx) = futures_channel::oneshot::channel::<Result<(), String>>();
         let open_tx = Rc::new(RefCell::new(Some(open_tx)));
 
@@ -68,21 +74,29 @@ impl WebTransport {
                 }
             })
         };
+        let lost = Rc::new(RefCell::new(None));
         let on_close = {
-            let (tx, open_tx) = (tx.clone(), open_tx.clone());
+            let (tx, open_tx, lost, stats) = (tx.clone(), open_tx.clone(), lost.clone(), stats.clone());
             Closure::<dyn FnMut(JsEvent)>::new(move |e: JsEvent| {
                 let e: CloseEvent = e.unchecked_into();
                 let why = format!("relay closed the session: {} {}", e.code(), e.reason());
                 if let Some(open) = open_tx.borrow_mut().take() {
                     let _ = open.send(Err(why.clone()));
+                } else if e.code() != NORMAL_CLOSURE {
+                    // Not the visitor's Stop: the loop gives up its unit at its next step.
+                    let mut s = stats.lock().expect("stats lock");
+                    s.state = "reconnecting".into();
+                    s.error = Some(format!("{why}; reconnecting once the device is done"));
                 }
+                *lost.borrow_mut() = Some(why.clone());
                 let _ = tx.unbounded_send(Err(why));
             })
         };
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let transport = WebTransport { socket, inbox, http_base, mesh, _handlers: vec![on_message, on_open, on_close] };
+        let handlers = vec![on_message, on_open, on_close];
+        let transport = WebTransport { socket, inbox, http_base, mesh, lost, _handlers: handlers };
         open_rx.await.map_err(|_| TransportError("socket dropped before opening".into()))?.map_err(TransportError)?;
         Ok(transport)
     }
@@ -132,5 +146,9 @@ impl Transport for WebTransport {
 
     fn p2p(&self) -> bool {
         self.mesh.is_some()
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.borrow().clone()
     }
 }

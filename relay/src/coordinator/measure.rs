@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crowdgrad_runtime::codec::{self, CodecConfig};
-use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, verify_submission};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, SubmitterKey};
 use crowdgrad_runtime::protocol::{Submission, Update};
 
 use super::sketch::Sketch;
@@ -21,7 +21,7 @@ pub struct Expectation {
     /// The coordinator it was read from (the operator may replace the job meanwhile).
     owner: u64,
     /// The session's ed25519 key.
-    key: [u8; KEY_BYTES],
+    key: SubmitterKey,
     /// The codec its unit asked for; `None` for a dense update.
     codec: Option<CodecConfig>,
     /// Values in a Δ of the model.
@@ -56,7 +56,7 @@ impl Expectation {
     /// Checks the signature, decodes and measures the Δ, and, for a signed result that
     /// decodes, signs its receipt.
     pub fn measure(&self, sub: &Submission) -> Measurement {
-        let signed = verify_submission(&self.key, sub);
+        let signed = self.key.verifies(sub);
         let mut judged = decode_and_measure(sub, self.codec, self.params);
         if let (true, Ok(judged)) = (signed, &mut judged) {
             judged.receipt = Some(self.identity.sign_receipt(self.receipt.clone()));
@@ -104,7 +104,7 @@ impl Coordinator {
             key,
             codec: self.unit_codec(unit),
             params: self.params.len(),
-            receipt: self.receipt_fields(key, sub.unit_id, unit.version, unit.steps),
+            receipt: self.receipt_fields(key.bytes(), sub.unit_id, unit.version, unit.steps),
             identity: self.identity.clone(),
         })
     }

@@ -40,7 +40,7 @@ use axum::body::Bytes;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
-use crowdgrad_runtime::identity::{Identity, KEY_BYTES, hex};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, SubmitterKey, hex};
 use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, Welcome};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
@@ -115,7 +115,7 @@ struct Session {
     outbox: Outbox,
     contributor: u64,
     /// The ed25519 key its submissions must be signed with.
-    key: [u8; KEY_BYTES],
+    key: SubmitterKey,
     device: DeviceInfo,
     unit: Option<u64>,
     told_to_wait: bool,
@@ -513,7 +513,7 @@ impl Coordinator {
         let session = Session {
             outbox,
             contributor,
-            key: hello.key,
+            key: SubmitterKey::parse(hello.key),
             device: hello.device,
             unit: None,
             told_to_wait: false,
@@ -581,7 +581,8 @@ impl Coordinator {
         measurement: Option<Measurement>,
         now: Instant,
     ) -> Result<(), Rejection> {
-        let (contributor, key) = self.sessions.get(&session).map_or((0, [0; KEY_BYTES]), |s| (s.contributor, s.key));
+        let (contributor, key) =
+            self.sessions.get(&session).map_or((0, [0; KEY_BYTES]), |s| (s.contributor, s.key.bytes()));
         let claim = Claim {
             unit_id: sub.unit_id,
             version: sub.version,

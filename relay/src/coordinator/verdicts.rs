@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crowdgrad_runtime::codec;
-use crowdgrad_runtime::identity::{Receipt, verify_submission};
+use crowdgrad_runtime::identity::Receipt;
 use crowdgrad_runtime::protocol::{Ack, ServerMsg, Submission, Update};
 
 use super::checks::Claim;
@@ -121,7 +121,7 @@ impl Coordinator {
         let measurement = self.own(measurement);
         let signed = match &measurement {
             Some(m) => m.signed(),
-            None => self.sessions.get(&session).is_some_and(|s| verify_submission(&s.key, sub)),
+            None => self.sessions.get(&session).is_some_and(|s| s.key.verifies(sub)),
         };
         if !signed {
             return Err(Rejection::BadSignature);
