@@ -6,44 +6,30 @@ use std::time::Instant;
 
 use crowdgrad_runtime::codec;
 use crowdgrad_runtime::protocol::{ServerMsg, WorkUnit};
-use crowdgrad_runtime::rng::Rng;
 
-use super::{Coordinator, Unit, UnitState, pacing};
+use super::units::{Released, Unit};
+use super::{Coordinator, pacing};
 use crate::ledger::{UnitRowState, now_ms};
 
 impl Coordinator {
     /// Whether `unit_id` is assigned to `session` now.
     pub(super) fn holds(&self, session: u64, unit_id: u64) -> bool {
-        self.units
-            .get(&unit_id)
-            .is_some_and(|u| matches!(u.state, UnitState::Assigned { session: holder, .. } if holder == session))
+        self.units.holds(session, unit_id)
     }
 
-    /// Takes a unit from its holder: a unit of the open round goes back to the pool; a
-    /// late unit is dropped, and so is a twin whose sibling's result is in (done or
-    /// being checked, or gone with its round): the same work again would only be refused
-    /// as a copy of it.
+    /// Takes a unit from its holder (see [`super::units::Units::release`]) and records
+    /// where it went.
     pub(super) fn release(&mut self, unit_id: u64) {
-        let sibling_in = self.units.get(&unit_id).and_then(|u| u.twin).is_some_and(|t| {
-            self.units.get(&t).is_none_or(|t| matches!(t.state, UnitState::Checking | UnitState::Done))
-        });
-        let Some(unit) = self.units.get_mut(&unit_id) else { return };
-        if unit.round != self.round || sibling_in {
-            let (round, shard, seed) = (unit.round, unit.shard, unit.seed);
-            if round == self.round {
-                self.round_units.dropped(unit_id);
+        let put = match self.units.release(unit_id, self.round) {
+            Released::Unknown => return,
+            Released::Dropped { round, shard, seed } => {
+                self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None)
             }
-            self.units.remove(&unit_id);
-            let put = self.ledger.put_unit(unit_id, round, shard, seed, UnitRowState::Abandoned, None, None);
-            self.note_storage("recording a unit", put);
-            return;
-        }
-        unit.state = UnitState::Open;
-        unit.assigned_at = None;
-        self.round_units.reopened(unit_id);
-        let (shard, seed) = (unit.shard, unit.seed);
-        self.counters.reassigned += 1;
-        let put = self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None);
+            Released::Reopened { shard, seed } => {
+                self.counters.reassigned += 1;
+                self.ledger.put_unit(unit_id, self.round, shard, seed, UnitRowState::Open, None, None)
+            }
+        };
         self.note_storage("recording a unit", put);
     }
 
@@ -70,14 +56,8 @@ impl Coordinator {
             self.tell_to_wait(session, "the job is paused by its operator".into());
             return;
         }
-        // Never both twins to one contributor.
-        let sibling_holder = |u: &Unit| u.twin.and_then(|t| self.units.get(&t)).and_then(|t| t.holder);
-        let created = self.round_units.count();
-        let open = self
-            .round_units
-            .open()
-            .find(|id| self.units.get(id).is_some_and(|u| sibling_holder(u) != Some(contributor)));
-        let unit_id = match open {
+        let created = self.units.in_round();
+        let unit_id = match self.units.open_for(contributor) {
             Some(id) => Some(id),
             None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
                 let id = self.create_unit(now);
@@ -96,14 +76,11 @@ impl Coordinator {
         let deadline = now + self.job.unit_deadline();
         let steps = pacing::unit_steps(&self.job, self.sessions[&session].step_secs);
         // Twins run the same steps: the first assigned sets them.
-        let twin = self.units[&unit_id].twin.and_then(|t| self.units.get(&t));
+        let twin = self.units.get(unit_id).and_then(|u| u.twin).and_then(|t| self.units.get(t));
         let steps = twin.filter(|t| t.holder.is_some()).map_or(steps, |t| t.steps);
-        let unit = self.units.get_mut(&unit_id).expect("found or created above");
-        unit.state = UnitState::Assigned { session, deadline };
-        self.round_units.assigned(unit_id);
-        (unit.steps, unit.assigned_at, unit.holder) = (steps, Some(now), Some(contributor));
+        let codec = self.units.get(unit_id).and_then(|u| self.unit_codec(u));
+        let unit = self.units.assign(unit_id, session, contributor, steps, now, deadline);
         let (shard, seed) = (unit.shard, unit.seed);
-        let codec = self.unit_codec(&self.units[&unit_id]);
         let deadline_ms = now_ms() + self.job.unit_deadline().as_millis() as i64;
         self.register(contributor);
         let put = self.ledger.put_unit(
@@ -158,23 +135,7 @@ impl Coordinator {
     pub(super) fn create_unit(&mut self, now: Instant) -> u64 {
         self.round_deadline.get_or_insert(now + self.arrivals.deadline(self.job.round_deadline()));
         self.round_started.get_or_insert(now);
-        let id = self.next_unit;
-        self.next_unit += 1;
-        let mut rng = Rng::from_parts(&[self.job.seed, id]);
-        let shard = rng.below(self.job.data.shards as u64) as u32;
-        let unit = Unit {
-            round: self.round,
-            version: self.version,
-            shard,
-            seed: rng.next_u64(),
-            steps: self.job.inner.steps,
-            state: UnitState::Open,
-            assigned_at: None,
-            holder: None,
-            twin: None,
-        };
-        self.units.insert(id, unit);
-        self.round_units.created(id);
-        id
+        let job = &self.job;
+        self.units.create(self.round, self.version, job.seed, job.data.shards, job.inner.steps)
     }
 }

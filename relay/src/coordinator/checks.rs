@@ -8,7 +8,7 @@ use crowdgrad_runtime::identity::{KEY_BYTES, Receipt};
 
 use super::screen::Kind;
 use super::sketch::Sketch;
-use super::{Coordinator, Judged, Rejection, UnitState};
+use super::{Coordinator, Judged, Rejection};
 use crate::verify::{Check, Report};
 
 /// What a submission claims, kept while it is checked.
@@ -64,8 +64,7 @@ impl Coordinator {
     /// Parks a screened result and queues its check for the verifier.
     pub(super) fn queue_check(&mut self, session: u64, contributor: u64, mut claim: Claim, judged: Judged, plan: Plan) {
         claim.replayed = plan.replay;
-        let unit = self.units.get_mut(&claim.unit_id).expect("judged units are present");
-        unit.state = UnitState::Checking;
+        let unit = self.units.checking(claim.unit_id);
         let (shard, seed, steps, version) = (unit.shard, unit.seed, unit.steps, unit.version);
         let shards = self.shards.len() as u64;
         let other = if shards > 1 { (shard as u64 + 1 + self.ticket_rng.below(shards - 1)) % shards } else { 0 };
@@ -144,7 +143,7 @@ impl Coordinator {
         }
         let behind = self.version - p.claim.version;
         let verdict = match verdict {
-            Ok(()) if behind > self.job.round.max_staleness as u64 || !self.units.contains_key(&p.claim.unit_id) => {
+            Ok(()) if behind > self.job.round.max_staleness as u64 || self.units.get(p.claim.unit_id).is_none() => {
                 Err((
                     Rejection::Stale,
                     format!("{}: checked after its version fell too far behind", Rejection::Stale.code()),

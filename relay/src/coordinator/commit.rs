@@ -287,7 +287,7 @@ impl Coordinator {
             version: self.version + 1,
             round: self.round,
             // The next round creates at most `round.target` units.
-            units_below: self.next_unit + self.job.round.target as u64,
+            units_below: self.units.next_id() + self.job.round.target as u64,
             results,
             train_loss: (!losses.is_empty()).then(|| losses.iter().sum::<f32>() / losses.len() as f32),
             receipts: receipts.collect(),
@@ -350,19 +350,13 @@ impl Coordinator {
         });
         self.prune();
         self.round += 1;
-        self.round_units.clear();
         let opened = self.ledger.open_round(self.round, version);
         self.note_storage("opening a round", opened);
         self.round_deadline = None;
         // Units still out become late units while their version is recent enough.
         let oldest = version.saturating_sub(self.job.round.max_staleness as u64);
         self.starts.retain(|&v, _| v >= oldest);
-        // A unit whose result is being checked stays until its verdict, however late.
-        self.units.retain(|_, u| match u.state {
-            super::UnitState::Assigned { .. } => u.version >= oldest,
-            super::UnitState::Checking => true,
-            _ => false,
-        });
+        self.units.close_round(oldest);
         // A session still working on a late unit gets its next one when it hands that
         // in, on the version then current: a unit queued behind a busy one would start
         // a version late and often end too stale to count.

@@ -98,7 +98,7 @@ impl Coordinator {
     /// (otherwise [`Coordinator::submit_measured`] refuses it without a measurement).
     pub fn expectation(&self, session: u64, sub: &Submission) -> Option<Expectation> {
         let key = self.sessions.get(&session)?.key;
-        let unit = self.units.get(&sub.unit_id)?;
+        let unit = self.units.get(sub.unit_id)?;
         Some(Expectation {
             owner: self.owner,
             key,

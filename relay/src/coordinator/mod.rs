@@ -26,6 +26,7 @@ mod sketch;
 mod timeline;
 mod trust;
 mod twins;
+mod units;
 mod verdicts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +66,7 @@ use self::checks::{Claim, Pending};
 use self::measure::Judged;
 use self::screen::{Kind, Screen};
 use self::twins::Held;
+use self::units::Units;
 
 /// A session's outbox; when it is full the session is too slow and is dropped.
 pub type Outbox = mpsc::Sender<ServerMsg>;
@@ -80,36 +82,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 const PER_CONTRIBUTOR_CHECKS: usize = 4;
 /// Results out for checking at once from contributors who have not passed a replay.
 const NEWCOMER_CHECKS: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum UnitState {
-    Open,
-    Assigned {
-        session: u64,
-        deadline: Instant,
-    },
-    /// Its result passed screening and waits for replay, the loss check or its twin's.
-    Checking,
-    Done,
-}
-
-/// A unit of work. Units assigned when their round closes stay, as late units, while
-/// their version is at most `round.max_staleness` behind.
-#[derive(Clone)]
-struct Unit {
-    round: u64,
-    version: u64,
-    shard: u32,
-    seed: u64,
-    /// Inner steps, sized to the device it is assigned to.
-    steps: u32,
-    state: UnitState,
-    assigned_at: Option<Instant>,
-    /// The contributor it was last assigned to.
-    holder: Option<u64>,
-    /// The unit issued with the same work to another contributor (see [`twins`]).
-    twin: Option<u64>,
-}
 
 struct Session {
     outbox: Outbox,
@@ -180,12 +152,10 @@ pub struct Coordinator {
     round_started: Option<Instant>,
     /// Set when the round's first unit is handed out: an empty relay never times out.
     round_deadline: Option<Instant>,
-    units: BTreeMap<u64, Unit>,
-    /// The open round's units, and which of them are open.
-    round_units: round_units::RoundUnits,
+    /// The units out, with their states.
+    units: Units,
     results: Vec<Contribution>,
     train_losses: Vec<f32>,
-    next_unit: u64,
     sessions: BTreeMap<u64, Session>,
     /// Which p2p sessions were introduced to each other.
     mesh: mesh::Mesh,
@@ -311,11 +281,9 @@ impl Coordinator {
             round,
             round_started: None,
             round_deadline: None,
-            units: BTreeMap::new(),
+            units: Units::new(next_unit),
             results: Vec::new(),
             train_losses: Vec::new(),
-            next_unit,
-            round_units: Default::default(),
             sessions: BTreeMap::new(),
             mesh: mesh::Mesh::default(),
             tools: Some(tools),
@@ -593,7 +561,7 @@ impl Coordinator {
             replayed: false,
         };
         let judged = self.judge(session, &sub, measurement).and_then(|judged| {
-            let twin = self.units.get(&claim.unit_id).is_some_and(|u| u.twin.is_some());
+            let twin = self.units.get(claim.unit_id).is_some_and(|u| u.twin.is_some());
             let plan = if twin { None } else { self.plan_check(contributor, claim.kind) };
             if plan.is_some() && !self.room_for_check(contributor) {
                 return Err(Rejection::Busy);
@@ -642,12 +610,7 @@ impl Coordinator {
         self.timeline.sample_online(now, now_ms(), self.sessions.len());
         // The late session stays busy (its result will be refused as not assigned), so
         // the unit goes to someone else.
-        let expired: Vec<u64> = self
-            .units
-            .iter()
-            .filter(|(_, u)| matches!(u.state, UnitState::Assigned { deadline, .. } if now >= deadline))
-            .map(|(id, _)| *id)
-            .collect();
+        let expired = self.units.expired(now);
         for &unit in &expired {
             self.release(unit);
         }

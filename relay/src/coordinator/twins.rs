@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use super::checks::{Claim, Plan};
 use super::screen::Kind;
-use super::{Coordinator, Judged, UnitState};
+use super::units::UnitState;
+use super::{Coordinator, Judged};
 use crate::verify::{Report, compare};
 
 /// A screened twin result waiting for its twin's.
@@ -29,21 +30,13 @@ impl Coordinator {
 
     /// Issues the twin of unit `id`: the same round, version, shard and seed.
     pub(super) fn create_twin(&mut self, id: u64) {
-        let twin_id = self.next_unit;
-        self.next_unit += 1;
-        let unit = self.units.get_mut(&id).expect("the unit was just created");
-        unit.twin = Some(twin_id);
-        let twin = super::Unit { twin: Some(id), holder: None, ..unit.clone() };
-        self.units.insert(twin_id, twin);
-        self.round_units.created(twin_id);
+        self.units.create_twin(id);
     }
 
     /// Takes a screened result of a twin unit: holds it until its twin's result comes,
     /// then compares the two.
     pub(super) fn pair(&mut self, session: u64, contributor: u64, mut claim: Claim, judged: Judged, now: Instant) {
-        let unit = self.units.get_mut(&claim.unit_id).expect("judged units are present");
-        unit.state = UnitState::Checking;
-        let twin = unit.twin.expect("paired units have a twin");
+        let twin = self.units.checking(claim.unit_id).twin.expect("paired units have a twin");
         let Some(mut other) = self.held.remove(&twin) else {
             self.held.insert(claim.unit_id, Held { session, contributor, claim, judged });
             return;
@@ -75,7 +68,7 @@ impl Coordinator {
     /// Whether `hash` is the held result of `unit`'s twin: two honest CPU contributors
     /// send the very same Δ for twin units, which is agreement, not a copy.
     pub(super) fn is_twins_result(&self, unit: u64, hash: &[u8; 32]) -> bool {
-        let twin = self.units.get(&unit).and_then(|u| u.twin);
+        let twin = self.units.get(unit).and_then(|u| u.twin);
         twin.and_then(|t| self.held.get(&t)).is_some_and(|h| &h.judged.hash == hash)
     }
 
@@ -87,9 +80,9 @@ impl Coordinator {
             .keys()
             .copied()
             .filter(|id| {
-                let twin = self.units.get(id).and_then(|u| u.twin);
+                let twin = self.units.get(*id).and_then(|u| u.twin);
                 !twin
-                    .and_then(|t| self.units.get(&t))
+                    .and_then(|t| self.units.get(t))
                     .is_some_and(|t| matches!(t.state, UnitState::Open | UnitState::Assigned { .. }))
             })
             .collect();

@@ -11,7 +11,8 @@ use crowdgrad_runtime::protocol::{Ack, ServerMsg, Submission, Update};
 use super::checks::Claim;
 use super::measure::{self, Judged, Measurement};
 use super::screen::Kind;
-use super::{Contribution, Coordinator, NEWCOMER_CHECKS, PER_CONTRIBUTOR_CHECKS, Rejection, UnitState, pacing};
+use super::units::UnitState;
+use super::{Contribution, Coordinator, NEWCOMER_CHECKS, PER_CONTRIBUTOR_CHECKS, Rejection, pacing};
 use crate::ledger::{ResultRow, UnitRowState};
 use crate::metrics::Reason;
 
@@ -64,8 +65,7 @@ impl Coordinator {
         now: Instant,
     ) -> Receipt {
         let Judged { delta, norm, receipt, .. } = judged;
-        let unit = self.units.get_mut(&claim.unit_id).expect("settled units are present");
-        unit.state = UnitState::Done;
+        let unit = self.units.done(claim.unit_id);
         let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
         let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
         // While a commit runs, accepted results count into the round after it.
@@ -126,8 +126,8 @@ impl Coordinator {
         if !signed {
             return Err(Rejection::BadSignature);
         }
-        let Some(unit) = self.units.get(&sub.unit_id) else {
-            return Err(if sub.unit_id < self.next_unit { Rejection::Stale } else { Rejection::UnknownUnit });
+        let Some(unit) = self.units.get(sub.unit_id) else {
+            return Err(if sub.unit_id < self.units.next_id() { Rejection::Stale } else { Rejection::UnknownUnit });
         };
         match unit.state {
             UnitState::Assigned { session: holder, .. } if holder == session => {}
@@ -161,7 +161,7 @@ impl Coordinator {
     }
 
     pub(super) fn explain(&self, r: Rejection, sub: &Submission) -> String {
-        let unit = self.units.get(&sub.unit_id);
+        let unit = self.units.get(sub.unit_id);
         match r {
             Rejection::UnknownUnit => format!("unit {} was never issued", sub.unit_id),
             Rejection::Stale => format!(
