@@ -22,6 +22,7 @@ mod registrations;
 mod report;
 mod round_units;
 mod screen;
+mod sessions;
 mod sketch;
 mod timeline;
 mod trust;
@@ -30,10 +31,8 @@ mod units;
 mod verdicts;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -41,8 +40,8 @@ use axum::body::Bytes;
 use crowdgrad_runtime::backend::DeviceInfo;
 use crowdgrad_runtime::checkpoint::hash_hex;
 use crowdgrad_runtime::data::{Corpus, TokenWidth};
-use crowdgrad_runtime::identity::{Identity, KEY_BYTES, SubmitterKey, hex};
-use crowdgrad_runtime::protocol::{Hello, ServerMsg, Submission, Update, Welcome};
+use crowdgrad_runtime::identity::{Identity, KEY_BYTES, SubmitterKey};
+use crowdgrad_runtime::protocol::{ServerMsg, Submission, Update};
 use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
@@ -51,7 +50,6 @@ pub use self::commit::{CommitJob, CommitQueue, Committed};
 pub use self::group_commit::FLUSH;
 pub use self::measure::{Expectation, Measurement};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
-use crate::client_addr;
 use crate::config::JobConfig;
 pub use crate::config::Rule;
 use crate::delta::Delta;
@@ -71,10 +69,6 @@ use self::units::Units;
 /// A session's outbox; when it is full the session is too slow and is dropped.
 pub type Outbox = mpsc::Sender<ServerMsg>;
 
-/// Session ids, unique for the life of the process (across job changes, which replace
-/// the coordinator).
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
 /// How often [`Coordinator::tick`] runs.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -83,6 +77,7 @@ const PER_CONTRIBUTOR_CHECKS: usize = 4;
 /// Results out for checking at once from contributors who have not passed a replay.
 const NEWCOMER_CHECKS: usize = 64;
 
+/// A session that said hello.
 struct Session {
     outbox: Outbox,
     contributor: u64,
@@ -420,105 +415,6 @@ impl Coordinator {
         self.offer_all(now);
     }
 
-    /// Registers a session that has said hello, as the contributor its resume token
-    /// names or as a new one; greets it and gives it work if any.
-    pub fn join(&mut self, outbox: Outbox, hello: Hello, now: Instant) -> u64 {
-        self.in_one_write(|c| c.admit(outbox, hello, None, now)).expect("without an address there is no limit")
-    }
-
-    /// Like [`Self::join`], for a session from `address`: a hello that would register a
-    /// new contributor is refused, with why, once the address has used its
-    /// `limits.new_contributors_per_hour`.
-    pub fn join_from(&mut self, outbox: Outbox, hello: Hello, address: IpAddr, now: Instant) -> Result<u64, String> {
-        self.in_one_write(|c| c.admit(outbox, hello, Some(address), now))
-    }
-
-    fn admit(&mut self, outbox: Outbox, hello: Hello, address: Option<IpAddr>, now: Instant) -> Result<u64, String> {
-        let resumed = match hello.resume.as_deref() {
-            Some(token) => {
-                let found = self.ledger.resume_contributor(token);
-                let found = self.note_storage("resuming a contributor", found).flatten();
-                found.or_else(|| self.registrations.resume(token)).map(|c| (c, token.to_string()))
-            }
-            None => None,
-        };
-        let (contributor, token) = match resumed {
-            Some(known) => {
-                self.counters.resumed += 1;
-                known
-            }
-            None => {
-                let per_hour = self.job.limits.new_contributors_per_hour;
-                if let Some(address) = address
-                    && !self.newcomers.admit(client_addr::limit_key(address), per_hour, now)
-                {
-                    return Err(format!(
-                        "this address registered {per_hour} new contributors in the last hour; \
-                         resume with your token, or try later"
-                    ));
-                }
-                let token = new_token();
-                let newcomer = registrations::Newcomer {
-                    sessions: 1,
-                    token: token.clone(),
-                    key: hex(&hello.key),
-                    agent: hello.agent.clone(),
-                    device: format!("{} ({})", hello.device.kind, hello.device.adapter),
-                };
-                (self.registrations.welcome(newcomer), token)
-            }
-        };
-        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let welcome = ServerMsg::Welcome(Welcome {
-            session: id,
-            contributor,
-            token,
-            job: self.job.name.clone(),
-            version: self.version,
-            ice_servers: self.job.mesh.ice_servers.clone(),
-        });
-        let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
-        let session = Session {
-            outbox,
-            contributor,
-            key: SubmitterKey::parse(hello.key),
-            device: hello.device,
-            unit: None,
-            told_to_wait: false,
-            step_secs,
-            assigned_version: None,
-            last_fetched: None,
-            last_assigned: 0,
-        };
-        self.sessions.insert(id, session);
-        self.send(id, welcome);
-        if hello.p2p {
-            self.mesh_join(id);
-        }
-        self.offer(id, now);
-        Ok(id)
-    }
-
-    /// Forgets a session; its unit goes back to the pool and to an idle session. A
-    /// contributor not yet written to the ledger is forgotten with its last session.
-    pub fn leave(&mut self, session: u64, now: Instant) {
-        self.in_one_write(|c| c.end_session(session, now));
-    }
-
-    /// [`Self::leave`], inside its ledger transaction.
-    fn end_session(&mut self, session: u64, now: Instant) {
-        self.forget_unwritten(session);
-        self.mesh_leave(session);
-        if let Some(unit_id) = self.sessions.get(&session).and_then(|s| s.unit)
-            && self.holds(session, unit_id)
-        {
-            self.sessions.remove(&session);
-            self.release(unit_id);
-            self.offer_all(now);
-        }
-        self.sessions.remove(&session);
-    }
-
     /// Screens a submission and gives the session its next unit, measuring it here
     /// (under the lock: the relay's sessions measure off it, see
     /// [`Self::submit_measured`]).
@@ -680,14 +576,6 @@ impl Coordinator {
         }
     }
 
-    /// Counts `session`, which is ending, out of its contributor's sessions if that was
-    /// never written to the ledger (and forgets it with its last).
-    fn forget_unwritten(&mut self, session: u64) {
-        if let Some(contributor) = self.sessions.get(&session).map(|s| s.contributor) {
-            self.registrations.left(contributor);
-        }
-    }
-
     /// Writes `contributor`'s ledger row if it has none yet: before its first unit or
     /// result refers to it.
     fn register(&mut self, contributor: u64) {
@@ -721,13 +609,6 @@ fn for_test(dir: &std::path::Path) -> Coordinator {
     let mut job = JobConfig::default();
     (job.storage.dir, job.data.eval_batches) = (dir.to_path_buf(), 1);
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("the coordinator opens")
-}
-
-/// A fresh resume token: 128 random bits, hex.
-fn new_token() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS provides randomness");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// 64 bits from the OS, for seeds a contributor must not predict.
