@@ -1,6 +1,7 @@
 //! The native contributor: the runtime's contributor loop over tokio-tungstenite for
 //! the session and HTTP (ureq) for weights and shards.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -29,6 +30,8 @@ const MAX_DOWNLOAD: u64 = (MAX_PARAMS * 4 + 1024 * 1024) as u64;
 pub struct NativeTransport {
     outgoing: mpsc::Sender<Vec<u8>>,
     incoming: mpsc::Receiver<Result<Vec<u8>, TransportError>>,
+    /// Why the socket ended, set by its task as soon as it learns it.
+    ended: Arc<OnceLock<String>>,
     http_base: String,
 }
 
@@ -45,23 +48,27 @@ impl NativeTransport {
             .with_context(|| format!("connecting to {url}"))?;
         let (outgoing, to_send) = mpsc::channel(4);
         let (received, incoming) = mpsc::channel(16);
-        tokio::spawn(pump(socket, to_send, received));
-        Ok(NativeTransport { outgoing, incoming, http_base })
+        let ended = Arc::new(OnceLock::new());
+        tokio::spawn(pump(socket, to_send, received, ended.clone()));
+        Ok(NativeTransport { outgoing, incoming, ended, http_base })
     }
 }
 
 /// Moves frames between the socket and the transport's channels until either side
-/// ends; reading answers pings as it goes.
+/// ends; reading answers pings as it goes. A lost connection's reason goes to `ended`
+/// at once, and to `received` in turn.
 async fn pump(
     mut socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     mut to_send: mpsc::Receiver<Vec<u8>>,
     received: mpsc::Sender<Result<Vec<u8>, TransportError>>,
+    ended: Arc<OnceLock<String>>,
 ) {
     loop {
         tokio::select! {
             frame = to_send.recv() => {
                 let Some(frame) = frame else { break };
                 if let Err(e) = socket.send(Message::Binary(frame.into())).await {
+                    let _ = ended.set(e.to_string());
                     let _ = received.send(Err(TransportError(e.to_string()))).await;
                     break;
                 }
@@ -77,8 +84,11 @@ async fn pump(
                     Some(Err(e)) => Err(TransportError(e.to_string())),
                     None => Err(TransportError("connection ended".into())),
                 };
-                let ended = item.is_err();
-                if received.send(item).await.is_err() || ended {
+                if let Err(why) = &item {
+                    let _ = ended.set(why.0.clone());
+                }
+                let lost = item.is_err();
+                if received.send(item).await.is_err() || lost {
                     break;
                 }
             }
@@ -106,6 +116,10 @@ impl Transport for NativeTransport {
 
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError> {
         self.incoming.recv().await.unwrap_or_else(|| Err(TransportError("connection ended".into())))
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.ended.get().cloned()
     }
 
     async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
@@ -167,5 +181,36 @@ pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats, secret
         let wait = Duration::from_secs_f64(backoff.next_wait());
         tracing::info!("reconnecting in {wait:?}");
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    /// A transport learns its socket is gone without reading: the contributor loop then
+    /// gives up the unit in hand instead of training on for a session that has ended.
+    #[tokio::test]
+    async fn a_dropped_socket_is_lost_before_the_next_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (hang_up, hung_up) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let socket = tokio_tungstenite::accept_async(stream).await.expect("handshake");
+            let _ = hung_up.await;
+            drop(socket);
+        });
+        let transport = NativeTransport::connect(&format!("ws://{addr}/ws")).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(transport.lost(), None, "an open socket is not lost");
+        hang_up.send(()).expect("server waits");
+        server.await.expect("server");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while transport.lost().is_none() {
+            assert!(Instant::now() < deadline, "the lost socket went unnoticed for 2 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -162,23 +162,27 @@ impl MadeAhead {
 /// every assignment at once with a Δ of `params` small values, and waits for its
 /// acknowledgement (at most 30 s after the end) before taking the next.
 pub async fn run_active_contributors(addr: SocketAddr, n: usize, params: usize, duration: Duration) -> LoadReport {
-    run_active_contributors_with(addr, n, params, duration, None).await
+    run_active_contributors_with(addr, n, params, duration, None, Duration::ZERO).await
 }
 
 /// [`run_active_contributors`], taking compressed updates from `ahead` while it has
-/// some (for units that ask for its codec).
+/// some (for units that ask for its codec), and spending 0.5–1.5 × `unit_time` on each
+/// unit before submitting it, as a contributor spends training (zero: the relay runs
+/// saturated). The spread keeps contributors that started together from arriving in
+/// waves.
 pub async fn run_active_contributors_with(
     addr: SocketAddr,
     n: usize,
     params: usize,
     duration: Duration,
     ahead: Option<Arc<MadeAhead>>,
+    unit_time: Duration,
 ) -> LoadReport {
     let gate = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
     let start = Instant::now() + Duration::from_secs(1);
     let until = start + duration;
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
+        .map(|i| {
             let (gate, ahead) = (gate.clone(), ahead.clone());
             tokio::spawn(async move {
                 let permit = gate.acquire_owned().await.expect("the gate stays open");
@@ -195,6 +199,11 @@ pub async fn run_active_contributors_with(
                     let Message::Binary(bytes) = msg else { continue };
                     match protocol::decode::<ServerMsg>(&bytes, MAX_CONTROL_FRAME).expect("a relay message") {
                         ServerMsg::Assign(unit) if pending.is_none() && Instant::now() < until => {
+                            if !unit_time.is_zero() {
+                                // Spread evenly over 0.5..1.5 by the golden ratio's fractions.
+                                let spread = ((unit.unit_id + i as u64) as f64 * 0.618_033_988_7).fract();
+                                tokio::time::sleep(unit_time.mul_f64(0.5 + spread)).await;
+                            }
                             let mut submission = Submission {
                                 unit_id: unit.unit_id,
                                 version: unit.version,

@@ -35,8 +35,15 @@ pub async fn run(active: usize, seconds: u64) {
     let relay = RelayProcess::start(&job);
     let until = std::time::Instant::now() + Duration::from_secs(seconds + 1);
     let probe = tokio::spawn(time_hellos(relay.addr, Duration::from_millis(50), until));
-    let report =
-        run_active_contributors_with(relay.addr, active, params, Duration::from_secs(seconds), Some(ahead)).await;
+    let report = run_active_contributors_with(
+        relay.addr,
+        active,
+        params,
+        Duration::from_secs(seconds),
+        Some(ahead),
+        Duration::ZERO,
+    )
+    .await;
     let hellos = probe.await.expect("the probe runs");
     let quantile =
         |q: f64| hellos.get(((hellos.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(f64::NAN);

@@ -123,6 +123,7 @@ struct Flags {
     idle: usize,
     active: usize,
     seconds: u64,
+    unit_ms: u64,
     downloads: usize,
     honest: usize,
     garbage: usize,
@@ -137,6 +138,7 @@ fn flags(args: &[String]) -> Flags {
         idle: 10_000,
         active: 1_000,
         seconds: 20,
+        unit_ms: 0,
         downloads: 500,
         honest: 20,
         garbage: 200,
@@ -156,6 +158,7 @@ fn flags(args: &[String]) -> Flags {
             "--idle" => f.idle = value,
             "--active" => f.active = value,
             "--seconds" => f.seconds = value as u64,
+            "--unit-ms" => f.unit_ms = value as u64,
             "--downloads" => f.downloads = value,
             "--honest" => f.honest = value,
             "--garbage" => f.garbage = value,
@@ -168,7 +171,8 @@ fn flags(args: &[String]) -> Flags {
     f
 }
 
-/// `relay [--idle N] [--active N] [--seconds S] [--downloads N]`.
+/// `relay [--only a,b,..] [--idle N] [--active N] [--seconds S] [--unit-ms MS] [--downloads N]`
+/// `[--honest N] [--garbage N] [--flood-seconds S] [--commit-active N] [--commit-seconds S]`.
 pub async fn run(args: &[String]) {
     let flags = flags(args);
     let files = rlimit::increase_nofile_limit(u64::MAX).expect("raise the open-file limit");
@@ -178,7 +182,7 @@ pub async fn run(args: &[String]) {
         idle_sessions(flags.idle).await;
     }
     if wanted("b") {
-        active_contributors(flags.active, flags.seconds).await;
+        active_contributors(flags.active, flags.seconds, Duration::from_millis(flags.unit_ms)).await;
     }
     if wanted("c") {
         aggregation_times();
@@ -211,8 +215,10 @@ async fn idle_sessions(idle: usize) {
     sessions.iter().for_each(|s| s.abort());
 }
 
-/// (b): results/s and submit→ack latency of `active` contributors for `seconds`.
-async fn active_contributors(active: usize, seconds: u64) {
+/// (b): results/s and submit→ack latency of `active` contributors for `seconds`, each
+/// spending `unit_time` on a unit (zero: every contributor submits the moment it is
+/// assigned, so the relay runs saturated and latency is its queue).
+async fn active_contributors(active: usize, seconds: u64, unit_time: Duration) {
     let model = ACTIVE_MODEL;
     let params = model.layout().total;
     let job = format!(
@@ -228,11 +234,13 @@ async fn active_contributors(active: usize, seconds: u64) {
     let update_bytes = ahead.bytes_each();
     let relay = RelayProcess::start(&job);
     let report =
-        run_active_contributors_with(relay.addr, active, params, Duration::from_secs(seconds), Some(ahead)).await;
+        run_active_contributors_with(relay.addr, active, params, Duration::from_secs(seconds), Some(ahead), unit_time)
+            .await;
     let version = relay.status().and_then(|s| s["version"].as_u64()).unwrap_or(0);
     println!(
-        "(b) {active} active contributors for {seconds} s, Δ of {params} values compressed to {update_bytes} bytes: {:.0} results/s, submit→ack p50 {:.1} ms, p99 {:.1} ms; \
+        "(b) {active} active contributors for {seconds} s, {} ms on each unit, Δ of {params} values compressed to {update_bytes} bytes: {:.0} results/s, submit→ack p50 {:.1} ms, p99 {:.1} ms; \
          {} submitted, {} accepted, {} rejected, {} lost (must be 0); {version} versions committed",
+        unit_time.as_millis(),
         report.results_per_second(),
         report.latency_ms(0.5),
         report.latency_ms(0.99),
