@@ -68,8 +68,9 @@ async fn pump(
             frame = to_send.recv() => {
                 let Some(frame) = frame else { break };
                 if let Err(e) = socket.send(Message::Binary(frame.into())).await {
-                    let _ = ended.set(e.to_string());
-                    let _ = received.send(Err(TransportError(e.to_string()))).await;
+                    let why = e.to_string();
+                    let _ = ended.set(why.clone());
+                    let _ = received.send(Err(TransportError(why))).await;
                     break;
                 }
             }

@@ -1,10 +1,11 @@
 //! The costly part of judging a result, which needs no coordinator state: checking its
 //! signature, decoding its Δ, measuring it (finite, ‖Δ‖, blake3, sketch), and signing
 //! the receipt it gets if it is accepted (used only then, and only if its fields still
-//! match). A session reads its [`Expectation`] under the coordinator's lock, measures off it
-//! ([`Expectation::measure`], on a blocking thread unless [`Expectation::is_quick`]), and hands the [`Measurement`] to
-//! [`Coordinator::submit_measured`]; for a large model this is most of a submission's
-//! cost, and results of different sessions are then measured in parallel.
+//! match). A session reads its [`Expectation`] under the coordinator's lock, measures off
+//! it ([`Expectation::measure`], on a blocking thread unless [`Expectation::is_quick`]),
+//! and hands the [`Measurement`] to [`Coordinator::submit_measured`]; for a large model
+//! this is most of a submission's cost, and results of different sessions are then
+//! measured in parallel.
 
 use std::sync::Arc;
 
