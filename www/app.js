@@ -41,15 +41,27 @@ function render(c) {
 }
 
 let lastSampled = { version: -1, at: 0 };
-async function maybeSample(c, version) {
-  const now = Date.now();
+// The job's vocabulary (`/api/vocab`), fetched once for models whose tokens are not
+// bytes: the tab decodes samples with it, and needs no tokenizer.
+let vocab = { tokenizer: "bytes", bytes: undefined };
+async function vocabulary(tokenizer) {
+  if (tokenizer !== vocab.tokenizer) {
+    const bytes = new Uint8Array(await (await fetch("/api/vocab")).arrayBuffer());
+    vocab = { tokenizer, bytes };
+  }
+  return vocab.bytes;
+}
+
+async function maybeSample(c, status) {
+  const now = Date.now(), version = status.version;
   if (!c.saved.consent || version === lastSampled.version || now - lastSampled.at < SAMPLE_EVERY_MS) return;
   lastSampled = { version, at: now };
   try {
     // The weights this tab already holds, else a download.
     const held = c.contributor && c.contributor.weights();
     const weights = held ? held.bytes : new Uint8Array(await (await fetch(`/api/weights/${version}`)).arrayBuffer());
-    $("sample").textContent = await wasm.sample(weights, "\n", 200, BigInt(held ? held.version : version));
+    const tokens = await vocabulary(status.tokenizer);
+    $("sample").textContent = await wasm.sample(weights, "\n", 200, BigInt(held ? held.version : version), tokens);
   } catch (e) {
     $("sample").textContent = `no sample: ${e}`;
   }
@@ -69,7 +81,7 @@ async function pollRelay(c) {
         `${points[0][0]}, ${last.val_loss.toFixed(3)} at version ${last.version}.`;
     }
     drawLine($("loss-curve"), points, { label: "version" });
-    maybeSample(c, status.version);
+    maybeSample(c, status);
   } catch (e) {
     $("error").textContent = `relay unreachable: ${e}`;
   }

@@ -50,13 +50,10 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
     if let Some(refusal) = refuse(&state, &headers) {
         return refusal;
     }
-    let job = match toml::from_str::<JobConfig>(&body) {
+    let job = match JobConfig::parse(&body) {
         Ok(job) => job,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("job file: {e}")).into_response(),
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    if let Err(e) = job.validate() {
-        return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-    }
     let name = job.name.clone();
     let metrics = state.metrics.clone();
     let opened = tokio::task::spawn_blocking(move || crate::job_data::open_coordinator(job, metrics)).await;

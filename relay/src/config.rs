@@ -4,8 +4,8 @@
 //! ```toml
 //! name = "byte-gpt"
 //! seed = 1
-//! [model]   # vocab, context, layers, heads, width, bias
-//! [data]    # path, val_path, format (auto, text, tokens), shards, eval_batches
+//! [model]   # vocab, context, layers, heads, width, bias, init (a Hugging Face GPT-2 folder)
+//! [data]    # path, val_path, format (auto, text, tokens), tokenizer (bytes, gpt2), shards, eval_batches
 //! [inner]   # steps, batch, lr, min_lr, warmup_steps, decay_steps, beta1, beta2, eps, weight_decay, grad_clip
 //! [outer]   # lr, momentum
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
@@ -33,6 +33,9 @@ use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_PARAMS, MAX_STRING};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
+
+use crate::hf_dir;
+use crate::tokenizer::{GPT2_VOCAB, Tokenizer};
 
 /// One training job: the model, the data, the inner and outer optimizers, the rounds,
 /// and where versions are kept.
@@ -65,6 +68,11 @@ pub struct JobConfig {
     pub limits: Limits,
     /// How tabs share weights with each other over WebRTC.
     pub mesh: MeshConfig,
+    /// A Hugging Face GPT-2 folder (`config.json`, `model.safetensors`) that version 0
+    /// starts from: `[model] init` in a job file, whose `config.json` gives the model's
+    /// shape (`model.context` may ask for fewer positions). Only a new job reads it.
+    #[serde(skip)]
+    pub model_init: Option<PathBuf>,
 }
 
 /// How tabs share weights over WebRTC (see `coordinator::mesh`).
@@ -251,6 +259,11 @@ pub struct DataConfig {
     pub val_path: Option<PathBuf>,
     /// How `path` stores tokens.
     pub format: DataFormat,
+    /// How text (a text `path`, or the built-in corpus) becomes tokens: `bytes`, or
+    /// `gpt2` (GPT-2's BPE, tokenized once on the relay and cached in
+    /// `storage.dir/tokens/`). For a token file, the tokenizer its ids came from, whose
+    /// vocabulary `/api/vocab` serves (`bytes` there: none is known).
+    pub tokenizer: Tokenizer,
     /// How many shards the training split is cut into.
     pub shards: u32,
     /// Validation batches (of `inner.batch` rows) for the held-out loss of each version.
@@ -396,6 +409,7 @@ impl Default for JobConfig {
             verify: VerifyConfig::default(),
             limits: Limits::default(),
             mesh: MeshConfig::default(),
+            model_init: None,
         }
     }
 }
@@ -414,20 +428,33 @@ pub enum DataFormat {
 }
 
 impl DataConfig {
-    /// The token width of `path` under `format`.
-    pub fn width(&self) -> TokenWidth {
+    /// Whether `path` holds tokens already (u16), rather than text to tokenize.
+    pub fn is_token_file(&self) -> bool {
         let is_bin = self.path.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e == "bin"));
         match self.format {
-            DataFormat::Tokens => TokenWidth::U16,
-            DataFormat::Auto if is_bin => TokenWidth::U16,
-            _ => TokenWidth::Byte,
+            DataFormat::Tokens => true,
+            DataFormat::Auto => is_bin,
+            DataFormat::Text => false,
         }
+    }
+
+    /// How the training tokens are stored: u16 for token files and BPE, bytes for text
+    /// read one byte a token.
+    pub fn width(&self) -> TokenWidth {
+        if self.is_token_file() { TokenWidth::U16 } else { self.tokenizer.width() }
     }
 }
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { path: None, val_path: None, format: DataFormat::Auto, shards: 16, eval_batches: 8 }
+        DataConfig {
+            path: None,
+            val_path: None,
+            format: DataFormat::Auto,
+            tokenizer: Tokenizer::Bytes,
+            shards: 16,
+            eval_batches: 8,
+        }
     }
 }
 
@@ -488,6 +515,37 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What an error about the whole job file names until [`JobConfig::load`] names the file.
+const JOB_FILE: &str = "job file";
+
+/// A job file's `[model] init`, and the other keys its `[model]` gives.
+struct ModelInit {
+    /// The Hugging Face folder.
+    dir: PathBuf,
+    /// The keys of `[model]` besides `init`.
+    given: Vec<String>,
+}
+
+/// `text` with `[model] init = "…"` blanked out (spaces, so that every other key keeps
+/// its line and column for error messages), and what it said.
+fn take_model_init(text: &str) -> Result<(String, Option<ModelInit>), ConfigError> {
+    let document = toml::de::DeTable::parse(text).map_err(|e| bad(JOB_FILE, e.to_string()))?;
+    let model = document.get_ref().iter().find(|(k, _)| k.get_ref() == "model");
+    let Some((_, model)) = model else { return Ok((text.to_string(), None)) };
+    let toml::de::DeValue::Table(model) = model.get_ref() else { return Ok((text.to_string(), None)) };
+    let given: Vec<String> = model.iter().map(|(k, _)| k.get_ref().to_string()).filter(|k| k != "init").collect();
+    let Some((key, value)) = model.iter().find(|(k, _)| k.get_ref() == "init") else {
+        return Ok((text.to_string(), None));
+    };
+    let toml::de::DeValue::String(dir) = value.get_ref() else {
+        return Err(bad("model.init", "must be the path of a Hugging Face GPT-2 folder"));
+    };
+    let (start, end) = (key.span().start, value.span().end);
+    let mut blanked = text.to_string();
+    blanked.replace_range(start..end, &" ".repeat(end - start));
+    Ok((blanked, Some(ModelInit { dir: PathBuf::from(dir.as_ref()), given })))
+}
+
 /// An error about `key`.
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), reason: reason.into() }
@@ -507,7 +565,35 @@ impl JobConfig {
     pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| bad(&file, format!("cannot read: {e}")))?;
-        let job: JobConfig = toml::from_str(&text).map_err(|e| bad(&file, e.to_string()))?;
+        Self::parse(&text).map_err(|e| if e.key == JOB_FILE { bad(&file, e.reason) } else { e })
+    }
+
+    /// Reads a job file's text (see [`JobConfig::load`]). With `[model] init = "DIR"`,
+    /// the model's shape comes from `DIR/config.json`; a `[model]` key that says
+    /// otherwise is an error (but `context` may ask for fewer positions).
+    pub fn parse(text: &str) -> Result<JobConfig, ConfigError> {
+        let (text, init) = take_model_init(text)?;
+        let mut job: JobConfig = toml::from_str(&text).map_err(|e| bad(JOB_FILE, e.to_string()))?;
+        if let Some(ModelInit { dir, given }) = init {
+            let context = given.iter().any(|k| k == "context").then_some(job.model.context);
+            let shape = hf_dir::read_shape(&dir, context).map_err(|e| bad("model.init", format!("{e:#}")))?;
+            let m = &job.model;
+            for (key, ours, theirs) in [
+                ("vocab", m.vocab, shape.vocab),
+                ("layers", m.layers, shape.layers),
+                ("heads", m.heads, shape.heads),
+                ("width", m.width, shape.width),
+                ("bias", m.bias as usize, shape.bias as usize),
+            ] {
+                if given.iter().any(|k| k == key) && ours != theirs {
+                    return Err(bad(
+                        &format!("model.{key}"),
+                        format!("{ours} differs from {theirs} in {} (model.init decides)", dir.display()),
+                    ));
+                }
+            }
+            (job.model, job.model_init) = (shape, Some(dir));
+        }
         job.validate()?;
         Ok(job)
     }
@@ -528,8 +614,19 @@ impl JobConfig {
                 return Err(bad(key, format!("{} is not a readable file", path.display())));
             }
         }
+        if let Some(dir) = &self.model_init
+            && let Some(missing) = [hf_dir::CONFIG_FILE, hf_dir::WEIGHTS_FILE].iter().find(|f| !dir.join(f).is_file())
+        {
+            return Err(bad("model.init", format!("{} has no {missing}", dir.display())));
+        }
         if self.data.val_path.is_some() && self.data.path.is_none() {
             return Err(bad("data.val_path", "needs data.path"));
+        }
+        if self.data.tokenizer == Tokenizer::Gpt2 && self.model.vocab < GPT2_VOCAB {
+            return Err(bad(
+                "model.vocab",
+                format!("{} is too small for GPT-2's tokenizer, whose ids reach {}", self.model.vocab, GPT2_VOCAB - 1),
+            ));
         }
         let width = self.data.width();
         if self.model.vocab > width.max_vocab() {

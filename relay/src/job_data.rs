@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use crowdgrad_runtime::data::{Corpus, TokenWidth};
+use crowdgrad_runtime::data::{Corpus, builtin_text};
 
 use crate::config::JobConfig;
 use crate::coordinator::Coordinator;
@@ -13,15 +13,7 @@ use crate::metrics::Metrics;
 /// Loads `job`'s data, checks that its tokens fit the model's vocabulary, and opens
 /// its coordinator (resuming its storage).
 pub fn open_coordinator(job: JobConfig, metrics: Arc<Metrics>) -> anyhow::Result<Coordinator> {
-    let corpus = match (&job.data.path, job.data.width()) {
-        (None, _) => Corpus::builtin(),
-        (Some(path), TokenWidth::Byte) => {
-            anyhow::ensure!(job.data.val_path.is_none(), "data.val_path: text datasets split themselves");
-            Corpus::from_file(path).with_context(|| format!("data.path {}", path.display()))?
-        }
-        (Some(path), TokenWidth::U16) => Corpus::from_token_files(path, job.data.val_path.as_deref())
-            .with_context(|| format!("data.path {}", path.display()))?,
-    };
+    let corpus = load_corpus(&job)?;
     let top = corpus.train().max_token().max(corpus.val().max_token());
     anyhow::ensure!(
         (top as usize) < job.model.vocab,
@@ -29,4 +21,26 @@ pub fn open_coordinator(job: JobConfig, metrics: Arc<Metrics>) -> anyhow::Result
         job.model.vocab
     );
     Coordinator::open(job, corpus, metrics)
+}
+
+/// The job's tokens: a token file as it is, or its text (the built-in corpus's without
+/// a path) through `data.tokenizer`, whose tokens are cached in `storage.dir/tokens/`.
+fn load_corpus(job: &JobConfig) -> anyhow::Result<Corpus> {
+    let data = &job.data;
+    if data.is_token_file() {
+        let path = data.path.as_deref().expect("a token file has a path");
+        return Corpus::from_token_files(path, data.val_path.as_deref())
+            .with_context(|| format!("data.path {}", path.display()));
+    }
+    anyhow::ensure!(data.val_path.is_none(), "data.val_path: text datasets split themselves");
+    let text = match &data.path {
+        Some(path) => std::fs::read(path).with_context(|| format!("data.path {}", path.display()))?,
+        None => builtin_text(),
+    };
+    let what = || match &data.path {
+        Some(path) => format!("data.path {}", path.display()),
+        None => "the built-in corpus".to_string(),
+    };
+    let tokens = data.tokenizer.tokenize_cached(&text, &job.storage.dir.join("tokens")).with_context(what)?;
+    Corpus::from_bytes(tokens, data.tokenizer.width()).with_context(what)
 }

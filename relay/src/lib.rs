@@ -21,6 +21,9 @@
 //! - [`delta`]: a submitted Δ, dense or as the values a compressed update sent.
 //! - [`check_queue`]: the verifier's fair queue.
 //! - [`weights`]: the weights files and chunks, served at bounded cost.
+//! - [`tokenizer`]: text into tokens (bytes, or GPT-2's BPE), cached per text.
+//! - [`hf_dir`]: Hugging Face GPT-2 folders: a job's initial weights, exports.
+//! - [`hf_routes`]: each kept version as a Hugging Face folder over HTTP.
 
 pub mod address_counts;
 pub mod admin;
@@ -32,6 +35,8 @@ pub mod coordinator;
 pub mod delta;
 pub mod eval;
 pub mod events;
+pub mod hf_dir;
+pub mod hf_routes;
 pub mod job_data;
 pub mod ledger;
 pub mod listener;
@@ -42,6 +47,7 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod tokenizer;
 pub mod verify;
 pub mod weights;
 

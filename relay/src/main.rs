@@ -7,11 +7,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
 use crowdgrad_relay::contribute::contribute_forever;
+use crowdgrad_relay::hf_dir;
 use crowdgrad_relay::ledger::Ledger;
+use crowdgrad_relay::tokenizer::Tokenizer;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::identity::{Identity, hex};
+use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::sample::{SampleOptions, encode_prompt, generate, render};
 
 #[derive(Parser)]
@@ -63,6 +66,18 @@ enum Command {
         /// Run the model on the GPU through wgpu (fails if there is no adapter).
         #[arg(long)]
         gpu: bool,
+    },
+    /// Write a checkpoint as a Hugging Face GPT-2 folder (`config.json`,
+    /// `model.safetensors`) that `transformers.GPT2LMHeadModel.from_pretrained` loads.
+    Export {
+        /// Export as a Hugging Face `GPT2LMHeadModel` folder (the one format there is).
+        #[arg(long, required = true)]
+        hf: bool,
+        /// The safetensors checkpoint (a version file from `/api/weights/{version}`).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The folder to write (created if missing).
+        dir: PathBuf,
     },
     /// Read a relay's ledger.
     Ledger {
@@ -154,6 +169,14 @@ async fn main() -> anyhow::Result<()> {
             let text = sample(&checkpoint, &prompt, options, gpu).await?;
             println!("{prompt}{text}");
         }
+        Command::Export { hf: _, checkpoint: file, dir } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let cfg = checkpoint::read_config(&bytes).with_context(|| format!("{}", file.display()))?;
+            let params = checkpoint::decode(&cfg, &bytes).with_context(|| format!("{}", file.display()))?;
+            drop(bytes);
+            hf_dir::write(&dir, &cfg, &params)?;
+            println!("wrote {} ({} parameters) as a Hugging Face GPT-2 folder", dir.display(), params.len());
+        }
         Command::Ledger { command: LedgerCommand::Export { data_dir, format } } => {
             let receipts = Ledger::open_read_only(&data_dir)?.receipts(None)?;
             if format == "json" {
@@ -182,17 +205,35 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Loads `path` and continues `prompt` with it on the CPU or the GPU: text for
-/// byte-level models, token ids (prompt and output) for larger vocabularies.
+/// byte-level models and models whose checkpoint names their tokenizer (`gpt2`), token
+/// ids (prompt and output) for other vocabularies.
 async fn sample(path: &std::path::Path, prompt: &str, options: SampleOptions, gpu: bool) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let cfg = checkpoint::read_config(&bytes)?;
     let params = checkpoint::decode(&cfg, &bytes)?;
+    let tokenizer = checkpoint::metadata(&bytes, "tokenizer").and_then(|name| Tokenizer::from_name(&name));
+    if let Some(tokenizer @ Tokenizer::Gpt2) = tokenizer {
+        let prompt = tokenizer.encode(if prompt.is_empty() { "\n" } else { prompt });
+        let tokens = generate_on(gpu, cfg, &params, &prompt, options).await?;
+        return Ok(tokenizer.vocab().render(&tokens));
+    }
     let prompt = encode_prompt(cfg.vocab, prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
-    let tokens = if gpu {
-        generate(GpuBackend::new().await.context("--gpu")?, cfg, &params, &prompt, options).await?
-    } else {
-        generate(CpuBackend::new(), cfg, &params, &prompt, options).await?
-    };
+    let tokens = generate_on(gpu, cfg, &params, &prompt, options).await?;
     let separator = if cfg.vocab > 256 && !prompt.is_empty() { " " } else { "" };
     Ok(format!("{separator}{}", render(cfg.vocab, &tokens)))
+}
+
+/// [`generate`] on the GPU through wgpu, or on the CPU reference.
+async fn generate_on(
+    gpu: bool,
+    cfg: GptConfig,
+    params: &[f32],
+    prompt: &[u32],
+    options: SampleOptions,
+) -> anyhow::Result<Vec<u32>> {
+    Ok(if gpu {
+        generate(GpuBackend::new().await.context("--gpu")?, cfg, params, prompt, options).await?
+    } else {
+        generate(CpuBackend::new(), cfg, params, prompt, options).await?
+    })
 }

@@ -38,7 +38,10 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/weights/{version}", get(weights::whole))
         .route("/api/weights/{version}/chunks", get(weights::chunk_hashes))
         .route("/api/weights/{version}/chunks/{index}", get(weights::chunk))
+        .route("/api/hf/{version}/config.json", get(crate::hf_routes::config))
+        .route("/api/hf/{version}/model.safetensors", get(crate::hf_routes::weights))
         .route("/api/shards/{shard}", get(shard))
+        .route("/api/vocab", get(vocab))
         .route("/api/admin/pause", post(admin::pause))
         .route("/api/admin/resume", post(admin::resume))
         .route("/api/admin/job", post(admin::new_job))
@@ -135,6 +138,19 @@ async fn contributor(State(state): State<AppState>, Path(key): Path<String>) -> 
 async fn metrics(State(state): State<AppState>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], state.metrics.render()).into_response()
+}
+
+/// The running job's vocabulary (`crowdgrad_runtime::vocab`'s wire format), with the
+/// tokenizer's name in `X-Tokenizer`.
+async fn vocab(State(state): State<AppState>) -> Response {
+    let tokenizer = state.coordinator.lock().expect("coordinator lock").job().data.tokenizer;
+    let bytes = state.vocabs.get(tokenizer);
+    state.metrics.bytes_out.inc_by(bytes.len() as u64);
+    let headers = [
+        (header::CONTENT_TYPE, "application/octet-stream"),
+        (header::HeaderName::from_static("x-tokenizer"), tokenizer.name()),
+    ];
+    (headers, bytes).into_response()
 }
 
 async fn shard(State(state): State<AppState>, Path(index): Path<u32>) -> Response {

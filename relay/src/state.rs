@@ -9,6 +9,7 @@ use crate::address_counts::AddressCounts;
 use crate::check_queue::CheckQueue;
 use crate::coordinator::{CommitQueue, Coordinator};
 use crate::metrics::Metrics;
+use crate::tokenizer::VocabFiles;
 use crate::weights::{WeightFiles, WeightRoutes};
 
 /// Shared by every handler.
@@ -28,6 +29,8 @@ pub struct AppState {
     pub commits: CommitQueue,
     /// The weights routes' bounds and chunk hash lists.
     pub weights: Arc<WeightFiles>,
+    /// The vocabularies `/api/vocab` serves.
+    pub vocabs: Arc<VocabFiles>,
 }
 
 impl FromRef<AppState> for WeightRoutes {
@@ -58,6 +61,7 @@ impl AppState {
             sessions_by_ip: AddressCounts::default(),
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
             weights: Arc::default(),
+            vocabs: Arc::default(),
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct Meta<'a> {
     pub units_below: u64,
     /// Its held-out loss, nats per token.
     pub val_loss: f32,
+    /// The tokenizer its token ids come from (`bytes`, `gpt2`), so that samplers and
+    /// exports know how to read them.
+    pub tokenizer: &'a str,
 }
 
 /// A version found on disk without a ledger row, whose files check out.
@@ -91,6 +94,13 @@ impl Store {
         self.dir.join(format!("v{version:08}.safetensors"))
     }
 
+    /// Path of `version`'s weights as a Hugging Face GPT-2 `model.safetensors`, written
+    /// when first asked for (`/api/hf/{version}/model.safetensors`) and deleted with the
+    /// version.
+    pub fn hf_weights_path(&self, version: u64) -> PathBuf {
+        self.dir.join("hf").join(format!("v{version:08}.safetensors"))
+    }
+
     fn momentum_path(&self, version: u64) -> PathBuf {
         self.dir.join(format!("v{version:08}.momentum.safetensors"))
     }
@@ -106,6 +116,7 @@ impl Store {
             ("round", meta.round.to_string()),
             ("units_below", meta.units_below.to_string()),
             ("val_loss", meta.val_loss.to_string()),
+            ("tokenizer", meta.tokenizer.to_string()),
         ];
         let weights = checkpoint::encode(model, params, &pairs);
         write_atomically(&self.weights_path(meta.version), &weights)?;
@@ -207,7 +218,7 @@ impl Store {
 
     /// Deletes `version`'s files (missing ones are fine).
     pub fn remove(&self, version: u64) -> std::io::Result<()> {
-        for path in [self.weights_path(version), self.momentum_path(version)] {
+        for path in [self.weights_path(version), self.momentum_path(version), self.hf_weights_path(version)] {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -242,7 +253,15 @@ mod tests {
     use super::*;
 
     fn meta(version: u64) -> Meta<'static> {
-        Meta { version, job: "test", receipts_root: "", round: version, units_below: 10 * version, val_loss: 2.5 }
+        Meta {
+            version,
+            job: "test",
+            receipts_root: "",
+            round: version,
+            units_below: 10 * version,
+            val_loss: 2.5,
+            tokenizer: "bytes",
+        }
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct WeightFiles {
     open: AddressCounts,
     /// `(file blake3 hex, concatenated chunk hashes)`, newest first.
     hash_lists: Mutex<VecDeque<(String, Bytes)>>,
+    /// Held while a version's Hugging Face file is written ([`crate::hf_routes`]): one
+    /// at a time, whatever the number of requests.
+    pub(crate) hf_writes: tokio::sync::Mutex<()>,
 }
 
 struct ReadTurns(Arc<Semaphore>);
@@ -74,7 +77,7 @@ impl WeightFiles {
     }
 
     /// Waits for a turn to read a file, or says the relay is busy.
-    async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
+    pub(crate) async fn turn(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
         match tokio::time::timeout(QUEUE_WAIT, self.reads.0.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(Refused::Busy),
@@ -95,7 +98,7 @@ impl WeightFiles {
 }
 
 /// Why a weights request is not served.
-enum Refused {
+pub(crate) enum Refused {
     /// The address has this many open already.
     TooMany(usize),
     /// The version is not kept.
@@ -131,7 +134,7 @@ impl IntoResponse for Refused {
 
 /// Counts a request from `peer` under the running job's `limits.downloads_per_ip`, and
 /// finds where `version`'s file is, with its blake3 hex.
-fn admit_and_locate(
+pub(crate) fn admit_and_locate(
     state: &WeightRoutes,
     peer: SocketAddr,
     version: u64,
@@ -145,13 +148,13 @@ fn admit_and_locate(
     Ok((open, source, hash))
 }
 
-fn unreadable(version: u64, e: impl std::fmt::Display) -> Refused {
+pub(crate) fn unreadable(version: u64, e: impl std::fmt::Display) -> Refused {
     tracing::error!(version, "reading its weights file: {e}");
     Refused::Unreadable(version)
 }
 
 /// Counts weight bytes served over HTTP, for the bytes-out figure and the P2P share.
-fn count(state: &WeightRoutes, bytes: u64) {
+pub(crate) fn count(state: &WeightRoutes, bytes: u64) {
     state.metrics.bytes_out.inc_by(bytes);
     state.coordinator.lock().expect("coordinator lock").served_weights(bytes);
 }

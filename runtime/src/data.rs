@@ -165,7 +165,7 @@ impl Corpus {
     /// The built-in corpus: about 200 KB of generated sentences with real structure
     /// (agreement, fixed phrases), made by code so that no download is needed.
     pub fn builtin() -> Self {
-        Self::from_bytes(generate_text(0xC0FFEE, 200_000), TokenWidth::Byte).expect("generated corpus is large enough")
+        Self::from_bytes(builtin_text(), TokenWidth::Byte).expect("generated corpus is large enough")
     }
 
     /// How the tokens are stored.
@@ -248,6 +248,11 @@ pub fn sample_batch(data: Tokens, seed: u64, step: u32, rows: usize, context: us
         targets.extend((pos + 1..pos + context + 1).map(|i| data.get(i)));
     }
     Batch { tokens, targets }
+}
+
+/// The built-in corpus's text (see [`Corpus::builtin`]), for tokenizers other than bytes.
+pub fn builtin_text() -> Vec<u8> {
+    generate_text(0xC0FFEE, 200_000)
 }
 
 /// Generates `len` bytes of sentences from a small grammar, deterministically from `seed`.

@@ -7,12 +7,14 @@
 //! - [`data`]: corpora and deterministic batches.
 //! - [`protocol`]: the versioned binary frames between relay and contributors.
 //! - [`checkpoint`]: safetensors encoding of parameters.
+//! - [`hf`]: Hugging Face GPT-2 directories in and out.
 //! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
 //! - [`identity`]: ed25519 keys, signed submissions and receipts.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
 //! - [`backoff`]: how long a contributor waits before reconnecting.
 //! - [`sample`]: text generation from a trained model.
 //! - [`bench`]: throughput measurements shared by the native and browser benches.
+//! - [`vocab`]: what each token id stands for, so that pages can decode samples.
 
 pub mod backend;
 pub mod backoff;
@@ -24,6 +26,7 @@ pub mod cpu;
 pub mod data;
 pub mod feedback;
 pub mod gpu;
+pub mod hf;
 pub mod identity;
 pub mod model;
 pub mod ops;
@@ -31,3 +34,4 @@ pub mod protocol;
 pub mod rng;
 pub mod sample;
 pub mod train;
+pub mod vocab;

@@ -3,20 +3,39 @@
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::sample::{SampleOptions, encode_prompt, generate, render};
+use crowdgrad_runtime::vocab::Vocab;
 use wasm_bindgen::prelude::*;
 
 /// Continues `prompt` by `tokens` tokens with the model in `checkpoint` (the bytes of a
 /// `/api/weights/{version}` file), at temperature 0.8 among the 40 likeliest tokens.
-/// Byte-level models read and write text; larger vocabularies token ids.
-/// Runs on the wasm CPU backend: generation is one window at a time, too little work
-/// per step to gain from the GPU. Resolves to the generated text (without the prompt).
+/// With `vocab` (the bytes of `/api/vocab`), token ids are read and written through it:
+/// the prompt must then be one of its tokens (`"\n"`, say), since tabs carry no
+/// tokenizer. Without it, byte-level models read and write text, larger vocabularies
+/// token ids. Runs on the wasm CPU backend: generation is one window at a time, too
+/// little work per step to gain from the GPU. Resolves to the generated text (without
+/// the prompt).
 #[wasm_bindgen]
-pub async fn sample(checkpoint: Vec<u8>, prompt: String, tokens: usize, seed: u64) -> Result<String, JsValue> {
+pub async fn sample(
+    checkpoint: Vec<u8>,
+    prompt: String,
+    tokens: usize,
+    seed: u64,
+    vocab: Option<Vec<u8>>,
+) -> Result<String, JsValue> {
     let err = |e: String| JsValue::from_str(&e);
     let cfg = checkpoint::read_config(&checkpoint).map_err(|e| err(e.to_string()))?;
     let params = checkpoint::decode(&cfg, &checkpoint).map_err(|e| err(e.to_string()))?;
     let options = SampleOptions { tokens, seed, ..SampleOptions::default() };
-    let prompt = encode_prompt(cfg.vocab, &prompt).map_err(err)?;
+    let vocab = vocab.map(|bytes| Vocab::decode(&bytes)).transpose().map_err(err)?;
+    let prompt = match &vocab {
+        Some(vocab) => vec![vocab.id_of(prompt.as_bytes()).ok_or_else(|| {
+            err(format!("the prompt {prompt:?} is not one token of the vocabulary; tabs carry no tokenizer"))
+        })?],
+        None => encode_prompt(cfg.vocab, &prompt).map_err(err)?,
+    };
     let text = generate(CpuBackend::new(), cfg, &params, &prompt, options).await.map_err(|e| err(e.to_string()))?;
-    Ok(render(cfg.vocab, &text))
+    Ok(match &vocab {
+        Some(vocab) => vocab.render(&text),
+        None => render(cfg.vocab, &text),
+    })
 }

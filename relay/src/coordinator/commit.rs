@@ -207,6 +207,7 @@ pub(super) fn persist(
         round: version.round,
         units_below: version.units_below,
         val_loss: version.val_loss,
+        tokenizer: job.data.tokenizer.name(),
     };
     let written = store.write(&job.model, params, momentum, &meta)?;
     let row = VersionRow {

@@ -230,7 +230,10 @@ impl Coordinator {
                 (row.version, params, momentum, (Bytes::from(bytes), row.weights_hash))
             }
             None => {
-                let params = job.model.init(job.seed);
+                let params = match &job.model_init {
+                    Some(dir) => crate::hf_dir::read_weights(dir, &job.model).context("model.init")?,
+                    None => job.model.init(job.seed),
+                };
                 let momentum = vec![0.0; params.len()];
                 let loss = evaluator.loss(&params);
                 let written = commit::Written {
@@ -355,6 +358,11 @@ impl Coordinator {
         Some((VersionSource::Disk(self.store.weights_path(version)), hash))
     }
 
+    /// Where `version`'s Hugging Face `model.safetensors` is (or will be) written.
+    pub fn hf_weights_path(&self, version: u64) -> PathBuf {
+        self.store.hf_weights_path(version)
+    }
+
     /// The bytes of shard `index`.
     pub fn shard_file(&self, index: u32) -> Option<Bytes> {
         self.shards.get(index as usize).map(|s| s.bytes.clone())
@@ -369,6 +377,8 @@ impl Coordinator {
         Status {
             job: self.job.name.clone(),
             parameters: self.params.len(),
+            vocab: self.job.model.vocab,
+            tokenizer: self.job.data.tokenizer.name(),
             unit_steps: self.job.inner.steps,
             version: self.version,
             round: self.round,

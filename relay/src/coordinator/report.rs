@@ -130,6 +130,11 @@ pub struct Status {
     pub job: String,
     /// Parameters of the job's model.
     pub parameters: usize,
+    /// The model's vocabulary size (token ids are below it).
+    pub vocab: usize,
+    /// How the job's text became tokens (`bytes`, `gpt2`); `/api/vocab` serves what
+    /// each id stands for.
+    pub tokenizer: &'static str,
     /// Inner steps per work unit.
     pub unit_steps: u32,
     /// Current (last committed) model version.

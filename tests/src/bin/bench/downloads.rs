@@ -47,7 +47,15 @@ pub async fn run(requests: usize) {
     let relay = RelayProcess::start_with(&job, |dir| {
         let store = Store::new(dir);
         for version in 0..5 {
-            let meta = Meta { version, job: "bench", receipts_root: "", round: version, units_below: 1, val_loss: 5.5 };
+            let meta = Meta {
+                version,
+                job: "bench",
+                receipts_root: "",
+                round: version,
+                units_below: 1,
+                val_loss: 5.5,
+                tokenizer: "bytes",
+            };
             file_bytes = store.write(&MODEL, &params, &params, &meta).expect("write a version").weights.len();
         }
     });
