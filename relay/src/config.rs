@@ -30,7 +30,7 @@ use crowdgrad_runtime::codec::{CodecConfig, MAX_CHUNK};
 use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
 
-use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_PARAMS, MAX_STRING};
+use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_STRING};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
 
@@ -635,10 +635,6 @@ impl JobConfig {
                 "model.vocab",
                 format!("{} exceeds {}, the most {what} can address", self.model.vocab, width.max_vocab()),
             ));
-        }
-        let params = self.model.layout().total;
-        if params > MAX_PARAMS {
-            return Err(bad("model", format!("{params} parameters exceed the protocol's limit of {MAX_PARAMS}")));
         }
         within("data.shards", self.data.shards as f64, 1.0, 65_536.0)?;
         within("data.eval_batches", self.data.eval_batches as f64, 1.0, 1024.0)?;

@@ -12,16 +12,13 @@ use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, Transp
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::identity::Identity;
-use crowdgrad_runtime::protocol::{MAX_PARAMS, max_submission_frame};
+use crowdgrad_runtime::protocol::MAX_CONTROL_FRAME;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-/// Largest download accepted (a checkpoint of the largest model, with headroom).
-const MAX_DOWNLOAD: u64 = (MAX_PARAMS * 4 + 1024 * 1024) as u64;
 
 /// A relay session over WebSocket plus plain HTTP downloads from the same host.
 ///
@@ -39,10 +36,11 @@ impl NativeTransport {
     /// Connects to the relay's `/ws` at `url` (`ws://host:port/ws`).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let http_base = http_base(url).with_context(|| format!("relay url {url}"))?;
+        // The relay sends control frames only; submissions go the other way.
         let config = WebSocketConfig::default()
             .read_buffer_size(8 * 1024)
-            .max_message_size(Some(max_submission_frame(MAX_PARAMS)))
-            .max_frame_size(Some(max_submission_frame(MAX_PARAMS)));
+            .max_message_size(Some(MAX_CONTROL_FRAME))
+            .max_frame_size(Some(MAX_CONTROL_FRAME));
         let (socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
             .await
             .with_context(|| format!("connecting to {url}"))?;
@@ -123,7 +121,7 @@ impl Transport for NativeTransport {
         self.ended.get().cloned()
     }
 
-    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
+    async fn fetch(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
         let url = format!("{}{path}", self.http_base);
         // ureq is blocking; keep it off the async worker.
         tokio::task::spawn_blocking(move || {
@@ -131,7 +129,7 @@ impl Transport for NativeTransport {
             response
                 .body_mut()
                 .with_config()
-                .limit(MAX_DOWNLOAD)
+                .limit(limit)
                 .read_to_vec()
                 .map_err(|e| TransportError(format!("GET {url}: {e}")))
         })

@@ -32,6 +32,15 @@ fn the_example_job_loads_with_its_values() {
 }
 
 #[test]
+fn gpt2_smalls_shape_is_a_job_with_no_fixed_limit_on_its_size() {
+    let job = load(
+        "[model]\nvocab = 50304\ncontext = 1024\nlayers = 12\nheads = 12\nwidth = 768\n[data]\ntokenizer = \"gpt2\"",
+    )
+    .expect("GPT-2 small is a job");
+    assert_eq!(job.model.layout().total, 124_475_904);
+}
+
+#[test]
 fn an_empty_file_is_the_default_job() {
     assert_eq!(load("").expect("empty file"), JobConfig::default());
 }
@@ -42,7 +51,7 @@ fn every_bad_value_names_its_key() {
         ("name = \"\"", "name"),
         ("[model]\nvocab = 300", "model.vocab"),
         ("[model]\nvocab = 70000", "model.vocab"),
-        ("[model]\nwidth = 4096\nlayers = 64", "model"),
+        ("[data]\ntokenizer = \"gpt2\"", "model.vocab"),
         ("[data]\nval_path = \"/no/such/val.bin\"", "data.val_path"),
         ("[model]\ncontext = 0", "model.context"),
         ("[model]\nlayers = 0", "model.layers"),
@@ -110,6 +119,7 @@ fn unknown_keys_and_wrong_types_name_the_key() {
         ("[inner]\nsteps = \"many\"", "steps"),
         ("[model]\nbias = 1", "bias"),
         ("[aggregation]\nrule = \"median\"", "median"),
+        ("[data]\ntokenizer = \"sentencepiece\"", "sentencepiece"),
     ] {
         let err = load(toml).expect_err(toml);
         assert!(err.contains(key), "{toml:?} should mention {key}, got: {err}");

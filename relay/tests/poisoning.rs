@@ -54,9 +54,10 @@ async fn attack(addr: SocketAddr) -> Ack {
     transport.send(encode(&ClientMsg::Hello(hello))).await.expect("hello sent");
     let unit: WorkUnit = next(&mut transport, |m| if let ServerMsg::Assign(u) = m { Some(u) } else { None }).await;
     let cfg = unit.codec.expect("the job compresses");
-    let weights = transport.fetch(&format!("/api/weights/{}", unit.version)).await.expect("weights");
+    let weights =
+        transport.fetch(&format!("/api/weights/{}", unit.version), unit.weights_bytes).await.expect("weights");
     let start = checkpoint::decode(&unit.model, &weights).expect("weights decode");
-    let shard = transport.fetch(&format!("/api/shards/{}", unit.shard)).await.expect("shard");
+    let shard = transport.fetch(&format!("/api/shards/{}", unit.shard), unit.shard_bytes).await.expect("shard");
     let mut trainer = Trainer::new(CpuBackend::new(), unit.model, unit.batch as usize, unit.steps as usize + 1)
         .expect("a CPU trainer");
     let data = Tokens::new(&shard, unit.tokens);

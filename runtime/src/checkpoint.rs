@@ -34,6 +34,20 @@ pub enum CheckpointError {
     },
 }
 
+/// Bytes of a checkpoint's header beyond its tensors' names and shapes: the metadata
+/// (config and the relay's keys) and JSON punctuation.
+const HEADER_SLACK: usize = 16 * 1024;
+/// Bytes of a tensor's entry in the header, at most (name, dtype, shape, offsets).
+const HEADER_PER_TENSOR: usize = 256;
+
+/// The most bytes a checkpoint of `cfg` can have ([`encode`]'s output): its tensors,
+/// the tied head's copy, and a header. What contributors accept as a weights download.
+pub fn max_file_bytes(cfg: &GptConfig) -> u64 {
+    let layout = cfg.layout();
+    let values = layout.total as u64 + (cfg.vocab * cfg.width) as u64;
+    4 * values + ((layout.entries.len() + 1) * HEADER_PER_TENSOR + HEADER_SLACK) as u64
+}
+
 /// Serialises `params` (`cfg.layout().total` floats) with `metadata` (string pairs).
 pub fn encode(cfg: &GptConfig, params: &[f32], metadata: &[(&str, String)]) -> Vec<u8> {
     let layout = cfg.layout();

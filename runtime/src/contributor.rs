@@ -34,12 +34,14 @@ pub trait Transport {
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), TransportError>;
     /// Waits for the next binary frame.
     async fn recv(&mut self) -> Result<Vec<u8>, TransportError>;
-    /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body.
-    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError>;
-    /// The weights file of `version` from wherever the transport finds it; the loop
-    /// checks it against the assignment's hash. By default, from the relay.
-    async fn fetch_weights(&mut self, version: u64) -> Result<Vec<u8>, TransportError> {
-        self.fetch(&format!("/api/weights/{version}")).await
+    /// HTTP GET of `path` (e.g. `/api/weights/3`) on the relay, returning the body; an
+    /// error for a body over `limit` bytes (what the assignment announced).
+    async fn fetch(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError>;
+    /// The weights file of `version`, of `bytes` bytes, from wherever the transport
+    /// finds it; the loop checks it against the assignment's hash. By default, from the
+    /// relay.
+    async fn fetch_weights(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
+        self.fetch(&format!("/api/weights/{version}"), bytes).await
     }
     /// Whether the transport shares weights with peers, handling the relay's
     /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`], [`ServerMsg::Signal`] and
@@ -311,7 +313,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             s.version = s.version.max(unit.version);
         });
         if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
-            let bytes = self.transport.fetch_weights(unit.version).await?;
+            let bytes = self.transport.fetch_weights(unit.version, unit.weights_bytes).await?;
             let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
             self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&unit.model, &bytes)?));
             self.update(|s| {
@@ -320,7 +322,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             });
         }
         if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
-            let bytes = self.transport.fetch(&format!("/api/shards/{}", unit.shard)).await?;
+            let bytes = self.transport.fetch(&format!("/api/shards/{}", unit.shard), unit.shard_bytes).await?;
             let bytes = Self::check_hash("shard", bytes, &unit.shard_hash)?;
             if Tokens::new(&bytes, unit.tokens).len() <= unit.model.context {
                 return Err(ContributorError::ShardTooSmall(unit.shard));

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::DeviceInfo;
+use crate::checkpoint;
 use crate::codec::CodecConfig;
 use crate::data::TokenWidth;
 use crate::identity::{KEY_BYTES, Receipt, SIGNATURE_BYTES};
@@ -18,19 +19,18 @@ use crate::train::InnerOptim;
 
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
-/// The protocol version this build speaks; a frame with another is refused. Version 5:
+/// The protocol version this build speaks; a frame with another is refused. Version 6:
+/// no fixed limit on the model's size; [`WorkUnit`] and [`ServerMsg::Version`] say how
+/// many bytes each download has, which is what a contributor accepts. (Version 5:
 /// [`ServerMsg::Version`] tells the tabs of the mesh of each new version, and which of
-/// its chunks each takes from the relay. (Version 4: compressed updates in the codec's
-/// format 2, and compressed units carrying AdamW's moments over.)
-pub const PROTOCOL_VERSION: u16 = 5;
+/// its chunks each takes from the relay.)
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
 pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
 /// Longest string field, in bytes.
 pub const MAX_STRING: usize = 256;
-/// Most parameters a model may have (64 MiB of f32).
-pub const MAX_PARAMS: usize = 16 * 1024 * 1024;
 /// Most inner steps in one unit.
 pub const MAX_INNER_STEPS: u32 = 10_000;
 /// Most rows in one batch.
@@ -43,7 +43,8 @@ pub const MAX_ICE_SERVERS: usize = 8;
 /// `GET /api/weights/{version}/chunks/{index}` serves it; the last chunk may be shorter.
 pub const WEIGHT_CHUNK: usize = 64 * 1024;
 
-/// Largest submission frame for a model of `params` parameters, in bytes.
+/// Largest submission frame for a model of `params` parameters, in bytes: its dense Δ
+/// and the other fields. The relay reads no larger frame from a session.
 pub fn max_submission_frame(params: usize) -> usize {
     HEADER_BYTES + 64 + MAX_STRING + params * 4 + 8
 }
@@ -162,6 +163,8 @@ pub enum ServerMsg {
     Version {
         /// The new model version.
         version: u64,
+        /// Bytes of its weights file.
+        bytes: u64,
         /// This session's part, below `parts`.
         part: u32,
         /// Sessions sharing the version's chunks (the mesh's size, at least 1).
@@ -199,10 +202,14 @@ pub struct WorkUnit {
     pub version: u64,
     /// blake3 of the version's safetensors file, lowercase hex.
     pub weights_hash: String,
+    /// Bytes of that file (at most [`checkpoint::max_file_bytes`] of the model).
+    pub weights_bytes: u64,
     /// Data shard to train on; bytes at `GET /api/shards/{shard}`.
     pub shard: u32,
     /// blake3 of the shard's bytes, lowercase hex.
     pub shard_hash: String,
+    /// Bytes of the shard.
+    pub shard_bytes: u64,
     /// Seed of the unit's batch sampling.
     pub seed: u64,
     /// Inner AdamW steps H.
@@ -292,20 +299,10 @@ impl Validate for ClientMsg {
                 }
                 Ok(())
             }
+            // A Δ's size is bounded by the frame's, which the relay derives from its job's
+            // model (`max_submission_frame`); whether it fits the model is the relay's
+            // judgment (`wrong_size`).
             ClientMsg::Submit(s) => {
-                match &s.update {
-                    Update::Dense(delta) if delta.len() > MAX_PARAMS => {
-                        return Err(format!("delta has {} values, the limit is {MAX_PARAMS}", delta.len()));
-                    }
-                    Update::Compressed(bytes) if bytes.len() > 4 * MAX_PARAMS => {
-                        return Err(format!(
-                            "compressed delta has {} bytes, the limit is {}",
-                            bytes.len(),
-                            4 * MAX_PARAMS
-                        ));
-                    }
-                    _ => {}
-                }
                 if s.signature.len() > SIGNATURE_BYTES {
                     return Err(format!("signature has {} bytes, not {SIGNATURE_BYTES}", s.signature.len()));
                 }
@@ -315,12 +312,8 @@ impl Validate for ClientMsg {
                 Ok(())
             }
             ClientMsg::Signal { payload, .. } => check_signal(payload),
-            ClientMsg::Fetched { from_peers, .. } => {
-                if *from_peers > 4 * MAX_PARAMS as u64 + MAX_CONTROL_FRAME as u64 {
-                    return Err(format!("from_peers = {from_peers} is larger than any weights file"));
-                }
-                Ok(())
-            }
+            // The relay counts at most the version's file size.
+            ClientMsg::Fetched { .. } => Ok(()),
         }
     }
 }
@@ -362,8 +355,12 @@ impl Validate for ServerMsg {
                 if u.batch == 0 || u.batch > MAX_BATCH {
                     return Err(format!("batch = {} is outside 1..={MAX_BATCH}", u.batch));
                 }
-                if u.model.layout().total > MAX_PARAMS {
-                    return Err(format!("the model has more than {MAX_PARAMS} parameters"));
+                let most = checkpoint::max_file_bytes(&u.model);
+                if u.weights_bytes > most {
+                    return Err(format!(
+                        "weights_bytes = {} is more than a file of this model can be ({most})",
+                        u.weights_bytes
+                    ));
                 }
                 Ok(())
             }
@@ -398,4 +395,39 @@ pub fn decode<T: DeserializeOwned + Validate>(frame: &[u8], max: usize) -> Resul
     }
     msg.validate().map_err(FrameError::Invalid)?;
     Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(model: GptConfig, weights_bytes: u64) -> ServerMsg {
+        ServerMsg::Assign(WorkUnit {
+            unit_id: 1,
+            version: 0,
+            weights_hash: "00".into(),
+            weights_bytes,
+            shard: 0,
+            shard_hash: "00".into(),
+            shard_bytes: 1 << 20,
+            seed: 1,
+            steps: 10,
+            batch: 4,
+            tokens: TokenWidth::U16,
+            codec: None,
+            model,
+            optim: InnerOptim::default(),
+        })
+    }
+
+    #[test]
+    fn a_unit_of_any_size_goes_and_its_downloads_are_bounded_by_its_model() {
+        let gpt2 = GptConfig { vocab: 50_304, context: 1024, layers: 12, heads: 12, width: 768, bias: true };
+        let most = checkpoint::max_file_bytes(&gpt2);
+        assert!(most > 4 * 124_000_000, "GPT-2 small's file is about 650 MB with its tied head: {most}");
+        let frame = encode(&unit(gpt2, most));
+        assert_eq!(decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME), Ok(unit(gpt2, most)));
+        let err = decode::<ServerMsg>(&encode(&unit(gpt2, most + 1)), MAX_CONTROL_FRAME).unwrap_err().to_string();
+        assert!(err.contains(&format!("more than a file of this model can be ({most})")), "{err}");
+    }
 }

@@ -15,6 +15,7 @@ fn a_checkpoint_round_trips_with_its_config_and_nanogpt_names() {
         let bytes = checkpoint::encode(&cfg, &params, &[("version", "7".into())]);
         assert_eq!(checkpoint::read_config(&bytes).unwrap(), cfg);
         assert_eq!(checkpoint::decode(&cfg, &bytes).unwrap(), params);
+        assert!(bytes.len() as u64 <= checkpoint::max_file_bytes(&cfg), "within what contributors accept");
         let file = SafeTensors::deserialize(&bytes).unwrap();
         let attn = file.tensor("transformer.h.0.attn.c_attn.weight").unwrap();
         assert_eq!(attn.shape(), [3 * cfg.width, cfg.width], "PyTorch's [out, in] layout");

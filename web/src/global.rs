@@ -51,18 +51,27 @@ pub async fn sleep(seconds: f64) {
     let _ = JsFuture::from(promise).await;
 }
 
-/// HTTP GET of `url`: the body, or why not (network error, HTTP status, over `limit` bytes).
-pub async fn get(url: &str, limit: usize) -> Result<Vec<u8>, String> {
+/// HTTP GET of `url`: the body, or why not (network error, HTTP status, over `limit` bytes:
+/// refused by its `Content-Length` before the body is read, where the response has one).
+pub async fn get(url: &str, limit: u64) -> Result<Vec<u8>, String> {
     let response = JsFuture::from(global_fetch(url)).await.map_err(|e| format!("GET {url}: {e:?}"))?;
     let status = js_sys::Reflect::get(&response, &"status".into()).ok().and_then(|s| s.as_f64()).unwrap_or(0.0);
     if !(200.0..300.0).contains(&status) {
         return Err(format!("GET {url}: HTTP {status}"));
     }
+    let over = |len: u64| format!("GET {url}: {len} bytes is over the {limit} announced");
+    let headers = js_sys::Reflect::get(&response, &"headers".into()).map_err(|e| format!("GET {url}: {e:?}"))?;
+    let length = call(&headers, "get", &[&"content-length".into()]).ok().and_then(|l| l.as_string());
+    if let Some(length) = length.and_then(|l| l.parse::<u64>().ok())
+        && length > limit
+    {
+        return Err(over(length));
+    }
     let body = call(&response, "arrayBuffer", &[]).map_err(|e| format!("GET {url}: {e:?}"))?;
     let body = JsFuture::from(js_sys::Promise::from(body)).await.map_err(|e| format!("GET {url}: {e:?}"))?;
     let bytes = js_sys::Uint8Array::new(&body);
-    if bytes.length() as usize > limit {
-        return Err(format!("GET {url}: {} bytes is over the {limit}-byte limit", bytes.length()));
+    if bytes.length() as u64 > limit {
+        return Err(over(bytes.length() as u64));
     }
     Ok(bytes.to_vec())
 }

@@ -19,9 +19,6 @@ use crate::mesh::{self, Mesh};
 /// The close code of a session ended on purpose (the visitor's Stop).
 const NORMAL_CLOSURE: u16 = 1000;
 
-/// Largest download accepted, bytes.
-const MAX_DOWNLOAD: usize = 80 * 1024 * 1024;
-
 type JsEvent = wasm_bindgen::JsValue;
 type Inbox = mpsc::UnboundedReceiver<Result<Vec<u8>, String>>;
 
@@ -133,14 +130,14 @@ impl Transport for WebTransport {
         }
     }
 
-    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
-        crate::global::get(&format!("{}{path}", self.http_base), MAX_DOWNLOAD).await.map_err(TransportError)
+    async fn fetch(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
+        crate::global::get(&format!("{}{path}", self.http_base), limit).await.map_err(TransportError)
     }
 
-    async fn fetch_weights(&mut self, version: u64) -> Result<Vec<u8>, TransportError> {
+    async fn fetch_weights(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
         match &self.mesh {
-            Some(mesh) => mesh.download(version).await.map_err(TransportError),
-            None => self.fetch(&format!("/api/weights/{version}")).await,
+            Some(mesh) => mesh.download(version, bytes).await.map_err(TransportError),
+            None => self.fetch(&format!("/api/weights/{version}"), bytes).await,
         }
     }
 

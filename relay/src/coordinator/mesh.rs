@@ -130,9 +130,9 @@ impl Coordinator {
     /// one copy however many fetch it.
     pub(super) fn announce_version(&mut self, version: u64) {
         let members: Vec<u64> = self.mesh.members().collect();
-        let parts = members.len() as u32;
+        let (parts, bytes) = (members.len() as u32, self.current.0.len() as u64);
         for (part, id) in (0..).zip(members) {
-            self.send_lossy(id, ServerMsg::Version { version, part, parts });
+            self.send_lossy(id, ServerMsg::Version { version, bytes, part, parts });
         }
     }
 

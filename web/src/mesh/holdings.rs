@@ -5,14 +5,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
-
 use super::store::KEPT_VERSIONS;
+use super::swarm::MAX_CHUNKS;
 
 /// Failed requests of one version after which a peer is no longer asked for it.
 pub const MAX_FAILURES: u32 = 2;
-/// Chunks in the largest weights file; announced indices past it are ignored.
-const MAX_CHUNKS: u32 = (super::swarm::MAX_FILE / WEIGHT_CHUNK + 1) as u32;
 
 /// One peer's announced chunks and failed requests, by version.
 #[derive(Default)]

@@ -109,9 +109,9 @@ impl Mesh {
                 }
                 true
             }
-            ServerMsg::Version { version, part, parts } => {
+            ServerMsg::Version { version, bytes, part, parts } => {
                 self.shared.borrow_mut().announced = Some((*version, Part { part: *part, parts: *parts }));
-                wasm_bindgen_futures::spawn_local(self.clone().prefetch(*version));
+                wasm_bindgen_futures::spawn_local(self.clone().prefetch(*version, *bytes));
                 true
             }
             _ => false,
@@ -158,9 +158,11 @@ impl Shared {
 
     /// Tells every open peer (but `except`) about `chunks` of `version`.
     fn announce(&self, version: u64, chunks: Vec<u32>, except: Option<u64>) {
-        let msg = PeerMsg::Have { version, chunks };
+        let messages = PeerMsg::haves(version, &chunks);
         for (_, peer) in self.peers.iter().filter(|(id, _)| Some(**id) != except) {
-            peer.send(&msg);
+            for msg in &messages {
+                peer.send(msg);
+            }
         }
     }
 }
@@ -173,7 +175,9 @@ fn on_open(mesh: &Weak<RefCell<Shared>>, id: u64) {
     let Some(peer) = s.peers.get_mut(&id) else { return };
     peer.open = true;
     for (version, chunks) in held {
-        peer.send(&PeerMsg::Have { version, chunks });
+        for msg in PeerMsg::haves(version, &chunks) {
+            peer.send(&msg);
+        }
     }
     s.count_peers();
     s.wake();

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use crowdgrad_runtime::protocol::{ClientMsg, MAX_PARAMS, WEIGHT_CHUNK, encode};
+use crowdgrad_runtime::protocol::{ClientMsg, WEIGHT_CHUNK, encode};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use futures_util::future::select;
@@ -39,8 +39,8 @@ const POLL: f64 = 0.05;
 const FIRST_CONTACT: f64 = 2.0;
 /// Seconds after which a connection that has not opened is not waited for.
 const CONNECTING: f64 = 10.0;
-/// Largest weights file, bytes.
-pub const MAX_FILE: usize = 4 * MAX_PARAMS + 1024 * 1024;
+/// Chunks in the largest file a tab could hold: wasm32's 4 GiB of memory.
+pub const MAX_CHUNKS: u32 = ((4u64 << 30) / WEIGHT_CHUNK as u64) as u32;
 
 /// The chunks of a version a tab takes from the relay: chunk `i` when
 /// `i % parts == part`.
@@ -187,22 +187,22 @@ impl Shared {
 }
 
 impl Mesh {
-    /// The weights file of `version`: held already, or from peers where they have it and
-    /// from the relay for the rest. Waits for a download under way (most often of this
-    /// very version, announced by the relay) to end first.
-    pub async fn download(&self, version: u64) -> Result<Vec<u8>, String> {
+    /// The weights file of `version`, of `bytes` bytes: held already, or from peers where
+    /// they have it and from the relay for the rest. Waits for a download under way (most
+    /// often of this very version, announced by the relay) to end first.
+    pub async fn download(&self, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
         self.turn().await;
-        self.fetch(version).await
+        self.fetch(version, bytes).await
     }
 
-    /// Fetches `version`, which the relay just announced, unless a newer one was
-    /// announced while it waited its turn.
-    pub async fn prefetch(self, version: u64) {
+    /// Fetches `version` (`bytes` long), which the relay just announced, unless a newer
+    /// one was announced while it waited its turn.
+    pub async fn prefetch(self, version: u64, bytes: u64) {
         self.turn().await;
         if self.shared.borrow().announced.is_some_and(|(newest, _)| newest > version) {
             return;
         }
-        if let Err(e) = self.fetch(version).await {
+        if let Err(e) = self.fetch(version, bytes).await {
             web_sys::console::warn_1(&format!("crowdgrad: fetching version {version}: {e}").into());
         }
     }
@@ -215,14 +215,15 @@ impl Mesh {
         }
     }
 
-    /// The weights of `version`, from the store or downloaded (one download at a time).
-    async fn fetch(&self, version: u64) -> Result<Vec<u8>, String> {
+    /// The weights of `version` (`bytes` long), from the store or downloaded (one
+    /// download at a time).
+    async fn fetch(&self, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
         let held = self.shared.borrow().store.complete(version);
         if let Some(file) = held {
             return Ok(file);
         }
         self.shared.borrow_mut().fetching = true;
-        let result = self.fetch_new(version).await;
+        let result = self.fetch_new(version, bytes).await;
         let mut s = self.shared.borrow_mut();
         s.fetching = false;
         if result.is_ok() {
@@ -232,8 +233,8 @@ impl Mesh {
         result
     }
 
-    /// Downloads `version` and reports its peer bytes to the relay.
-    async fn fetch_new(&self, version: u64) -> Result<Vec<u8>, String> {
+    /// Downloads `version` (`bytes` long) and reports its peer bytes to the relay.
+    async fn fetch_new(&self, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
         let http_base = self.shared.borrow().http_base.clone();
         let http_base = http_base.as_str();
         let deadline = now_seconds() + FIRST_CONTACT;
@@ -242,9 +243,9 @@ impl Mesh {
         }
         let peers_before = self.shared.borrow().stats.lock().expect("stats lock").weights_from_peers;
         let file = if self.shared.borrow().open_peers() == 0 {
-            self.whole_from_relay(http_base, version).await?
+            self.whole_from_relay(http_base, version, bytes).await?
         } else {
-            self.swarm(http_base, version).await?
+            self.swarm(http_base, version, bytes).await?
         };
         let s = self.shared.borrow();
         let from_peers = s.stats.lock().expect("stats lock").weights_from_peers - peers_before;
@@ -252,8 +253,8 @@ impl Mesh {
         Ok(file)
     }
 
-    async fn whole_from_relay(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
-        let file = global::get(&format!("{http_base}/api/weights/{version}"), MAX_FILE).await?;
+    async fn whole_from_relay(&self, http_base: &str, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
+        let file = global::get(&format!("{http_base}/api/weights/{version}"), bytes).await?;
         let mut s = self.shared.borrow_mut();
         s.stats.lock().expect("stats lock").weights_from_relay += file.len() as u64;
         s.store.put_file(version, &file);
@@ -262,9 +263,9 @@ impl Mesh {
         Ok(file)
     }
 
-    async fn swarm(&self, http_base: &str, version: u64) -> Result<Vec<u8>, String> {
-        let list = global::get(&format!("{http_base}/api/weights/{version}/chunks"), MAX_FILE / WEIGHT_CHUNK * 32 + 32)
-            .await?;
+    async fn swarm(&self, http_base: &str, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
+        let list_bytes = bytes.div_ceil(WEIGHT_CHUNK as u64) * 32;
+        let list = global::get(&format!("{http_base}/api/weights/{version}/chunks"), list_bytes).await?;
         if list.is_empty() || list.len() % 32 != 0 {
             return Err(format!("the chunk hash list of version {version} has {} bytes", list.len()));
         }
@@ -288,7 +289,7 @@ impl Mesh {
                 Step::Done(file) => break Ok(file),
                 Step::FromRelay(index) => {
                     let url = format!("{http_base}/api/weights/{version}/chunks/{index}");
-                    match global::get(&url, WEIGHT_CHUNK).await {
+                    match global::get(&url, WEIGHT_CHUNK as u64).await {
                         Ok(bytes) => self.shared.borrow_mut().keep_relay_chunk(version, index, bytes),
                         Err(e) => break Err(e),
                     }

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 
 /// Largest message a peer may send, bytes: one chunk and its header.
 pub const MAX_PEER_MESSAGE: usize = WEIGHT_CHUNK + 64;
-/// Most chunk indices in one [`PeerMsg::Have`] (a 64 MiB file has 1024 chunks).
-const MAX_HAVE: usize = 1024;
+/// Most chunk indices in one [`PeerMsg::Have`] (at most 5 bytes each: within
+/// [`MAX_PEER_MESSAGE`]); a longer list goes in several ([`PeerMsg::haves`]).
+const MAX_HAVE: usize = 4096;
 
 /// One data-channel message.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,15 @@ pub enum PeerMsg {
 }
 
 impl PeerMsg {
+    /// `Have` messages of `chunks` of `version`, [`MAX_HAVE`] at most each (one, empty,
+    /// for none: the sender is fetching the version).
+    pub fn haves(version: u64, chunks: &[u32]) -> Vec<PeerMsg> {
+        if chunks.is_empty() {
+            return vec![PeerMsg::Have { version, chunks: Vec::new() }];
+        }
+        chunks.chunks(MAX_HAVE).map(|part| PeerMsg::Have { version, chunks: part.to_vec() }).collect()
+    }
+
     /// The message as one data-channel frame.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("serialising into a Vec cannot fail")
@@ -77,5 +87,11 @@ mod tests {
         assert!(PeerMsg::decode(&[9, 9, 9]).is_err(), "an unknown variant");
         let have = PeerMsg::Have { version: 1, chunks: vec![0; MAX_HAVE + 1] }.encode();
         assert!(PeerMsg::decode(&have).is_err());
+        // A 124M-parameter model's file has about 7,600 chunks: two messages, each within bounds.
+        let many: Vec<u32> = (0..7_600).collect();
+        let haves = PeerMsg::haves(9, &many);
+        assert_eq!(haves.len(), 2);
+        assert!(haves.iter().all(|h| PeerMsg::decode(&h.encode()).as_ref() == Ok(h)));
+        assert_eq!(PeerMsg::haves(9, &[]), vec![PeerMsg::Have { version: 9, chunks: vec![] }]);
     }
 }

@@ -67,8 +67,8 @@ impl Transport for Timed {
         Ok(frame)
     }
 
-    async fn fetch(&mut self, path: &str) -> Result<Vec<u8>, TransportError> {
-        self.inner.fetch(path).await
+    async fn fetch(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
+        self.inner.fetch(path, limit).await
     }
 }
 
@@ -203,9 +203,12 @@ pub async fn run(honest_n: usize, garbage_n: usize, seconds: u64) {
 async fn honest_norm(relay: &RelayProcess, job: &JobConfig) -> f32 {
     let mut transport = NativeTransport::connect(&format!("ws://{}/ws", relay.addr)).await.expect("connect");
     let version = relay.status().and_then(|s| s["version"].as_u64()).expect("version");
-    let weights = transport.fetch(&format!("/api/weights/{version}")).await.expect("weights");
+    let weights = transport
+        .fetch(&format!("/api/weights/{version}"), checkpoint::max_file_bytes(&job.model))
+        .await
+        .expect("weights");
     let start = checkpoint::decode(&job.model, &weights).expect("weights decode");
-    let shard = transport.fetch("/api/shards/0").await.expect("shard");
+    let shard = transport.fetch("/api/shards/0", u64::MAX).await.expect("shard");
     let (steps, rows) = (job.inner.steps, job.inner.batch as usize);
     let mut trainer = Trainer::new(CpuBackend::new(), job.model, rows, steps as usize + 1).expect("a CPU trainer");
     let data = Tokens::new(&shard, TokenWidth::Byte);
