@@ -4,7 +4,7 @@ struct Params {
     rows: u32,
     vocab: u32,
     probs_off: u32,
-    losses_off: u32,  // forward only
+    losses_off: u32,  // forward: the losses' offset; backward: the divisor (positions of the whole batch)
     logits_off: u32,  // forward: logits; backward: dlogits (the output)
     tgt_off: u32,
 }
@@ -68,7 +68,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// One thread per logit: dlogits = (probs − onehot(target)) / rows.
+// One thread per logit: dlogits = (probs − onehot(target)) / divisor.
 @compute @workgroup_size(256, 1, 1)
 fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 256u;
@@ -79,5 +79,5 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     let v = i % p.vocab;
     let t = min(targets[p.tgt_off + r], p.vocab - 1u);
     let indicator = select(0.0, 1.0, v == t);
-    dst[p.logits_off + i] = (src[p.probs_off + i] - indicator) / f32(p.rows);
+    dst[p.logits_off + i] = (src[p.probs_off + i] - indicator) / f32(p.losses_off);
 }

@@ -14,7 +14,8 @@
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
 //! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed,
 //!           # max_projection_ratio, max_projection_compressed, max_replay_ratio,
-//!           # loss_batches, loss_margin, min_alignment, redundancy
+//!           # loss_batches, loss_margin, min_alignment, redundancy, budget_flops,
+//!           # min_projection_partial
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs, trusted_proxies,
 //!           # max_connections, connections_per_ip, header_secs, new_contributors_per_hour,
 //!           # downloads_per_ip
@@ -195,6 +196,16 @@ pub struct VerifyConfig {
     /// The share of units issued twice, to two contributors, whose results are compared
     /// (dense; see `coordinator::twins`); 0 turns redundancy off.
     pub redundancy: f32,
+    /// FLOPs the relay spends at most checking one result (`verify::Work`): the loss
+    /// check takes up to half, its batches cut to fewer rows when whole ones cost more;
+    /// the replay takes the rest, and covers only the unit's first steps when all of them
+    /// cost more. The default, 2·10¹² (tens of seconds of a 2-core CPU), checks the small
+    /// models' units whole and one step of GPT-2 small's.
+    pub budget_flops: f64,
+    /// Least projection of a Δ on a replay of its unit's first steps only, extrapolated to
+    /// all of them (`verify::Replayed::projection`): later steps wander from the first,
+    /// so an honest Δ carries less of the extrapolated replay than of a whole one.
+    pub min_projection_partial: f32,
 }
 
 impl Default for VerifyConfig {
@@ -212,6 +223,8 @@ impl Default for VerifyConfig {
             loss_margin: 0.05,
             min_alignment: 3.0,
             redundancy: 0.0,
+            budget_flops: 2e12,
+            min_projection_partial: 0.1,
         }
     }
 }
@@ -691,6 +704,8 @@ impl JobConfig {
         within("verify.loss_margin", v.loss_margin as f64, 0.0, 100.0)?;
         within("verify.min_alignment", v.min_alignment as f64, 0.0, 1e6)?;
         within("verify.redundancy", v.redundancy as f64, 0.0, 1.0)?;
+        within("verify.budget_flops", v.budget_flops, 1e6, 1e18)?;
+        within("verify.min_projection_partial", v.min_projection_partial as f64, -10.0, 10.0)?;
         let l = &self.limits;
         within("limits.sessions_per_ip", l.sessions_per_ip as f64, 1.0, 1e6)?;
         within("limits.messages_per_minute", l.messages_per_minute as f64, 1.0, 1e6)?;

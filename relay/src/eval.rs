@@ -1,14 +1,22 @@
 //! Held-out loss of a model version, on the CPU reference backend.
 
+use std::sync::Arc;
+
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::{Batch, Corpus, sample_batch};
-use crowdgrad_runtime::train::Trainer;
+use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_runtime::train::{Role, Trainer, TrainerShape};
 
 use crate::config::JobConfig;
 
-/// Fixed validation batches and a CPU trainer to run them.
+/// Largest logits of one microbatch of the relay's own forward passes, bytes: a large
+/// vocabulary's batch is run a few rows at a time.
+pub const MAX_LOGIT_BYTES: usize = 32 << 20;
+
+/// Fixed validation batches, and how to run them.
 pub struct Evaluator {
-    trainer: Trainer<CpuBackend>,
+    model: GptConfig,
+    shape: TrainerShape,
     batches: Vec<Batch>,
 }
 
@@ -20,19 +28,24 @@ impl Evaluator {
         let batches = (0..job.data.eval_batches)
             .map(|i| sample_batch(corpus.val(), job.seed ^ 0x5EED, i, rows, context))
             .collect();
-        let trainer = Trainer::new(CpuBackend::new(), job.model, rows, job.data.eval_batches as usize)
-            .expect("the CPU backend has no allocation limits");
-        Evaluator { trainer, batches }
+        let shape = TrainerShape::train(rows, job.data.eval_batches as usize)
+            .with_role(Role::Forward)
+            .fitting(&job.model, MAX_LOGIT_BYTES);
+        Evaluator { model: job.model, shape, batches }
     }
 
-    /// Mean loss of `params` over the validation batches, nats.
-    pub fn loss(&mut self, params: &[f32]) -> f32 {
-        self.trainer.load(params);
+    /// Mean loss of `params` over the validation batches, nats, on a forward-only
+    /// trainer that reads them where they are and whose activations last only as long
+    /// as the evaluation.
+    pub fn loss(&mut self, params: &Arc<Vec<f32>>) -> f32 {
+        let mut trainer =
+            Trainer::with_shape(CpuBackend::new(), self.model, self.shape).expect("the CPU backend has no limits");
+        trainer.share_params(params.clone());
         for (slot, batch) in self.batches.iter().enumerate() {
-            self.trainer.forward(batch, slot);
+            trainer.forward(batch, slot);
         }
         // The CPU backend's readback is immediate, so this completes on the first poll.
-        let losses = pollster::block_on(self.trainer.losses(0..self.batches.len())).expect("CPU readback cannot fail");
+        let losses = pollster::block_on(trainer.losses(0..self.batches.len())).expect("CPU readback cannot fail");
         losses.iter().sum::<f32>() / losses.len() as f32
     }
 }

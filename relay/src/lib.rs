@@ -65,6 +65,10 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::verify::Verifier;
 
+/// Taken by a check and by a commit's computation while they run, one at a time: each
+/// holds memory of the model's size.
+pub type Turns = Arc<Mutex<()>>;
+
 /// A running relay.
 pub struct Relay {
     /// The address it listens on.
@@ -99,7 +103,11 @@ impl Relay {
 /// A panic on this thread ends the relay process (see [`exit_on_panic`]): results
 /// would otherwise wait for a verdict forever. `CROWDGRAD_FAULT=verifier-panic` makes
 /// it panic at its first check, for the test that shows this.
-pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
+///
+/// A check runs while it holds `turns`, which a commit's computation holds too: the two
+/// each need memory of the model's size (a gradient, the new weights), never both at
+/// once.
+pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>, turns: Turns) -> CheckQueue {
     let (queue, checks) = check_queue::channel();
     let injected = std::env::var("CROWDGRAD_FAULT").is_ok_and(|fault| fault == "verifier-panic");
     std::thread::Builder::new()
@@ -108,7 +116,10 @@ pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
             let mut verifier = Verifier::default();
             while let Some(check) = checks.pop() {
                 assert!(!injected, "CROWDGRAD_FAULT=verifier-panic: the verifier fails at its first check");
-                let report = verifier.run(&check);
+                let report = {
+                    let _turn = turns.lock().expect("turns lock");
+                    verifier.run(&check)
+                };
                 let Some(coordinator) = coordinator.upgrade() else { break };
                 coordinator.lock().expect("coordinator lock").checked(check, report, Instant::now());
             }
@@ -125,7 +136,8 @@ pub fn spawn_verifier(coordinator: Weak<Mutex<Coordinator>>) -> CheckQueue {
 ///
 /// Its CPU work (the aggregation and the evaluation, parallel over rayon) runs on a pool
 /// of one core fewer than the machine has, so that sessions keep a core during a commit.
-pub fn spawn_committer(coordinator: Weak<Mutex<Coordinator>>) -> CommitQueue {
+/// It runs while holding `turns`, as checks do (see [`spawn_verifier`]).
+pub fn spawn_committer(coordinator: Weak<Mutex<Coordinator>>, turns: Turns) -> CommitQueue {
     let (queue, jobs) = std::sync::mpsc::channel::<CommitJob>();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pool = rayon::ThreadPoolBuilder::new()
@@ -137,7 +149,10 @@ pub fn spawn_committer(coordinator: Weak<Mutex<Coordinator>>) -> CommitQueue {
         .name("committer".into())
         .spawn(move || {
             while let Ok(job) = jobs.recv() {
-                let done = pool.install(|| job.run());
+                let done = {
+                    let _turn = turns.lock().expect("turns lock");
+                    pool.install(|| job.run())
+                };
                 let Some(coordinator) = coordinator.upgrade() else { break };
                 coordinator.lock().expect("coordinator lock").committed(done, Instant::now());
             }
@@ -169,8 +184,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
     let metrics = Arc::new(Metrics::default());
     let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
-    let checks = spawn_verifier(Arc::downgrade(&coordinator));
-    let commits = spawn_committer(Arc::downgrade(&coordinator));
+    let turns = Turns::default();
+    let checks = spawn_verifier(Arc::downgrade(&coordinator), turns.clone());
+    let commits = spawn_committer(Arc::downgrade(&coordinator), turns);
     {
         let mut c = coordinator.lock().expect("coordinator lock");
         c.commit_off_lock(commits.clone());

@@ -60,7 +60,7 @@ pub fn reconcile(
                         version,
                         weights_hash: found.weights_hash,
                         momentum_hash: found.momentum_hash,
-                        val_loss: found.val_loss.unwrap_or_else(|| evaluator.loss(&found.params)),
+                        val_loss: found.val_loss.unwrap_or_else(|| evaluator.loss(&std::sync::Arc::new(found.params))),
                         train_loss: None,
                         results: 0,
                         committed_ms: now_ms(),

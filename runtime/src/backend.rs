@@ -129,8 +129,19 @@ pub trait Backend {
         rows: usize,
         vocab: usize,
     );
-    /// `dlogits: [rows, vocab] = (probs − onehot(targets)) / rows`.
-    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize);
+    /// `dlogits: [rows, vocab] = (probs − onehot(targets)) / divisor`: the gradient of the
+    /// summed loss divided by `divisor`, the positions of the whole batch (`rows`, or more
+    /// when these rows are one microbatch of it).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_xent_backward(
+        &mut self,
+        dlogits: View,
+        probs: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+        divisor: usize,
+    );
     /// `out: [1] = mean(values)`, in a fixed reduction order.
     fn mean(&mut self, out: View, values: View);
     /// `out: [b·t, c] = wte[tokens] + wpe[position]`, `tokens: [b·t]` u32, `wte: [vocab, c]`, `wpe: [≥t, c]`.

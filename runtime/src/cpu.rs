@@ -1,6 +1,7 @@
 //! The CPU reference backend: every op runs at once through [`crate::ops`].
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
 use crate::codec::{self, CodecConfig};
@@ -10,6 +11,8 @@ use crate::ops::{self, AdamW};
 enum Storage {
     F32(Vec<f32>),
     U32(Vec<u32>),
+    /// f32 values shared with the caller ([`CpuBackend::share`]), copied on first write.
+    Shared(Arc<Vec<f32>>),
 }
 
 /// Runs each op immediately on the host, single-threaded and deterministic.
@@ -27,21 +30,42 @@ impl CpuBackend {
     fn f32(&self, v: View) -> &[f32] {
         match &self.buffers[v.buf.0 as usize] {
             Storage::F32(data) => &data[v.offset..v.offset + v.len],
+            Storage::Shared(data) => &data[v.offset..v.offset + v.len],
             Storage::U32(_) => panic!("buffer {:?} holds u32, an f32 view was asked", v.buf),
         }
+    }
+
+    /// The f32 values of `v`, borrowed.
+    pub fn view(&self, v: View) -> &[f32] {
+        self.f32(v)
+    }
+
+    /// Makes the whole buffer `v` hold `data` (its length) without copying it: reads see
+    /// `data`, and the first write copies it (the caller's stays as it was). The buffer's
+    /// own values are dropped.
+    pub fn share(&mut self, v: View, data: Arc<Vec<f32>>) {
+        let len = match &self.buffers[v.buf.0 as usize] {
+            Storage::F32(values) => values.len(),
+            Storage::Shared(values) => values.len(),
+            Storage::U32(_) => panic!("buffer {:?} holds u32, f32 values were shared into it", v.buf),
+        };
+        assert!(v.offset == 0 && v.len == len && data.len() == len, "a shared buffer is replaced whole");
+        self.buffers[v.buf.0 as usize] = Storage::Shared(data);
     }
 
     fn u32(&self, v: View) -> &[u32] {
         match &self.buffers[v.buf.0 as usize] {
             Storage::U32(data) => &data[v.offset..v.offset + v.len],
-            Storage::F32(_) => panic!("buffer {:?} holds f32, a u32 view was asked", v.buf),
+            Storage::F32(_) | Storage::Shared(_) => panic!("buffer {:?} holds f32, a u32 view was asked", v.buf),
         }
     }
 
-    /// Moves an f32 buffer out of the table (a placeholder stays until [`Self::put`]).
+    /// Moves an f32 buffer out of the table (a placeholder stays until [`Self::put`]);
+    /// a shared one is copied unless this backend holds its last reference.
     fn take(&mut self, buf: BufId) -> Vec<f32> {
         match std::mem::replace(&mut self.buffers[buf.0 as usize], Storage::U32(Vec::new())) {
             Storage::F32(data) => data,
+            Storage::Shared(data) => Arc::unwrap_or_clone(data),
             Storage::U32(_) => panic!("buffer {buf:?} holds u32, an f32 output was asked"),
         }
     }
@@ -84,13 +108,22 @@ impl Backend for CpuBackend {
     }
 
     fn write(&mut self, dst: View, data: &[f32]) {
+        let storage = &mut self.buffers[dst.buf.0 as usize];
+        if let Storage::Shared(shared) = storage
+            && dst.offset == 0
+            && dst.len == shared.len()
+        {
+            // Overwritten whole: no need to copy the shared values first.
+            *storage = Storage::F32(data.to_vec());
+            return;
+        }
         self.with_out(dst, |_, out| out.copy_from_slice(data));
     }
 
     fn write_u32(&mut self, dst: View, data: &[u32]) {
         match &mut self.buffers[dst.buf.0 as usize] {
             Storage::U32(buf) => buf[dst.offset..dst.offset + dst.len].copy_from_slice(data),
-            Storage::F32(_) => panic!("buffer {:?} holds f32, u32 data was written", dst.buf),
+            Storage::F32(_) | Storage::Shared(_) => panic!("buffer {:?} holds f32, u32 data was written", dst.buf),
         }
     }
 
@@ -172,9 +205,19 @@ impl Backend for CpuBackend {
         self.write(losses, &row_losses);
     }
 
-    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize) {
+    fn softmax_xent_backward(
+        &mut self,
+        dlogits: View,
+        probs: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+        divisor: usize,
+    ) {
         checks::softmax_xent_backward(dlogits, probs, targets, rows, vocab);
-        self.with_out(dlogits, |s, o| ops::softmax_xent_backward(o, s.f32(probs), s.u32(targets), rows, vocab));
+        self.with_out(dlogits, |s, o| {
+            ops::softmax_xent_backward(o, s.f32(probs), s.u32(targets), rows, vocab, divisor)
+        });
     }
 
     fn mean(&mut self, out: View, values: View) {

@@ -209,7 +209,7 @@ gpu_test!(softmax_xent_matches_cpu, async {
         probs.iter_mut().for_each(|p| *p /= vocab as f32);
         let backward = Case { floats: vec![probs], ints: vec![targets], outputs: vec![vec![0.0; rows * vocab]] };
         compare!(format!("softmax_xent_backward {rows}x{vocab}"), backward, |be, o, f, i| {
-            be.softmax_xent_backward(o[0], f[0], i[0], rows, vocab)
+            be.softmax_xent_backward(o[0], f[0], i[0], rows, vocab, 3 * rows)
         });
     }
 });

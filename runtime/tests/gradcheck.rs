@@ -117,7 +117,7 @@ fn softmax_xent_backward_matches_finite_differences() {
     let (mut probs, mut losses) = (vec![0.0; rows * vocab], vec![0.0; rows]);
     ops::softmax_xent_forward(&mut probs, &mut losses, &logits, &targets, rows, vocab);
     let mut dlogits = vec![0.0; rows * vocab];
-    ops::softmax_xent_backward(&mut dlogits, &probs, &targets, rows, vocab);
+    ops::softmax_xent_backward(&mut dlogits, &probs, &targets, rows, vocab, rows);
     check("softmax_xent", &logits, &dlogits, mean_loss, 1e-2);
 }
 

@@ -103,8 +103,8 @@ impl Coordinator {
         let msg = ServerMsg::Assign(WorkUnit {
             unit_id,
             version: self.version,
-            weights_hash: self.current.1.clone(),
-            weights_bytes: self.current.0.len() as u64,
+            weights_hash: self.current.hash.clone(),
+            weights_bytes: self.current.len,
             shard,
             shard_hash: self.shards[shard as usize].hash.clone(),
             shard_bytes: self.shards[shard as usize].bytes.len() as u64,

@@ -9,7 +9,7 @@ use crowdgrad_runtime::identity::{KEY_BYTES, Receipt};
 use super::screen::Kind;
 use super::sketch::Sketch;
 use super::{Coordinator, Judged, Rejection};
-use crate::verify::{Check, Report};
+use crate::verify::{Check, Report, Work};
 
 /// What a submission claims, kept while it is checked.
 pub(super) struct Claim {
@@ -90,6 +90,14 @@ impl Coordinator {
             loss_margin: self.job.verify.loss_margin,
             min_alignment: self.job.verify.min_alignment,
             compressed: claim.kind == Kind::Compressed,
+            work: Work::plan(
+                &self.job.model,
+                self.job.inner.batch as usize,
+                steps,
+                plan.loss_batches,
+                claim.kind == Kind::Compressed,
+                self.job.verify.budget_flops,
+            ),
         };
         let (norm, hash, sketch, receipt) = (judged.norm, judged.hash, judged.sketch, judged.receipt);
         let pending = Pending { session, contributor, claim, norm, hash, sketch, receipt };
@@ -137,6 +145,7 @@ impl Coordinator {
         if report.loss.is_some() {
             self.counters.loss_checked += 1;
         }
+        self.counters.check_seconds += report.seconds;
         if let (Ok(()), Some(r), Kind::Compressed) = (&verdict, report.replay, p.claim.kind) {
             let recorded = self.screen.record_projection(&self.ledger, r.projection);
             self.note_storage("recording a projection", recorded);
@@ -179,7 +188,10 @@ impl Coordinator {
         let v = &self.job.verify;
         if let Some(r) = report.replay {
             let most = self.max_projection();
-            let passed = if compressed {
+            let passed = if !r.whole {
+                // A replay of the first steps only: judged by projection, dense or not.
+                (v.min_projection_partial..=most).contains(&r.projection)
+            } else if compressed {
                 (v.min_projection_compressed..=most).contains(&r.projection)
             } else {
                 r.cosine >= v.min_cosine
@@ -188,16 +200,19 @@ impl Coordinator {
             };
             if !passed {
                 let why = format!(
-                    "{}: the replayed unit gives a Δ with cosine {:.3}, norm ratio {:.3} and projection {:.3} \
-                     (at least {} cosine within {}× for a dense Δ, a projection within {}..={:.2} for a compressed \
-                     one)",
+                    "{}: the replayed unit ({} of its steps) gives a Δ with cosine {:.3}, norm ratio {:.3} and \
+                     projection {:.3} (at least {} cosine within {}× for a dense Δ, a projection within {}..={:.2} \
+                     for a compressed one, within {}..={:.2} on a replay of the first steps)",
                     Rejection::ReplayMismatch.code(),
+                    r.steps,
                     r.cosine,
                     r.norm_ratio,
                     r.projection,
                     v.min_cosine,
                     v.max_replay_ratio,
                     v.min_projection_compressed,
+                    most,
+                    v.min_projection_partial,
                     most
                 );
                 return Err((Rejection::ReplayMismatch, why));
@@ -228,8 +243,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut c = super::super::for_test(dir.path());
         let verdict = |c: &Coordinator, projection: f32| {
-            let replay = Replayed { cosine: 0.5, norm_ratio: projection, projection };
-            c.within_tolerance(true, &Report { replay: Some(replay), loss: None }).map_err(|(r, _)| r)
+            let replay = Replayed { cosine: 0.5, norm_ratio: projection, projection, steps: 4, whole: true };
+            c.within_tolerance(true, &Report { replay: Some(replay), ..Report::default() }).map_err(|(r, _)| r)
         };
         assert_eq!(verdict(&c, 1.2), Ok(()), "an honest Δ with its residual");
         assert_eq!(verdict(&c, 6.3), Ok(()), "an honest one 8 units on (tests/adversarial.rs)");

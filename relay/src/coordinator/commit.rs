@@ -14,19 +14,12 @@
 //! replaced. When writing fails the relay stays at its last good version, says so in
 //! status, and a second later writes the same new version again (it is not recomputed).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-
-use super::aggregate::{Weighted, aggregate, outer_step};
+use super::new_version::{CommitJob, Committed, Draft, NewVersion};
 use super::{Contribution, Coordinator, VersionRecord};
-use crate::config::JobConfig;
-use crate::eval::Evaluator;
-use crate::ledger::{Ledger, VersionRow, now_ms};
-use crate::store::{Meta, Store};
-use crowdgrad_runtime::identity::{hex, merkle_root};
+use crate::ledger::{VersionRow, now_ms};
 
 /// Versions between trims of the screen's history in the ledger.
 const SCREEN_PRUNE_EVERY: u64 = 64;
@@ -46,114 +39,6 @@ pub(super) fn new_owner() -> u64 {
 /// Where commits run: on the committer thread, or (for the parts' unit tests) inline.
 pub type CommitQueue = std::sync::mpsc::Sender<CommitJob>;
 
-/// What a commit needs besides the round: it travels with the [`CommitJob`] and comes
-/// back with it, so that a commit in flight is one whose tools are away.
-pub(super) struct Tools {
-    /// Evaluates the held-out loss of the new weights.
-    pub evaluator: Evaluator,
-    /// The commit's own connection to the job's ledger.
-    pub ledger: Ledger,
-    /// The checkpoint folder.
-    pub store: Store,
-    /// The job (its name and model go into the files).
-    pub job: JobConfig,
-    /// The outer momentum as of the current version, `[parameters]`; only commits use
-    /// it. A commit takes it for its step, and the new one comes back when it is written.
-    pub momentum: Vec<f32>,
-}
-
-/// A round taken for committing: the results it averages and where it starts from.
-pub(super) struct Draft {
-    /// The new version.
-    version: u64,
-    /// The round it closes.
-    round: u64,
-    /// Every unit id issued before the next version is below this.
-    units_below: u64,
-    /// The results averaged into it.
-    results: Vec<Contribution>,
-    /// Mean last-step training loss of those results, nats.
-    train_loss: Option<f32>,
-    /// `(unit, receipt hash)` of those results.
-    receipts: Vec<(u64, [u8; 32])>,
-    /// The current version's weights, `[parameters]`.
-    start: Arc<Vec<f32>>,
-}
-
-/// The new version's tensors and loss, once computed.
-pub(super) struct Computed {
-    params: Vec<f32>,
-    momentum: Vec<f32>,
-    /// Held-out loss, nats.
-    val_loss: f32,
-}
-
-/// A round on its way to becoming a version; kept whole when its write fails.
-pub(super) struct Pending {
-    draft: Draft,
-    computed: Option<Computed>,
-}
-
-/// One commit, to run off the coordinator's lock ([`CommitJob::run`]).
-pub struct CommitJob {
-    /// The coordinator it belongs to.
-    owner: u64,
-    tools: Tools,
-    pending: Pending,
-}
-
-/// A commit that ran: its job back, and the new weights file and its blake3 hex, or why
-/// they could not be written.
-pub struct Committed {
-    job: CommitJob,
-    written: Result<(Bytes, String), String>,
-}
-
-impl CommitJob {
-    /// Averages the results (each Δ counts by its share of H, discounted when late,
-    /// under the job's rule), takes the outer Nesterov step and evaluates the result,
-    /// unless an earlier try did; then writes the version.
-    pub fn run(mut self) -> Committed {
-        let Tools { evaluator, ledger, store, job, momentum } = &mut self.tools;
-        let Pending { draft, computed } = &mut self.pending;
-        let computed = computed.get_or_insert_with(|| {
-            let a = &job.aggregation;
-            let dense: Vec<_> = draft.results.iter().map(|c| c.delta.dense()).collect();
-            let results: Vec<Weighted> = draft
-                .results
-                .iter()
-                .zip(&dense)
-                .map(|(c, delta)| Weighted { delta, share: c.share, weight: c.weight })
-                .collect();
-            let g = aggregate(a.rule, &results, a.trim, a.clip);
-            let (mut params, mut momentum) = (draft.start.to_vec(), std::mem::take(momentum));
-            outer_step(&mut params, &mut momentum, &g, job.outer.lr, job.outer.momentum);
-            let val_loss = evaluator.loss(&params);
-            Computed { params, momentum, val_loss }
-        });
-        let version = Written {
-            version: draft.version,
-            val_loss: computed.val_loss,
-            train_loss: draft.train_loss,
-            results: draft.results.len() as u32,
-            round: draft.round,
-            units_below: draft.units_below,
-        };
-        let written = persist(
-            store,
-            ledger,
-            job,
-            version,
-            &computed.params,
-            &computed.momentum,
-            Some(draft.round),
-            &draft.receipts,
-        )
-        .map_err(|e| format!("{e:#}"));
-        Committed { job: self, written }
-    }
-}
-
 impl From<VersionRow> for VersionRecord {
     fn from(row: VersionRow) -> Self {
         VersionRecord {
@@ -164,65 +49,6 @@ impl From<VersionRow> for VersionRecord {
             at_ms: row.committed_ms,
         }
     }
-}
-
-/// What a commit records about a version besides its tensors.
-pub(super) struct Written {
-    /// The version.
-    pub version: u64,
-    /// Its held-out loss, nats.
-    pub val_loss: f32,
-    /// Mean last-step training loss of its results, nats.
-    pub train_loss: Option<f32>,
-    /// Results averaged into it.
-    pub results: u32,
-    /// The round it closes (0 for version 0).
-    pub round: u64,
-    /// Every unit id issued so far, or issued before the next version, is below this.
-    pub units_below: u64,
-}
-
-/// Writes a version's files durably (the Merkle root of `receipts`, `(unit, receipt
-/// hash)`, in their metadata), then its ledger row, closing `round`'s row when given;
-/// returns the weights file and its hash.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn persist(
-    store: &Store,
-    ledger: &mut Ledger,
-    job: &JobConfig,
-    version: Written,
-    params: &[f32],
-    momentum: &[f32],
-    round: Option<u64>,
-    receipts: &[(u64, [u8; 32])],
-) -> anyhow::Result<(Bytes, String)> {
-    let mut receipts = receipts.to_vec();
-    receipts.sort_unstable();
-    let leaves: Vec<[u8; 32]> = receipts.iter().map(|(_, hash)| *hash).collect();
-    let receipts_root = hex(&merkle_root(&leaves));
-    let meta = Meta {
-        version: version.version,
-        job: &job.name,
-        receipts_root: &receipts_root,
-        round: version.round,
-        units_below: version.units_below,
-        val_loss: version.val_loss,
-        tokenizer: job.data.tokenizer.name(),
-    };
-    let written = store.write(&job.model, params, momentum, &meta)?;
-    let row = VersionRow {
-        version: version.version,
-        weights_hash: written.weights_hash.clone(),
-        momentum_hash: written.momentum_hash,
-        val_loss: version.val_loss,
-        train_loss: version.train_loss,
-        results: version.results,
-        committed_ms: now_ms(),
-        receipts_root,
-    };
-    let units: Vec<u64> = receipts.iter().map(|(unit, _)| *unit).collect();
-    ledger.commit_version(&row, round, &units)?;
-    Ok((Bytes::from(written.weights), written.weights_hash))
 }
 
 impl Coordinator {
@@ -239,15 +65,15 @@ impl Coordinator {
         if self.committing() {
             return;
         }
-        let pending = match self.failed_commit.take() {
-            Some(pending) => pending,
+        let draft = match self.failed_commit.take() {
+            Some(draft) => draft,
             None => match self.take_round(now) {
-                Some(draft) => Pending { draft, computed: None },
+                Some(draft) => draft,
                 None => return,
             },
         };
         let tools = self.tools.take().expect("no commit runs");
-        let job = CommitJob { owner: self.owner, tools, pending };
+        let job = CommitJob { owner: self.owner, tools, draft };
         // The round's receipts land before its checkpoint, which records their root, is
         // written (and so that the commit's own connection can write).
         self.flush_writes();
@@ -308,33 +134,31 @@ impl Coordinator {
         if job.owner != self.owner {
             return;
         }
-        let mut tools = job.tools;
-        let Pending { draft, computed } = job.pending;
-        let current = match written {
-            Ok(current) => current,
+        let CommitJob { tools, draft, .. } = job;
+        let NewVersion { params, val_loss, file } = match written {
+            Ok(written) => written,
             Err(e) => {
                 let message =
                     format!("version {} could not be saved ({e}); serving version {}", draft.version, self.version);
                 tracing::error!("{message}; retrying in {COMMIT_RETRY:?}");
                 self.storage_error = Some(message);
                 self.retry_commit_at = Some(now + COMMIT_RETRY);
-                self.failed_commit = Some(Pending { draft, computed });
+                self.failed_commit = Some(draft);
                 self.tools = Some(tools);
                 return;
             }
         };
-        let Computed { params, momentum, val_loss } = computed.expect("a written commit was computed");
         let (version, n, train_loss) = (draft.version, draft.results.len(), draft.train_loss);
+        drop(draft);
         if self.storage_error.take().is_some() {
             tracing::info!(version, "storage works again");
         }
         self.retry_commit_at = None;
-        self.params = Arc::new(params);
+        self.params = params;
         self.starts.insert(version, self.params.clone());
-        tools.momentum = momentum;
         self.tools = Some(tools);
         self.version = version;
-        self.current = current;
+        self.current = file;
         tracing::info!(version, val_loss, results = n, "committed version");
         self.metrics.version.set(version as i64);
         self.metrics.val_loss.set(val_loss as f64);
@@ -449,6 +273,25 @@ mod tests {
         c.results.push(result(5, false, 1e-4, n));
         c.close_round(Instant::now());
         assert_eq!((c.version, c.counters.unreplayed_left_out), (2, 1));
+    }
+
+    #[test]
+    fn the_outer_momentum_carries_from_its_file_to_the_next_version() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = super::super::for_test(dir.path());
+        let (lr, mu) = (c.job.outer.lr, c.job.outer.momentum);
+        let n = c.param_count();
+        let start = c.params[0];
+        for unit in 1..=2 {
+            c.results.push(result(unit, true, 1e-4, n));
+            c.close_round(Instant::now());
+        }
+        assert_eq!(c.version, 2);
+        // m₁ = g, θ₁ = θ₀ − lr·(g + μ·m₁); m₂ = μ·m₁ + g, θ₂ = θ₁ − lr·(g + μ·m₂).
+        let g = 1e-4f32;
+        let (m1, m2) = (g, mu * g + g);
+        let expected = start - lr * (g + mu * m1) - lr * (g + mu * m2);
+        assert!((c.params[0] - expected).abs() < 1e-7, "{} against {expected}", c.params[0]);
     }
 
     /// Joins a CPU session to `c`; its inbox.

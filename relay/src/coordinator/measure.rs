@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::identity::{Identity, KEY_BYTES, Receipt, ReceiptFields, SubmitterKey};
 use crowdgrad_runtime::protocol::{Submission, Update};
@@ -42,8 +43,8 @@ pub struct Measurement {
     judged: Result<Judged, Rejection>,
 }
 
-/// A submission that passed [`Coordinator::judge`]: its Δ (`[parameters]`, sparse when
-/// it came compressed), ‖Δ‖, [`Delta::hash`], sketch, and the receipt signed for it off
+/// A submission that passed [`Coordinator::judge`]: its Δ (`[parameters]`, as it came
+/// when compressed), ‖Δ‖, [`Delta::hash`], sketch, and the receipt signed for it off
 /// the lock (`None` when it was measured under it).
 pub(super) struct Judged {
     pub delta: Delta,
@@ -90,15 +91,14 @@ pub(super) fn decode_and_measure(
             if (sent.chunk, sent.k, sent.bits) != (asked.chunk, asked.k, asked.bits) {
                 return Err(Rejection::WrongCodec);
             }
-            Delta::Sparse(codec::decode_sparse(bytes, params).map_err(|_| Rejection::Malformed)?)
+            Delta::encoded(Bytes::copy_from_slice(bytes), params).map_err(|_| Rejection::Malformed)?
         }
         _ => return Err(Rejection::WrongCodec),
     };
-    let values = delta.held_values();
-    if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && values.iter().all(|x| x.is_finite())) {
+    let (norm, finite) = delta.measures();
+    if !(sub.loss_before.is_finite() && sub.loss_after.is_finite() && finite) {
         return Err(Rejection::NonFinite);
     }
-    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
     let (hash, sketch) = (delta.hash(), Sketch::of(&delta));
     Ok(Judged { delta, norm, hash, sketch, receipt: None })
 }

@@ -130,7 +130,7 @@ impl Coordinator {
     /// one copy however many fetch it.
     pub(super) fn announce_version(&mut self, version: u64) {
         let members: Vec<u64> = self.mesh.members().collect();
-        let (parts, bytes) = (members.len() as u32, self.current.0.len() as u64);
+        let (parts, bytes) = (members.len() as u32, self.current.len);
         for (part, id) in (0..).zip(members) {
             self.send_lossy(id, ServerMsg::Version { version, bytes, part, parts });
         }
@@ -159,7 +159,7 @@ impl Coordinator {
     /// the file has.
     pub fn fetched(&mut self, session: u64, version: u64, from_peers: u64) {
         // Every version of a job has the same file size.
-        let file_bytes = self.current.0.len() as u64;
+        let file_bytes = self.current.len;
         let in_mesh = self.mesh.contains(session);
         let Some(s) = self.sessions.get_mut(&session) else { return };
         let wanted = version == self.version || s.assigned_version == Some(version);

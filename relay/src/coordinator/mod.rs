@@ -16,6 +16,7 @@ mod commit;
 mod group_commit;
 mod measure;
 mod mesh;
+mod new_version;
 mod newcomers;
 mod pacing;
 mod registrations;
@@ -46,9 +47,10 @@ use crowdgrad_runtime::rng::Rng;
 use tokio::sync::mpsc;
 
 pub use self::aggregate::{Weighted, aggregate, outer_step};
-pub use self::commit::{CommitJob, CommitQueue, Committed};
+pub use self::commit::CommitQueue;
 pub use self::group_commit::FLUSH;
 pub use self::measure::{Expectation, Measurement};
+pub use self::new_version::{CommitJob, Committed};
 pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
 use crate::config::JobConfig;
 pub use crate::config::Rule;
@@ -57,7 +59,7 @@ use crate::eval::Evaluator;
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::Metrics;
 use crate::recovery;
-use crate::store::Store;
+use crate::store::{Store, WeightsFile};
 use crate::verify::Check;
 
 use self::checks::{Claim, Pending};
@@ -137,8 +139,8 @@ pub struct Coordinator {
     /// which checks of their units start from.
     starts: BTreeMap<u64, Arc<Vec<f32>>>,
     version: u64,
-    /// The current version's weights file and its blake3 hex.
-    current: (Bytes, String),
+    /// The current version's weights file.
+    current: WeightsFile,
     shards: Vec<ShardFile>,
     /// How the shards store tokens.
     tokens: TokenWidth,
@@ -163,9 +165,9 @@ pub struct Coordinator {
     /// When a commit that could not be written is tried again.
     retry_commit_at: Option<Instant>,
     /// What a commit needs; `None` while one runs (see [`commit`]).
-    tools: Option<commit::Tools>,
+    tools: Option<new_version::Tools>,
     /// The commit whose write failed, to write again.
-    failed_commit: Option<commit::Pending>,
+    failed_commit: Option<new_version::Draft>,
     /// The committer thread's queue; `None` runs commits inline (the parts' unit tests).
     commits: Option<CommitQueue>,
     /// This coordinator's id, which its commits carry.
@@ -222,21 +224,24 @@ impl Coordinator {
         if recovered.removed > 0 || !recovered.adopted.is_empty() || !recovered.set_aside.is_empty() {
             tracing::warn!(?recovered, "the checkpoint folder and the ledger disagreed");
         }
-        let (version, params, momentum, current) = match ledger.last_version()? {
+        let (version, params, current) = match ledger.last_version()? {
             Some(row) => {
-                let (bytes, params, momentum) = store
+                let (file, params) = store
                     .read(&job.model, row.version, &row.weights_hash, &row.momentum_hash)
                     .with_context(|| format!("loading committed version {}", row.version))?;
-                (row.version, params, momentum, (Bytes::from(bytes), row.weights_hash))
+                (row.version, Arc::new(params), file)
             }
             None => {
                 let params = match &job.model_init {
                     Some(dir) => crate::hf_dir::read_weights(dir, &job.model).context("model.init")?,
                     None => job.model.init(job.seed),
                 };
-                let momentum = vec![0.0; params.len()];
+                let params = Arc::new(params);
                 let loss = evaluator.loss(&params);
-                let written = commit::Written {
+                let zeros = |e: &crowdgrad_runtime::model::ParamEntry| Ok(vec![0u8; 4 * e.len]);
+                let momentum_hash =
+                    store.write_momentum(&job.model, 0, &job.name, zeros).context("writing version 0's momentum")?;
+                let written = new_version::Written {
                     version: 0,
                     val_loss: loss,
                     train_loss: None,
@@ -244,9 +249,9 @@ impl Coordinator {
                     round: 0,
                     units_below: recovered.units_below + job.round.target as u64 + 1,
                 };
-                let row = commit::persist(&store, &mut ledger, &job, written, &params, &momentum, None, &[])
+                let file = new_version::persist(&store, &mut ledger, &job, written, &params, &momentum_hash, None, &[])
                     .context("writing version 0")?;
-                (0, params, momentum, row)
+                (0, params, file)
             }
         };
         let (round, next_unit) = ledger.abandon_open_rounds((recovered.round + 1, recovered.units_below))?;
@@ -255,12 +260,11 @@ impl Coordinator {
         let versions = ledger.recent_versions(timeline::KEPT_VERSIONS)?.into_iter().map(VersionRecord::from);
         let timeline = timeline::Timeline::new(versions.collect());
         let registrations = registrations::Registrations::new(ledger.next_contributor_id()?);
-        let tools = commit::Tools {
+        let tools = new_version::Tools {
             evaluator,
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
             store: store.clone(),
             job: job.clone(),
-            momentum,
         };
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
         metrics.version.set(version as i64);
@@ -268,7 +272,6 @@ impl Coordinator {
             metrics.val_loss.set(last.val_loss as f64);
             metrics.train_loss.set(last.train_loss.unwrap_or(f32::NAN) as f64);
         }
-        let params = Arc::new(params);
         Ok(Coordinator {
             starts: BTreeMap::from([(version, params.clone())]),
             params,
@@ -351,7 +354,11 @@ impl Coordinator {
     /// Where `version`'s weights file is, with its blake3 hex, if it is kept.
     pub fn version_file(&mut self, version: u64) -> Option<(VersionSource, String)> {
         if version == self.version {
-            return Some((VersionSource::Memory(self.current.0.clone()), self.current.1.clone()));
+            let source = match &self.current.bytes {
+                Some(bytes) => VersionSource::Memory(bytes.clone()),
+                None => VersionSource::Disk(self.store.weights_path(version)),
+            };
+            return Some((source, self.current.hash.clone()));
         }
         let hash = self.ledger.kept_version(version);
         let hash = self.note_storage("looking up a version", hash)??;

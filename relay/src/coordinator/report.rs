@@ -105,6 +105,8 @@ pub struct Counters {
     pub unreplayed_left_out: u64,
     /// Results loss-checked.
     pub loss_checked: u64,
+    /// Seconds the relay's verifier spent checking results (replays and loss checks).
+    pub check_seconds: f64,
     /// Pairs of twin results compared (`verify.redundancy`).
     pub twins_compared: u64,
     /// Of those, pairs that disagreed (and were both replayed).

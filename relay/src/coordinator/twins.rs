@@ -42,7 +42,8 @@ impl Coordinator {
             return;
         };
         self.counters.twins_compared += 1;
-        let report = Report { replay: Some(compare(&judged.delta, &other.judged.delta.dense())), loss: None };
+        let report =
+            Report { replay: Some(compare(&judged.delta, &other.judged.delta.to_dense())), ..Report::default() };
         let agree = self.within_tolerance(false, &report).is_ok();
         let plan = |this: &mut Self, contributor| match this.plan_check(contributor, Kind::Dense) {
             Some(plan) if agree => Plan { replay: false, ..plan },

@@ -271,23 +271,68 @@ pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
 /// [`decode`], as the update's nonzero values and their indices (a few percent of `len`
 /// at the default density), without writing the zeros in between.
 pub fn decode_sparse(bytes: &[u8], len: usize) -> Result<SparseDelta, CodecError> {
-    let (cfg, values) = header(bytes)?;
-    if values != len {
-        return bad(format!("{values} values, the model has {len}"));
+    let mut reader = ChunkReader::new(bytes, len)?;
+    let mut out = SparseDelta::with_capacity(len, reader.chunks() * reader.config().k as usize);
+    let mut values = Vec::with_capacity(reader.config().k as usize);
+    while reader.next_chunk(&mut values)?.is_some() {
+        values.iter().for_each(|&(index, value)| out.push(index as usize, value));
     }
-    let levels = cfg.levels() as f32;
-    let chunks = len.div_ceil(cfg.chunk as usize);
-    let mut out = SparseDelta::with_capacity(len, chunks * cfg.k as usize);
-    let mut indices = Vec::with_capacity(cfg.k as usize);
-    let mut at = HEADER;
-    for c in 0..chunks {
+    Ok(out)
+}
+
+/// Reads an encoded update one chunk at a time, checking every field as [`decode`]
+/// does, so that a large update can be measured, or several combined, without
+/// decoding it whole.
+pub struct ChunkReader<'a> {
+    bytes: &'a [u8],
+    cfg: CodecConfig,
+    len: usize,
+    /// The next chunk.
+    chunk: usize,
+    /// Where it starts in `bytes`.
+    at: usize,
+    indices: Vec<usize>,
+}
+
+impl<'a> ChunkReader<'a> {
+    /// A reader of `bytes`, which must encode exactly `len` values.
+    pub fn new(bytes: &'a [u8], len: usize) -> Result<Self, CodecError> {
+        let (cfg, values) = header(bytes)?;
+        if values != len {
+            return bad(format!("{values} values, the model has {len}"));
+        }
+        Ok(ChunkReader { bytes, cfg, len, chunk: 0, at: HEADER, indices: Vec::with_capacity(cfg.k as usize) })
+    }
+
+    /// The update's chunk, k and bits.
+    pub fn config(&self) -> CodecConfig {
+        self.cfg
+    }
+
+    /// Chunks in the update.
+    pub fn chunks(&self) -> usize {
+        self.len.div_ceil(self.cfg.chunk as usize)
+    }
+
+    /// Puts the next chunk's nonzero values, `(index in the update, value)` in increasing
+    /// index order, into `out` (cleared first) and returns the range of indices the
+    /// chunk covers; `None` after the last chunk, once no byte is left over.
+    pub fn next_chunk(&mut self, out: &mut Vec<(u32, f32)>) -> Result<Option<std::ops::Range<usize>>, CodecError> {
+        out.clear();
+        let (c, cfg, bytes) = (self.chunk, self.cfg, self.bytes);
+        if c == self.chunks() {
+            if self.at != bytes.len() {
+                return bad(format!("{} trailing bytes", bytes.len() - self.at));
+            }
+            return Ok(None);
+        }
         let first = c * cfg.chunk as usize;
-        let chunk_len = (len - first).min(cfg.chunk as usize);
+        let chunk_len = (self.len - first).min(cfg.chunk as usize);
+        let at = self.at;
         let Some(head) = bytes.get(at..at + CHUNK_HEADER) else { return bad(format!("chunk {c} is cut short")) };
         let scale = f32::from_le_bytes([head[0], head[1], head[2], head[3]]);
         let count = u16::from_le_bytes([head[4], head[5]]) as usize;
         let rice = head[6];
-        at += CHUNK_HEADER;
         if !(scale.is_finite() && scale >= 0.0) {
             return bad(format!("chunk {c} has scale {scale}"));
         }
@@ -297,8 +342,8 @@ pub fn decode_sparse(bytes: &[u8], len: usize) -> Result<SparseDelta, CodecError
         if rice > MAX_RICE {
             return bad(format!("chunk {c} has Rice parameter {rice}, above {MAX_RICE}"));
         }
-        let mut stream = BitReader::new(&bytes[at..]);
-        indices.clear();
+        let mut stream = BitReader::new(&bytes[at + CHUNK_HEADER..]);
+        self.indices.clear();
         let mut next = 0usize;
         for _ in 0..count {
             let room = (chunk_len - next) as u32;
@@ -306,23 +351,25 @@ pub fn decode_sparse(bytes: &[u8], len: usize) -> Result<SparseDelta, CodecError
                 return bad(format!("chunk {c}: an index past its {chunk_len} values or cut short"));
             };
             let index = next + gap as usize;
-            indices.push(index);
+            self.indices.push(index);
             next = index + 1;
         }
-        for &index in &indices {
+        let levels = cfg.levels() as f32;
+        for &index in &self.indices {
             let raw = stream.read(cfg.bits as u32).ok_or_else(|| CodecError(format!("chunk {c}: values cut short")))?;
             let level = signed(raw, cfg.bits);
             if level.unsigned_abs() > cfg.levels() as u32 {
                 return bad(format!("chunk {c}: level {level} outside ±{}", cfg.levels()));
             }
-            out.push(first + index, level as f32 / levels * scale);
+            let value = level as f32 / levels * scale;
+            if value != 0.0 {
+                out.push(((first + index) as u32, value));
+            }
         }
-        at += stream.bytes_used();
+        self.at = at + CHUNK_HEADER + stream.bytes_used();
+        self.chunk += 1;
+        Ok(Some(first..first + chunk_len))
     }
-    if at != bytes.len() {
-        return bad(format!("{} trailing bytes", bytes.len() - at));
-    }
-    Ok(out)
 }
 
 /// A `bits`-bit two's-complement field as a signed level.

@@ -395,9 +395,17 @@ impl Backend for GpuBackend {
         self.dispatch(Kernel::XentForward, &params, &buffers, groups(rows, 1));
     }
 
-    fn softmax_xent_backward(&mut self, dlogits: View, probs: View, targets: View, rows: usize, vocab: usize) {
+    fn softmax_xent_backward(
+        &mut self,
+        dlogits: View,
+        probs: View,
+        targets: View,
+        rows: usize,
+        vocab: usize,
+        divisor: usize,
+    ) {
         checks::softmax_xent_backward(dlogits, probs, targets, rows, vocab);
-        let params = [w(rows), w(vocab), w(probs.offset), 0, w(dlogits.offset), w(targets.offset)];
+        let params = [w(rows), w(vocab), w(probs.offset), w(divisor), w(dlogits.offset), w(targets.offset)];
         let buffers = [dlogits.buf, probs.buf, targets.buf];
         self.dispatch(Kernel::XentBackward, &params, &buffers, groups(dlogits.len, GROUP));
     }

@@ -79,10 +79,18 @@ pub fn softmax_xent_forward(
     }
 }
 
-/// Backward of the *mean* cross-entropy over `rows`:
-/// `dlogits[r, v] = (probs[r, v] − [v == target_r]) / rows` (overwrites).
-pub fn softmax_xent_backward(dlogits: &mut [f32], probs: &[f32], targets: &[u32], rows: usize, vocab: usize) {
-    let scale = 1.0 / rows as f32;
+/// Backward of the cross-entropy summed over `rows` and divided by `divisor` (the
+/// positions of the whole batch, of which these rows may be a microbatch):
+/// `dlogits[r, v] = (probs[r, v] − [v == target_r]) / divisor` (overwrites).
+pub fn softmax_xent_backward(
+    dlogits: &mut [f32],
+    probs: &[f32],
+    targets: &[u32],
+    rows: usize,
+    vocab: usize,
+    divisor: usize,
+) {
+    let scale = 1.0 / divisor as f32;
     for r in 0..rows {
         let t = (targets[r] as usize).min(vocab - 1);
         for v in 0..vocab {

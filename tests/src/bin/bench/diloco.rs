@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use crowdgrad_relay::config::OuterConfig;
 use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
+use crowdgrad_relay::delta::Delta;
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::{Batch, Corpus, sample_batch};
@@ -168,16 +169,17 @@ fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<Code
                 Some(cfg) => {
                     let bytes = codec::encode(&delta, &mut residuals[worker], &cfg);
                     sent += bytes.len();
-                    codec::decode(&bytes, n).expect("own encoding decodes")
+                    Delta::Dense(codec::decode(&bytes, n).expect("own encoding decodes"))
                 }
                 None => {
                     sent += 4 * n;
-                    delta
+                    Delta::Dense(delta)
                 }
             });
         }
         let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
-        let g = aggregate(Rule::Mean, &results, 0.0, 0.0);
+        let mut g = vec![0f32; n];
+        aggregate(Rule::Mean, &results, 0.0, 0.0, &mut g);
         outer_step(&mut params, &mut momentum, &g, flags.outer.0, flags.outer.1);
         if (round + 1).is_multiple_of(every) || round + 1 == rounds {
             let tokens = (round + 1) * k * h as usize * ROWS * setup.cfg.context;

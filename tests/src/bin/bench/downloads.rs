@@ -43,7 +43,7 @@ pub async fn run(requests: usize) {
         MODEL.vocab, MODEL.context, MODEL.layers, MODEL.heads, MODEL.width
     );
     let params = MODEL.init(1);
-    let mut file_bytes = 0;
+    let mut file_bytes = 0usize;
     let relay = RelayProcess::start_with(&job, |dir| {
         let store = Store::new(dir);
         for version in 0..5 {
@@ -56,7 +56,7 @@ pub async fn run(requests: usize) {
                 val_loss: 5.5,
                 tokenizer: "bytes",
             };
-            file_bytes = store.write(&MODEL, &params, &params, &meta).expect("write a version").weights.len();
+            file_bytes = store.write(&MODEL, &params, &params, &meta).expect("write a version").0.len as usize;
         }
     });
     let chunks = file_bytes.div_ceil(WEIGHT_CHUNK) as u64;

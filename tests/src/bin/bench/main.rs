@@ -6,6 +6,8 @@
 //! - `gpt [--iters N] [--gpu-iters N] [--browser-iters N] [--dataset PATH]`: nanoGPT's
 //!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
+//! - `gpt2 [--only memory] [--context N] [--rows N] [--results N]`: GPT-2 small through
+//!   the pipeline (see `gpt2.rs`).
 //! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
@@ -20,6 +22,7 @@ mod browser;
 mod budgets;
 mod diloco;
 mod gpt;
+mod gpt2;
 mod plot;
 mod relay;
 
@@ -29,6 +32,7 @@ async fn main() {
     match args.first().map(String::as_str) {
         None | Some("backends") => backends::run(args.get(1..).unwrap_or_default()).await,
         Some("gpt") => gpt::run(&args[1..]).await,
+        Some("gpt2") => gpt2::run(&args[1..]).await,
         Some("relay") => relay::run(&args[1..]).await,
         Some("diloco") => diloco::run(&args[1..]),
         Some("adversarial") => adversarial::run(&args[1..]),

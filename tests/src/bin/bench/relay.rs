@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crowdgrad_relay::config::JobConfig;
 use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
+use crowdgrad_relay::delta::Delta;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::load::{MadeAhead, open_idle_sessions, run_active_contributors_with};
 use crowdgrad_tests::repo_root;
@@ -57,6 +58,12 @@ impl RelayProcess {
 
     /// Like [`RelayProcess::start`], with `prepare` given the storage folder first.
     pub fn start_with(job: &str, prepare: impl FnOnce(&std::path::Path)) -> RelayProcess {
+        RelayProcess::start_within(job, prepare, Duration::from_secs(30))
+    }
+
+    /// Like [`RelayProcess::start_with`], waiting up to `within` for it to answer (a large
+    /// model's version 0 takes a while to make).
+    pub fn start_within(job: &str, prepare: impl FnOnce(&std::path::Path), within: Duration) -> RelayProcess {
         let binary = repo_root().join("target/release/crowdgrad");
         assert!(binary.is_file(), "{} is missing: cargo build --release -p crowdgrad-relay", binary.display());
         let dir = tempfile::tempdir().expect("temp dir");
@@ -77,7 +84,7 @@ impl RelayProcess {
         let relay = RelayProcess { child, addr, _dir: dir };
         let start = Instant::now();
         while relay.status().is_none() {
-            assert!(start.elapsed() < Duration::from_secs(30), "the relay did not start");
+            assert!(start.elapsed() < within, "the relay did not start within {within:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
         relay
@@ -87,6 +94,11 @@ impl RelayProcess {
     pub fn status(&self) -> Option<serde_json::Value> {
         let mut response = ureq::get(&format!("http://{}/api/status", self.addr)).call().ok()?;
         serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory, KiB.
@@ -257,12 +269,13 @@ async fn active_contributors(active: usize, seconds: u64, unit_time: Duration) {
 fn aggregation_times() {
     const PARAMS: usize = 10_000_000;
     const RESULTS: usize = 100;
-    let deltas: Vec<Vec<f32>> = (0..RESULTS).map(|i| vec![1e-4 * (i as f32 + 1.0); PARAMS]).collect();
+    let deltas: Vec<Delta> = (0..RESULTS).map(|i| Delta::Dense(vec![1e-4 * (i as f32 + 1.0); PARAMS])).collect();
     let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
     for rule in [Rule::Mean, Rule::TrimmedMean, Rule::CenteredClip] {
         let (mut params, mut momentum) = (vec![0.0f32; PARAMS], vec![0.0f32; PARAMS]);
         let t0 = Instant::now();
-        let g = aggregate(rule, &results, 0.2, 2.0);
+        let mut g = vec![0f32; PARAMS];
+        aggregate(rule, &results, 0.2, 2.0, &mut g);
         outer_step(&mut params, &mut momentum, &g, 0.7, 0.9);
         let seconds = t0.elapsed().as_secs_f64();
         println!(

@@ -2,20 +2,26 @@
 //! download) beside `versions/v{N}.momentum.safetensors` (the outer optimizer's
 //! momentum, which a restarted relay needs to continue).
 //!
-//! Each file is written to a temporary name, fsynced, renamed into place, and the
-//! folder fsynced, so a crash leaves either the whole file or none of it. The weights
-//! go first; the momentum file's metadata carries the weights file's blake3
-//! (`weights_blake3`), so a version whose ledger row was lost can be recognised as
+//! Both are written durably, tensor by tensor ([`files`]), so that a version of a large
+//! model is never whole in memory twice. The momentum goes first: a commit computes the
+//! new momentum, and from it the new weights, one tensor at a time as the momentum file
+//! is written. The weights file's metadata then records the momentum file's blake3
+//! (`momentum_blake3`), so a version whose ledger row was lost can be recognised as
 //! whole and adopted ([`Store::read_unrecorded`]). Files the ledger does not know are
 //! never deleted: what cannot be adopted is moved aside into `versions/unadopted/`.
 
-use std::collections::BTreeSet;
+mod files;
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use axum::body::Bytes;
 use crowdgrad_runtime::checkpoint::{self, hash_hex};
-use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_runtime::model::{GptConfig, ParamEntry};
+use files::{MadeTensor, hash_file, read_tensor, write_durably};
+use safetensors::tensor::{Dtype, TensorView};
 
 /// The checkpoint folder.
 #[derive(Clone, Debug)]
@@ -44,8 +50,6 @@ pub struct Meta<'a> {
 
 /// A version found on disk without a ledger row, whose files check out.
 pub struct Unrecorded {
-    /// The weights file's bytes.
-    pub weights: Vec<u8>,
     /// blake3 of the weights file, hex.
     pub weights_hash: String,
     /// blake3 of the momentum file, hex.
@@ -67,21 +71,26 @@ pub struct Unrecorded {
 pub struct Listing {
     /// Versions that have a weights or a momentum file.
     pub versions: BTreeSet<u64>,
-    /// Half-written temporary files (`*.tmp`).
+    /// Half-written temporary files (`v*.tmp`, and the safetensors crate's `.tmp*`).
     pub temporary: Vec<PathBuf>,
     /// Files that are none of these.
     pub unknown: Vec<PathBuf>,
 }
 
-/// One version's two files as written: bytes and blake3 hashes (hex).
-pub struct Written {
-    /// The weights file, as served for download.
-    pub weights: Vec<u8>,
-    /// blake3 of `weights`.
-    pub weights_hash: String,
-    /// blake3 of the momentum file.
-    pub momentum_hash: String,
+/// The weights file of a version as written: what serving it needs.
+#[derive(Clone, Debug)]
+pub struct WeightsFile {
+    /// Its blake3, lowercase hex.
+    pub hash: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Its bytes, kept in memory when it is at most [`MEMORY_FILE_MAX`] (a small model's
+    /// file is served from memory to every tab; a large one is read from disk).
+    pub bytes: Option<Bytes>,
 }
+
+/// Largest weights file served from memory.
+pub const MEMORY_FILE_MAX: u64 = 64 << 20;
 
 impl Store {
     /// The store in `dir/versions`; the folder is created when first written.
@@ -105,42 +114,116 @@ impl Store {
         self.dir.join(format!("v{version:08}.momentum.safetensors"))
     }
 
-    /// Writes a version durably: weights first, then momentum, whose metadata also
-    /// carries the weights file's blake3; both carry `meta`.
-    pub fn write(&self, model: &GptConfig, params: &[f32], momentum: &[f32], meta: &Meta) -> std::io::Result<Written> {
+    /// Writes `version`'s momentum file durably, tensor by tensor: `tensor(entry)` makes
+    /// each one's little-endian f32 bytes when the writer reaches it (in the file's
+    /// order, each once), so that the caller computes the new momentum, and from it the
+    /// new weights, one tensor at a time. Returns the file's blake3 (hex).
+    pub fn write_momentum(
+        &self,
+        model: &GptConfig,
+        version: u64,
+        job: &str,
+        tensor: impl FnMut(&ParamEntry) -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<String> {
         fs::create_dir_all(&self.dir)?;
-        let mut pairs = vec![
-            ("version", meta.version.to_string()),
-            ("job", meta.job.to_string()),
-            ("receipts_root", meta.receipts_root.to_string()),
-            ("round", meta.round.to_string()),
-            ("units_below", meta.units_below.to_string()),
-            ("val_loss", meta.val_loss.to_string()),
-            ("tokenizer", meta.tokenizer.to_string()),
-        ];
-        let weights = checkpoint::encode(model, params, &pairs);
-        write_atomically(&self.weights_path(meta.version), &weights)?;
-        let weights_hash = hash_hex(&weights);
-        pairs.push(("weights_blake3", weights_hash.clone()));
-        let momentum_bytes = checkpoint::encode(model, momentum, &pairs);
-        write_atomically(&self.momentum_path(meta.version), &momentum_bytes)?;
-        Ok(Written { weights_hash, momentum_hash: hash_hex(&momentum_bytes), weights })
+        let layout = model.layout();
+        let (make, failed) = (RefCell::new(tensor), RefCell::new(None));
+        let tensors = layout.entries.iter().map(|e| (e.name.clone(), MadeTensor::new(e, &make, &failed))).collect();
+        let metadata = HashMap::from([
+            ("version".to_string(), version.to_string()),
+            ("job".to_string(), job.to_string()),
+            ("config".to_string(), serde_json::to_string(model).expect("a config serialises")),
+        ]);
+        let path = self.momentum_path(version);
+        write_durably(&path, tensors, metadata)?;
+        if let Some(e) = failed.into_inner() {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(hash_file(&path)?.0)
     }
 
-    /// Reads `version` back, checking both files against their recorded hashes:
-    /// `(weights bytes, params, momentum)`.
+    /// The little-endian f32 bytes of tensor `entry` of `version`'s momentum file.
+    pub fn momentum_tensor(&self, version: u64, entry: &ParamEntry) -> std::io::Result<Vec<u8>> {
+        read_tensor(&self.momentum_path(version), &entry.name, 4 * entry.len)
+    }
+
+    /// Writes the weights file of `meta.version` durably from `params` (tensor by tensor,
+    /// from where they are), its metadata recording the momentum file's blake3
+    /// (`momentum_blake3`), once that file is written.
+    pub fn write_weights(
+        &self,
+        model: &GptConfig,
+        params: &[f32],
+        meta: &Meta,
+        momentum_hash: &str,
+    ) -> std::io::Result<WeightsFile> {
+        fs::create_dir_all(&self.dir)?;
+        let layout = model.layout();
+        assert_eq!(params.len(), layout.total, "parameter count");
+        let bytes: &[u8] = bytemuck::cast_slice(params);
+        let view = |e: &ParamEntry| {
+            TensorView::new(Dtype::F32, e.shape.clone(), &bytes[4 * e.offset..4 * (e.offset + e.len)])
+                .expect("shape matches data")
+        };
+        let mut tensors: Vec<(String, TensorView)> = layout.entries.iter().map(|e| (e.name.clone(), view(e))).collect();
+        // nanoGPT's state dict names the tied head too.
+        let wte = layout.find("transformer.wte.weight").expect("every GPT has wte");
+        tensors.push(("lm_head.weight".into(), view(wte)));
+        let metadata = HashMap::from([
+            ("version".to_string(), meta.version.to_string()),
+            ("job".to_string(), meta.job.to_string()),
+            ("receipts_root".to_string(), meta.receipts_root.to_string()),
+            ("round".to_string(), meta.round.to_string()),
+            ("units_below".to_string(), meta.units_below.to_string()),
+            ("val_loss".to_string(), meta.val_loss.to_string()),
+            ("tokenizer".to_string(), meta.tokenizer.to_string()),
+            ("momentum_blake3".to_string(), momentum_hash.to_string()),
+            ("config".to_string(), serde_json::to_string(model).expect("a config serialises")),
+        ]);
+        let path = self.weights_path(meta.version);
+        write_durably(&path, tensors, metadata)?;
+        let (hash, len) = hash_file(&path)?;
+        let bytes = if len <= MEMORY_FILE_MAX { Some(Bytes::from(fs::read(&path)?)) } else { None };
+        Ok(WeightsFile { hash, len, bytes })
+    }
+
+    /// Writes a whole version from memory, momentum then weights (a new job's version
+    /// 0); returns the weights file and the momentum file's blake3.
+    pub fn write(
+        &self,
+        model: &GptConfig,
+        params: &[f32],
+        momentum: &[f32],
+        meta: &Meta,
+    ) -> std::io::Result<(WeightsFile, String)> {
+        let tensor = |e: &ParamEntry| Ok(bytemuck::cast_slice(&momentum[e.offset..e.offset + e.len]).to_vec());
+        let momentum_hash = self.write_momentum(model, meta.version, meta.job, tensor)?;
+        let weights = self.write_weights(model, params, meta, &momentum_hash)?;
+        Ok((weights, momentum_hash))
+    }
+
+    /// Reads `version` back, checking both files against their recorded hashes: its
+    /// weights file and the parameters in it.
     pub fn read(
         &self,
         model: &GptConfig,
         version: u64,
         weights_hash: &str,
         momentum_hash: &str,
-    ) -> anyhow::Result<(Vec<u8>, Vec<f32>, Vec<f32>)> {
+    ) -> anyhow::Result<(WeightsFile, Vec<f32>)> {
         let weights = read_checked(&self.weights_path(version), weights_hash)?;
-        let momentum = read_checked(&self.momentum_path(version), momentum_hash)?;
+        let momentum = self.momentum_path(version);
+        let (actual, _) = hash_file(&momentum).map_err(|e| anyhow::anyhow!("{}: {e}", momentum.display()))?;
+        anyhow::ensure!(
+            actual == momentum_hash,
+            "{} is corrupt: blake3 {actual}, ledger says {momentum_hash}",
+            momentum.display()
+        );
         let params = checkpoint::decode(model, &weights)?;
-        let momentum = checkpoint::decode(model, &momentum)?;
-        Ok((weights, params, momentum))
+        let len = weights.len() as u64;
+        let bytes = (len <= MEMORY_FILE_MAX).then(|| Bytes::from(weights));
+        Ok((WeightsFile { hash: weights_hash.to_string(), len, bytes }, params))
     }
 
     /// What the folder holds (nothing when it does not exist yet).
@@ -160,34 +243,48 @@ impl Store {
                     listing.versions.insert(v);
                 }
                 Some(_) if name.ends_with(".tmp") => listing.temporary.push(path),
+                // The safetensors crate's own temporary files, left by a crash mid-write.
+                None if name.starts_with(".tmp") => listing.temporary.push(path),
                 _ => listing.unknown.push(path),
             }
         }
         Ok(listing)
     }
 
-    /// Reads a version the ledger has no row for, and checks it: both files decode for
-    /// `model`, name `version`, and the momentum file's `weights_blake3` is the weights
-    /// file's hash.
+    /// Reads a version the ledger has no row for, and checks it: its weights decode for
+    /// `model`, name `version`, and record the momentum file's blake3 (older files: the
+    /// momentum file records the weights file's), and every momentum tensor reads.
     pub fn read_unrecorded(&self, model: &GptConfig, version: u64) -> anyhow::Result<Unrecorded> {
-        let read = |path: PathBuf| fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
-        let weights = read(self.weights_path(version))?;
-        let momentum = read(self.momentum_path(version))?;
+        let weights_path = self.weights_path(version);
+        let weights = fs::read(&weights_path).map_err(|e| anyhow::anyhow!("{}: {e}", weights_path.display()))?;
+        let momentum_path = self.momentum_path(version);
+        let (momentum_hash, _) =
+            hash_file(&momentum_path).map_err(|e| anyhow::anyhow!("{}: {e}", momentum_path.display()))?;
         let weights_hash = hash_hex(&weights);
-        let recorded = checkpoint::metadata(&momentum, "weights_blake3");
-        anyhow::ensure!(
-            recorded.as_deref() == Some(weights_hash.as_str()),
-            "the weights file's blake3 is {weights_hash}, its momentum file records {recorded:?}"
-        );
-        let field = |key: &str| checkpoint::metadata(&momentum, key);
+        let field = |key: &str| checkpoint::metadata(&weights, key);
+        match field("momentum_blake3") {
+            Some(recorded) => anyhow::ensure!(
+                recorded == momentum_hash,
+                "the momentum file's blake3 is {momentum_hash}, its weights file records {recorded}"
+            ),
+            None => {
+                let momentum = fs::read(&momentum_path)?;
+                let recorded = checkpoint::metadata(&momentum, "weights_blake3");
+                anyhow::ensure!(
+                    recorded.as_deref() == Some(weights_hash.as_str()),
+                    "the weights file's blake3 is {weights_hash}, its momentum file records {recorded:?}"
+                );
+            }
+        }
         let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
         anyhow::ensure!(number("version") == Some(version), "its metadata names version {:?}", field("version"));
         let params = checkpoint::decode(model, &weights)?;
-        checkpoint::decode(model, &momentum)?;
+        for entry in &model.layout().entries {
+            self.momentum_tensor(version, entry)?;
+        }
         Ok(Unrecorded {
-            momentum_hash: hash_hex(&momentum),
+            momentum_hash,
             weights_hash,
-            weights,
             params,
             receipts_root: field("receipts_root").unwrap_or_default(),
             round: number("round").unwrap_or(0),
@@ -236,18 +333,6 @@ fn read_checked(path: &Path, expected: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Temp file, fsync, rename over `path`, fsync of the folder.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("checkpoint paths have a folder");
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,10 +365,10 @@ mod tests {
         let found = store.read_unrecorded(&model, 2).expect("version 2 is whole");
         assert_eq!((found.params, found.round, found.units_below), (params.clone(), 2, 20));
         assert_eq!(found.val_loss, Some(2.5), "adopting it needs no evaluation");
-        // Version 3's weights replaced by version 1's: its momentum file no longer matches.
+        // Version 3's weights replaced by version 1's: they record another momentum file.
         fs::copy(store.weights_path(1), store.weights_path(3)).unwrap();
         let err = store.read_unrecorded(&model, 3).err().expect("mismatched files are refused");
-        assert!(err.to_string().contains("momentum file records"), "{err}");
+        assert!(err.to_string().contains("weights file records"), "{err}");
         let aside = store.move_aside(3).expect("moved aside");
         assert!(
             aside.join("v00000003.safetensors").is_file() && aside.join("v00000003.momentum.safetensors").is_file()

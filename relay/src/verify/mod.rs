@@ -8,21 +8,30 @@
 //!   loss of the unit's own batches more than that of batches from another shard: work
 //!   done on the assigned data fits that data, a copy or a made-up Δ does not.
 //!
+//! Both are bounded, whatever the model's size, by `verify.budget_flops` ([`Work`]): the
+//! loss check's batches are cut to fewer rows, and the replay covers the unit's first
+//! steps only, when the whole would cost more (`loss.rs`, `replay.rs`).
+//!
 //! A [`Check`] owns everything it needs, so it runs off the coordinator's lock on the
 //! relay's verifier thread (started by [`crate::start`]).
+
+mod loss;
+mod replay;
 
 use std::cmp::Ordering;
 use std::sync::Arc;
 
 pub use axum::body::Bytes;
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::data::{TokenWidth, Tokens, sample_batch};
+use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::rng::Rng;
-use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
+use crowdgrad_runtime::train::{InnerOptim, Role, Trainer, TrainerShape};
 use serde::Serialize;
 
+pub use replay::compare;
+
 use crate::delta::Delta;
+use crate::eval::MAX_LOGIT_BYTES;
 
 /// The work a result claims, and what to check of it.
 pub struct Check {
@@ -66,6 +75,8 @@ pub struct Check {
     pub loss_margin: f32,
     /// The job's `verify.min_alignment` (see [`LossGain::alignment`]).
     pub min_alignment: f32,
+    /// How much of the replay and of the loss check to run ([`Work::plan`]).
+    pub work: Work,
 }
 
 #[cfg(test)]
@@ -94,6 +105,7 @@ impl Check {
             loss_batches: 0,
             loss_margin: 0.0,
             min_alignment: 0.0,
+            work: Work { loss_rows: 1, replay_steps: 1 },
         }
     }
 }
@@ -108,7 +120,13 @@ pub struct Replayed {
     /// `⟨submitted, replayed⟩ / ‖replayed‖²` on the submitted coordinates: how much of the
     /// replayed Δ the submission carries. About 1 or more for an honest compressed Δ
     /// whatever its residual adds, −1 or less for a flipped one, near 0 for an unrelated one.
+    /// When only the first `steps` of the unit's were replayed, the replayed Δ is taken
+    /// as extrapolated to all of them (× unit steps / `steps`), here and in the norm ratio.
     pub projection: f32,
+    /// The unit's steps that were replayed: all of them, or its first few ([`Work`]).
+    pub steps: u32,
+    /// Whether that was all of them.
+    pub whole: bool,
 }
 
 /// What the loss check found: loss decreases (nats per token, positive = lower) from
@@ -148,129 +166,117 @@ pub struct Report {
     pub replay: Option<Replayed>,
     /// Loss-check figures.
     pub loss: Option<LossGain>,
+    /// Seconds the check took.
+    pub seconds: f64,
 }
 
-/// Runs checks, reusing its CPU trainer between checks of the same model.
+/// How much of a check to run, so that checking one result costs at most a budget of
+/// FLOPs whatever the model's size (`verify.budget_flops`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Work {
+    /// Rows of each of the loss check's batches (the unit's batch rows, or fewer).
+    pub loss_rows: usize,
+    /// Inner steps replayed from the unit's start (all of them, or its first few; one at
+    /// least).
+    pub replay_steps: u32,
+}
+
+impl Work {
+    /// The work on a unit of `steps` steps of `rows` rows of `model`, with `loss_batches`
+    /// batches of each kind in the loss check, within `budget` FLOPs: the loss check takes
+    /// up to half (6 FLOPs a parameter a token for a gradient, 2 for a forward pass), its
+    /// batches cut to fewer rows when whole ones would cost more (one row at least); the
+    /// replay takes what is left, the unit's first steps only when all of them would cost
+    /// more (one at least).
+    pub fn plan(model: &GptConfig, rows: usize, steps: u32, loss_batches: u32, compressed: bool, budget: f64) -> Work {
+        let token = model.layout().total as f64 * model.context as f64;
+        // A compressed Δ's check takes a gradient a batch; a dense one's two forward passes.
+        let per_row = 2.0 * loss_batches as f64 * token * if compressed { 6.0 } else { 4.0 };
+        let loss_rows = if loss_batches == 0 { rows } else { ((budget / 2.0 / per_row) as usize).clamp(1, rows) };
+        let spent = if loss_batches == 0 { 0.0 } else { per_row * loss_rows as f64 };
+        let step = 6.0 * token * rows as f64;
+        let replay_steps = (((budget - spent) / step).max(0.0) as u32).clamp(1, steps.max(1));
+        Work { loss_rows, replay_steps }
+    }
+
+    /// FLOPs this work takes on a unit of `rows` rows of `model`, replay included or not.
+    pub fn flops(&self, model: &GptConfig, rows: usize, loss_batches: u32, compressed: bool, replay: bool) -> f64 {
+        let token = model.layout().total as f64 * model.context as f64;
+        let loss = 2.0 * loss_batches as f64 * token * if compressed { 6.0 } else { 4.0 } * self.loss_rows as f64;
+        let replay = if replay { 6.0 * token * rows as f64 * self.replay_steps as f64 } else { 0.0 };
+        loss + replay
+    }
+}
+
+/// Buffers of a model larger than this many parameters are given back after each check
+/// rather than kept for the next: a large model's relay holds them only while checking.
+const KEPT_PARAMS: usize = 16 << 20;
+
+/// Runs checks, keeping its CPU trainers between checks of the same small model.
 #[derive(Default)]
 pub struct Verifier {
-    trainer: Option<Trainer<CpuBackend>>,
+    /// For whole or multi-step replays: parameters, gradients, AdamW's moments.
+    training: Option<Trainer<CpuBackend>>,
+    /// For the loss check and one-step replays, on the start weights where they are:
+    /// gradients only.
+    gradients: Option<Trainer<CpuBackend>>,
 }
 
 impl Verifier {
-    /// Runs `check` (seconds: a replay costs as much as the unit did on one CPU).
+    /// Runs `check` (seconds: at most `verify.budget_flops` of CPU work, see [`Work`]).
     pub fn run(&mut self, check: &Check) -> Report {
-        let slots = (check.steps as usize + 1).max(4 * check.loss_batches as usize);
-        let trainer = self.trainer_for(check.model, check.rows, slots);
-        let shard = Tokens::new(&check.shard, check.tokens);
-        let loss = (check.loss_batches > 0).then(|| loss_gain(trainer, check));
+        let started = std::time::Instant::now();
+        let loss = (check.loss_batches > 0).then(|| loss::loss_gain(self.gradients_for(check), check));
         let failed_loss = loss.is_some_and(|l| !l.passes(check.compressed, check.loss_margin, check.min_alignment));
-        let replay = (check.replay && !failed_loss).then(|| {
-            let opt = &check.optim;
-            let outcome = pollster::block_on(run_unit(trainer, &check.start, shard, check.seed, check.steps, opt))
-                .expect("the CPU backend's readback cannot fail");
-            compare(&check.delta, &outcome.delta)
+        let replay = (check.replay && !failed_loss).then(|| match check.work.replay_steps {
+            1 => replay::first_step(self.gradients_for(check), check),
+            steps => replay::steps(self.training_for(check), check, steps),
         });
-        Report { replay, loss }
+        if check.model.layout().total > KEPT_PARAMS {
+            (self.training, self.gradients) = (None, None);
+        }
+        Report { replay, loss, seconds: started.elapsed().as_secs_f64() }
     }
 
-    fn trainer_for(&mut self, model: GptConfig, rows: usize, slots: usize) -> &mut Trainer<CpuBackend> {
-        let fits = self
-            .trainer
-            .as_ref()
-            .is_some_and(|t| t.config() == model && t.batch_size() == rows && t.loss_slots() >= slots);
+    /// A training trainer for `check`'s model and batches, with a loss slot per step.
+    fn training_for(&mut self, check: &Check) -> &mut Trainer<CpuBackend> {
+        let shape = TrainerShape::train(check.rows, check.steps as usize + 1).fitting(&check.model, MAX_LOGIT_BYTES);
+        let fits = self.training.as_ref().is_some_and(|t| {
+            t.config() == check.model && t.shape().rows == shape.rows && t.loss_slots() >= shape.loss_slots
+        });
         if !fits {
-            let trainer = Trainer::new(CpuBackend::new(), model, rows, slots).expect("the CPU backend has no limits");
-            self.trainer = Some(trainer);
+            self.training = Some(Trainer::with_shape(CpuBackend::new(), check.model, shape).expect("no CPU limits"));
         }
-        self.trainer.as_mut().expect("set above")
+        self.training.as_mut().expect("set above")
     }
-}
 
-/// Cosine and norm ratio of `submitted` against `replayed` (`[parameters]`), on the
-/// coordinates where `submitted` is not zero.
-pub fn compare(submitted: &Delta, replayed: &[f32]) -> Replayed {
-    let (mut dot, mut ss, mut rr) = (0.0f64, 0.0f64, 0.0f64);
-    submitted.for_each_nonzero(|i, s| {
-        let r = replayed[i];
-        dot += s as f64 * r as f64;
-        ss += s as f64 * s as f64;
-        rr += r as f64 * r as f64;
-    });
-    let cosine = if ss > 0.0 && rr > 0.0 { dot / (ss.sqrt() * rr.sqrt()) } else { 0.0 };
-    let norm_ratio = if rr > 0.0 { (ss / rr).sqrt() } else { f64::INFINITY };
-    let projection = if rr > 0.0 { dot / rr } else { 0.0 };
-    Replayed { cosine: cosine as f32, norm_ratio: norm_ratio as f32, projection: projection as f32 }
-}
-
-/// Mean loss decrease from `θ` to `θ − Δ` on `loss_batches` of the unit's batches and
-/// on as many batches of the other shard: measured for a dense Δ, first-order
-/// (`⟨∇loss(θ), Δ⟩`) for a compressed one.
-fn loss_gain(trainer: &mut Trainer<CpuBackend>, check: &Check) -> LossGain {
-    let (n, context) = (check.loss_batches as usize, check.model.context);
-    let mut rng = Rng::from_parts(&[check.seed, check.unit_id, 0x1055]);
-    let own = Tokens::new(&check.shard, check.tokens);
-    let other = Tokens::new(&check.other_shard, check.tokens);
-    let mut batches = Vec::with_capacity(2 * n);
-    for _ in 0..n {
-        let step = rng.below(check.steps as u64) as u32;
-        batches.push(sample_batch(own, check.seed, step, check.rows, context));
-    }
-    let other_seed = rng.next_u64();
-    for i in 0..n {
-        batches.push(sample_batch(other, other_seed, i as u32, check.rows, context));
-    }
-    let mean = |part: &[f32]| part.iter().sum::<f32>() / part.len() as f32;
-    if check.compressed {
-        trainer.load(&check.start);
-        let mut own_gradient = vec![0f32; check.start.len()];
-        let gains: Vec<f32> = batches
-            .iter()
-            .enumerate()
-            .map(|(i, batch)| {
-                let grad =
-                    pollster::block_on(trainer.gradients(batch)).expect("the CPU backend's readback cannot fail");
-                if i < n {
-                    own_gradient.iter_mut().zip(&grad).for_each(|(sum, g)| *sum += g);
-                }
-                let mut gain = 0f32;
-                check.delta.for_each_nonzero(|i, d| gain += (grad[i] as f64 * d as f64) as f32);
-                gain
-            })
-            .collect();
-        let alignment = Some(alignment(&own_gradient, &check.delta));
-        return LossGain { own: mean(&gains[..n]), other: mean(&gains[n..]), alignment };
-    }
-    let after: Vec<f32> = check.start.iter().zip(check.delta.dense().iter()).map(|(p, d)| p - d).collect();
-    let mut mean_loss = |params: &[f32]| {
-        trainer.load(params);
-        for (slot, batch) in batches.iter().enumerate() {
-            trainer.forward(batch, slot);
+    /// A gradients-only trainer for `check`'s model, on its start weights (shared, not
+    /// copied), whose microbatches divide both the unit's batch and the loss check's.
+    fn gradients_for(&mut self, check: &Check) -> &mut Trainer<CpuBackend> {
+        let slots = 4 * check.loss_batches as usize + 1;
+        let fitting =
+            TrainerShape::train(check.rows, slots).with_role(Role::Gradients).fitting(&check.model, MAX_LOGIT_BYTES);
+        let shape = fitting.with_micro_rows(gcd(fitting.micro_rows, check.work.loss_rows));
+        let fits = self.gradients.as_ref().is_some_and(|t| t.config() == check.model && t.shape() == shape);
+        if !fits {
+            self.gradients = Some(Trainer::with_shape(CpuBackend::new(), check.model, shape).expect("no CPU limits"));
         }
-        let losses = pollster::block_on(trainer.losses(0..2 * n)).expect("the CPU backend's readback cannot fail");
-        (mean(&losses[..n]), mean(&losses[n..]))
-    };
-    let (own_before, other_before) = mean_loss(&check.start);
-    let (own_after, other_after) = mean_loss(&after);
-    LossGain { own: own_before - own_after, other: other_before - other_after, alignment: None }
+        let trainer = self.gradients.as_mut().expect("set above");
+        trainer.share_params(check.start.clone());
+        trainer
+    }
 }
 
-/// `cos(gradient, Δ) · √k` on the `k` coordinates where Δ is not zero (0 when either is
-/// zero there): see [`LossGain::alignment`].
-fn alignment(gradient: &[f32], delta: &Delta) -> f32 {
-    let (mut dot, mut gg, mut dd, mut sent) = (0.0f64, 0.0f64, 0.0f64, 0usize);
-    delta.for_each_nonzero(|i, d| {
-        let g = gradient[i];
-        dot += g as f64 * d as f64;
-        gg += g as f64 * g as f64;
-        dd += d as f64 * d as f64;
-        sent += 1;
-    });
-    if gg > 0.0 && dd > 0.0 { (dot / (gg.sqrt() * dd.sqrt()) * (sent as f64).sqrt()) as f32 } else { 0.0 }
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crowdgrad_runtime::data::Tokens;
+    use crowdgrad_runtime::rng::Rng;
+    use crowdgrad_runtime::train::run_unit;
 
     #[test]
     fn compare_looks_only_at_sent_coordinates() {
@@ -318,6 +324,7 @@ mod tests {
             loss_margin: 0.05,
             min_alignment: 3.0,
             compressed: false,
+            work: Work { loss_rows: 4, replay_steps: 8 },
         };
         let mut verifier = Verifier::default();
         let report = verifier.run(&check(honest.clone()));
@@ -342,7 +349,34 @@ mod tests {
         let rms = (honest.iter().map(|d| d * d).sum::<f32>() / honest.len() as f32).sqrt();
         let mut rng = Rng::new(11);
         let random: Vec<f32> = honest.iter().map(|_| rng.normal() * 3.0 * rms).collect();
-        let unrelated = verifier.run(&Check { loss_batches: 0, ..compressed(random) });
+        let unrelated = verifier.run(&Check { loss_batches: 0, ..compressed(random.clone()) });
         assert!(unrelated.replay.expect("replayed").projection.abs() < 0.5, "{unrelated:?}");
+
+        // Only the first step replayed (a large model's budget): with a gradient and the
+        // start weights alone, the same as a trainer's one step, and the projection on
+        // it, extrapolated to the unit's 8 steps, tells honest from flipped and random.
+        let first = |delta: Vec<f32>| Check { work: Work { loss_rows: 4, replay_steps: 1 }, ..compressed(delta) };
+        let one = verifier.run(&first(carried.clone())).replay.expect("replayed");
+        let stepped = replay::steps(verifier.training_for(&first(carried.clone())), &first(carried.clone()), 1);
+        assert!((one.projection - stepped.projection).abs() < 1e-4 * stepped.projection.abs(), "{one:?} {stepped:?}");
+        assert!(!one.whole && one.steps == 1 && one.projection > 0.3, "{one:?}");
+        let flipped = verifier.run(&Check { loss_batches: 0, ..first(carried.iter().map(|d| -d).collect()) });
+        assert!(flipped.replay.expect("replayed").projection < -0.3, "{flipped:?}");
+        let unrelated = verifier.run(&Check { loss_batches: 0, ..first(random) });
+        assert!(unrelated.replay.expect("replayed").projection.abs() < 0.1, "{unrelated:?}");
+    }
+
+    #[test]
+    fn the_work_of_a_check_fits_its_budget_as_models_grow() {
+        let small = GptConfig::default();
+        let all = Work::plan(&small, 8, 20, 4, true, 2e12);
+        assert_eq!(all, Work { loss_rows: 8, replay_steps: 20 }, "a small model's check is whole");
+        let gpt2 = GptConfig { vocab: 50_304, context: 256, layers: 12, heads: 12, width: 768, bias: true };
+        let cut = Work::plan(&gpt2, 8, 50, 4, true, 2e12);
+        assert_eq!(cut, Work { loss_rows: 1, replay_steps: 1 }, "GPT-2 small: one row a batch, one step");
+        let mid = GptConfig { vocab: 256, context: 256, layers: 6, heads: 6, width: 384, bias: true };
+        let some = Work::plan(&mid, 12, 50, 4, true, 2e12);
+        assert!(some.replay_steps > 1 && some.replay_steps < 50, "{some:?}");
+        assert!(some.flops(&mid, 12, 4, true, true) <= 2e12);
     }
 }

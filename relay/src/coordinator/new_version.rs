@@ -1,0 +1,192 @@
+//! A new version computed and written off the coordinator's lock, on the committer
+//! thread ([`CommitJob::run`]): the round's update ([`super::aggregate`]), the outer
+//! Nesterov step, the held-out loss, the two files and the ledger row.
+//!
+//! The outer step runs tensor by tensor while the momentum file is written: each of the
+//! current version's momentum tensors is read from its file, updated with the round's
+//! update, and written, and the new weights of that tensor computed in place of its
+//! update. So a commit holds the current weights, one buffer of the model's size (the
+//! update, which becomes the new weights) and one tensor of momentum at a time; the
+//! momentum is never in memory whole. A commit that cannot be written is computed again
+//! when it is retried (the same inputs give the same version).
+
+use std::sync::Arc;
+
+use super::Contribution;
+use super::aggregate::{Weighted, aggregate};
+use crate::config::JobConfig;
+use crate::eval::Evaluator;
+use crate::ledger::{Ledger, VersionRow, now_ms};
+use crate::store::{Meta, Store, WeightsFile};
+use crowdgrad_runtime::identity::{hex, merkle_root};
+
+/// What a commit needs besides the round: it travels with the [`CommitJob`] and comes
+/// back with it, so that a commit in flight is one whose tools are away.
+pub(super) struct Tools {
+    /// Evaluates the held-out loss of the new weights.
+    pub evaluator: Evaluator,
+    /// The commit's own connection to the job's ledger.
+    pub ledger: Ledger,
+    /// The checkpoint folder, which holds the outer momentum of the current version.
+    pub store: Store,
+    /// The job (its name and model go into the files).
+    pub job: JobConfig,
+}
+
+/// A round taken for committing: the results it averages and where it starts from; kept
+/// whole when its write fails, to be computed and written again.
+pub(super) struct Draft {
+    /// The new version.
+    pub version: u64,
+    /// The round it closes.
+    pub round: u64,
+    /// Every unit id issued before the next version is below this.
+    pub units_below: u64,
+    /// The results averaged into it.
+    pub results: Vec<Contribution>,
+    /// Mean last-step training loss of those results, nats.
+    pub train_loss: Option<f32>,
+    /// `(unit, receipt hash)` of those results.
+    pub receipts: Vec<(u64, [u8; 32])>,
+    /// The current version's weights, `[parameters]`.
+    pub start: Arc<Vec<f32>>,
+}
+
+/// One commit, to run off the coordinator's lock ([`CommitJob::run`]).
+pub struct CommitJob {
+    /// The coordinator it belongs to.
+    pub(super) owner: u64,
+    pub(super) tools: Tools,
+    pub(super) draft: Draft,
+}
+
+/// A version as written: its weights, held-out loss and weights file.
+pub(super) struct NewVersion {
+    pub params: Arc<Vec<f32>>,
+    /// Held-out loss, nats.
+    pub val_loss: f32,
+    pub file: WeightsFile,
+}
+
+/// A commit that ran: its job back, and the version it wrote or why it could not.
+pub struct Committed {
+    pub(super) job: CommitJob,
+    pub(super) written: Result<NewVersion, String>,
+}
+
+impl CommitJob {
+    /// Averages the results (each Δ counts by its share of H, discounted when late,
+    /// under the job's rule), takes the outer Nesterov step as the momentum file is
+    /// written, evaluates the new weights, and writes them and the version's row.
+    pub fn run(mut self) -> Committed {
+        let written = self.compute_and_write().map_err(|e| format!("{e:#}"));
+        Committed { job: self, written }
+    }
+
+    fn compute_and_write(&mut self) -> anyhow::Result<NewVersion> {
+        let Tools { evaluator, ledger, store, job } = &mut self.tools;
+        let draft = &self.draft;
+        let a = &job.aggregation;
+        let results: Vec<Weighted> =
+            draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+        // The round's update, which the outer step turns into the new weights in place.
+        let mut next = vec![0f32; draft.start.len()];
+        aggregate(a.rule, &results, a.trim, a.clip, &mut next);
+        let (lr, mu, current) = (job.outer.lr, job.outer.momentum, draft.version - 1);
+        let mut lost = false;
+        let momentum_hash = store.write_momentum(&job.model, draft.version, &job.name, |entry| {
+            let mut momentum = match store.momentum_tensor(current, entry) {
+                // A momentum file deleted by hand: the outer momentum starts again from
+                // zero, as a new job's does.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    lost = true;
+                    vec![0u8; 4 * entry.len]
+                }
+                read => read?,
+            };
+            let range = entry.offset..entry.offset + entry.len;
+            let (update, start) = (&mut next[range.clone()], &draft.start[range]);
+            // Nesterov: m = μ·m + g, θ −= lr·(g + μ·m).
+            for ((m, g), p) in momentum.chunks_exact_mut(4).zip(update).zip(start) {
+                let m_new = mu * f32::from_le_bytes([m[0], m[1], m[2], m[3]]) + *g;
+                *g = p - lr * (*g + mu * m_new);
+                m.copy_from_slice(&m_new.to_le_bytes());
+            }
+            Ok(momentum)
+        })?;
+        if lost {
+            tracing::error!(version = current, "its momentum file is gone; the outer momentum starts again from zero");
+        }
+        let params = Arc::new(next);
+        let val_loss = evaluator.loss(&params);
+        let version = Written {
+            version: draft.version,
+            val_loss,
+            train_loss: draft.train_loss,
+            results: draft.results.len() as u32,
+            round: draft.round,
+            units_below: draft.units_below,
+        };
+        let file = persist(store, ledger, job, version, &params, &momentum_hash, Some(draft.round), &draft.receipts)?;
+        Ok(NewVersion { params, val_loss, file })
+    }
+}
+
+/// What a commit records about a version besides its tensors.
+pub(super) struct Written {
+    /// The version.
+    pub version: u64,
+    /// Its held-out loss, nats.
+    pub val_loss: f32,
+    /// Mean last-step training loss of its results, nats.
+    pub train_loss: Option<f32>,
+    /// Results averaged into it.
+    pub results: u32,
+    /// The round it closes (0 for version 0).
+    pub round: u64,
+    /// Every unit id issued so far, or issued before the next version, is below this.
+    pub units_below: u64,
+}
+
+/// Writes a version's weights file durably (the Merkle root of `receipts`, `(unit,
+/// receipt hash)`, and the momentum file's blake3 in its metadata), once its momentum
+/// file is written, then its ledger row, closing `round`'s row when given.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn persist(
+    store: &Store,
+    ledger: &mut Ledger,
+    job: &JobConfig,
+    version: Written,
+    params: &[f32],
+    momentum_hash: &str,
+    round: Option<u64>,
+    receipts: &[(u64, [u8; 32])],
+) -> anyhow::Result<WeightsFile> {
+    let mut receipts = receipts.to_vec();
+    receipts.sort_unstable();
+    let leaves: Vec<[u8; 32]> = receipts.iter().map(|(_, hash)| *hash).collect();
+    let receipts_root = hex(&merkle_root(&leaves));
+    let meta = Meta {
+        version: version.version,
+        job: &job.name,
+        receipts_root: &receipts_root,
+        round: version.round,
+        units_below: version.units_below,
+        val_loss: version.val_loss,
+        tokenizer: job.data.tokenizer.name(),
+    };
+    let file = store.write_weights(&job.model, params, &meta, momentum_hash)?;
+    let row = VersionRow {
+        version: version.version,
+        weights_hash: file.hash.clone(),
+        momentum_hash: momentum_hash.to_string(),
+        val_loss: version.val_loss,
+        train_loss: version.train_loss,
+        results: version.results,
+        committed_ms: now_ms(),
+        receipts_root,
+    };
+    let units: Vec<u64> = receipts.iter().map(|(unit, _)| *unit).collect();
+    ledger.commit_version(&row, round, &units)?;
+    Ok(file)
+}

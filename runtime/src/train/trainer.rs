@@ -1,0 +1,409 @@
+//! [`Trainer`]: the GPT's forward pass, backward pass and AdamW update on a backend,
+//! over a batch cut into microbatches whose gradients add up.
+//!
+//! A batch of `rows` windows runs as `rows / micro_rows` microbatches: each one's
+//! forward and backward passes add its share of the mean loss's gradient to the
+//! gradients (the cross-entropy's backward divides by the whole batch's positions), so
+//! that activations (the `[micro_rows·T, V]` logits first of all) stay small however
+//! large the batch. The result is the whole batch's gradient, up to the order of float
+//! additions.
+
+use std::sync::Arc;
+
+use super::InnerOptim;
+use super::buffers::{Activations, Params, Scratch};
+use crate::backend::{Backend, BackendError, View};
+use crate::cpu::CpuBackend;
+use crate::data::Batch;
+use crate::model::{GptConfig, ParamLayout};
+use crate::ops::AdamW;
+
+/// What a trainer can do, and so which state it holds besides the parameters and the
+/// activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Gradients and AdamW's moments: [`Trainer::step`] trains.
+    Train,
+    /// Gradients only: [`Trainer::gradients`] (the relay's checks), no steps.
+    Gradients,
+    /// Forward passes only: losses and logits (held-out loss, sampling).
+    Forward,
+}
+
+/// A trainer's sizes and role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrainerShape {
+    /// Windows per batch.
+    pub rows: usize,
+    /// Windows per microbatch; divides `rows`. Activations are allocated for this many.
+    pub micro_rows: usize,
+    /// Loss slots (one mean loss each) that forward passes write into.
+    pub loss_slots: usize,
+    /// What it can do.
+    pub role: Role,
+}
+
+impl TrainerShape {
+    /// A training trainer without microbatches.
+    pub fn train(rows: usize, loss_slots: usize) -> Self {
+        TrainerShape { rows, micro_rows: rows, loss_slots, role: Role::Train }
+    }
+
+    /// This shape with microbatches of the most rows (a divisor of `rows`) whose logits,
+    /// `[micro_rows·T, V]` f32, take at most `max_logit_bytes`; one row at least.
+    pub fn fitting(mut self, cfg: &GptConfig, max_logit_bytes: usize) -> Self {
+        let row_bytes = cfg.context * cfg.vocab * 4;
+        self.micro_rows = (1..=self.rows)
+            .rev()
+            .find(|d| self.rows.is_multiple_of(*d) && d * row_bytes <= max_logit_bytes)
+            .unwrap_or(1);
+        self
+    }
+
+    /// This shape with another role.
+    pub fn with_role(self, role: Role) -> Self {
+        TrainerShape { role, ..self }
+    }
+
+    /// This shape with microbatches of `micro_rows` (a divisor of `rows`), for batches
+    /// of fewer rows than `rows` that are a multiple of it.
+    pub fn with_micro_rows(self, micro_rows: usize) -> Self {
+        TrainerShape { micro_rows, ..self }
+    }
+
+    fn microbatches(&self) -> usize {
+        self.rows / self.micro_rows
+    }
+}
+
+/// AdamW's moments and its step count.
+struct Optimizer {
+    m: View,
+    v: View,
+    step: u32,
+}
+
+/// Gradients of every parameter in one flat buffer, with their named views.
+struct GradientBuffers {
+    all: View,
+    named: Params,
+    /// `[1]`: Σ grad², for clipping.
+    sum_squares: View,
+}
+
+/// Owns a backend and every buffer its role needs, allocated once.
+pub struct Trainer<B: Backend> {
+    pub(crate) backend: B,
+    cfg: GptConfig,
+    layout: ParamLayout,
+    shape: TrainerShape,
+    pub(crate) params: View,
+    p: Params,
+    grads: Option<GradientBuffers>,
+    optimizer: Option<Optimizer>,
+    acts: Activations,
+    scratch: Option<Scratch>,
+    /// `[microbatches]`: each microbatch's mean loss, averaged into a loss slot.
+    micro_losses: View,
+    losses: View,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A training trainer for batches of `rows` windows, without microbatches, with
+    /// `loss_slots` slots (see [`Trainer::with_shape`]).
+    pub fn new(be: B, cfg: GptConfig, rows: usize, loss_slots: usize) -> Result<Self, BackendError> {
+        Self::with_shape(be, cfg, TrainerShape::train(rows, loss_slots))
+    }
+
+    /// Allocates the parameters (zeroed; see [`Trainer::load`]), what `shape.role`
+    /// needs (gradients, AdamW's moments), activations for microbatches of
+    /// `shape.micro_rows` windows of `cfg.context` tokens, and the loss slots.
+    pub fn with_shape(mut be: B, cfg: GptConfig, shape: TrainerShape) -> Result<Self, BackendError> {
+        assert!(
+            shape.micro_rows > 0 && shape.rows.is_multiple_of(shape.micro_rows),
+            "microbatches of {} rows do not divide batches of {}",
+            shape.micro_rows,
+            shape.rows
+        );
+        let layout = cfg.layout();
+        let params = be.alloc(layout.total, "parameters")?;
+        let grads = if shape.role == Role::Forward {
+            None
+        } else {
+            let all = be.alloc(layout.total, "gradients")?;
+            let sum_squares = be.alloc(1, "squared gradient norm")?;
+            Some(GradientBuffers { all, named: Params::new(&layout, all, cfg.layers), sum_squares })
+        };
+        let optimizer = if shape.role == Role::Train {
+            let m = be.alloc(layout.total, "AdamW first moment")?;
+            Some(Optimizer { m, v: be.alloc(layout.total, "AdamW second moment")?, step: 0 })
+        } else {
+            None
+        };
+        let acts = Activations::new(&mut be, &cfg, shape.rows, shape.micro_rows, shape.role == Role::Forward)?;
+        let scratch = grads.is_some().then(|| Scratch::new(&mut be, &cfg, shape.micro_rows)).transpose()?;
+        let micro_losses = be.alloc(shape.microbatches(), "microbatch losses")?;
+        let losses = be.alloc(shape.loss_slots.max(1), "loss slots")?;
+        let p = Params::new(&layout, params, cfg.layers);
+        Ok(Trainer {
+            backend: be,
+            cfg,
+            layout,
+            shape,
+            params,
+            p,
+            grads,
+            optimizer,
+            acts,
+            scratch,
+            micro_losses,
+            losses,
+        })
+    }
+
+    /// Gives the backend back.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
+    /// The model config.
+    pub fn config(&self) -> GptConfig {
+        self.cfg
+    }
+
+    /// Its sizes and role.
+    pub fn shape(&self) -> TrainerShape {
+        self.shape
+    }
+
+    /// Windows per batch.
+    pub fn batch_size(&self) -> usize {
+        self.shape.rows
+    }
+
+    /// Number of loss slots.
+    pub fn loss_slots(&self) -> usize {
+        self.losses.len
+    }
+
+    /// Sets the parameters (`layout().total` floats) and resets AdamW's state.
+    pub fn load(&mut self, params: &[f32]) {
+        assert_eq!(params.len(), self.layout.total, "parameter count");
+        self.backend.write(self.params, params);
+        if let Some(opt) = &mut self.optimizer {
+            self.backend.zero(opt.m);
+            self.backend.zero(opt.v);
+            opt.step = 0;
+        }
+    }
+
+    /// Sets the parameters (`layout().total` floats) and keeps AdamW's moments and step
+    /// count from the trainer's previous steps (see [`super::Moments::Carried`]).
+    pub fn load_keeping_moments(&mut self, params: &[f32]) {
+        assert_eq!(params.len(), self.layout.total, "parameter count");
+        self.backend.write(self.params, params);
+    }
+
+    /// Reads the parameters back.
+    pub async fn params(&mut self) -> Result<Vec<f32>, BackendError> {
+        self.backend.read(self.params).await
+    }
+
+    /// Reads loss slots `slots` back (one readback for a whole unit).
+    pub async fn losses(&mut self, slots: std::ops::Range<usize>) -> Result<Vec<f32>, BackendError> {
+        self.backend.read(self.losses.slice(slots.start, slots.len())).await
+    }
+
+    /// Positions of one microbatch.
+    fn micro_positions(&self) -> usize {
+        self.shape.micro_rows * self.cfg.context
+    }
+
+    /// Writes `batch`'s tokens and targets, for all its microbatches at once; returns its
+    /// number of microbatches. A batch may have fewer rows than the trainer's (a multiple
+    /// of its microbatches').
+    fn write_batch(&mut self, batch: &Batch) -> usize {
+        let (t, micro) = (self.cfg.context, self.shape.micro_rows);
+        let rows = batch.tokens.len() / t;
+        assert!(
+            batch.tokens.len() == rows * t && rows <= self.shape.rows && rows.is_multiple_of(micro) && rows > 0,
+            "a batch of {} positions on a trainer of {} rows of {t}, microbatches of {micro}",
+            batch.tokens.len(),
+            self.shape.rows
+        );
+        let positions = rows * t;
+        self.backend.write_u32(self.acts.tokens.slice(0, positions), &batch.tokens);
+        self.backend.write_u32(self.acts.targets.slice(0, positions), &batch.targets);
+        rows / micro
+    }
+
+    /// Records the forward pass on `batch` (every microbatch); the mean loss (nats per
+    /// token) lands in loss slot `slot`.
+    pub fn forward(&mut self, batch: &Batch, slot: usize) {
+        let microbatches = self.write_batch(batch);
+        for micro in 0..microbatches {
+            self.forward_micro(micro);
+        }
+        self.backend.mean(self.losses.slice(slot, 1), self.micro_losses.slice(0, microbatches));
+    }
+
+    /// Records the forward pass of microbatch `micro` of the written batch; its mean loss
+    /// lands in `micro_losses[micro]`.
+    fn forward_micro(&mut self, micro: usize) {
+        let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
+        let (b, bt) = (self.shape.micro_rows, self.micro_positions());
+        let (a, p, be) = (&self.acts, &self.p, &mut self.backend);
+        let tokens = a.tokens.slice(micro * bt, bt);
+        let targets = a.targets.slice(micro * bt, bt);
+        be.encoder_forward(a.encoded, tokens, p.wte, p.wpe, t, c, vocab);
+        let sets = a.layers.len();
+        for (l, w) in p.blocks.iter().enumerate() {
+            let x = &a.layers[l % sets];
+            let input = if l == 0 { a.encoded } else { a.layers[(l - 1) % sets].res3 };
+            be.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, input, w.ln1_w, w.ln1_b, bt, c);
+            be.matmul_forward(x.qkv, x.ln1, w.attn_w, w.attn_b, bt, c, 3 * c);
+            be.attention_forward(x.atty, x.att, x.qkv, b, t, c, heads);
+            be.matmul_forward(x.attproj, x.atty, w.proj_w, w.proj_b, bt, c, c);
+            be.add(x.res2, input, x.attproj);
+            be.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2_w, w.ln2_b, bt, c);
+            be.matmul_forward(x.fch, x.ln2, w.fc_w, w.fc_b, bt, c, 4 * c);
+            be.gelu_forward(x.fch_gelu, x.fch);
+            be.matmul_forward(x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt, 4 * c, c);
+            be.add(x.res3, x.res2, x.fcproj);
+        }
+        let top = a.layers[(self.cfg.layers - 1) % sets].res3;
+        be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, top, p.lnf_w, p.lnf_b, bt, c);
+        be.matmul_forward(a.logits, a.lnf, p.wte, None, bt, c, vocab);
+        be.softmax_xent_forward(a.probs, a.losses, a.logits, targets, bt, vocab);
+        be.mean(self.micro_losses.slice(micro, 1), a.losses);
+    }
+
+    /// Records the backward pass of microbatch `micro` (after its forward pass) of a
+    /// batch of `microbatches`, adding its share of the batch's mean-loss gradient to the
+    /// gradients.
+    fn backward_micro(&mut self, micro: usize, microbatches: usize) {
+        let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
+        let (b, bt) = (self.shape.micro_rows, self.micro_positions());
+        let positions = microbatches * bt;
+        let grads = self.grads.as_ref().expect("a trainer with gradients");
+        let d = self.scratch.as_ref().expect("a trainer with gradients has scratch");
+        let (a, p, g, be) = (&self.acts, &self.p, &grads.named, &mut self.backend);
+        let tokens = a.tokens.slice(micro * bt, bt);
+        let targets = a.targets.slice(micro * bt, bt);
+        be.softmax_xent_backward(d.logits, a.probs, targets, bt, vocab, positions);
+        // Tied LM head: logits = lnf · wteᵀ.
+        be.matmul_backward_input(d.lnf, d.logits, p.wte, bt, c, vocab);
+        be.matmul_backward_weight(g.wte, d.logits, a.lnf, bt, c, vocab);
+        let top = a.layers.last().expect("a model has layers").res3;
+        be.layernorm_backward(d.res_a, g.lnf_w, g.lnf_b, d.lnf, top, p.lnf_w, a.lnf_mean, a.lnf_rstd, bt, c);
+        for l in (0..self.cfg.layers).rev() {
+            let (w, gw, x) = (&p.blocks[l], &g.blocks[l], &a.layers[l]);
+            let input = if l == 0 { a.encoded } else { a.layers[l - 1].res3 };
+            // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d.res_a holds d(res3).
+            be.matmul_backward_input(d.fch_gelu, d.res_a, w.fcproj_w, bt, 4 * c, c);
+            be.matmul_backward_weight(gw.fcproj_w, d.res_a, x.fch_gelu, bt, 4 * c, c);
+            if let Some(db) = gw.fcproj_b {
+                be.bias_backward(db, d.res_a, bt, c);
+            }
+            be.gelu_backward(d.fch, x.fch, d.fch_gelu);
+            be.matmul_backward_input(d.ln, d.fch, w.fc_w, bt, c, 4 * c);
+            be.matmul_backward_weight(gw.fc_w, d.fch, x.ln2, bt, c, 4 * c);
+            if let Some(db) = gw.fc_b {
+                be.bias_backward(db, d.fch, bt, 4 * c);
+            }
+            be.layernorm_backward(d.ln_out, gw.ln2_w, gw.ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
+            be.add(d.res_b, d.res_a, d.ln_out);
+            // Attention: res2 = input + c_proj(attn(c_attn(ln_1(input)))); d.res_b holds d(res2).
+            be.matmul_backward_input(d.atty, d.res_b, w.proj_w, bt, c, c);
+            be.matmul_backward_weight(gw.proj_w, d.res_b, x.atty, bt, c, c);
+            if let Some(db) = gw.proj_b {
+                be.bias_backward(db, d.res_b, bt, c);
+            }
+            be.attention_backward(d.qkv, d.scores, d.atty, x.qkv, x.att, b, t, c, heads);
+            be.matmul_backward_input(d.ln, d.qkv, w.attn_w, bt, c, 3 * c);
+            be.matmul_backward_weight(gw.attn_w, d.qkv, x.ln1, bt, c, 3 * c);
+            if let Some(db) = gw.attn_b {
+                be.bias_backward(db, d.qkv, bt, 3 * c);
+            }
+            be.layernorm_backward(d.ln_out, gw.ln1_w, gw.ln1_b, d.ln, input, w.ln1_w, x.ln1_mean, x.ln1_rstd, bt, c);
+            be.add(d.res_a, d.res_b, d.ln_out);
+        }
+        // d.res_a now holds d(encoded).
+        be.embedding_backward(g.wte, tokens, d.res_a, vocab, c);
+        be.position_backward(g.wpe, d.res_a, b, t, c);
+    }
+
+    /// Records forward and backward passes of every microbatch of `batch` into freshly
+    /// zeroed gradients; the mean loss lands in slot `slot`.
+    fn forward_backward(&mut self, batch: &Batch, slot: usize) {
+        let all = self.grads.as_ref().expect("a trainer with gradients").all;
+        self.backend.zero(all);
+        let microbatches = self.write_batch(batch);
+        for micro in 0..microbatches {
+            self.forward_micro(micro);
+            self.backward_micro(micro, microbatches);
+        }
+        self.backend.mean(self.losses.slice(slot, 1), self.micro_losses.slice(0, microbatches));
+    }
+
+    /// The next-token logits `[V]` after `tokens[..=position]`, for one window of
+    /// `context` tokens (needs a trainer with 1 row). Positions after `position` may
+    /// hold anything: attention is causal.
+    pub async fn next_logits(&mut self, tokens: &[u32], position: usize) -> Result<Vec<f32>, BackendError> {
+        let (t, v) = (self.cfg.context, self.cfg.vocab);
+        assert!(self.shape.rows == 1 && tokens.len() == t && position < t, "one window of {t} tokens, position < {t}");
+        let batch = Batch { tokens: tokens.to_vec(), targets: vec![0; t] };
+        self.forward(&batch, 0);
+        self.backend.read(self.acts.logits.slice(position * v, v)).await
+    }
+
+    /// Reads the gradients of `batch`'s mean loss with respect to the parameters.
+    pub async fn gradients(&mut self, batch: &Batch) -> Result<Vec<f32>, BackendError> {
+        self.forward_backward(batch, 0);
+        let all = self.grads.as_ref().expect("a trainer with gradients").all;
+        self.backend.read(all).await
+    }
+
+    /// One training step on `batch` at learning rate `lr`: forward, backward, gradient
+    /// norm, AdamW, submitted as one submission. The step's loss (before the update)
+    /// lands in slot `slot`.
+    pub fn step(&mut self, batch: &Batch, opt: &InnerOptim, lr: f32, slot: usize) {
+        self.forward_backward(batch, slot);
+        let grads = self.grads.as_ref().expect("a trainer with gradients");
+        let optimizer = self.optimizer.as_mut().expect("a training trainer has AdamW's moments");
+        self.backend.sum_squares(grads.sum_squares, grads.all);
+        optimizer.step += 1;
+        for e in &self.layout.entries {
+            let h = AdamW {
+                lr,
+                beta1: opt.beta1,
+                beta2: opt.beta2,
+                eps: opt.eps,
+                weight_decay: if e.decay { opt.weight_decay } else { 0.0 },
+                step: optimizer.step,
+                max_grad_norm: opt.grad_clip,
+            };
+            let (p, g) = (self.params.slice(e.offset, e.len), grads.all.slice(e.offset, e.len));
+            let (m, v) = (optimizer.m.slice(e.offset, e.len), optimizer.v.slice(e.offset, e.len));
+            self.backend.adamw(p, g, m, v, grads.sum_squares, h);
+        }
+        self.backend.flush();
+    }
+}
+
+impl Trainer<CpuBackend> {
+    /// Uses `params` (`layout().total` floats) as the parameters without copying them;
+    /// a later [`Trainer::load`] or step copies them first. For the relay's checks and
+    /// evaluations, which read a version's weights many times at once.
+    pub fn share_params(&mut self, params: Arc<Vec<f32>>) {
+        assert_eq!(params.len(), self.layout.total, "parameter count");
+        self.backend.share(self.params, params);
+    }
+
+    /// The gradients of `batch`'s mean loss, read in place (no copy).
+    pub fn gradients_in_place(&mut self, batch: &Batch) -> &[f32] {
+        self.forward_backward(batch, 0);
+        let all = self.grads.as_ref().expect("a trainer with gradients").all;
+        self.backend.view(all)
+    }
+}
