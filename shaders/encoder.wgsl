@@ -10,6 +10,8 @@ struct Params {
     tok_off: u32,   // forward: tokens [rows]
     wte_off: u32,   // forward: wte [vocab, c]; backward: dout [rows, c]
     wpe_off: u32,   // forward: wpe [t, c]
+    wte_lo: u32,    // forward: the first vocabulary row of this block of wte (a table larger
+    wte_rows: u32,  // than one binding comes in blocks; tokens outside are other dispatches')
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -32,7 +34,10 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     let r = idx / p.c;
     let i = idx % p.c;
     let tok = min(tokens[p.tok_off + r], p.vocab - 1u);
-    dst[p.dst_off + idx] = src[p.wte_off + tok * p.c + i] + wpe[p.wpe_off + (r % p.t) * p.c + i];
+    if (tok < p.wte_lo || tok >= p.wte_lo + p.wte_rows) {
+        return;
+    }
+    dst[p.dst_off + idx] = src[p.wte_off + (tok - p.wte_lo) * p.c + i] + wpe[p.wpe_off + (r % p.t) * p.c + i];
 }
 
 // One thread per position-table element: dwpe[pos, i] += Σ_b dout[b, pos, i], batches in order.

@@ -10,9 +10,10 @@ struct Params {
     m: u32, n: u32, k: u32,
     a_off: u32, a_rs: u32, a_cs: u32,   // A[i, l] = a[a_off + i·a_rs + l·a_cs]
     b_off: u32, b_rs: u32, b_cs: u32,   // B[l, j] = b[b_off + l·b_rs + j·b_cs]
-    c_off: u32,                         // C[i, j] = c[c_off + i·n + j]
+    c_off: u32,                         // C[i, j] = c[c_off + i·c_rs + j]
     bias_off: u32,
     flags: u32,                         // bit 0: add bias[bias_off + j]; bit 1: accumulate into C
+    c_rs: u32,                          // C's row stride: n, or more for a block of C's columns
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -86,7 +87,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             if ((p.flags & 1u) != 0u) {
                 v += bias[p.bias_off + col];
             }
-            let idx = p.c_off + row * p.n + col;
+            let idx = p.c_off + row * p.c_rs + col;
             if ((p.flags & 2u) != 0u) {
                 v += c[idx];
             }

@@ -1,5 +1,5 @@
-// Reductions in a fixed order: the mean and the sum of squares of a vector, and the bias
-// gradient (column sums).
+// Reductions in a fixed order: the mean, the sum and the sum of squares of a vector, and
+// the bias gradient (column sums).
 
 struct Params {
     rows: u32,     // mean, sum_squares: number of values; bias: rows of dout
@@ -38,6 +38,14 @@ fn mean(@builtin(local_invocation_id) lid: vec3<u32>) {
     let total = block_sum(lid.x, false);
     if (lid.x == 0u) {
         dst[p.dst_off] = total / f32(max(p.rows, 1u));
+    }
+}
+
+@compute @workgroup_size(256, 1, 1)
+fn sum(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let total = block_sum(lid.x, false);
+    if (lid.x == 0u) {
+        dst[p.dst_off] = total;
     }
 }
 

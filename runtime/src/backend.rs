@@ -36,6 +36,16 @@ impl View {
     }
 }
 
+/// One tensor of a buffer made of several ([`Backend::alloc_parts`]): `len` elements in
+/// rows of `row` (its last dimension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    /// Elements.
+    pub len: usize,
+    /// Elements per row; `len` is a multiple.
+    pub row: usize,
+}
+
 /// What a backend runs on, for display and for the relay's records.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceInfo {
@@ -51,7 +61,7 @@ pub struct DeviceInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The model or batch needs more than the adapter allows.
-    #[error("{what} needs {needed} but the adapter's limit `{limit}` is {allowed}")]
+    #[error("{what} needs {needed} bytes but the device's limit `{limit}` is {allowed}")]
     Limit {
         /// What was being allocated.
         what: String,
@@ -75,10 +85,27 @@ pub enum BackendError {
 pub trait Backend {
     /// What this backend runs on.
     fn info(&self) -> DeviceInfo;
+    /// The most bytes one buffer may bind (a GPU's `maxStorageBufferBindingSize`, or the
+    /// page it cuts larger buffers into); `None` where there is no such bound.
+    fn binding_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// The most bytes this backend's buffers may take in all, where it is known: the CPU
+    /// backend in wasm32 has 4 GiB of linear memory; a WebGPU device does not say.
+    fn memory_limit(&self) -> Option<u64> {
+        None
+    }
     /// A new zeroed buffer of `len` f32 elements, returned as a view of all of it.
     fn alloc(&mut self, len: usize, what: &str) -> Result<View, BackendError>;
     /// A new zeroed buffer of `len` u32 elements (token ids).
     fn alloc_u32(&mut self, len: usize, what: &str) -> Result<View, BackendError>;
+    /// A new zeroed buffer of `parts` one after the other (`Σ len` f32 elements), as a view
+    /// of all of it: the parameters, their gradients and moments. A backend whose bindings
+    /// are bounded keeps each part within one, and cuts a part larger than one only
+    /// between rows (see `gpu`); by default, one buffer.
+    fn alloc_parts(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
+        self.alloc(parts.iter().map(|p| p.len).sum(), what)
+    }
     /// Overwrite `dst` with `data` (`data.len() == dst.len`).
     fn write(&mut self, dst: View, data: &[f32]);
     /// Overwrite the u32 view `dst` with `data`.

@@ -20,7 +20,7 @@ use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
     self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
-use crate::train::{Moments, Trainer, run_unit, train_unit};
+use crate::train::{Moments, Trainer, TrainerShape, run_unit, train_unit};
 
 /// A failure of the transport (socket closed, HTTP error).
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,36 @@ pub type Rest = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()>>>>;
 
 /// Receipts kept in [`Stats::receipts`].
 const RECEIPTS_KEPT: usize = 32;
+/// Largest logits of one microbatch, bytes: a batch with a large vocabulary trains a few
+/// rows at a time (fewer where one binding holds less).
+const MAX_LOGIT_BYTES: usize = 64 << 20;
+
+/// The trainer's shape for `unit` on a backend whose bindings hold `binding` bytes and
+/// whose buffers may take `memory` bytes in all (where each is bounded), or which limit
+/// the unit's model is over, and by how much, before anything is allocated or
+/// downloaded: one window's logits must fit a binding, and everything a contributor holds
+/// (the trainer, the update's residual and the unit's start on the device and on the host,
+/// the weights file as it comes in) the memory.
+pub fn fit(unit: &WorkUnit, binding: Option<u64>, memory: Option<u64>) -> Result<TrainerShape, BackendError> {
+    let model = &unit.model;
+    let cap = binding.map_or(MAX_LOGIT_BYTES, |b| b.min(MAX_LOGIT_BYTES as u64) as usize);
+    let shape = TrainerShape::train(unit.batch as usize, unit.steps as usize + 1).fitting(model, cap);
+    let row = (model.context * model.vocab * 4) as u64;
+    if let Some(allowed) = binding.filter(|&b| row > b) {
+        let what = format!("one window's logits ({} positions × {} tokens)", model.context, model.vocab);
+        return Err(BackendError::Limit { what, limit: "maxStorageBufferBindingSize", needed: row, allowed });
+    }
+    let params = model.layout().total as u64;
+    let needed = shape.bytes(model) + 16 * params + unit.weights_bytes;
+    if let Some(allowed) = memory.filter(|&m| needed > m) {
+        let what = format!(
+            "training this job's {params}-parameter model (its weights, gradients, AdamW's moments, error feedback \
+             and activations)"
+        );
+        return Err(BackendError::Limit { what, limit: "wasm32 memory", needed, allowed });
+    }
+    Ok(shape)
+}
 
 /// Shared, lock-protected [`Stats`]: the loop writes, the page reads.
 pub type SharedStats = Arc<Mutex<Stats>>;
@@ -308,6 +338,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     }
 
     async fn work(&mut self, unit: WorkUnit) -> Result<(), ContributorError> {
+        // A model this device cannot hold is refused before anything is downloaded.
+        fit(&unit, self.device().binding_bytes(), self.device().memory_limit())?;
         self.update(|s| {
             s.state = "fetching".into();
             s.version = s.version.max(unit.version);
@@ -385,12 +417,23 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         }
     }
 
+    /// The backend, wherever it lives now.
+    fn device(&self) -> &B {
+        match (&self.trainer, &self.backend) {
+            (Some(t), _) => t.backend(),
+            (None, Some(b)) => b,
+            (None, None) => unreachable!("the backend lives in the trainer or here"),
+        }
+    }
+
     /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.
     async fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
         let fits = self.trainer.as_ref().is_some_and(|t| {
             t.config() == unit.model && t.batch_size() == unit.batch as usize && t.loss_slots() > unit.steps as usize
         });
         if !fits {
+            let backend = self.device();
+            let shape = fit(unit, backend.binding_bytes(), backend.memory_limit())?;
             if let Some(old) = self.trainer.as_mut() {
                 self.feedback.detach(old).await?;
             }
@@ -398,8 +441,51 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 Some(old) => old.into_backend(),
                 None => self.backend.take().expect("the backend lives in the trainer or here"),
             };
-            self.trainer = Some(Trainer::new(backend, unit.model, unit.batch as usize, unit.steps as usize + 1)?);
+            self.trainer = Some(Trainer::with_shape(backend, unit.model, shape)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::GptConfig;
+    use crate::train::InnerOptim;
+
+    fn unit(model: GptConfig, batch: u32) -> WorkUnit {
+        WorkUnit {
+            unit_id: 1,
+            version: 0,
+            weights_hash: String::new(),
+            weights_bytes: checkpoint::max_file_bytes(&model),
+            shard: 0,
+            shard_hash: String::new(),
+            shard_bytes: 0,
+            seed: 1,
+            steps: 10,
+            batch,
+            tokens: crate::data::TokenWidth::U16,
+            codec: None,
+            model,
+            optim: InnerOptim::default(),
+        }
+    }
+
+    #[test]
+    fn a_model_a_device_cannot_hold_is_refused_naming_the_limit() {
+        let gpt2 = GptConfig { vocab: 50_304, context: 256, layers: 12, heads: 12, width: 768, bias: true };
+        // A GPU with WebGPU's default binding: one row at a time, and it fits.
+        let shape = fit(&unit(gpt2, 8), Some(128 << 20), None).expect("GPT-2 small fits a GPU");
+        assert_eq!(shape.micro_rows, 1, "51 MB of logits a row");
+        // The wasm CPU backend: 4 GiB of memory cannot hold its training state.
+        let err = fit(&unit(gpt2, 8), None, Some(4 << 30)).unwrap_err().to_string();
+        assert!(err.contains("`wasm32 memory` is 4294967296") && err.contains("123886080-parameter"), "{err}");
+        // Context 1024: one window's logits (206 MB) are over WebGPU's default binding.
+        let long = GptConfig { context: 1024, ..gpt2 };
+        let err = fit(&unit(long, 8), Some(128 << 20), None).unwrap_err().to_string();
+        assert!(err.contains("1024 positions × 50304 tokens") && err.contains("maxStorageBufferBindingSize"), "{err}");
+        // The small default model fits anywhere.
+        assert!(fit(&unit(GptConfig::default(), 8), Some(1 << 20), Some(4 << 30)).is_ok());
     }
 }

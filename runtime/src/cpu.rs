@@ -99,6 +99,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn memory_limit(&self) -> Option<u64> {
+        cfg!(target_arch = "wasm32").then_some(4 << 30)
+    }
+
     fn alloc(&mut self, len: usize, _what: &str) -> Result<View, BackendError> {
         Ok(self.push(Storage::F32(vec![0.0; len]), len))
     }

@@ -119,14 +119,13 @@ impl DeviceFeedback {
     pub fn new<B: Backend>(trainer: &mut Trainer<B>, cfg: CodecConfig, residual: &[f32]) -> Result<Self, BackendError> {
         let len = trainer.params.len;
         assert_eq!(residual.len(), len, "a residual of the model's length");
-        let be = &mut trainer.backend;
         let feedback = DeviceFeedback {
-            residual: be.alloc(len, "error-feedback residual")?,
-            start: be.alloc(len, "unit start weights")?,
-            picked: be.alloc(codec::picked_len(&cfg, len), "picked update values")?,
+            residual: trainer.alloc_like_params("error-feedback residual")?,
+            start: trainer.alloc_like_params("unit start weights")?,
+            picked: trainer.backend.alloc(codec::picked_len(&cfg, len), "picked update values")?,
             cfg,
         };
-        be.write(feedback.residual, residual);
+        trainer.backend.write(feedback.residual, residual);
         Ok(feedback)
     }
 

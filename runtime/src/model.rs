@@ -149,6 +149,12 @@ impl ParamLayout {
         self.total += len;
     }
 
+    /// Its tensors as the parts of one buffer ([`crate::backend::Backend::alloc_parts`]).
+    pub fn parts(&self) -> Vec<crate::backend::Part> {
+        let part = |e: &ParamEntry| crate::backend::Part { len: e.len, row: *e.shape.last().unwrap_or(&e.len) };
+        self.entries.iter().map(part).collect()
+    }
+
     /// The entry called `name`, if the layout has one (biases are absent when the
     /// config has none).
     pub fn find(&self, name: &str) -> Option<&ParamEntry> {

@@ -7,11 +7,11 @@ use crowdgrad_runtime::backend::{Backend, View};
 use crowdgrad_runtime::codec::{self, CodecConfig};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
-use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::gpu::{GpuBackend, GpuOptions};
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::ops::{self, AdamW};
 use crowdgrad_runtime::rng::Rng;
-use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
+use crowdgrad_runtime::train::{InnerOptim, Trainer, TrainerShape, run_unit};
 
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
@@ -439,4 +439,68 @@ gpu_test!(whole_model_gradient_matches_cpu, async {
         let (x, y) = (&expected[e.offset..e.offset + e.len], &actual[e.offset..e.offset + e.len]);
         assert_close(&e.name, &[x.to_vec()], &[y.to_vec()]);
     }
+});
+
+/// A GPU whose bindings hold 16 KiB (4,096 values): the model below's token embedding
+/// (300 × 32 values) is cut into blocks of rows, and its parameters, gradients and
+/// moments are each made of several buffers.
+async fn small_bindings() -> GpuBackend {
+    let options = GpuOptions { max_binding_bytes: Some(16 * 1024) };
+    GpuBackend::with_options(options).await.unwrap_or_else(|e| panic!("this test needs a WebGPU adapter: {e}"))
+}
+
+gpu_test!(a_model_larger_than_a_binding_trains_as_on_the_cpu, async {
+    let cfg = GptConfig { vocab: 300, context: 8, layers: 2, heads: 2, width: 32, bias: true };
+    let corpus = Corpus::builtin();
+    let params = cfg.init(3);
+    let shape = TrainerShape::train(2, 4).with_micro_rows(1);
+    let err = small_bindings().await.alloc(300 * 32, "the token embedding whole").unwrap_err().to_string();
+    assert!(err.contains("`maxStorageBufferBindingSize` is 16384"), "the small limit is in force: {err}");
+    let mut cpu = Trainer::with_shape(CpuBackend::new(), cfg, shape).unwrap();
+    let mut gpu = Trainer::with_shape(small_bindings().await, cfg, shape).unwrap();
+    // The whole model's gradient, tensor by tensor.
+    let batch = crowdgrad_runtime::data::sample_batch(corpus.train(), 5, 0, 2, cfg.context);
+    cpu.load(&params);
+    gpu.load(&params);
+    let (expected, actual) = (cpu.gradients(&batch).await.unwrap(), gpu.gradients(&batch).await.unwrap());
+    for e in &cfg.layout().entries {
+        let (x, y) = (&expected[e.offset..e.offset + e.len], &actual[e.offset..e.offset + e.len]);
+        assert_close(&e.name, &[x.to_vec()], &[y.to_vec()]);
+    }
+    // Three AdamW steps: the same losses, and Δs that point the same way (AdamW's first
+    // steps are nearly signs, which rounding flips where a gradient is about zero).
+    let optim = InnerOptim { lr: 1e-2, ..InnerOptim::default() };
+    let on_cpu = run_unit(&mut cpu, &params, corpus.train(), 9, 3, &optim).await.unwrap();
+    let on_gpu = run_unit(&mut gpu, &params, corpus.train(), 9, 3, &optim).await.unwrap();
+    let losses = |o: &crowdgrad_runtime::train::UnitOutcome| vec![o.trained.losses.clone()];
+    assert_close("losses of 3 steps", &losses(&on_cpu), &losses(&on_gpu));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum::<f64>();
+    let (a, b) = (&on_cpu.delta, &on_gpu.delta);
+    let cosine = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+    assert!(cosine > 0.999, "Δ after 3 steps: cosine {cosine}");
+    // The update's selection over buffers of several pieces, chunks straddling them.
+    let cfg_codec = CodecConfig { chunk: 1000, k: 40, bits: 8, decay: 0.9 };
+    let mut rng = Rng::new(23);
+    let residual = random(&mut rng, params.len(), 0.01);
+    let moved: Vec<f32> = params.iter().map(|p| p - rng.normal() * 0.01).collect();
+    let [cpu_table, cpu_residual] = pick(&mut CpuBackend::new(), &residual, &params, &moved, cfg_codec).await;
+    let mut be = small_bindings().await;
+    let parts = cfg.layout().parts();
+    let upload = |be: &mut GpuBackend, data: &[f32]| {
+        let v = be.alloc_parts(&parts, "test").unwrap();
+        be.write(v, data);
+        v
+    };
+    let (r, s, p) = (upload(&mut be, &residual), upload(&mut be, &params), upload(&mut be, &moved));
+    let table = be.alloc(codec::picked_len(&cfg_codec, params.len()), "picked").unwrap();
+    be.pick_top_k(table, r, s, p, cfg_codec);
+    let (gpu_table, gpu_residual) = (be.read(table).await.unwrap(), be.read(r).await.unwrap());
+    let words = codec::picked_words(&cfg_codec);
+    for (c, (x, y)) in cpu_table.chunks(words).zip(gpu_table.chunks(words)).enumerate() {
+        let count = x[1].to_bits() as usize;
+        let indices = |t: &[f32]| t[2..2 + count].iter().map(|w| w.to_bits() & 0xffff).collect::<Vec<_>>();
+        assert_eq!((x[0].to_bits(), y[1].to_bits() as usize), (y[0].to_bits(), count), "chunk {c}: scale, count");
+        assert_eq!(indices(x), indices(y), "chunk {c}: indices");
+    }
+    assert_close("residual after the selection", &[cpu_residual], &[gpu_residual]);
 });

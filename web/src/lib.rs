@@ -26,10 +26,10 @@ mod types;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::backend::{Backend, BackendError};
 use crowdgrad_runtime::backoff::Backoff;
 use crowdgrad_runtime::bench::calibrate;
-use crowdgrad_runtime::contributor::{Contributor as Loop, Rest, SharedStats};
+use crowdgrad_runtime::contributor::{Contributor as Loop, ContributorError, Rest, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::feedback::SavedResidual;
 use crowdgrad_runtime::gpu::GpuBackend;
@@ -118,7 +118,8 @@ impl Contributor {
             epoch: self.epoch.clone(),
             mine: self.epoch.get(),
         };
-        let rest = duty::rest(self.intensity.clone());
+        let intensity = self.intensity.clone();
+        let rest = move || duty::rest(intensity.clone());
         wasm_bindgen_futures::spawn_local(async move {
             if let Err(message) = run(&url, stats.clone(), &held, rest).await {
                 let mut s = stats.lock().expect("stats lock");
@@ -189,11 +190,11 @@ impl Held {
 
 /// Picks and calibrates the device, then contributes on it. The relay is contacted only
 /// after calibration, which can take seconds when many tabs start at once.
-async fn run(url: &str, stats: SharedStats, held: &Held, rest: Rest) -> Result<(), String> {
+async fn run(url: &str, stats: SharedStats, held: &Held, rest: impl Fn() -> Rest) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
     let saved = residual::load().await;
     // The adapter's name (for the page) and the device are asked for together.
-    match future::join(GpuBackend::new(), adapter::describe()).await {
+    let gpu_refused = match future::join(GpuBackend::new(), adapter::describe()).await {
         (Ok(mut gpu), name) => {
             if let Some(name) = name {
                 gpu.set_adapter_name(name);
@@ -202,20 +203,39 @@ async fn run(url: &str, stats: SharedStats, held: &Held, rest: Rest) -> Result<(
             // The other kernels compile in the GPU process while the tab connects and
             // downloads the weights.
             gpu.compile_kernels();
-            contribute(url, gpu, gflops, stats, held, rest, saved).await
+            match contribute(url, gpu, gflops, stats.clone(), held, rest(), saved.clone()).await? {
+                Ended::Stopped => return Ok(()),
+                Ended::DoesNotFit(why) => format!("the GPU cannot hold this job: {why}"),
+            }
         }
-        (Err(e), _) => {
-            web_sys::console::warn_1(&format!("crowdgrad: no WebGPU ({e}); training on the CPU").into());
-            let mut cpu = CpuBackend::new();
-            let gflops = calibrate(&mut cpu, now_seconds).await;
-            contribute(url, cpu, gflops, stats, held, rest, saved).await
+        (Err(e), _) => format!("no WebGPU ({e})"),
+    };
+    web_sys::console::warn_1(&format!("crowdgrad: {gpu_refused}; training on the CPU").into());
+    let mut cpu = CpuBackend::new();
+    let gflops = calibrate(&mut cpu, now_seconds).await;
+    match contribute(url, cpu, gflops, stats.clone(), held, rest(), saved).await? {
+        Ended::Stopped => Ok(()),
+        Ended::DoesNotFit(why) => {
+            let mut s = stats.lock().expect("stats lock");
+            s.state = "stopped".into();
+            s.error = Some(format!("{gpu_refused}, and the CPU cannot either: {why}"));
+            Ok(())
         }
     }
 }
 
-/// Connects and trains on `backend` until the visitor stops; each time the connection
-/// ends, says `reconnecting` and connects again after a [`Backoff`] wait, keeping the
-/// loop (device, weights, residual) and so the contributor.
+/// How [`contribute`] ended.
+enum Ended {
+    /// The visitor stopped.
+    Stopped,
+    /// The job's model does not fit this backend: which limit, by how much.
+    DoesNotFit(String),
+}
+
+/// Connects and trains on `backend` until the visitor stops, or until a unit's model does
+/// not fit the backend; each time the connection ends, says `reconnecting` and connects
+/// again after a [`Backoff`] wait, keeping the loop (device, weights, residual) and so the
+/// contributor.
 async fn contribute<B: Backend>(
     url: &str,
     backend: B,
@@ -224,7 +244,7 @@ async fn contribute<B: Backend>(
     held: &Held,
     rest: Rest,
     saved: SavedResidual,
-) -> Result<(), String> {
+) -> Result<Ended, String> {
     let seed = global::random_bytes()?;
     let mut backoff = Backoff::new(u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")));
     let mut setup = Some((backend, saved, rest, identity::load_or_create()?));
@@ -250,7 +270,12 @@ async fn contribute<B: Backend>(
                         trainer.insert(fresh)
                     }
                 };
-                running.run().await.map_err(|e| e.to_string()).err()
+                match running.run().await {
+                    Err(ContributorError::Backend(limit @ BackendError::Limit { .. })) => {
+                        return Ok(Ended::DoesNotFit(limit.to_string()));
+                    }
+                    result => result.map_err(|e| e.to_string()).err(),
+                }
             }
             Ok(_) => None,
             Err(e) => Some(e.to_string()),
@@ -272,5 +297,5 @@ async fn contribute<B: Backend>(
         global::sleep(wait).await;
     }
     stats.lock().expect("stats lock").state = "stopped".into();
-    Ok(())
+    Ok(Ended::Stopped)
 }

@@ -35,6 +35,8 @@ pub enum Kernel {
     AttentionBackwardKeysValues,
     /// `reduce.wgsl` sum of squares.
     SumSquares,
+    /// `reduce.wgsl` sum (of the partial sums of squares of a vector larger than a binding).
+    Sum,
     /// `xent.wgsl` softmax and per-row loss.
     XentForward,
     /// `xent.wgsl` gradient of the mean loss.
@@ -51,7 +53,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline-table order.
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 22] = [
         Kernel::Matmul,
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackward,
@@ -67,6 +69,7 @@ impl Kernel {
         Kernel::AttentionBackwardQueries,
         Kernel::AttentionBackwardKeysValues,
         Kernel::SumSquares,
+        Kernel::Sum,
         Kernel::XentForward,
         Kernel::XentBackward,
         Kernel::Mean,
@@ -105,6 +108,7 @@ impl Kernel {
             Kernel::AttentionBackwardQueries => ("attention_backward.wgsl", ATTENTION_BACKWARD, "queries"),
             Kernel::AttentionBackwardKeysValues => ("attention_backward.wgsl", ATTENTION_BACKWARD, "keys_values"),
             Kernel::SumSquares => ("reduce.wgsl", REDUCE, "sum_squares"),
+            Kernel::Sum => ("reduce.wgsl", REDUCE, "sum"),
             Kernel::XentForward => ("xent.wgsl", XENT, "forward"),
             Kernel::XentBackward => ("xent.wgsl", XENT, "backward"),
             Kernel::Mean => ("reduce.wgsl", REDUCE, "mean"),

@@ -74,6 +74,25 @@ impl TrainerShape {
     fn microbatches(&self) -> usize {
         self.rows / self.micro_rows
     }
+
+    /// About how many bytes a trainer of this shape holds for `cfg`: the parameters, and
+    /// the gradients and AdamW's moments its role keeps, plus one microbatch's activations
+    /// (every layer's, or two for a forward-only one) and backward scratch.
+    pub fn bytes(&self, cfg: &GptConfig) -> u64 {
+        let copies = match self.role {
+            Role::Train => 4,
+            Role::Gradients => 2,
+            Role::Forward => 1,
+        };
+        let (bt, c) = ((self.micro_rows * cfg.context) as u64, cfg.width as u64);
+        let att = (self.micro_rows * cfg.heads * cfg.context * cfg.context) as u64;
+        // Per layer: ln_1, ln_2 and four more [BT, C], qkv [BT, 3C], two [BT, 4C], att.
+        let layer = bt * c * (6 + 3 + 8) + att + 4 * bt;
+        let layers = if self.role == Role::Forward { cfg.layers.min(2) } else { cfg.layers } as u64;
+        let logits = bt * cfg.vocab as u64;
+        let scratch = if self.role == Role::Forward { 0 } else { logits + bt * c * 12 + att };
+        4 * (copies * cfg.layout().total as u64 + layers * layer + 2 * logits + scratch + bt * c * 2)
+    }
 }
 
 /// AdamW's moments and its step count.
@@ -126,17 +145,18 @@ impl<B: Backend> Trainer<B> {
             shape.rows
         );
         let layout = cfg.layout();
-        let params = be.alloc(layout.total, "parameters")?;
+        let parts = layout.parts();
+        let params = be.alloc_parts(&parts, "parameters")?;
         let grads = if shape.role == Role::Forward {
             None
         } else {
-            let all = be.alloc(layout.total, "gradients")?;
+            let all = be.alloc_parts(&parts, "gradients")?;
             let sum_squares = be.alloc(1, "squared gradient norm")?;
             Some(GradientBuffers { all, named: Params::new(&layout, all, cfg.layers), sum_squares })
         };
         let optimizer = if shape.role == Role::Train {
-            let m = be.alloc(layout.total, "AdamW first moment")?;
-            Some(Optimizer { m, v: be.alloc(layout.total, "AdamW second moment")?, step: 0 })
+            let m = be.alloc_parts(&parts, "AdamW first moment")?;
+            Some(Optimizer { m, v: be.alloc_parts(&parts, "AdamW second moment")?, step: 0 })
         } else {
             None
         };
@@ -159,6 +179,16 @@ impl<B: Backend> Trainer<B> {
             micro_losses,
             losses,
         })
+    }
+
+    /// A new zeroed buffer laid out as the parameters (see [`Backend::alloc_parts`]).
+    pub(crate) fn alloc_like_params(&mut self, what: &str) -> Result<View, BackendError> {
+        self.backend.alloc_parts(&self.layout.parts(), what)
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// Gives the backend back.
