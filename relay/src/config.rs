@@ -11,6 +11,7 @@
 //! [round]   # target, min, deadline_secs, unit_deadline_secs, max_staleness
 //! [storage] # dir, keep_last, keep_every
 //! [compression] # enabled, chunk, k, bits, decay
+//! [deltas]  # enabled, chunk, k, bits
 //! [aggregation] # rule (mean, trimmed_mean, centered_clip), trim, clip, max_norm_ratio
 //! [verify]  # replay, trust_after, min_replay_rate, min_cosine, min_projection_compressed,
 //!           # max_projection_ratio, max_projection_compressed, max_replay_ratio,
@@ -61,6 +62,8 @@ pub struct JobConfig {
     pub storage: StorageConfig,
     /// How contributors compress their updates.
     pub compression: CompressionConfig,
+    /// How each new version is published as a compressed step from the one before.
+    pub deltas: DeltaConfig,
     /// How results are screened and combined.
     pub aggregation: AggregationConfig,
     /// How results are checked against the work they claim.
@@ -226,6 +229,40 @@ impl Default for VerifyConfig {
             budget_flops: 2e12,
             min_projection_partial: 0.1,
         }
+    }
+}
+
+/// How each new version is published (see `coordinator::new_version`): as the one before
+/// minus a compressed step, the outer step's top `k` values of each `chunk` at `bits`
+/// bits, with what is not sent carried to the next version (error feedback on the
+/// relay). A contributor that holds the version before downloads that step, about a
+/// tenth of the weights file, instead of the file, and gets the version's weights bit
+/// for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// Whether versions are published as compressed steps; off, each version is the
+    /// outer step's exact result and contributors download every version whole.
+    pub enabled: bool,
+    /// Values per chunk.
+    pub chunk: u32,
+    /// Values sent per chunk.
+    pub k: u32,
+    /// Bits per sent value: 8, 4 or 2.
+    pub bits: u8,
+}
+
+impl Default for DeltaConfig {
+    /// A quarter of the values at 8 bits: a step about 11× smaller than the weights file.
+    fn default() -> Self {
+        DeltaConfig { enabled: true, chunk: 4096, k: 1024, bits: 8 }
+    }
+}
+
+impl DeltaConfig {
+    /// The codec of the published steps (every leftover carried whole), `None` when off.
+    pub fn codec(&self) -> Option<CodecConfig> {
+        self.enabled.then_some(CodecConfig { chunk: self.chunk, k: self.k, bits: self.bits, decay: 1.0 })
     }
 }
 
@@ -418,6 +455,7 @@ impl Default for JobConfig {
             round: RoundConfig::default(),
             storage: StorageConfig::default(),
             compression: CompressionConfig::default(),
+            deltas: DeltaConfig::default(),
             aggregation: AggregationConfig::default(),
             verify: VerifyConfig::default(),
             limits: Limits::default(),
@@ -683,6 +721,12 @@ impl JobConfig {
             return Err(bad("compression.bits", format!("{} is not 2, 4 or 8", c.bits)));
         }
         within("compression.decay", c.decay as f64, 0.0, 1.0)?;
+        let d = &self.deltas;
+        within("deltas.chunk", d.chunk as f64, 1.0, MAX_CHUNK as f64)?;
+        within("deltas.k", d.k as f64, 1.0, d.chunk as f64)?;
+        if ![2, 4, 8].contains(&d.bits) {
+            return Err(bad("deltas.bits", format!("{} is not 2, 4 or 8", d.bits)));
+        }
         let a = &self.aggregation;
         within("aggregation.trim", a.trim as f64, 0.0, 0.49)?;
         within("aggregation.clip", a.clip as f64, 0.1, 100.0)?;

@@ -19,7 +19,7 @@ use tower_http::services::ServeFile;
 
 use crate::coordinator::VersionSource;
 use crate::hf_dir;
-use crate::weights::{WeightRoutes, admit_and_locate, count, unreadable};
+use crate::weights::{FileKind, WeightRoutes, admit_and_locate, count, unreadable};
 
 /// `GET /api/hf/{version}/config.json`: GPT-2's config for the job's model.
 pub async fn config(
@@ -27,7 +27,7 @@ pub async fn config(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<u64>,
 ) -> Response {
-    let (_open, _, _) = match admit_and_locate(&state, peer, version) {
+    let (_open, _, _) = match admit_and_locate(&state, peer, version, FileKind::Weights) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
@@ -43,7 +43,7 @@ pub async fn weights(
     Path(version): Path<u64>,
     request: Request,
 ) -> Response {
-    let (_open, source, _) = match admit_and_locate(&state, peer, version) {
+    let (_open, source, _) = match admit_and_locate(&state, peer, version, FileKind::Weights) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };

@@ -1,6 +1,7 @@
 //! The weights routes: a version's whole file (`/api/weights/{v}`), its chunk hash list
 //! (`/api/weights/{v}/chunks`) and one chunk (`/api/weights/{v}/chunks/{i}`), each costing
-//! the relay about what it costs the client.
+//! the relay about what it costs the client; and the same of a version's published step
+//! from the one before (`/api/deltas/{v}…`: the last four versions').
 //!
 //! - The current version is served from memory. An older kept version is read from its
 //!   file: the whole file streamed (with `Range` requests honoured) and a chunk read from
@@ -132,16 +133,30 @@ impl IntoResponse for Refused {
     }
 }
 
+/// Which file of a version a route serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    /// Its weights file.
+    Weights,
+    /// Its published step from the version before.
+    Delta,
+}
+
 /// Counts a request from `peer` under the running job's `limits.downloads_per_ip`, and
-/// finds where `version`'s file is, with its blake3 hex.
+/// finds where `version`'s file of `kind` is, with its blake3 hex.
 pub(crate) fn admit_and_locate(
     state: &WeightRoutes,
     peer: SocketAddr,
     version: u64,
+    kind: FileKind,
 ) -> Result<(AddressSlot, VersionSource, String), Refused> {
     let (limit, file) = {
         let mut coordinator = state.coordinator.lock().expect("coordinator lock");
-        (coordinator.job().limits.downloads_per_ip, coordinator.version_file(version))
+        let file = match kind {
+            FileKind::Weights => coordinator.version_file(version),
+            FileKind::Delta => coordinator.delta_file(version),
+        };
+        (coordinator.job().limits.downloads_per_ip, file)
     };
     let open = state.weights.admit(peer.ip(), limit)?;
     let (source, hash) = file.ok_or(Refused::NotKept(version))?;
@@ -161,13 +176,33 @@ pub(crate) fn count(state: &WeightRoutes, bytes: u64) {
 
 /// `GET /api/weights/{version}`: the whole file, with its blake3 as the ETag.
 pub async fn whole(
+    state: State<WeightRoutes>,
+    peer: ConnectInfo<SocketAddr>,
+    version: Path<u64>,
+    request: Request,
+) -> Response {
+    serve_whole(state, peer, version, request, FileKind::Weights).await
+}
+
+/// `GET /api/deltas/{version}`: the whole step, with its blake3 as the ETag.
+pub async fn delta_whole(
+    state: State<WeightRoutes>,
+    peer: ConnectInfo<SocketAddr>,
+    version: Path<u64>,
+    request: Request,
+) -> Response {
+    serve_whole(state, peer, version, request, FileKind::Delta).await
+}
+
+async fn serve_whole(
     State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<u64>,
     request: Request,
+    kind: FileKind,
 ) -> Response {
     let files = &state.weights;
-    let (_open, source, hash) = match admit_and_locate(&state, peer, version) {
+    let (_open, source, hash) = match admit_and_locate(&state, peer, version, kind) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
@@ -195,13 +230,27 @@ pub async fn whole(
 
 /// `GET /api/weights/{version}/chunks`: the blake3 of each [`WEIGHT_CHUNK`]-byte chunk of
 /// the file, 32 bytes each, concatenated; what tabs check chunks from peers against.
-pub async fn chunk_hashes(
+pub async fn chunk_hashes(state: State<WeightRoutes>, peer: ConnectInfo<SocketAddr>, version: Path<u64>) -> Response {
+    serve_chunk_hashes(state, peer, version, FileKind::Weights).await
+}
+
+/// `GET /api/deltas/{version}/chunks`: the step's chunk hash list.
+pub async fn delta_chunk_hashes(
+    state: State<WeightRoutes>,
+    peer: ConnectInfo<SocketAddr>,
+    version: Path<u64>,
+) -> Response {
+    serve_chunk_hashes(state, peer, version, FileKind::Delta).await
+}
+
+async fn serve_chunk_hashes(
     State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<u64>,
+    kind: FileKind,
 ) -> Response {
     let files = &state.weights;
-    let (_open, source, hash) = match admit_and_locate(&state, peer, version) {
+    let (_open, source, hash) = match admit_and_locate(&state, peer, version, kind) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
@@ -260,13 +309,23 @@ async fn read_up_to(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resu
 
 /// `GET /api/weights/{version}/chunks/{index}`: one chunk (the HTTP fallback when no peer
 /// has it), read from its offset in the file.
-pub async fn chunk(
+pub async fn chunk(state: State<WeightRoutes>, peer: ConnectInfo<SocketAddr>, at: Path<(u64, u64)>) -> Response {
+    serve_chunk(state, peer, at, FileKind::Weights).await
+}
+
+/// `GET /api/deltas/{version}/chunks/{index}`: one chunk of the step.
+pub async fn delta_chunk(state: State<WeightRoutes>, peer: ConnectInfo<SocketAddr>, at: Path<(u64, u64)>) -> Response {
+    serve_chunk(state, peer, at, FileKind::Delta).await
+}
+
+async fn serve_chunk(
     State(state): State<WeightRoutes>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((version, index)): Path<(u64, u64)>,
+    kind: FileKind,
 ) -> Response {
     let files = &state.weights;
-    let (_open, source, _) = match admit_and_locate(&state, peer, version) {
+    let (_open, source, _) = match admit_and_locate(&state, peer, version, kind) {
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };

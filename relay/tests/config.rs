@@ -32,6 +32,19 @@ fn the_example_job_loads_with_its_values() {
 }
 
 #[test]
+fn the_gpt2_small_job_loads_with_its_values() {
+    let text = std::fs::read_to_string(repo().join("relay/jobs/gpt2-small.toml")).expect("GPT-2 small job");
+    let job = load(&text.replace("../shared", &repo().join("../shared").display().to_string()));
+    if !repo().join("../shared/datasets/tinyshakespeare.txt").is_file() {
+        assert!(job.unwrap_err().contains("data.path"), "a missing dataset names data.path");
+        return;
+    }
+    let job = job.expect("the GPT-2 small job loads");
+    assert_eq!(job.model.layout().total, 123_886_080, "GPT-2 small at a context of 256");
+    assert_eq!(job.data.tokenizer, crowdgrad_relay::tokenizer::Tokenizer::Gpt2);
+}
+
+#[test]
 fn gpt2_smalls_shape_is_a_job_with_no_fixed_limit_on_its_size() {
     let job = load(
         "[model]\nvocab = 50304\ncontext = 1024\nlayers = 12\nheads = 12\nwidth = 768\n[data]\ntokenizer = \"gpt2\"",

@@ -16,9 +16,10 @@ use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::checkpoint::{self, CheckpointError, hash_hex};
 use crate::data::Tokens;
 use crate::feedback::{ErrorFeedback, FeedbackError, ResidualStore, SavedResidual};
+use crate::held::{HeldView, HeldWeights};
 use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
-    self, Ack, ClientMsg, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
+    self, Ack, ClientMsg, DeltaRef, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
 use crate::train::{Moments, Trainer, TrainerShape, run_unit, train_unit};
 
@@ -43,9 +44,15 @@ pub trait Transport {
     async fn fetch_weights(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
         self.fetch(&format!("/api/weights/{version}"), bytes).await
     }
+    /// The published step to `version` from the one before ([`DeltaRef`]), of `bytes`
+    /// bytes, from wherever the transport finds it; checked by the loop. By default,
+    /// from the relay.
+    async fn fetch_delta(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
+        self.fetch(&format!("/api/deltas/{version}"), bytes).await
+    }
     /// Whether the transport shares weights with peers, handling the relay's
-    /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`], [`ServerMsg::Signal`] and
-    /// [`ServerMsg::Version`] itself (see [`Hello::p2p`]).
+    /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`] and [`ServerMsg::Signal`] itself
+    /// and prefetching each [`ServerMsg::Version`] (see [`Hello::p2p`]).
     fn p2p(&self) -> bool {
         false
     }
@@ -124,9 +131,16 @@ pub struct Stats {
     pub weights_version: u64,
     /// Versions whose weights it fetched (each checked against the published hash).
     pub versions_fetched: u32,
-    /// The newest version whose weights file a transport sharing weights with peers
-    /// holds whole: such a tab fetches each version as it is announced, before it
-    /// trains on it. 0 for other transports.
+    /// Of those, versions it made from the one it held and the relay's published step
+    /// (`WorkUnit::delta`) rather than downloading the weights file.
+    pub versions_stepped: u32,
+    /// Bytes of weights files and steps it downloaded, from the relay or from peers.
+    pub weights_downloaded: u64,
+    /// Why the last version it could have made from a step was downloaded whole instead.
+    pub step_fallback: Option<String>,
+    /// The newest version whose weights file, or published step, a transport sharing
+    /// weights with peers holds whole: such a tab fetches each version as it is
+    /// announced, before it trains on it. 0 for other transports.
     pub mesh_version: u64,
     /// Weight bytes received from the relay over HTTP (counted by transports that
     /// share weights with peers).
@@ -154,6 +168,10 @@ pub type Rest = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()>>>>;
 
 /// Receipts kept in [`Stats::receipts`].
 const RECEIPTS_KEPT: usize = 32;
+/// Versions whose published steps a contributor remembers, and so steps it may take in
+/// a row (the relay serves the last four; a tab's mesh keeps four files).
+const STEPS_KEPT: usize = 4;
+
 /// Largest logits of one microbatch, bytes: a batch with a large vocabulary trains a few
 /// rows at a time (fewer where one binding holds less).
 const MAX_LOGIT_BYTES: usize = 64 << 20;
@@ -195,7 +213,12 @@ pub struct Contributor<B: Backend, T: Transport> {
     device: DeviceInfo,
     backend: Option<B>,
     trainer: Option<Trainer<B>>,
-    weights: Option<(String, Vec<f32>)>,
+    weights: Option<HeldWeights>,
+    /// Where the host reads the held weights.
+    view: HeldView,
+    /// The recent versions' `params_hash` and published steps, as units and
+    /// announcements told them: a contributor a few versions behind steps through them.
+    steps: BTreeMap<u64, (String, Option<DeltaRef>)>,
     shard: Option<(String, Vec<u8>)>,
     stats: SharedStats,
     gflops: f32,
@@ -225,6 +248,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             backend: Some(backend),
             trainer: None,
             weights: None,
+            view: HeldView::default(),
+            steps: BTreeMap::new(),
             shard: None,
             stats,
             gflops,
@@ -239,6 +264,12 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     /// model) and hands each new residual to `store`.
     pub fn with_residual(mut self, saved: SavedResidual, store: Box<dyn ResidualStore>) -> Self {
         self.feedback = ErrorFeedback::new(saved, Some(store));
+        self
+    }
+
+    /// Shows the weights it holds in `view` each time they change (see [`HeldView`]).
+    pub fn showing_weights(mut self, view: HeldView) -> Self {
+        self.view = view;
         self
     }
 
@@ -298,11 +329,9 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 ServerMsg::Wait { .. } => self.update(|s| s.state = "waiting".into()),
                 ServerMsg::Assign(unit) => self.work(unit).await?,
                 ServerMsg::Ack(ack) => self.record(ack),
+                ServerMsg::Version { version, params_hash, delta, .. } => self.published(version, params_hash, delta),
                 // Only sent to transports that share weights, which take them first.
-                ServerMsg::Peer { .. }
-                | ServerMsg::PeerGone { .. }
-                | ServerMsg::Signal { .. }
-                | ServerMsg::Version { .. } => {}
+                ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } | ServerMsg::Signal { .. } => {}
             }
         }
     }
@@ -337,20 +366,38 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         Ok(bytes)
     }
 
+    /// Remembers how `version` was published, for stepping to it and through it.
+    fn published(&mut self, version: u64, params_hash: String, delta: Option<DeltaRef>) {
+        self.steps.insert(version, (params_hash, delta));
+        while self.steps.len() > STEPS_KEPT {
+            self.steps.pop_first();
+        }
+    }
+
     async fn work(&mut self, unit: WorkUnit) -> Result<(), ContributorError> {
         // A model this device cannot hold is refused before anything is downloaded.
         fit(&unit, self.device().binding_bytes(), self.device().memory_limit())?;
+        self.published(unit.version, unit.params_hash.clone(), unit.delta.clone());
         self.update(|s| {
             s.state = "fetching".into();
             s.version = s.version.max(unit.version);
         });
-        if self.weights.as_ref().is_none_or(|(hash, _)| *hash != unit.weights_hash) {
-            let bytes = self.transport.fetch_weights(unit.version, unit.weights_bytes).await?;
-            let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
-            self.weights = Some((unit.weights_hash.clone(), checkpoint::decode(&unit.model, &bytes)?));
+        if self.weights.as_ref().is_none_or(|held| held.file_hash != unit.weights_hash) {
+            let stepped = self.step_weights(&unit).await?;
+            if !stepped {
+                let bytes = self.transport.fetch_weights(unit.version, unit.weights_bytes).await?;
+                let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
+                let downloaded = bytes.len() as u64;
+                let params = checkpoint::decode(&unit.model, &bytes)?;
+                let (version, file_hash, model) = (unit.version, unit.weights_hash.clone(), unit.model);
+                self.weights = Some(HeldWeights::new(version, file_hash, model, params));
+                self.update(|s| s.weights_downloaded += downloaded);
+            }
+            self.view.show(self.weights.as_ref());
             self.update(|s| {
                 s.weights_version = unit.version;
                 s.versions_fetched += 1;
+                s.versions_stepped += u32::from(stepped);
             });
         }
         if self.shard.as_ref().is_none_or(|(hash, _)| *hash != unit.shard_hash) {
@@ -365,7 +412,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         self.update(|s| s.state = "training".into());
         self.prepare_trainer(&unit).await?;
         let trainer = self.trainer.as_mut().expect("prepared above");
-        let (_, start) = self.weights.as_ref().expect("weights loaded above");
+        let start = self.weights.as_ref().expect("weights loaded above").params();
         let (_, data) = self.shard.as_ref().expect("shard loaded above");
         let data = Tokens::new(data, unit.tokens);
         let (optim, seed, steps) = (&unit.optim, unit.seed, unit.steps);
@@ -417,6 +464,48 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         }
     }
 
+    /// Makes the unit's weights from the held ones and the relay's published steps since
+    /// (at most [`STEPS_KEPT`] of them), each checked against its hash and each result
+    /// against its version's `params_hash`. `false` (and the held weights dropped, where a
+    /// step was applied) when there is no such way or it does not work out, so that the
+    /// whole weights file is downloaded instead; an error only when the connection is gone.
+    async fn step_weights(&mut self, unit: &WorkUnit) -> Result<bool, ContributorError> {
+        let Some(held) = self.weights.as_ref().filter(|h| h.version < unit.version) else { return Ok(false) };
+        let chain: Option<Vec<(u64, String, DeltaRef)>> = (held.version + 1..=unit.version)
+            .map(|v| match self.steps.get(&v) {
+                Some((hash, Some(delta))) if delta.from + 1 == v => Some((v, hash.clone(), delta.clone())),
+                _ => None,
+            })
+            .collect();
+        let Some(chain) = chain else { return Ok(false) };
+        for (version, params_hash, delta) in chain {
+            let bytes = match self.transport.fetch_delta(version, delta.bytes).await {
+                Ok(bytes) if hash_hex(&bytes) == delta.hash => bytes,
+                Ok(_) => return self.step_failed(format!("the step to version {version} does not match its hash")),
+                Err(e) => {
+                    Self::still_connected(&self.transport)?;
+                    return self.step_failed(format!("the step to version {version} could not be fetched ({e})"));
+                }
+            };
+            let held = self.weights.as_mut().expect("held weights of the step's version");
+            if held.step(version, &bytes).is_err() || hash_hex(bytemuck::cast_slice(held.params())) != params_hash {
+                self.weights = None;
+                self.view.show(None);
+                return self.step_failed(format!("the step to version {version} does not give its weights"));
+            }
+            self.update(|s| s.weights_downloaded += bytes.len() as u64);
+        }
+        let held = self.weights.as_mut().expect("stepped above");
+        held.file_hash = unit.weights_hash.clone();
+        Ok(true)
+    }
+
+    /// Says why the weights are downloaded whole after all.
+    fn step_failed(&mut self, why: String) -> Result<bool, ContributorError> {
+        self.update(|s| s.step_fallback = Some(why));
+        Ok(false)
+    }
+
     /// The backend, wherever it lives now.
     fn device(&self) -> &B {
         match (&self.trainer, &self.backend) {
@@ -462,6 +551,8 @@ mod tests {
             shard: 0,
             shard_hash: String::new(),
             shard_bytes: 0,
+            params_hash: String::new(),
+            delta: None,
             seed: 1,
             steps: 10,
             batch,

@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod data;
 pub mod feedback;
 pub mod gpu;
+pub mod held;
 pub mod hf;
 pub mod identity;
 pub mod model;

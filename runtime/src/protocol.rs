@@ -19,12 +19,12 @@ use crate::train::InnerOptim;
 
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
-/// The protocol version this build speaks; a frame with another is refused. Version 6:
-/// no fixed limit on the model's size; [`WorkUnit`] and [`ServerMsg::Version`] say how
-/// many bytes each download has, which is what a contributor accepts. (Version 5:
-/// [`ServerMsg::Version`] tells the tabs of the mesh of each new version, and which of
-/// its chunks each takes from the relay.)
-pub const PROTOCOL_VERSION: u16 = 6;
+/// The protocol version this build speaks; a frame with another is refused. Version 7:
+/// a version may come as a compressed step from the one before ([`DeltaRef`]), and its
+/// weights are checked by the blake3 of their values (`params_hash`). (Version 6: no
+/// fixed limit on the model's size; [`WorkUnit`] and [`ServerMsg::Version`] say how many
+/// bytes each download has, which is what a contributor accepts.)
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -165,6 +165,10 @@ pub enum ServerMsg {
         version: u64,
         /// Bytes of its weights file.
         bytes: u64,
+        /// blake3 of its weights' values ([`WorkUnit::params_hash`]).
+        params_hash: String,
+        /// Its step from the version before, for tabs that hold that one.
+        delta: Option<DeltaRef>,
         /// This session's part, below `parts`.
         part: u32,
         /// Sessions sharing the version's chunks (the mesh's size, at least 1).
@@ -210,6 +214,11 @@ pub struct WorkUnit {
     pub shard_hash: String,
     /// Bytes of the shard.
     pub shard_bytes: u64,
+    /// blake3 of the version's weights as little-endian f32 values, in the layout's
+    /// order, lowercase hex: what weights made from a [`DeltaRef`] are checked by.
+    pub params_hash: String,
+    /// The version's step from the one before, for a contributor that holds that one.
+    pub delta: Option<DeltaRef>,
     /// Seed of the unit's batch sampling.
     pub seed: u64,
     /// Inner AdamW steps H.
@@ -224,6 +233,20 @@ pub struct WorkUnit {
     pub model: GptConfig,
     /// Inner optimizer settings.
     pub optim: InnerOptim,
+}
+
+/// A version published as the one before minus a compressed step
+/// ([`crate::codec`]'s format): `GET /api/deltas/{version}`, in chunks like the weights.
+/// Applied to the weights of `from` (each value minus the step's), it gives the version's
+/// weights bit for bit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeltaRef {
+    /// The version it steps from.
+    pub from: u64,
+    /// Bytes of the step.
+    pub bytes: u64,
+    /// blake3 of the step, lowercase hex.
+    pub hash: String,
 }
 
 /// The relay's verdict on a submission.
@@ -275,6 +298,16 @@ pub trait Validate {
 fn check_string(name: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_STRING {
         return Err(format!("{name} is {} bytes, the limit is {MAX_STRING}", s.len()));
+    }
+    Ok(())
+}
+
+/// A step is no larger than the weights file it stands in for.
+fn check_delta(delta: Option<&DeltaRef>, weights_bytes: u64) -> Result<(), String> {
+    let Some(delta) = delta else { return Ok(()) };
+    check_string("delta.hash", &delta.hash)?;
+    if delta.bytes > weights_bytes {
+        return Err(format!("a step of {} bytes for a weights file of {weights_bytes}", delta.bytes));
     }
     Ok(())
 }
@@ -331,7 +364,10 @@ impl Validate for ServerMsg {
             }
             ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } => Ok(()),
             ServerMsg::Version { part, parts, .. } if part >= parts => Err(format!("part {part} of {parts}")),
-            ServerMsg::Version { .. } => Ok(()),
+            ServerMsg::Version { bytes, params_hash, delta, .. } => {
+                check_string("params_hash", params_hash)?;
+                check_delta(delta.as_ref(), *bytes)
+            }
             ServerMsg::Signal { payload, .. } => check_signal(payload),
             ServerMsg::Wait { reason } => check_string("reason", reason),
             ServerMsg::Ack(a) => {
@@ -344,6 +380,8 @@ impl Validate for ServerMsg {
             ServerMsg::Assign(u) => {
                 check_string("weights_hash", &u.weights_hash)?;
                 check_string("shard_hash", &u.shard_hash)?;
+                check_string("params_hash", &u.params_hash)?;
+                check_delta(u.delta.as_ref(), u.weights_bytes)?;
                 u.model.validate()?;
                 u.optim.validate()?;
                 if let Some(codec) = &u.codec {
@@ -410,6 +448,8 @@ mod tests {
             shard: 0,
             shard_hash: "00".into(),
             shard_bytes: 1 << 20,
+            params_hash: "00".into(),
+            delta: Some(DeltaRef { from: 0, bytes: 1 << 20, hash: "00".into() }),
             seed: 1,
             steps: 10,
             batch: 4,

@@ -1,5 +1,6 @@
 //! Relay with three native CPU contributors on an ephemeral port; its `/metrics` and
-//! `/api/history` describe what happened.
+//! `/api/history` describe what happened, and each contributor got the versions after its
+//! first as published steps.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,7 +32,19 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
     assert!(counters["replayed"].as_u64() >= Some(15), "{counters}");
     assert!(counters["loss_checked"].as_u64() >= Some(15), "{counters}");
     for (_, stats) in &contributors {
-        assert!(stats.lock().unwrap().units_done >= 1, "every contributor had work accepted");
+        let s = stats.lock().unwrap();
+        assert!(s.units_done >= 1, "every contributor had work accepted");
+        // After its first version, most came as published steps from the one before: a
+        // tenth of the file, or less, each.
+        let (fetched, stepped) = (s.versions_fetched as f64, s.versions_stepped as f64);
+        assert!(stepped >= 1.0 && 2.0 * stepped >= fetched, "{s:?}");
+        let file = 4.0 * 118_528.0;
+        let most = (fetched - stepped) * file + stepped * file / 5.0;
+        assert!(
+            (s.weights_downloaded as f64) < most,
+            "{} bytes of weights for {fetched} versions",
+            s.weights_downloaded
+        );
     }
 
     let metrics = get(addr, "/metrics");

@@ -29,17 +29,18 @@ use std::rc::Rc;
 use crowdgrad_runtime::backend::{Backend, BackendError};
 use crowdgrad_runtime::backoff::Backoff;
 use crowdgrad_runtime::bench::calibrate;
+use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::contributor::{Contributor as Loop, ContributorError, Rest, SharedStats};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::feedback::SavedResidual;
 use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::held::HeldView;
 use futures_util::future;
 use wasm_bindgen::prelude::*;
 use web_sys::WebSocket;
 
 pub use bench::{bench, bench_matmul};
 use global::now_seconds;
-use mesh::Mesh;
 pub use sample::sample;
 use transport::WebTransport;
 
@@ -70,8 +71,8 @@ pub struct Contributor {
     relay_url: String,
     stats: SharedStats,
     session: Rc<RefCell<Session>>,
-    /// The session's mesh of peers (where the host has WebRTC), which holds the weights.
-    mesh: Rc<RefCell<Option<Mesh>>>,
+    /// The weights the running loop holds.
+    weights: HeldView,
     /// Share of the time spent working, `0.1..=1`.
     intensity: Rc<Cell<f64>>,
     /// Counts starts and stops: a task whose start is no longer the latest ends.
@@ -88,7 +89,7 @@ impl Contributor {
             relay_url,
             stats: SharedStats::default(),
             session: Rc::new(RefCell::new(Session::Idle)),
-            mesh: Rc::default(),
+            weights: HeldView::default(),
             intensity: Rc::new(Cell::new(1.0)),
             epoch: Rc::default(),
         }
@@ -114,7 +115,7 @@ impl Contributor {
         let (url, stats, session) = (self.relay_url.clone(), self.stats.clone(), self.session.clone());
         let held = Held {
             session: session.clone(),
-            mesh: self.mesh.clone(),
+            weights: self.weights.clone(),
             epoch: self.epoch.clone(),
             mine: self.epoch.get(),
         };
@@ -142,24 +143,27 @@ impl Contributor {
         }
     }
 
-    /// The newest weights the tab holds whole, as `{ version, bytes }` (`bytes` a
-    /// `Uint8Array` of the `/api/weights/{version}` file), for [`sample`] without another
-    /// download; `undefined` before the first fetch or where the host has no WebRTC.
+    /// The weights the tab trains from, as `{ version, bytes }` (`bytes` a `Uint8Array`
+    /// in the `/api/weights/{version}` file's format), for [`sample`] without a
+    /// download; `undefined` before the first unit's weights arrive.
     #[wasm_bindgen(unchecked_return_type = "HeldWeights | undefined")]
     pub fn weights(&self) -> JsValue {
-        let Some((version, bytes)) = self.mesh.borrow().as_ref().and_then(Mesh::latest) else {
+        let Some((version, model, params)) = self.weights.get() else {
             return JsValue::UNDEFINED;
         };
+        let file = checkpoint::encode(&model, &params, &[("version", version.to_string())]);
+        drop(params);
         let object = js_sys::Object::new();
         let _ = js_sys::Reflect::set(&object, &"version".into(), &JsValue::from(version));
-        let _ = js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(bytes.as_slice()));
+        let _ = js_sys::Reflect::set(&object, &"bytes".into(), &js_sys::Uint8Array::from(file.as_slice()));
         object.into()
     }
 
     /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
     /// software }, session, version, units_done, units_rejected, last_rejection,
     /// rejections: { code: count }, last_loss, tokens, upload_bytes, weights_version,
-    /// versions_fetched, mesh_version, weights_from_relay, weights_from_peers (bytes), peers,
+    /// versions_fetched, versions_stepped, weights_downloaded, step_fallback, mesh_version,
+    /// weights_from_relay, weights_from_peers (bytes), peers,
     /// peers_dropped, key, receipts, residual_restored, error }`. `device.kind` is
     /// `"webgpu"` or `"cpu"`; `residual_restored` counts the values of the error-feedback
     /// residual carried over from an earlier visit (IndexedDB); `peers` counts open WebRTC
@@ -175,7 +179,7 @@ impl Contributor {
 /// What the running task shares with its [`Contributor`].
 struct Held {
     session: Rc<RefCell<Session>>,
-    mesh: Rc<RefCell<Option<Mesh>>>,
+    weights: HeldView,
     epoch: Rc<Cell<u64>>,
     /// The epoch of the start that launched this task.
     mine: u64,
@@ -255,7 +259,6 @@ async fn contribute<B: Backend>(
         let ended = match WebTransport::connect(url, stats.clone()).await {
             Ok(transport) if held.current() => {
                 held.session.replace(Session::Connected(transport.socket()));
-                held.mesh.replace(transport.mesh());
                 stats.lock().expect("stats lock").error = None;
                 let running = match trainer.as_mut() {
                     Some(running) => {
@@ -265,6 +268,7 @@ async fn contribute<B: Backend>(
                     None => {
                         let (backend, saved, rest, identity) = setup.take().expect("set up once");
                         let fresh = Loop::new(transport, backend, AGENT, stats.clone(), gflops, identity)
+                            .showing_weights(held.weights.clone())
                             .with_residual(saved, Box::new(residual::IndexedDbResidual))
                             .with_rest(rest);
                         trainer.insert(fresh)

@@ -98,11 +98,6 @@ impl WebTransport {
         Ok(transport)
     }
 
-    /// The tab's mesh of peers, where the host has WebRTC.
-    pub fn mesh(&self) -> Option<Mesh> {
-        self.mesh.clone()
-    }
-
     /// A handle that can close the socket from elsewhere (the page's Stop button).
     pub fn socket(&self) -> WebSocket {
         self.socket.clone()
@@ -136,8 +131,15 @@ impl Transport for WebTransport {
 
     async fn fetch_weights(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
         match &self.mesh {
-            Some(mesh) => mesh.download(version, bytes).await.map_err(TransportError),
+            Some(mesh) => mesh.download(mesh::files::weights(version), bytes).await.map_err(TransportError),
             None => self.fetch(&format!("/api/weights/{version}"), bytes).await,
+        }
+    }
+
+    async fn fetch_delta(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
+        match &self.mesh {
+            Some(mesh) => mesh.download(mesh::files::step(version), bytes).await.map_err(TransportError),
+            None => self.fetch(&format!("/api/deltas/{version}"), bytes).await,
         }
     }
 

@@ -58,8 +58,14 @@ export interface ContributorStats {
   /** The model version whose weights the tab holds. */
   weights_version: number;
   versions_fetched: number;
-  /** The newest version whose weights the tab's mesh holds whole (it fetches each
-   * announced version before training on it). */
+  /** Of those, versions made from the one held and the relay's published step. */
+  versions_stepped: number;
+  /** Bytes of weights files and steps downloaded, from the relay or from peers. */
+  weights_downloaded: number;
+  /** Why the last version that could have come as a step was downloaded whole instead. */
+  step_fallback: string | null;
+  /** The newest version whose weights file or published step the tab's mesh holds whole
+   * (it fetches each announced version before training on it). */
   mesh_version: number;
   /** Weight bytes from the relay over HTTP. */
   weights_from_relay: number;

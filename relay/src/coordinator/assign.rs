@@ -108,6 +108,8 @@ impl Coordinator {
             shard,
             shard_hash: self.shards[shard as usize].hash.clone(),
             shard_bytes: self.shards[shard as usize].bytes.len() as u64,
+            params_hash: self.published.params_hash.clone(),
+            delta: self.published.delta.clone(),
             seed,
             steps,
             batch: self.job.inner.batch,

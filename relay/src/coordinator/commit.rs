@@ -135,7 +135,7 @@ impl Coordinator {
             return;
         }
         let CommitJob { tools, draft, .. } = job;
-        let NewVersion { params, val_loss, file } = match written {
+        let NewVersion { params, val_loss, file, published } = match written {
             Ok(written) => written,
             Err(e) => {
                 let message =
@@ -159,6 +159,16 @@ impl Coordinator {
         self.tools = Some(tools);
         self.version = version;
         self.current = file;
+        if let Some(delta) = &published.delta {
+            self.recent_deltas.push((version, delta.clone()));
+            let keep = self.recent_deltas.len().saturating_sub(super::STEPS_SERVED);
+            for (old, _) in self.recent_deltas.drain(..keep).collect::<Vec<_>>() {
+                if let Err(e) = self.store.remove_step(old) {
+                    tracing::warn!(version = old, "could not delete an old step: {e}");
+                }
+            }
+        }
+        self.published = published;
         tracing::info!(version, val_loss, results = n, "committed version");
         self.metrics.version.set(version as i64);
         self.metrics.val_loss.set(val_loss as f64);
@@ -248,10 +258,16 @@ mod tests {
         Contribution { unit, replayed, delta: Delta::Dense(vec![value; n]), share: 1.0, weight: 1.0 }
     }
 
+    /// A coordinator whose versions are the outer step's exact results (no published
+    /// steps), for the tests of that step.
+    fn exact(dir: &std::path::Path) -> super::super::Coordinator {
+        super::super::for_test_with(dir, |job| job.deltas.enabled = false)
+    }
+
     #[test]
     fn a_round_too_small_for_its_rule_averages_only_replayed_results() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut c = super::super::for_test(dir.path());
+        let mut c = exact(dir.path());
         let (lr, mu) = (c.job.outer.lr, c.job.outer.momentum);
         let n = c.param_count();
         let start = c.params.to_vec();
@@ -278,7 +294,7 @@ mod tests {
     #[test]
     fn the_outer_momentum_carries_from_its_file_to_the_next_version() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut c = super::super::for_test(dir.path());
+        let mut c = exact(dir.path());
         let (lr, mu) = (c.job.outer.lr, c.job.outer.momentum);
         let n = c.param_count();
         let start = c.params[0];
@@ -292,6 +308,39 @@ mod tests {
         let (m1, m2) = (g, mu * g + g);
         let expected = start - lr * (g + mu * m1) - lr * (g + mu * m2);
         assert!((c.params[0] - expected).abs() < 1e-7, "{} against {expected}", c.params[0]);
+    }
+
+    #[test]
+    fn a_version_is_the_one_before_minus_its_published_step_bit_for_bit() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = super::super::for_test(dir.path());
+        let n = c.param_count();
+        let mut rng = crowdgrad_runtime::rng::Rng::new(4);
+        for unit in 1..=5 {
+            let values: Vec<f32> = (0..n).map(|_| rng.normal() * 1e-3).collect();
+            c.results.push(Contribution { unit, replayed: true, delta: Delta::Dense(values), share: 1.0, weight: 1.0 });
+            c.close_round(Instant::now());
+        }
+        assert_eq!(c.version, 5);
+        let file = |v: u64| std::fs::read(c.store.weights_path(v)).expect("a weights file");
+        let weights = |v: u64| crowdgrad_runtime::checkpoint::decode(&c.job.model, &file(v)).expect("weights");
+        for v in 2..=5 {
+            let step = std::fs::read(c.store.delta_path(v)).expect("a published step");
+            let mut made = weights(v - 1);
+            crowdgrad_runtime::held::apply_step(&mut made, &step).expect("the step applies");
+            assert!(made == weights(v), "version {v} from {} and its step", v - 1);
+            assert!(step.len() * 8 < file(v).len(), "a step of {} bytes for a file of {}", step.len(), file(v).len());
+        }
+        let hash = crowdgrad_runtime::checkpoint::hash_hex(bytemuck::cast_slice(&weights(5)));
+        assert_eq!(c.published.params_hash, hash);
+        let delta = c.published.delta.clone().expect("version 5 was published as a step");
+        assert_eq!((delta.from, c.delta_file(5).map(|(_, h)| h)), (4, Some(delta.hash)));
+        let served = |c: &super::super::Coordinator| (0..=6).filter(|&v| c.delta_file(v).is_some()).collect::<Vec<_>>();
+        assert_eq!(served(&c), vec![2, 3, 4, 5], "the last four versions' steps are served");
+        assert!(!c.store.delta_path(1).exists(), "an older step is deleted");
+        drop(c);
+        let reopened = super::super::for_test(dir.path());
+        assert_eq!(served(&reopened), vec![2, 3, 4, 5], "a restarted relay serves them too");
     }
 
     /// Joins a CPU session to `c`; its inbox.

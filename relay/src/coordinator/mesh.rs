@@ -127,12 +127,15 @@ impl Coordinator {
 
     /// Tells every session in the mesh that `version` is out, each with its part of the
     /// chunks to take from the relay: they fetch it together, and the relay sends about
-    /// one copy however many fetch it.
+    /// one copy however many fetch it. The parts turn with each version, so that a file
+    /// of fewer chunks than sessions (a step) is not always the same sessions' to fetch.
     pub(super) fn announce_version(&mut self, version: u64) {
         let members: Vec<u64> = self.mesh.members().collect();
         let (parts, bytes) = (members.len() as u32, self.current.len);
-        for (part, id) in (0..).zip(members) {
-            self.send_lossy(id, ServerMsg::Version { version, bytes, part, parts });
+        for (index, id) in (0u32..).zip(members) {
+            let part = ((u64::from(index) + version) % u64::from(parts)) as u32;
+            let (params_hash, delta) = (self.published.params_hash.clone(), self.published.delta.clone());
+            self.send_lossy(id, ServerMsg::Version { version, bytes, params_hash, delta, part, parts });
         }
     }
 

@@ -68,6 +68,9 @@ use self::screen::{Kind, Screen};
 use self::twins::Held;
 use self::units::Units;
 
+/// Versions whose published steps are served.
+pub const STEPS_SERVED: usize = 4;
+
 /// A session's outbox; when it is full the session is too slow and is dropped.
 pub type Outbox = mpsc::Sender<ServerMsg>;
 
@@ -141,6 +144,11 @@ pub struct Coordinator {
     version: u64,
     /// The current version's weights file.
     current: WeightsFile,
+    /// How contributors check the current version's weights, and may get them from the
+    /// version before.
+    published: new_version::Published,
+    /// The published steps of the last [`STEPS_SERVED`] versions, newest last.
+    recent_deltas: Vec<(u64, crowdgrad_runtime::protocol::DeltaRef)>,
     shards: Vec<ShardFile>,
     /// How the shards store tokens.
     tokens: TokenWidth,
@@ -260,6 +268,10 @@ impl Coordinator {
         let versions = ledger.recent_versions(timeline::KEPT_VERSIONS)?.into_iter().map(VersionRecord::from);
         let timeline = timeline::Timeline::new(versions.collect());
         let registrations = registrations::Registrations::new(ledger.next_contributor_id()?);
+        let published = new_version::Published::of(version, &params, &store)
+            .with_context(|| format!("reading version {version}'s published step"))?;
+        let recent_deltas = new_version::kept_steps(version, STEPS_SERVED, &store)
+            .context("reading the recent versions' published steps")?;
         let tools = new_version::Tools {
             evaluator,
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
@@ -277,6 +289,8 @@ impl Coordinator {
             params,
             version,
             current,
+            recent_deltas,
+            published,
             shards,
             tokens: width,
             round,
@@ -363,6 +377,15 @@ impl Coordinator {
         let hash = self.ledger.kept_version(version);
         let hash = self.note_storage("looking up a version", hash)??;
         Some((VersionSource::Disk(self.store.weights_path(version)), hash))
+    }
+
+    /// Where `version`'s published step is, with its blake3 hex: the last
+    /// [`STEPS_SERVED`] versions' are served (a contributor a few versions behind steps
+    /// through them; a tab fetching the one just announced may finish after the next is
+    /// committed), while their files are kept.
+    pub fn delta_file(&self, version: u64) -> Option<(VersionSource, String)> {
+        let (_, delta) = self.recent_deltas.iter().find(|(v, _)| *v == version)?;
+        Some((VersionSource::Disk(self.store.delta_path(version)), delta.hash.clone()))
     }
 
     /// Where `version`'s Hugging Face `model.safetensors` is (or will be) written.
@@ -623,8 +646,15 @@ impl Coordinator {
 /// A coordinator for the default job with its storage in `dir`, for the parts' unit tests.
 #[cfg(test)]
 fn for_test(dir: &std::path::Path) -> Coordinator {
+    for_test_with(dir, |_| {})
+}
+
+/// [`for_test`] with `adjust` applied to the job first.
+#[cfg(test)]
+fn for_test_with(dir: &std::path::Path, adjust: impl FnOnce(&mut JobConfig)) -> Coordinator {
     let mut job = JobConfig::default();
     (job.storage.dir, job.data.eval_batches) = (dir.to_path_buf(), 1);
+    adjust(&mut job);
     Coordinator::open(job, Corpus::builtin(), Default::default()).expect("the coordinator opens")
 }
 

@@ -1,6 +1,7 @@
 //! A new version computed and written off the coordinator's lock, on the committer
 //! thread ([`CommitJob::run`]): the round's update ([`super::aggregate`]), the outer
-//! Nesterov step, the held-out loss, the two files and the ledger row.
+//! Nesterov step, the published step (`[deltas]`), the held-out loss, the files and the
+//! ledger row.
 //!
 //! The outer step runs tensor by tensor while the momentum file is written: each of the
 //! current version's momentum tensors is read from its file, updated with the round's
@@ -9,8 +10,20 @@
 //! update, which becomes the new weights) and one tensor of momentum at a time; the
 //! momentum is never in memory whole. A commit that cannot be written is computed again
 //! when it is retried (the same inputs give the same version).
+//!
+//! With `[deltas]` on, the version published is not the outer step's exact result but
+//! the current weights minus a compressed step: the top values of each chunk of (the
+//! outer step + what earlier versions did not send), read and written chunk by chunk
+//! (`v{N}.residual`). Contributors that hold the current version download that step
+//! (`v{N}.delta`, about a tenth of the weights file) and get the new weights bit for bit;
+//! what was not sent waits for the next version, as a contributor's own error feedback
+//! does.
 
 use std::sync::Arc;
+
+use crowdgrad_runtime::checkpoint::hash_hex;
+use crowdgrad_runtime::codec::{ChunkWriter, CodecConfig};
+use crowdgrad_runtime::protocol::DeltaRef;
 
 use super::Contribution;
 use super::aggregate::{Weighted, aggregate};
@@ -60,12 +73,52 @@ pub struct CommitJob {
     pub(super) draft: Draft,
 }
 
-/// A version as written: its weights, held-out loss and weights file.
+/// A version as written: its weights, held-out loss, weights file, and how contributors
+/// get and check it.
 pub(super) struct NewVersion {
     pub params: Arc<Vec<f32>>,
     /// Held-out loss, nats.
     pub val_loss: f32,
     pub file: WeightsFile,
+    pub published: Published,
+}
+
+/// What contributors check a version's weights by, and how they may get them from the
+/// version before.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// blake3 of the weights' values (`WorkUnit::params_hash`).
+    pub params_hash: String,
+    /// The step from the version before, when the version was published as one.
+    pub delta: Option<DeltaRef>,
+}
+
+impl Published {
+    /// What `version`'s weights `params` give, with its step as the store keeps it.
+    pub fn of(version: u64, params: &[f32], store: &Store) -> std::io::Result<Published> {
+        Ok(Published { params_hash: hash_hex(bytemuck::cast_slice(params)), delta: step_of(version, store)? })
+    }
+}
+
+/// The steps to the last `count` versions up to `version` that the store keeps, oldest
+/// first: what a restarted relay serves.
+pub fn kept_steps(version: u64, count: usize, store: &Store) -> std::io::Result<Vec<(u64, DeltaRef)>> {
+    let first = version.saturating_sub(count as u64 - 1);
+    let mut steps = Vec::new();
+    for v in first..=version {
+        if let Some(step) = step_of(v, store)? {
+            steps.push((v, step));
+        }
+    }
+    Ok(steps)
+}
+
+/// `version`'s published step, where the store keeps one.
+fn step_of(version: u64, store: &Store) -> std::io::Result<Option<DeltaRef>> {
+    Ok(match version {
+        0 => None,
+        _ => store.delta_file(version)?.map(|(hash, bytes)| DeltaRef { from: version - 1, bytes, hash }),
+    })
 }
 
 /// A commit that ran: its job back, and the version it wrote or why it could not.
@@ -117,6 +170,22 @@ impl CommitJob {
         if lost {
             tracing::error!(version = current, "its momentum file is gone; the outer momentum starts again from zero");
         }
+        let delta = match job.deltas.codec() {
+            Some(cfg) => {
+                let (delta, lag) = publish(store, draft, &mut next, cfg)?;
+                let norm = next.iter().map(|&w| f64::from(w) * f64::from(w)).sum::<f64>().sqrt();
+                tracing::info!(
+                    version = draft.version,
+                    step_bytes = delta.bytes,
+                    "published as a step; the weights lag the exact outer steps by a residual of norm {lag:.4e} \
+                     ({:.3} % of theirs)",
+                    100.0 * lag / norm.max(f64::MIN_POSITIVE)
+                );
+                Some(delta)
+            }
+            None => None,
+        };
+        let published = Published { params_hash: hash_hex(bytemuck::cast_slice(&next)), delta };
         let params = Arc::new(next);
         let val_loss = evaluator.loss(&params);
         let version = Written {
@@ -128,8 +197,39 @@ impl CommitJob {
             units_below: draft.units_below,
         };
         let file = persist(store, ledger, job, version, &params, &momentum_hash, Some(draft.round), &draft.receipts)?;
-        Ok(NewVersion { params, val_loss, file })
+        Ok(NewVersion { params, val_loss, file, published })
     }
+}
+
+/// Turns `next`, the outer step's new weights, into the published ones: the current
+/// weights minus a step of `cfg` of (the outer step + the carried residual), chunk by
+/// chunk, writing the new residual and the step; returns the step's reference and the
+/// new residual's L2 norm (how far the published weights are from where the exact
+/// outer steps would have taken them).
+fn publish(store: &Store, draft: &Draft, next: &mut [f32], cfg: CodecConfig) -> std::io::Result<(DeltaRef, f64)> {
+    let (len, chunk, from) = (next.len(), cfg.chunk as usize, draft.version - 1);
+    let mut carried = store.residual_reader(from, len)?;
+    let mut residual = store.residual_writer(draft.version)?;
+    let mut writer = ChunkWriter::new(len, cfg);
+    let (mut step, mut sent) = (vec![0f32; chunk], vec![0f32; chunk]);
+    let mut lag = 0f64;
+    for (next, start) in next.chunks_mut(chunk).zip(draft.start.chunks(chunk)) {
+        let (step, sent) = (&mut step[..next.len()], &mut sent[..next.len()]);
+        match carried.as_mut() {
+            Some(reader) => reader.read(step)?,
+            None => step.fill(0.0),
+        }
+        step.iter_mut().zip(start.iter().zip(next.iter())).for_each(|(r, (s, n))| *r += s - n);
+        writer.push(step);
+        writer.sent(sent);
+        // What contributors compute from the step: each value minus what it sends.
+        next.iter_mut().zip(start.iter().zip(sent.iter())).for_each(|(n, (s, d))| *n = s - d);
+        residual.write(step)?;
+        lag += step.iter().map(|&r| f64::from(r) * f64::from(r)).sum::<f64>();
+    }
+    residual.finish()?;
+    let (hash, bytes) = store.write_delta(draft.version, &writer.finish())?;
+    Ok((DeltaRef { from, bytes, hash }, lag.sqrt()))
 }
 
 /// What a commit records about a version besides its tensors.

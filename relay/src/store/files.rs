@@ -80,6 +80,18 @@ pub fn write_durably<V: View>(
     File::open(dir)?.sync_all()
 }
 
+/// Writes `bytes` to `path` durably (module docs).
+pub fn write_bytes_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("checkpoint paths have a folder");
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    std::io::Write::write_all(&mut file, bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
 /// blake3 (lowercase hex) and length of the file at `path`, read a block at a time.
 pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut file = File::open(path)?;

@@ -11,6 +11,7 @@
 //! never deleted: what cannot be adopted is moved aside into `versions/unadopted/`.
 
 mod files;
+mod steps;
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -22,6 +23,7 @@ use crowdgrad_runtime::checkpoint::{self, hash_hex};
 use crowdgrad_runtime::model::{GptConfig, ParamEntry};
 use files::{MadeTensor, hash_file, read_tensor, write_durably};
 use safetensors::tensor::{Dtype, TensorView};
+pub use steps::{ResidualReader, ResidualWriter};
 
 /// The checkpoint folder.
 #[derive(Clone, Debug)]
@@ -239,7 +241,7 @@ impl Store {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let version = name.strip_prefix('v').and_then(|rest| rest.get(..8)).and_then(|v| v.parse::<u64>().ok());
             match version {
-                Some(v) if name.ends_with(".safetensors") => {
+                Some(v) if [".safetensors", ".delta", ".residual"].iter().any(|end| name.ends_with(end)) => {
                     listing.versions.insert(v);
                 }
                 Some(_) if name.ends_with(".tmp") => listing.temporary.push(path),
@@ -298,7 +300,7 @@ impl Store {
     pub fn move_aside(&self, version: u64) -> std::io::Result<PathBuf> {
         let aside = self.dir.join("unadopted");
         fs::create_dir_all(&aside)?;
-        for path in [self.weights_path(version), self.momentum_path(version)] {
+        for path in self.files(version) {
             if path.exists() {
                 let name = path.file_name().expect("checkpoint paths have a name");
                 fs::rename(&path, aside.join(name))?;
@@ -308,6 +310,11 @@ impl Store {
         Ok(aside)
     }
 
+    /// Every file of `version` but its Hugging Face copy.
+    fn files(&self, version: u64) -> [PathBuf; 4] {
+        [self.weights_path(version), self.momentum_path(version), self.delta_path(version), self.residual_path(version)]
+    }
+
     /// Deletes a half-written temporary file.
     pub fn remove_temporary(&self, path: &Path) -> std::io::Result<()> {
         fs::remove_file(path)
@@ -315,7 +322,7 @@ impl Store {
 
     /// Deletes `version`'s files (missing ones are fine).
     pub fn remove(&self, version: u64) -> std::io::Result<()> {
-        for path in [self.weights_path(version), self.momentum_path(version), self.hf_weights_path(version)] {
+        for path in self.files(version).into_iter().chain([self.hf_weights_path(version)]) {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

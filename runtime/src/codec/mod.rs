@@ -180,49 +180,110 @@ pub fn pack(picked: &[f32], len: usize, cfg: &CodecConfig) -> Result<Vec<u8>, Co
         return bad(format!("picked table of {} words, {len} values need {}", picked.len(), picked_len(cfg, len)));
     }
     let mut out = Vec::with_capacity(cfg.max_bytes(len));
+    write_header(&mut out, len, cfg);
+    let chunk = cfg.chunk as usize;
+    for (c, table) in picked.chunks(picked_words(cfg)).enumerate() {
+        pack_chunk(&mut out, c, table, chunk.min(len - c * chunk), cfg)?;
+    }
+    Ok(out)
+}
+
+/// The header of an update of `len` values.
+fn write_header(out: &mut Vec<u8>, len: usize, cfg: &CodecConfig) {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&[FORMAT, cfg.bits]);
     for field in [cfg.chunk, cfg.k, len as u32] {
         out.extend_from_slice(&field.to_le_bytes());
     }
-    let (chunk, k) = (cfg.chunk as usize, cfg.k as usize);
-    for (c, table) in picked.chunks(picked_words(cfg)).enumerate() {
-        let size = chunk.min(len - c * chunk);
-        let (scale, count) = (table[0], table[1].to_bits() as usize);
-        if !(scale.is_finite() && scale >= 0.0) || count > k.min(size) {
-            return bad(format!("picked chunk {c}: scale {scale}, count {count}"));
-        }
-        let slots = &table[2..2 + count];
-        let mut gaps = Vec::with_capacity(count);
-        let mut next = 0u32;
-        for word in slots {
-            let index = word.to_bits() & 0xffff;
-            if index < next || index as usize >= size {
-                return bad(format!("picked chunk {c}: index {index} out of order or past {size}"));
-            }
-            gaps.push(index - next);
-            next = index + 1;
-        }
-        let rice = (0..=MAX_RICE)
-            .min_by_key(|&r| gaps.iter().map(|&g| rice_bits(g, r)).sum::<u64>())
-            .expect("a nonempty range");
-        out.extend_from_slice(&scale.to_le_bytes());
-        out.extend_from_slice(&(count as u16).to_le_bytes());
-        out.push(rice);
-        let mut stream = BitWriter::new(&mut out);
-        for &gap in &gaps {
-            stream.write_rice(gap, rice);
-        }
-        for word in slots {
-            let level = (word.to_bits() >> 16) as i32 - cfg.levels();
-            if level.unsigned_abs() > cfg.levels() as u32 {
-                return bad(format!("picked chunk {c}: level {level} outside ±{}", cfg.levels()));
-            }
-            stream.write(level as u32, cfg.bits as u32);
-        }
-        stream.finish();
+}
+
+/// Appends chunk `c` (`size` values) of a table of picked values to `out`.
+fn pack_chunk(out: &mut Vec<u8>, c: usize, table: &[f32], size: usize, cfg: &CodecConfig) -> Result<(), CodecError> {
+    let (scale, count) = (table[0], table[1].to_bits() as usize);
+    if !(scale.is_finite() && scale >= 0.0) || count > (cfg.k as usize).min(size) {
+        return bad(format!("picked chunk {c}: scale {scale}, count {count}"));
     }
-    Ok(out)
+    let slots = &table[2..2 + count];
+    let mut gaps = Vec::with_capacity(count);
+    let mut next = 0u32;
+    for word in slots {
+        let index = word.to_bits() & 0xffff;
+        if index < next || index as usize >= size {
+            return bad(format!("picked chunk {c}: index {index} out of order or past {size}"));
+        }
+        gaps.push(index - next);
+        next = index + 1;
+    }
+    let rice =
+        (0..=MAX_RICE).min_by_key(|&r| gaps.iter().map(|&g| rice_bits(g, r)).sum::<u64>()).expect("a nonempty range");
+    out.extend_from_slice(&scale.to_le_bytes());
+    out.extend_from_slice(&(count as u16).to_le_bytes());
+    out.push(rice);
+    let mut stream = BitWriter::new(out);
+    for &gap in &gaps {
+        stream.write_rice(gap, rice);
+    }
+    for word in slots {
+        let level = (word.to_bits() >> 16) as i32 - cfg.levels();
+        if level.unsigned_abs() > cfg.levels() as u32 {
+            return bad(format!("picked chunk {c}: level {level} outside ±{}", cfg.levels()));
+        }
+        stream.write(level as u32, cfg.bits as u32);
+    }
+    stream.finish();
+    Ok(())
+}
+
+/// An encoder fed one chunk at a time, so that an update of a large model is encoded
+/// without its table of picked values in memory: the relay's deltas between versions.
+pub struct ChunkWriter {
+    out: Vec<u8>,
+    cfg: CodecConfig,
+    len: usize,
+    chunk: usize,
+    order: Vec<u32>,
+    table: Vec<f32>,
+}
+
+impl ChunkWriter {
+    /// An encoder of an update of `len` values.
+    pub fn new(len: usize, cfg: CodecConfig) -> Self {
+        cfg.validate().expect("a valid codec config");
+        let mut out = Vec::new();
+        write_header(&mut out, len, &cfg);
+        let (order, table) = (Vec::with_capacity(cfg.chunk as usize), vec![0f32; picked_words(&cfg)]);
+        ChunkWriter { out, cfg, len, chunk: 0, order, table }
+    }
+
+    /// Encodes the next chunk of values, `r` (the chunk's length: `cfg.chunk`, or what is
+    /// left at the end): its top `k` are sent, and taken out of `r`, which keeps what was
+    /// not sent (times the decay), as [`encode`] does with a residual.
+    pub fn push(&mut self, r: &mut [f32]) {
+        let c = self.chunk;
+        let size = (self.cfg.chunk as usize).min(self.len - c * self.cfg.chunk as usize);
+        assert_eq!(r.len(), size, "chunk {c} has {size} values");
+        r.iter_mut().for_each(|x| *x = finite_or_zero(*x));
+        pick_chunk(r, &self.cfg, &mut self.order, &mut self.table);
+        pack_chunk(&mut self.out, c, &self.table, size, &self.cfg).expect("the reference's own table packs");
+        self.chunk += 1;
+    }
+
+    /// The values the last chunk pushed sends, as [`decode`] reads them (zeros where it
+    /// sends none), into `out` (that chunk's length).
+    pub fn sent(&self, out: &mut [f32]) {
+        out.fill(0.0);
+        let (scale, count, levels) = (self.table[0], self.table[1].to_bits() as usize, self.cfg.levels());
+        for word in &self.table[2..2 + count] {
+            let level = (word.to_bits() >> 16) as i32 - levels;
+            out[(word.to_bits() & 0xffff) as usize] = level as f32 / levels as f32 * scale;
+        }
+    }
+
+    /// The encoded update, once every chunk is in.
+    pub fn finish(self) -> Vec<u8> {
+        assert_eq!(self.chunk, self.len.div_ceil(self.cfg.chunk as usize), "every chunk was pushed");
+        self.out
+    }
 }
 
 /// Encodes `delta + residual` and leaves in `residual` what was not sent, times
@@ -389,6 +450,27 @@ mod tests {
         let bytes = encode(&delta, &mut vec![0.0; n], &CodecConfig::default());
         assert!(bytes.len() * 100 <= n * 4, "{} bytes for {} dense", bytes.len(), n * 4);
         assert!(bytes.len() <= CodecConfig::default().max_bytes(n));
+    }
+
+    #[test]
+    fn a_chunk_at_a_time_encodes_as_the_whole() {
+        let cfg = CodecConfig { chunk: 100, k: 7, bits: 8, decay: 0.9 };
+        let delta: Vec<f32> = (0..950).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let residual: Vec<f32> = (0..950).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut whole_residual = residual.clone();
+        let whole = encode(&delta, &mut whole_residual, &cfg);
+        let mut summed: Vec<f32> = delta.iter().zip(&residual).map(|(d, r)| d + r).collect();
+        let mut writer = ChunkWriter::new(950, cfg);
+        let mut sent = Vec::new();
+        for chunk in summed.chunks_mut(100) {
+            writer.push(chunk);
+            let mut values = vec![0.0; chunk.len()];
+            writer.sent(&mut values);
+            sent.extend(values);
+        }
+        assert_eq!(writer.finish(), whole);
+        assert_eq!(summed, whole_residual);
+        assert_eq!(sent, decode(&whole, 950).unwrap(), "what it says it sent is what decodes, bit for bit");
     }
 
     #[test]

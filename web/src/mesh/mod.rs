@@ -7,9 +7,12 @@
 //! ([`ServerMsg::Version`]), every tab of the mesh fetches it at once, each taking its
 //! part of the chunks from the relay and the rest from the others, while it trains on the
 //! version before; a peer is sent each chunk of a version at most once ([`uplink`]).
+//! A version published as a step from the one before is traded as that step, a file of
+//! its own ([`files`]: the `version` of the mesh's messages and store is a file id).
 //!
 //! [`WEIGHT_CHUNK`]: crowdgrad_runtime::protocol::WEIGHT_CHUNK
 
+pub mod files;
 mod holdings;
 mod peer;
 mod store;
@@ -86,8 +89,8 @@ impl Mesh {
         Mesh { shared: Rc::new(RefCell::new(shared)) }
     }
 
-    /// Takes the relay's messages about peers (and the ICE servers from its welcome).
-    /// Returns `false` for messages that are not the mesh's.
+    /// Takes the relay's messages about peers (and the ICE servers from its welcome, and
+    /// each new version to prefetch). Returns `false` for messages the contributor needs too.
     pub fn on_relay(&self, msg: &ServerMsg) -> bool {
         match msg {
             ServerMsg::Welcome(w) => {
@@ -109,18 +112,19 @@ impl Mesh {
                 }
                 true
             }
-            ServerMsg::Version { version, bytes, part, parts } => {
-                self.shared.borrow_mut().announced = Some((*version, Part { part: *part, parts: *parts }));
-                wasm_bindgen_futures::spawn_local(self.clone().prefetch(*version, *bytes));
-                true
+            ServerMsg::Version { version, bytes, delta, part, parts, .. } => {
+                // A version published as a step: the tabs holding the one before need only that.
+                let (id, bytes) = match delta {
+                    Some(step) => (files::step(*version), step.bytes),
+                    None => (files::weights(*version), *bytes),
+                };
+                self.shared.borrow_mut().announced = Some((id, Part { part: *part, parts: *parts }));
+                wasm_bindgen_futures::spawn_local(self.clone().prefetch(id, bytes));
+                // The contributor learns the published step from it too.
+                false
             }
             _ => false,
         }
-    }
-
-    /// The newest model version this tab holds whole, with its weights file.
-    pub fn latest(&self) -> Option<(u64, Vec<u8>)> {
-        self.shared.borrow().store.latest_complete()
     }
 
     fn connect(&self, id: u64, offer: bool) {

@@ -1,13 +1,15 @@
-//! The chunks of the weights files this tab holds, to train on and to serve to peers.
+//! The chunks of the files this tab holds (weights files and steps, by their ids:
+//! `super::files`), to train on and to serve to peers.
 
 use std::collections::BTreeMap;
 
 use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
 
-/// Versions kept: the one being fetched, the one trained on, and the one before, which a
-/// unit assigned while the tab was busy may still ask for (without it, the tab would fetch
-/// that version again, mostly from the relay, since its peers forget it too).
-pub const KEPT_VERSIONS: usize = 3;
+/// Files kept: the one being fetched, the one trained on, and the ones before, which a
+/// unit assigned while the tab was busy may still ask for (without them, the tab would
+/// fetch those again, mostly from the relay, since its peers forget them too): a weights
+/// file and the steps after it.
+pub const KEPT_VERSIONS: usize = 4;
 
 /// Chunks of the last [`KEPT_VERSIONS`] versions, each `WEIGHT_CHUNK` bytes (the last
 /// one of a file may be shorter); `None` where not yet fetched.
@@ -67,11 +69,6 @@ impl Store {
         Some(file)
     }
 
-    /// The newest version held whole, with its file.
-    pub fn latest_complete(&self) -> Option<(u64, Vec<u8>)> {
-        self.versions.keys().rev().find_map(|&v| Some((v, self.complete(v)?)))
-    }
-
     /// For each version kept, the chunks held: what a new peer is told.
     pub fn announcements(&self) -> Vec<(u64, Vec<u32>)> {
         self.versions
@@ -86,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_two_versions_and_assembles_complete_ones() {
+    fn keeps_four_files_and_assembles_complete_ones() {
         let mut store = Store::default();
         let file: Vec<u8> = (0..WEIGHT_CHUNK * 2 + 10).map(|i| i as u8).collect();
         store.put_file(1, &file);
@@ -97,9 +94,9 @@ mod tests {
         assert_eq!(store.missing(2), vec![0, 2]);
         assert!(store.complete(2).is_none());
         assert_eq!(store.announcements(), vec![(1, vec![0, 1, 2]), (2, vec![1])]);
-        assert_eq!(store.latest_complete().map(|(v, _)| v), Some(1), "version 2 is partial");
         store.begin(3, 3);
         store.begin(4, 3);
+        store.begin(5, 3);
         assert!(store.chunk(1, 0).is_none(), "the oldest version is forgotten");
         assert_eq!(store.chunk(2, 1), Some(&[7; WEIGHT_CHUNK][..]));
         // A late unit's older version is begun after newer ones: it is what is kept.

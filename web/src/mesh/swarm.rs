@@ -1,4 +1,5 @@
-//! Fetching one version's weights from peers first and from the relay for the rest.
+//! Fetching one file (a version's weights, or its step: ids of `super::files`, which
+//! this module calls versions) from peers first and from the relay for the rest.
 //!
 //! The tab announces the version, then asks peers for the chunks they announced, a few
 //! at a time, and checks each against the relay's hash list. The relay announces each
@@ -18,7 +19,7 @@ use futures_channel::mpsc;
 use futures_util::StreamExt;
 use futures_util::future::select;
 
-use super::{Mesh, Shared, wire::PeerMsg};
+use super::{Mesh, Shared, files, wire::PeerMsg};
 use crate::global::{self, now_seconds};
 
 /// Requests to peers outstanding at once.
@@ -228,7 +229,7 @@ impl Mesh {
         s.fetching = false;
         if result.is_ok() {
             let mut stats = s.stats.lock().expect("stats lock");
-            stats.mesh_version = stats.mesh_version.max(version);
+            stats.mesh_version = stats.mesh_version.max(files::version(version));
         }
         result
     }
@@ -249,12 +250,13 @@ impl Mesh {
         };
         let s = self.shared.borrow();
         let from_peers = s.stats.lock().expect("stats lock").weights_from_peers - peers_before;
-        let _ = s.relay.send_with_u8_array(&encode(&ClientMsg::Fetched { version, from_peers }));
+        let fetched = ClientMsg::Fetched { version: files::version(version), from_peers };
+        let _ = s.relay.send_with_u8_array(&encode(&fetched));
         Ok(file)
     }
 
     async fn whole_from_relay(&self, http_base: &str, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
-        let file = global::get(&format!("{http_base}/api/weights/{version}"), bytes).await?;
+        let file = global::get(&format!("{http_base}{}", files::path(version)), bytes).await?;
         let mut s = self.shared.borrow_mut();
         s.stats.lock().expect("stats lock").weights_from_relay += file.len() as u64;
         s.store.put_file(version, &file);
@@ -265,7 +267,7 @@ impl Mesh {
 
     async fn swarm(&self, http_base: &str, version: u64, bytes: u64) -> Result<Vec<u8>, String> {
         let list_bytes = bytes.div_ceil(WEIGHT_CHUNK as u64) * 32;
-        let list = global::get(&format!("{http_base}/api/weights/{version}/chunks"), list_bytes).await?;
+        let list = global::get(&format!("{http_base}{}/chunks", files::path(version)), list_bytes).await?;
         if list.is_empty() || list.len() % 32 != 0 {
             return Err(format!("the chunk hash list of version {version} has {} bytes", list.len()));
         }
@@ -288,7 +290,7 @@ impl Mesh {
             match step {
                 Step::Done(file) => break Ok(file),
                 Step::FromRelay(index) => {
-                    let url = format!("{http_base}/api/weights/{version}/chunks/{index}");
+                    let url = format!("{http_base}{}/chunks/{index}", files::path(version));
                     match global::get(&url, WEIGHT_CHUNK as u64).await {
                         Ok(bytes) => self.shared.borrow_mut().keep_relay_chunk(version, index, bytes),
                         Err(e) => break Err(e),

@@ -1,11 +1,12 @@
-//! What this tab has sent one peer: each chunk of a version at most once, so that a peer
-//! asking again and again cannot drain the tab's uplink. A peer honestly fetching a
-//! version asks for each chunk once; one whose request timed out asks another peer.
+//! What this tab has sent one peer: each chunk of a file (a version's weights or step, by
+//! its id: `super::files`) at most once, so that a peer asking again and again cannot
+//! drain the tab's uplink. A peer honestly fetching a file asks for each chunk once; one
+//! whose request timed out asks another peer.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Versions whose sent chunks are remembered (as many as a tab keeps); older requests
-/// are refused.
+/// Files whose sent chunks are remembered (as many as a tab keeps); older requests are
+/// refused.
 const VERSIONS: u64 = super::store::KEPT_VERSIONS as u64;
 
 /// The chunks sent to one peer, by version.
@@ -32,13 +33,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_chunk_goes_once_and_only_for_recent_versions() {
+    fn each_chunk_goes_once_and_only_for_recent_files() {
         let mut uplink = Uplink::default();
         assert!(uplink.allow(5, 0) && uplink.allow(5, 1));
         assert!(!uplink.allow(5, 0), "chunk 0 of version 5 was sent");
         assert!(uplink.allow(6, 0), "a newer version is fetched anew");
-        assert!(uplink.allow(8, 0));
-        assert!(!uplink.allow(5, 2), "version 5 is three behind the newest asked for");
+        assert!(uplink.allow(9, 0));
+        assert!(!uplink.allow(5, 2), "file 5 is four behind the newest asked for");
         assert!(uplink.sent.len() <= VERSIONS as usize, "what is remembered stays bounded");
         assert!(uplink.allow(u64::MAX, 0) && !uplink.allow(u64::MAX, 0), "the largest version too");
     }

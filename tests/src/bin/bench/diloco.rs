@@ -6,7 +6,10 @@
 //! (`train_unit`, as real contributors do: AdamW's moments carry over from one
 //! compressed unit to the next and start from zero for a dense one), compresses Δ with
 //! its error-feedback residual when compression is on, and the mean of the decoded Δs
-//! takes the relay's outer Nesterov step (`aggregate`, `outer_step`). Two baselines at equal tokens: one trainer
+//! takes the relay's outer Nesterov step (`aggregate`, `outer_step`). A third run of
+//! each K and H publishes each version as the relay does by default (`[deltas]`): the
+//! weights before minus a top-k step of the outer step plus the relay's residual, which
+//! is what contributors then train from. Two baselines at equal tokens: one trainer
 //! on the same batch (K× the sequential steps) and one on K× the batch (the same steps,
 //! data-parallel training). Flags: `--steps N` (the budget per run in
 //! single-trainer steps of 12 × 64, default 1,000), `--k 4,8`, `--h 10,50,100`, `--plot PATH`,
@@ -16,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crowdgrad_relay::config::OuterConfig;
+use crowdgrad_relay::config::{DeltaConfig, OuterConfig};
 use crowdgrad_relay::coordinator::{Rule, Weighted, aggregate, outer_step};
 use crowdgrad_relay::delta::Delta;
 use crowdgrad_runtime::codec::{self, CodecConfig};
@@ -40,6 +43,8 @@ struct Flags {
     plot: PathBuf,
     dataset: PathBuf,
     codec: CodecConfig,
+    /// How the relay publishes versions as steps.
+    publish: CodecConfig,
     /// Outer Nesterov learning rate and momentum (default: the relay's).
     outer: (f32, f32),
 }
@@ -56,6 +61,7 @@ fn flags(args: &[String]) -> Flags {
         plot: repo_root().join("target/diloco.png"),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
         codec: CodecConfig::default(),
+        publish: DeltaConfig::default().codec().expect("published as steps by default"),
         outer: (OuterConfig::default().lr, OuterConfig::default().momentum),
     };
     let mut it = args.iter();
@@ -93,6 +99,9 @@ struct Curve {
     points: Vec<(f64, f32)>,
     bytes_sent: f64,
     bytes_dense: f64,
+    /// For a run published as steps: the relay's residual's norm at the end, as a share
+    /// of the weights' (how far the published weights are from the exact outer steps').
+    lag: Option<f64>,
 }
 
 struct Setup {
@@ -137,12 +146,18 @@ fn single(setup: &mut Setup, steps: u32, rows: usize) -> Curve {
         }
     }
     let label = if rows == ROWS { "single trainer".into() } else { format!("single trainer, batch {rows}") };
-    Curve { label, h: 1, points, bytes_sent: 0.0, bytes_dense: 0.0 }
+    Curve { label, h: 1, points, bytes_sent: 0.0, bytes_dense: 0.0, lag: None }
 }
 
 /// K contributors, H inner steps a round, as many rounds as the token budget of `steps`
-/// single-trainer steps allows.
-fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<CodecConfig>) -> Curve {
+/// single-trainer steps allows; each version published as a step of `publish` when given.
+fn diloco(
+    setup: &mut Setup,
+    flags: &Flags,
+    (k, h): (usize, u32),
+    codec: Option<CodecConfig>,
+    publish: Option<CodecConfig>,
+) -> Curve {
     let steps = flags.steps;
     let rounds = (steps as usize / (k * h as usize)).max(1);
     let n = setup.start.len();
@@ -150,6 +165,7 @@ fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<Code
         (0..k).map(|_| Trainer::new(CpuBackend::new(), setup.cfg, ROWS, h as usize + 1).expect("trainer")).collect();
     let mut residuals = vec![vec![0.0f32; n]; k];
     let (mut params, mut momentum) = (setup.start.clone(), vec![0.0f32; n]);
+    let mut relay_residual = vec![0.0f32; n];
     let lr = schedule(rounds as u32 * h);
     let mut points = vec![(0.0, setup.val_loss(&params))];
     let (mut sent, every) = (0usize, (rounds / EVALS).max(1));
@@ -180,14 +196,33 @@ fn diloco(setup: &mut Setup, flags: &Flags, k: usize, h: u32, codec: Option<Code
         let results: Vec<Weighted> = deltas.iter().map(|d| Weighted { delta: d, share: 1.0, weight: 1.0 }).collect();
         let mut g = vec![0f32; n];
         aggregate(Rule::Mean, &results, 0.0, 0.0, &mut g);
+        let before = params.clone();
         outer_step(&mut params, &mut momentum, &g, flags.outer.0, flags.outer.1);
+        if let Some(cfg) = publish {
+            let step: Vec<f32> = before.iter().zip(&params).map(|(b, p)| b - p).collect();
+            let sent =
+                codec::decode(&codec::encode(&step, &mut relay_residual, &cfg), n).expect("own encoding decodes");
+            params.iter_mut().zip(before.iter().zip(&sent)).for_each(|(p, (b, s))| *p = b - s);
+        }
         if (round + 1).is_multiple_of(every) || round + 1 == rounds {
             let tokens = (round + 1) * k * h as usize * ROWS * setup.cfg.context;
             points.push((tokens as f64, setup.val_loss(&params)));
         }
     }
-    let label = format!("K={k} H={h} {}", if codec.is_some() { "compressed" } else { "dense" });
-    Curve { label, h, points, bytes_sent: sent as f64 / (rounds * k) as f64, bytes_dense: 4.0 * n as f64 }
+    let kind = match (codec, publish) {
+        (None, _) => "dense",
+        (Some(_), None) => "compressed",
+        (Some(_), Some(_)) => "compressed, steps",
+    };
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    Curve {
+        label: format!("K={k} H={h} {kind}"),
+        h,
+        points,
+        bytes_sent: sent as f64 / (rounds * k) as f64,
+        bytes_dense: 4.0 * n as f64,
+        lag: publish.map(|_| norm(&relay_residual) / norm(&params)),
+    }
 }
 
 /// The single trainer's loss at `tokens`, interpolated.
@@ -232,17 +267,18 @@ pub fn run(args: &[String]) {
     let mut curves = Vec::new();
     for &k in &flags.ks {
         for &h in &flags.hs {
-            for codec in [None, Some(flags.codec)] {
+            let runs = [(None, None), (Some(flags.codec), None), (Some(flags.codec), Some(flags.publish))];
+            for (codec, publish) in runs {
                 let t0 = Instant::now();
-                let curve = diloco(&mut setup, &flags, k, h, codec);
+                let curve = diloco(&mut setup, &flags, (k, h), codec, publish);
                 eprintln!("  {}: {:.0} s", curve.label, t0.elapsed().as_secs_f64());
                 curves.push((k, curve));
             }
         }
     }
     println!(
-        "\n{:<24} {:>10} {:>9} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>12}",
-        "run", "tokens", "val loss", "single", "gap", "K×batch", "gap", "bytes/round", "vs dense", "vs dense×H"
+        "\n{:<28} {:>10} {:>9} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>12} {:>8}",
+        "run", "tokens", "val loss", "single", "gap", "K×batch", "gap", "bytes/round", "vs dense", "vs dense×H", "lag"
     );
     for (k, curve) in &curves {
         let &(tokens, loss) = curve.points.last().expect("evaluated");
@@ -251,7 +287,7 @@ pub fn run(args: &[String]) {
         let wide_reference = loss_at(wide_curve, tokens);
         let ratio = curve.bytes_dense / curve.bytes_sent;
         println!(
-            "{:<24} {:>10.0} {:>9.4} {:>9.4} {:>7.2}% {:>9.4} {:>7.2}% {:>12.0} {:>9.0}× {:>11.0}×",
+            "{:<28} {:>10.0} {:>9.4} {:>9.4} {:>7.2}% {:>9.4} {:>7.2}% {:>12.0} {:>9.0}× {:>11.0}× {:>8}",
             curve.label,
             tokens,
             loss,
@@ -261,12 +297,15 @@ pub fn run(args: &[String]) {
             100.0 * (loss - wide_reference) / wide_reference,
             curve.bytes_sent,
             ratio,
-            ratio * curve.h as f64
+            ratio * curve.h as f64,
+            curve.lag.map_or("-".into(), |lag| format!("{:.2}%", 100.0 * lag))
         );
     }
     println!(
         "\ngoal: compressed ≥ 100× fewer bytes than dense Δ (≥ 1000× counting H), val loss within 3% of the single \
-         trainer (\"single\": batch {ROWS}, K× the steps; \"K×batch\": batch K×{ROWS}, the same steps)"
+         trainer (\"single\": batch {ROWS}, K× the steps; \"K×batch\": batch K×{ROWS}, the same steps); \
+         \"steps\": versions published as top-k steps ({:?}), \"lag\": the relay's residual's norm over the weights'",
+        flags.publish
     );
     let mut curves: Vec<Curve> = curves.into_iter().map(|(_, c)| c).collect();
     curves.splice(0..0, std::iter::once(baseline).chain(wide.into_iter().map(|(_, c)| c)));
