@@ -6,20 +6,30 @@
 //! [`PRE_HELLO_BYTES`]; the session [`ReadGate::open`]s the gate once its hello is
 //! accepted (its frames are then bounded by the submission limit). A read past the
 //! allowance fails with [`ErrorKind::InvalidData`](io::ErrorKind::InvalidData) before
-//! any byte past it leaves the kernel's buffer.
+//! any byte past it leaves the kernel's buffer. A connection so cut is read on for a
+//! moment after it is dropped (at most [`DRAIN_BYTES`], for [`DRAIN_TIME`]), because
+//! closing a socket with bytes unread resets it, and the peer may then never read the
+//! close frame that says why.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use crowdgrad_runtime::protocol::MAX_CONTROL_FRAME;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// Bytes a WebSocket may send before its hello is accepted: one control frame (16 KiB
 /// and its header) and room for pings and pongs.
 pub const PRE_HELLO_BYTES: u64 = MAX_CONTROL_FRAME as u64 + 1024;
+
+/// Bytes read and dropped from a connection cut at its allowance, once it is dropped:
+/// about what a peer can have in flight.
+pub const DRAIN_BYTES: u64 = 64 * 1024;
+/// How long such a connection is read on, at most.
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// The shared count and bound of one connection's bytes read; clones share them.
 #[derive(Clone, Default)]
@@ -55,6 +65,11 @@ impl ReadGate {
         self.state.read.load(Ordering::Acquire)
     }
 
+    /// Whether reads stopped at the allowance.
+    fn spent(&self) -> bool {
+        self.room().is_err()
+    }
+
     /// How many bytes the next read may take (`None`: any), or the error when the
     /// allowance is spent.
     fn room(&self) -> io::Result<Option<u64>> {
@@ -72,20 +87,48 @@ impl ReadGate {
 }
 
 /// A connection whose reads are counted and bounded by its [`ReadGate`].
-pub struct Gated<S> {
-    stream: S,
+pub struct Gated<S: AsyncRead + Unpin + Send + 'static> {
+    /// The connection; `None` only once dropped.
+    stream: Option<S>,
     gate: ReadGate,
 }
 
-impl<S> Gated<S> {
+impl<S: AsyncRead + Unpin + Send + 'static> Gated<S> {
     /// Wraps `stream`, unbounded until its gate is given an allowance.
     pub fn new(stream: S) -> (Self, ReadGate) {
         let gate = ReadGate::default();
-        (Gated { stream, gate: gate.clone() }, gate)
+        (Gated { stream: Some(stream), gate: gate.clone() }, gate)
+    }
+
+    fn stream(&mut self) -> Pin<&mut S> {
+        Pin::new(self.stream.as_mut().expect("a connection not yet dropped"))
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
+impl<S: AsyncRead + Unpin + Send + 'static> Drop for Gated<S> {
+    fn drop(&mut self) {
+        if !self.gate.spent() {
+            return;
+        }
+        if let (Some(mut stream), Ok(runtime)) = (self.stream.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                let mut scratch = vec![0u8; 16 * 1024];
+                let mut left = DRAIN_BYTES as usize;
+                let _ = tokio::time::timeout(DRAIN_TIME, async {
+                    while left > 0 {
+                        match stream.read(&mut scratch[..left.min(16 * 1024)]).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => left -= n,
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Gated<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let room = match this.gate.room() {
@@ -96,12 +139,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
         let polled = match room {
             Some(room) if room < buf.remaining() as u64 => {
                 let mut limited = ReadBuf::new(buf.initialize_unfilled_to(room as usize));
-                let polled = Pin::new(&mut this.stream).poll_read(cx, &mut limited);
+                let polled = this.stream().poll_read(cx, &mut limited);
                 let n = limited.filled().len();
                 buf.advance(n);
                 polled
             }
-            _ => Pin::new(&mut this.stream).poll_read(cx, buf),
+            _ => this.stream().poll_read(cx, buf),
         };
         let n = (buf.filled().len() - before) as u64;
         this.gate.state.read.fetch_add(n, Ordering::AcqRel);
@@ -109,9 +152,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Gated<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, bytes)
+        self.get_mut().stream().poll_write(cx, bytes)
     }
 
     fn poll_write_vectored(
@@ -119,19 +162,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Gated<S> {
         cx: &mut Context<'_>,
         slices: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, slices)
+        self.get_mut().stream().poll_write_vectored(cx, slices)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().stream().poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.get_mut().stream().poll_shutdown(cx)
     }
 }
 
@@ -156,5 +199,23 @@ mod tests {
         assert_eq!(gate.bytes_read(), 150);
         gate.open();
         assert_eq!(server.read(&mut buf).await.expect("open again"), 50);
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_at_its_allowance_is_read_on_for_a_while_once_dropped() {
+        let (mut client, server) = tokio::io::duplex(1 << 10);
+        let (mut server, gate) = Gated::new(server);
+        gate.allow(10);
+        client.write_all(&[7; 10]).await.expect("write");
+        let mut buf = vec![0; 100];
+        assert_eq!(server.read(&mut buf).await.expect("within the allowance"), 10);
+        assert!(server.read(&mut buf).await.is_err(), "the allowance is spent");
+        drop(server);
+        // More than the pipe holds goes through: something reads it.
+        client.write_all(&[7; 4 << 10]).await.expect("the dropped connection is drained");
+        assert_eq!(gate.bytes_read(), 10, "drained bytes are not counted as read");
+        // Past the drain's bound, the connection closes.
+        let past = client.write_all(&vec![7; super::DRAIN_BYTES as usize]).await;
+        assert!(past.is_err(), "the connection closes after draining its bound");
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::backend::{Backend, BackendError, DeviceInfo};
 use crate::data::Corpus;
 use crate::model::GptConfig;
-use crate::train::{InnerOptim, Trainer, run_unit};
+use crate::train::{InnerOptim, Trainer, TrainerShape, run_unit};
 
 /// Untimed steps before a throughput measurement (pipelines compile, caches fill).
 const WARM_UP: u32 = 2;
@@ -22,6 +22,8 @@ pub struct Throughput {
     pub tokens_per_step: usize,
     /// Wall time of the timed steps, seconds (including the final readback).
     pub seconds: f64,
+    /// About how many bytes the trainer holds on the device ([`TrainerShape::bytes`]).
+    pub trainer_bytes: u64,
 }
 
 impl Throughput {
@@ -36,7 +38,8 @@ impl Throughput {
     }
 }
 
-/// Times `steps` training steps of `rows` windows of model `cfg` on the built-in corpus.
+/// Times `steps` training steps of `rows` windows of model `cfg` on the built-in corpus
+/// (its byte tokens are valid in any vocabulary, and cost the same).
 pub async fn training_throughput<B: Backend>(
     backend: B,
     cfg: GptConfig,
@@ -46,12 +49,16 @@ pub async fn training_throughput<B: Backend>(
 ) -> Result<Throughput, BackendError> {
     let device = backend.info();
     let corpus = Corpus::builtin();
-    let mut trainer = Trainer::new(backend, cfg, rows, steps.max(WARM_UP) as usize + 1)?;
+    // Large vocabularies train in microbatches, as on a contributor.
+    let shape =
+        TrainerShape::train(rows, steps.max(WARM_UP) as usize + 1).fitting_device(&cfg, backend.binding_bytes());
+    let trainer_bytes = shape.bytes(&cfg);
+    let mut trainer = Trainer::with_shape(backend, cfg, shape)?;
     let (start, optim) = (cfg.init(1), InnerOptim::default());
     run_unit(&mut trainer, &start, corpus.train(), 0, WARM_UP, &optim).await?;
     let t0 = clock();
     run_unit(&mut trainer, &start, corpus.train(), 1, steps, &optim).await?;
-    Ok(Throughput { device, steps, tokens_per_step: rows * cfg.context, seconds: clock() - t0 })
+    Ok(Throughput { device, steps, tokens_per_step: rows * cfg.context, seconds: clock() - t0, trainer_bytes })
 }
 
 /// The calibration a contributor sends in its hello: GFLOP/s of a 256×256×256 matmul

@@ -172,10 +172,6 @@ const RECEIPTS_KEPT: usize = 32;
 /// a row (the relay serves the last four; a tab's mesh keeps four files).
 const STEPS_KEPT: usize = 4;
 
-/// Largest logits of one microbatch, bytes: a batch with a large vocabulary trains a few
-/// rows at a time (fewer where one binding holds less).
-const MAX_LOGIT_BYTES: usize = 64 << 20;
-
 /// The trainer's shape for `unit` on a backend whose bindings hold `binding` bytes and
 /// whose buffers may take `memory` bytes in all (where each is bounded), or which limit
 /// the unit's model is over, and by how much, before anything is allocated or
@@ -184,8 +180,7 @@ const MAX_LOGIT_BYTES: usize = 64 << 20;
 /// the weights file as it comes in) the memory.
 pub fn fit(unit: &WorkUnit, binding: Option<u64>, memory: Option<u64>) -> Result<TrainerShape, BackendError> {
     let model = &unit.model;
-    let cap = binding.map_or(MAX_LOGIT_BYTES, |b| b.min(MAX_LOGIT_BYTES as u64) as usize);
-    let shape = TrainerShape::train(unit.batch as usize, unit.steps as usize + 1).fitting(model, cap);
+    let shape = TrainerShape::train(unit.batch as usize, unit.steps as usize + 1).fitting_device(model, binding);
     let row = (model.context * model.vocab * 4) as u64;
     if let Some(allowed) = binding.filter(|&b| row > b) {
         let what = format!("one window's logits ({} positions × {} tokens)", model.context, model.vocab);

@@ -46,6 +46,12 @@ impl GptConfig {
         GptConfig { vocab: 256, context: 64, layers: 4, heads: 4, width: 128, bias: true }
     }
 
+    /// GPT-2 small (12 layers, 12 heads, 768 wide) at `context` positions (GPT-2 has
+    /// 1,024), its 50,257-token vocabulary padded to 50,304, a multiple of 64.
+    pub fn gpt2_small(context: usize) -> Self {
+        GptConfig { vocab: 50_304, context, layers: 12, heads: 12, width: 768, bias: true }
+    }
+
     /// Checks every dimension; the error names the field and why.
     pub fn validate(&self) -> Result<(), String> {
         if self.vocab == 0 || self.vocab > MAX_VOCAB {

@@ -1,18 +1,23 @@
-"""The PyTorch twin of `cargo xtask bench gpt`: the same GPT (nanoGPT's shakespeare_char
-shape, byte vocabulary, tied LM head, pre-LayerNorm blocks, tanh GELU), data split,
-batch size, optimizer and schedule, on the CPU with a given thread count. Prints one
-JSON line: {"tokens_per_s", "iters", "train_loss", "torch"}."""
+"""The PyTorch twin of `cargo xtask bench gpt` and `bench gpt2`: the same GPT (tied LM
+head, pre-LayerNorm blocks, tanh GELU) in nanoGPT's shakespeare_char shape (byte
+vocabulary) or GPT-2 small's (`--shape gpt2_small`: vocabulary 50,304, context 256; the
+text's bytes as token ids, which cost the same), the same data split, batch size,
+optimizer and schedule, on the CPU with a given thread count. Prints one JSON line:
+{"tokens_per_s", "iters", "train_loss", "torch", "peak_rss_mb"}."""
 
 import argparse
 import json
 import math
+import resource
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VOCAB, BLOCK, LAYERS, HEADS, WIDTH, ROWS = 256, 64, 4, 4, 128, 12
+# (vocab, block, layers, heads, width, rows) of each shape.
+SHAPES = {"shakespeare_char": (256, 64, 4, 4, 128, 12), "gpt2_small": (50304, 256, 12, 12, 768, 1)}
+VOCAB, BLOCK, LAYERS, HEADS, WIDTH, ROWS = SHAPES["shakespeare_char"]
 
 
 class Block(nn.Module):
@@ -69,7 +74,13 @@ def main():
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dataset", required=True)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="shakespeare_char")
+    parser.add_argument("--rows", type=int, help="windows per batch (default: the shape's)")
+    parser.add_argument("--block", type=int, help="context (default: the shape's)")
     args = parser.parse_args()
+    global VOCAB, BLOCK, LAYERS, HEADS, WIDTH, ROWS
+    VOCAB, BLOCK, LAYERS, HEADS, WIDTH, ROWS = SHAPES[args.shape]
+    ROWS, BLOCK = args.rows or ROWS, args.block or BLOCK
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
     data = torch.frombuffer(bytearray(open(args.dataset, "rb").read()), dtype=torch.uint8).long()
@@ -94,8 +105,9 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
     print(json.dumps({"tokens_per_s": args.iters * ROWS * BLOCK / seconds, "iters": args.iters,
-                      "train_loss": loss.item(), "torch": torch.__version__}))
+                      "train_loss": loss.item(), "torch": torch.__version__, "peak_rss_mb": peak_mb}))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ use wasm_bindgen::prelude::*;
 use crate::global::now_seconds;
 use crate::types::to_js;
 
-/// The `"default"` model or nanoGPT's `"shakespeare_char"`.
+/// The `"default"` model, nanoGPT's `"shakespeare_char"` or `"gpt2_small"` (at a
+/// context of 256).
 fn model(name: &str) -> Result<GptConfig, JsValue> {
     match name {
         "default" => Ok(GptConfig::default()),
         "shakespeare_char" => Ok(GptConfig::shakespeare_char()),
+        "gpt2_small" => Ok(GptConfig::gpt2_small(256)),
         other => Err(JsValue::from_str(&format!("unknown model {other:?}"))),
     }
 }
@@ -30,7 +32,9 @@ async fn gpu() -> Result<GpuBackend, JsValue> {
 }
 
 /// Times `steps` training steps of `rows` windows of `model` on `"gpu"` or `"cpu"`;
-/// resolves to `{ device, steps, tokens_per_step, seconds }`.
+/// resolves to `{ device, steps, tokens_per_step, seconds, trainer_bytes,
+/// wasm_memory_bytes }`, the last the tab's wasm memory after the run (its high-water
+/// mark: it never shrinks).
 #[wasm_bindgen]
 pub async fn bench(device: String, model_name: String, steps: u32, rows: u32) -> Result<JsValue, JsValue> {
     let cfg = model(&model_name)?;
@@ -39,7 +43,11 @@ pub async fn bench(device: String, model_name: String, steps: u32, rows: u32) ->
         "cpu" => training_throughput(CpuBackend::new(), cfg, rows as usize, steps, now_seconds).await,
         other => return Err(JsValue::from_str(&format!("unknown device {other:?}; use \"gpu\" or \"cpu\""))),
     };
-    to_js(&result.map_err(|e| JsValue::from_str(&e.to_string()))?)
+    let object = to_js(&result.map_err(|e| JsValue::from_str(&e.to_string()))?)?;
+    let memory: js_sys::WebAssembly::Memory = wasm_bindgen::memory().unchecked_into();
+    let bytes = memory.buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length();
+    js_sys::Reflect::set(&object, &"wasm_memory_bytes".into(), &JsValue::from_f64(bytes as f64))?;
+    Ok(object)
 }
 
 /// GFLOP/s of the matmul kernel `[rows, k] · [n, k]ᵀ` on WebGPU; resolves to

@@ -11,7 +11,7 @@ mod trainer;
 
 use serde::{Deserialize, Serialize};
 
-pub use trainer::{Role, Trainer, TrainerShape};
+pub use trainer::{MAX_LOGIT_BYTES, Role, Trainer, TrainerShape};
 
 use crate::backend::{Backend, BackendError};
 use crate::data::{Tokens, sample_batch};

@@ -43,6 +43,10 @@ pub struct TrainerShape {
     pub role: Role,
 }
 
+/// Largest logits of one microbatch on a contributor's device, bytes: a batch with a
+/// large vocabulary trains a few rows at a time (fewer where one binding holds less).
+pub const MAX_LOGIT_BYTES: usize = 64 << 20;
+
 impl TrainerShape {
     /// A training trainer without microbatches.
     pub fn train(rows: usize, loss_slots: usize) -> Self {
@@ -58,6 +62,14 @@ impl TrainerShape {
             .find(|d| self.rows.is_multiple_of(*d) && d * row_bytes <= max_logit_bytes)
             .unwrap_or(1);
         self
+    }
+
+    /// This shape with microbatches fitting a device whose storage bindings hold
+    /// `binding` bytes (unbounded if `None`): logits of at most [`MAX_LOGIT_BYTES`], and
+    /// of at most one binding.
+    pub fn fitting_device(self, cfg: &GptConfig, binding: Option<u64>) -> Self {
+        let cap = binding.map_or(MAX_LOGIT_BYTES, |b| b.min(MAX_LOGIT_BYTES as u64) as usize);
+        self.fitting(cfg, cap)
     }
 
     /// This shape with another role.

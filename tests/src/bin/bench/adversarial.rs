@@ -3,7 +3,11 @@
 //! 4 by default, beside it) lies every round; the table gives how its submissions were
 //! rejected, the share caught, and the final held-out loss against the clean run's.
 //! Flags: `--rounds N` (default 20), `--steps H` (inner steps per unit, default 10),
-//! `--honest N`, `--dataset PATH`, `--dense` (compression off).
+//! `--honest N`, `--dataset PATH`, `--dense` (compression off), `--budget-flops F` (the
+//! relay's FLOPs to check one result, `verify.budget_flops`: about 8e9 makes its replays
+//! one step, as GPT-2 small's are under the default budget, to measure what that costs
+//! in detection). The last column is the relay's CPU seconds of checks per accepted
+//! result.
 
 use std::path::PathBuf;
 
@@ -19,6 +23,7 @@ struct Flags {
     honest: usize,
     dataset: PathBuf,
     dense: bool,
+    budget_flops: Option<f64>,
 }
 
 fn flags(args: &[String]) -> Flags {
@@ -28,6 +33,7 @@ fn flags(args: &[String]) -> Flags {
         honest: 4,
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
         dense: false,
+        budget_flops: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -42,6 +48,7 @@ fn flags(args: &[String]) -> Flags {
             "--steps" => f.steps = number(),
             "--honest" => f.honest = number() as usize,
             "--dataset" => f.dataset = PathBuf::from(value),
+            "--budget-flops" => f.budget_flops = Some(value.parse().expect("--budget-flops takes a number")),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -53,6 +60,9 @@ fn job(flags: &Flags, dir: &std::path::Path) -> JobConfig {
     (job.inner.steps, job.inner.batch, job.data.eval_batches) = (flags.steps, 12, 8);
     (job.round.target, job.round.min) = (flags.honest + 1, 1);
     job.compression.enabled = !flags.dense;
+    if let Some(budget) = flags.budget_flops {
+        job.verify.budget_flops = budget;
+    }
     job.storage.dir = dir.to_path_buf();
     job
 }
@@ -64,7 +74,7 @@ fn row(name: &str, run: &Outcome, clean: f32) {
     let honest_rejected: u32 = run.honest.caught();
     let show = |range: Option<(f32, f32)>| range.map_or("-".into(), |(lo, hi)| format!("{lo:+.2}…{hi:+.2}"));
     println!(
-        "| {name} | {sent} | {share} | {} | {honest_rejected} of {} | {} | {} | {} | {} | {:.4} | {:+.1} % | {} | {:.0} s |",
+        "| {name} | {sent} | {share} | {} | {honest_rejected} of {} | {} | {} | {} | {} | {:.4} | {:+.1} % | {} | {:.0} s | {:.3} s |",
         if reasons.is_empty() { "-".into() } else { reasons.join(", ") },
         run.honest.sent,
         show(run.honest.score_range()),
@@ -74,7 +84,8 @@ fn row(name: &str, run: &Outcome, clean: f32) {
         run.val_loss,
         100.0 * (run.val_loss / clean - 1.0),
         run.replayed,
-        run.seconds
+        run.seconds,
+        run.check_seconds / (run.honest.accepted + run.attacks.accepted).max(1) as f64
     );
 }
 
@@ -86,25 +97,27 @@ pub fn run(args: &[String]) {
     let members = flags.honest + 1;
     println!(
         "Adversarial suite: shakespeare_char on tinyshakespeare, {members} contributors (1 attacker = {:.0} %), \
-         {} rounds of H = {} steps, compression {}; the relay's default [verify] and [aggregation]",
+         {} rounds of H = {} steps, compression {}; the relay's default [verify] and [aggregation]{}",
         100.0 / members as f32,
         flags.rounds,
         flags.steps,
-        if flags.dense { "off" } else { "on" }
+        if flags.dense { "off" } else { "on" },
+        flags.budget_flops.map_or(String::new(), |b| format!(", but verify.budget_flops = {b:e}"))
     );
     println!();
     println!(
         "| run | attacks sent | caught | rejected as | honest rejected | honest replay {score} | attack replay {score} | \
-         honest alignment | attack alignment | val loss | vs clean | replays | time |",
+         honest alignment | attack alignment | val loss | vs clean | replays | time | check s/accepted |",
         score = if flags.dense { "cosine" } else { "projection" }
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let clean = adversary::run(job(&flags, &dir.path().join("clean")), corpus(), members, &[], flags.rounds);
     row("clean", &clean, clean.val_loss);
-    for attack in Attack::ALL {
+    for attack in Attack::ALL.into_iter().chain(Attack::GAPS) {
+        let gap = if Attack::GAPS.contains(&attack) { " (known gap)" } else { "" };
         let path = dir.path().join(format!("{attack:?}"));
         let run = adversary::run(job(&flags, &path), corpus(), flags.honest, &[attack], flags.rounds);
-        row(&format!("{attack:?}"), &run, clean.val_loss);
+        row(&format!("{attack:?}{gap}"), &run, clean.val_loss);
     }
     println!();
     println!(

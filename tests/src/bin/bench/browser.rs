@@ -34,6 +34,17 @@ impl BenchPage {
 
     /// [`BenchPage::call`] on `page` (e.g. `bench.html?plain`, the build without SIMD).
     pub async fn call_at(&self, page: &str, call: &str, args: Vec<serde_json::Value>) -> serde_json::Value {
+        self.try_call_at(page, call, args).await.unwrap_or_else(|e| panic!("browser bench `{call}` failed: {e}"))
+    }
+
+    /// [`BenchPage::call_at`], with the page's error (a device that cannot hold the
+    /// model, say) returned rather than panicking.
+    pub async fn try_call_at(
+        &self,
+        page: &str,
+        call: &str,
+        args: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
         let tab = self.driver.session(&[]).await.expect("chromium session");
         let timeouts = TimeoutConfiguration::new(Some(LIMIT), Some(Duration::from_secs(60)), Some(Duration::ZERO));
         tab.update_timeouts(timeouts).await.expect("script timeout");
@@ -44,11 +55,13 @@ impl BenchPage {
         );
         let result = tokio::time::timeout(LIMIT + Duration::from_secs(10), tab.execute_async(&script, args))
             .await
-            .expect("browser bench within 15 minutes")
-            .expect("bench script");
+            .map_err(|_| format!("not done within {LIMIT:?}"))?
+            .map_err(|e| format!("the tab failed: {e}"))?;
         let _ = tab.close().await;
-        assert!(result["error"].is_null(), "browser bench `{call}` failed: {}", result["error"]);
-        result
+        match result["error"].as_str() {
+            Some(error) => Err(error.to_string()),
+            None => Ok(result),
+        }
     }
 
     /// Stops the relay.

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [backends | gpt | relay | diloco | adversarial]`.
+//! `cargo xtask bench [backends | gpt | gpt2 | relay | diloco | adversarial | budgets]`.
 //!
 //! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
 //!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
@@ -6,8 +6,8 @@
 //! - `gpt [--iters N] [--gpu-iters N] [--browser-iters N] [--dataset PATH]`: nanoGPT's
 //!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
-//! - `gpt2 [--only memory] [--context N] [--rows N] [--results N]`: GPT-2 small through
-//!   the pipeline (see `gpt2.rs`).
+//! - `gpt2 [--only memory,backends,rounds] [--context N] [--rows N] [--results N]
+//!   [--steps N] [--browser-steps N]`: GPT-2 small through the pipeline (see `gpt2/`).
 //! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
@@ -38,7 +38,9 @@ async fn main() {
         Some("adversarial") => adversarial::run(&args[1..]),
         Some("budgets") => budgets::run().await,
         Some(other) => {
-            eprintln!("unknown bench {other:?}; use `backends`, `gpt`, `relay`, `diloco`, `adversarial` or `budgets`");
+            eprintln!(
+                "unknown bench {other:?}; use `backends`, `gpt`, `gpt2`, `relay`, `diloco`, `adversarial` or `budgets`"
+            );
             std::process::exit(2);
         }
     }

@@ -1,18 +1,5 @@
-//! `bench gpt2`: GPT-2 small (12 layers, 12 heads, width 768, vocabulary 50,304 padded,
-//! context 256 by default: 1,024 is too slow on this machine's CPUs) on tinyshakespeare
-//! tokenized with GPT-2's BPE, through the whole pipeline.
-//!
-//! - `memory`: the relay (its own process) through a round of `--results N` (32)
-//!   results, each a real unit trained here on the CPU and compressed as a contributor
-//!   would: its resident memory (sampled every 50 ms) against one copy of the model, the
-//!   seconds its verifier spent per accepted result, and the bytes of each result.
-//!   Goal: peak RSS ≤ 4× the model's f32 size.
-//!
-//! `--only a,b` picks parts; `--context N` the context, `--rows N` the batch rows and
-//! `--dataset PATH` the text.
+//! `bench gpt2`, part `memory`: the relay's memory through a round of GPT-2 small.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crowdgrad_relay::contribute::NativeTransport;
@@ -26,117 +13,10 @@ use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, ServerMsg, Submission, Update, WorkUnit};
 use crowdgrad_runtime::train::{Moments, Trainer, TrainerShape, train_unit};
-use crowdgrad_tests::repo_root;
 
-use super::relay::{LOOSE_LIMITS, RelayProcess};
-
-/// GPT-2 small's shape at `context` positions, its vocabulary padded to 50,304.
-fn gpt2(context: usize) -> GptConfig {
-    GptConfig { vocab: 50_304, context, layers: 12, heads: 12, width: 768, bias: true }
-}
-
-/// Logits of one of this bench's microbatches at most, bytes.
-const MAX_LOGIT_BYTES: usize = 64 << 20;
-
-struct Flags {
-    only: String,
-    context: usize,
-    rows: u32,
-    results: usize,
-    dataset: std::path::PathBuf,
-}
-
-fn flags(args: &[String]) -> Flags {
-    let mut f = Flags {
-        only: "memory".into(),
-        context: 256,
-        rows: 1,
-        results: 32,
-        dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
-    };
-    let mut args = args.iter();
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--only" => f.only = value.clone(),
-            "--context" => f.context = value.parse().expect("--context N"),
-            "--rows" => f.rows = value.parse().expect("--rows N"),
-            "--results" => f.results = value.parse().expect("--results N"),
-            "--dataset" => f.dataset = value.into(),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    f
-}
-
-/// Runs the parts `--only` names.
-pub async fn run(args: &[String]) {
-    let f = flags(args);
-    println!(
-        "GPT-2 small: {} parameters ({:.0} MB of f32), context {}, on {}",
-        gpt2(f.context).layout().total,
-        gpt2(f.context).layout().total as f64 * 4e-6,
-        f.context,
-        f.dataset.display()
-    );
-    for part in f.only.split(',') {
-        match part {
-            "memory" => memory(&f).await,
-            other => panic!("unknown part {other}"),
-        }
-    }
-}
-
-/// The job file of this bench's relay: GPT-2 small, one inner step a unit, every result
-/// in one round.
-fn job(f: &Flags, target: usize) -> String {
-    let model = gpt2(f.context);
-    format!(
-        "name = \"gpt2-bench\"\n[model]\nvocab = {}\ncontext = {}\nlayers = {}\nheads = {}\nwidth = {}\n\
-         [data]\npath = {:?}\ntokenizer = \"gpt2\"\neval_batches = 1\n\
-         [inner]\nsteps = 1\nbatch = {}\n\
-         [round]\ntarget = {target}\nmin = {target}\ndeadline_secs = 86400\nunit_deadline_secs = 86400\n\
-         [verify]\nloss_batches = 1\n{LOOSE_LIMITS}",
-        model.vocab,
-        model.context,
-        model.layers,
-        model.heads,
-        model.width,
-        f.dataset.display().to_string(),
-        f.rows
-    )
-}
-
-/// Samples a process's resident memory every 50 ms until stopped: the peak, KiB.
-struct RssPeak {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-}
-
-impl RssPeak {
-    fn start(pid: u32) -> RssPeak {
-        let (peak, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let (p, s) = (peak.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                p.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        RssPeak { peak, stop }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
+use super::rss::RssPeak;
+use super::{Flags, job};
+use crate::relay::RelayProcess;
 
 /// A session that said hello, with its key and its unit.
 struct Session {
@@ -170,12 +50,13 @@ async fn ack(session: &mut Session) -> Result<(), String> {
     }
 }
 
-/// (memory): a round of real results of GPT-2 small through the relay.
-async fn memory(f: &Flags) {
-    let model = gpt2(f.context);
+/// A round of `--results` real results of GPT-2 small through the relay, one inner step
+/// each.
+pub async fn run(f: &Flags) {
+    let model = GptConfig::gpt2_small(f.context);
     let model_mb = model.layout().total as f64 * 4.0 / 1e6;
     let started = Instant::now();
-    let relay = RelayProcess::start_within(&job(f, f.results), |_| {}, Duration::from_secs(900));
+    let relay = RelayProcess::start_within(&job(f, 1, f.results), |_| {}, Duration::from_secs(900));
     let idle_kib = relay.rss_kib();
     println!(
         "(memory) the relay made version 0 in {:.0} s; idle RSS {:.0} MB = {:.2}× the model",
@@ -183,7 +64,8 @@ async fn memory(f: &Flags) {
         idle_kib as f64 / 1e3,
         idle_kib as f64 / 1e3 / model_mb
     );
-    let peak = RssPeak::start(relay.pid());
+    let pid = relay.pid();
+    let peak = RssPeak::start(move || super::rss::rss_kib(pid));
     let mut sessions = Vec::with_capacity(f.results);
     for _ in 0..f.results {
         sessions.push(join(relay.addr).await);
@@ -196,7 +78,7 @@ async fn memory(f: &Flags) {
         .expect("the weights");
     let start = checkpoint::decode(&model, &weights).expect("the weights decode");
     drop(weights);
-    let shape = TrainerShape::train(f.rows as usize, 2).fitting(&model, MAX_LOGIT_BYTES);
+    let shape = TrainerShape::train(f.rows as usize, 2).fitting_device(&model, None);
     let mut trainer = Trainer::with_shape(CpuBackend::new(), model, shape).expect("a CPU trainer");
     let (mut shards, mut sent_bytes) = (std::collections::HashMap::new(), Vec::new());
     let training = Instant::now();

@@ -1,0 +1,135 @@
+//! `bench gpt2`, part `backends`: tokens/s and peak memory of GPT-2 small's training
+//! steps on each backend, beside PyTorch's.
+
+use std::process::Command;
+
+use crowdgrad_runtime::bench::{Throughput, training_throughput};
+use crowdgrad_runtime::cpu::CpuBackend;
+use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::model::GptConfig;
+use crowdgrad_tests::repo_root;
+
+use super::rss::{RssPeak, chromium_rss_kib, own_peak_kib, reset_own_peak};
+use super::{Flags, mb};
+use crate::browser::{BenchPage, device_name, tokens_per_second};
+use crate::clock;
+
+/// One backend's figures.
+struct Row {
+    backend: &'static str,
+    adapter: String,
+    /// Training tokens per second; `None` where it could not run, with why in `note`.
+    tokens_per_second: Option<f64>,
+    /// Peak resident memory of the processes that ran it, MB.
+    peak_mb: Option<f64>,
+    note: String,
+}
+
+/// Runs each backend in turn and prints the table.
+pub async fn run(f: &Flags) {
+    let model = GptConfig::gpt2_small(f.context);
+    let rows = f.rows as usize;
+    println!(
+        "\n(backends) {} timed steps of {rows} × {} tokens natively, {} in Chromium, after 2 warm-up steps",
+        f.steps, f.context, f.browser_steps
+    );
+    let mut table = Vec::new();
+
+    reset_own_peak();
+    let cpu = training_throughput(CpuBackend::new(), model, rows, f.steps, clock()).await.expect("the CPU run");
+    table.push(native("CPU backend (native, all cores)", &cpu));
+    eprintln!("  [backends] native CPU done");
+
+    reset_own_peak();
+    let gpu = GpuBackend::new().await.expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+    match training_throughput(gpu, model, rows, f.browser_steps, clock()).await {
+        Ok(gpu) => table.push(native("GPU backend (native wgpu)", &gpu)),
+        Err(e) => table.push(failed("GPU backend (native wgpu)", e.to_string())),
+    }
+    eprintln!("  [backends] native GPU done");
+
+    let page = BenchPage::start().await;
+    for (backend, device) in [("CPU backend (Chromium wasm, SIMD)", "cpu"), ("GPU backend (Chromium WebGPU)", "gpu")] {
+        let args = vec![device.into(), "gpt2_small".into(), f.browser_steps.into(), f.rows.into()];
+        let peak = RssPeak::start(chromium_rss_kib);
+        let result = page.try_call_at("bench.html", "window.crowdgradBench(...args)", args).await;
+        let browser_mb = mb(peak.stop() as f64 * 1024.0);
+        table.push(match result {
+            Ok(result) => Row {
+                backend,
+                adapter: device_name(&result),
+                tokens_per_second: Some(tokens_per_second(&result)),
+                peak_mb: Some(browser_mb),
+                note: format!(
+                    "trainer {:.0} MB, wasm memory {:.0} MB",
+                    mb(result["trainer_bytes"].as_f64().unwrap_or(0.0)),
+                    mb(result["wasm_memory_bytes"].as_f64().unwrap_or(0.0))
+                ),
+            },
+            Err(e) => failed(backend, e),
+        });
+        eprintln!("  [backends] {backend} done");
+    }
+    page.stop().await;
+
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let torch = pytorch(f, threads);
+    if let Some(torch) = &torch {
+        table.push(Row {
+            backend: "PyTorch (CPU)",
+            adapter: format!("torch {} on {threads} threads", torch["torch"].as_str().unwrap_or("?")),
+            tokens_per_second: torch["tokens_per_s"].as_f64(),
+            peak_mb: torch["peak_rss_mb"].as_f64(),
+            note: String::new(),
+        });
+    }
+
+    println!("\n{:<36} {:>10} {:>10}  {:<40} note", "backend", "tokens/s", "peak MB", "adapter");
+    for row in &table {
+        let tps = row.tokens_per_second.map_or("-".into(), |t| format!("{t:.1}"));
+        let peak = row.peak_mb.map_or("-".into(), |m| format!("{m:.0}"));
+        println!("{:<36} {tps:>10} {peak:>10}  {:<40} {}", row.backend, row.adapter, row.note);
+    }
+    println!("(peak MB: this process's peak RSS for the native rows, every Chromium process's for the tab's)");
+    match (table[0].tokens_per_second, torch.and_then(|t| t["tokens_per_s"].as_f64())) {
+        (Some(ours), Some(theirs)) => {
+            println!("ratio: ours/pytorch on the CPU = {:.2}× (goal ≥ 1×)", ours / theirs)
+        }
+        _ => println!("ratio: ours/pytorch unavailable (PyTorch does not import here: pip install torch)"),
+    }
+}
+
+/// A native run's row: this process's peak memory since the last reset.
+fn native(backend: &'static str, run: &Throughput) -> Row {
+    Row {
+        backend,
+        adapter: run.device.adapter.clone(),
+        tokens_per_second: Some(run.tokens_per_second()),
+        peak_mb: Some(mb(own_peak_kib() as f64 * 1024.0)),
+        note: format!("trainer {:.0} MB", mb(run.trainer_bytes as f64)),
+    }
+}
+
+/// The row of a backend that could not run, saying why.
+fn failed(backend: &'static str, why: String) -> Row {
+    Row { backend, adapter: String::new(), tokens_per_second: None, peak_mb: None, note: why }
+}
+
+/// PyTorch's GPT-2 small at the same shape and rows (`tests/pytorch/train_gpt.py`), when
+/// torch imports: its JSON summary.
+fn pytorch(f: &Flags, threads: usize) -> Option<serde_json::Value> {
+    let probe = Command::new("python3").args(["-c", "import torch"]).output().ok()?;
+    if !probe.status.success() {
+        return None;
+    }
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/pytorch/train_gpt.py"))
+        .args(["--shape", "gpt2_small", "--rows", &f.rows.to_string(), "--block", &f.context.to_string()])
+        .args(["--iters", &f.steps.to_string()])
+        .args(["--threads", &threads.to_string(), "--dataset"])
+        .arg(&f.dataset)
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "the PyTorch run failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("")).ok()
+}
