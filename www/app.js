@@ -17,7 +17,7 @@ function render(c) {
   $("state").textContent = !c.saved.consent ? "not started" : !c.running ? "paused" : stats?.state || "starting";
   if (c.device) {
     const cpu = c.device.adapter.includes("simd128") ? "CPU with SIMD" : "CPU";
-    $("backend").textContent = c.device.kind === "cpu" ? `${cpu} (no WebGPU in this browser)` : `GPU (${c.device.kind})`;
+    $("backend").textContent = c.device.kind === "cpu" ? `${cpu} (${c.whyCpu})` : `GPU (${c.device.kind})`;
     $("adapter").textContent = c.device.adapter;
   }
   if (stats) {

@@ -37,6 +37,8 @@ export class Contribution {
     this.contributor = null;
     this.running = false;
     this.device = null;
+    /** Why the tab trains on the CPU, when it does. */
+    this.whyCpu = null;
     this.stats = null;
     this.blockers = new Map(); // reason → sentence, for the automatic pauses
     this.marks = { firstUnit: null, firstSubmit: null, states: {} }; // ms after the page opened
@@ -111,7 +113,12 @@ export class Contribution {
   reconcile() {
     const may = this.saved.consent && !this.saved.paused && this.blockers.size === 0;
     if (may && !this.running) {
-      this.contributor ??= new wasm.Contributor(this.relayUrl);
+      if (!this.contributor) {
+        this.contributor = new wasm.Contributor(this.relayUrl);
+        // `?device=webgpu` or `?device=cpu` overrides the tab's own choice (the faster one).
+        const device = new URLSearchParams(location.search).get("device");
+        if (device) this.contributor.set_device(device);
+      }
       this.contributor.set_intensity(this.saved.intensity);
       this.contributor.start();
       this.running = true;
@@ -134,6 +141,7 @@ export class Contribution {
     if (!this.contributor) return;
     const stats = this.contributor.stats();
     if (stats.device) this.device = stats.device;
+    this.whyCpu = stats.why_cpu;
     if (this.stats && stats.units_done > this.stats.units_done) this.onEvent("unit-accepted", stats);
     this.stats = stats;
     const rejected = { ...this.earlier.rejected };

@@ -10,8 +10,9 @@ use crowdgrad_runtime::train::{Role, Trainer, TrainerShape};
 use crate::config::JobConfig;
 
 /// Largest logits of one microbatch of the relay's own forward passes, bytes: a large
-/// vocabulary's batch is run a few rows at a time.
-pub const MAX_LOGIT_BYTES: usize = 32 << 20;
+/// vocabulary's batch is run a few rows at a time (half of a contributor's
+/// [`crowdgrad_runtime::train::MAX_LOGIT_BYTES`]: the relay holds a round besides).
+pub const RELAY_LOGIT_BYTES: usize = 32 << 20;
 
 /// Fixed validation batches, and how to run them.
 pub struct Evaluator {
@@ -30,7 +31,7 @@ impl Evaluator {
             .collect();
         let shape = TrainerShape::train(rows, job.data.eval_batches as usize)
             .with_role(Role::Forward)
-            .fitting(&job.model, MAX_LOGIT_BYTES);
+            .fitting(&job.model, RELAY_LOGIT_BYTES);
         Evaluator { model: job.model, shape, batches }
     }
 

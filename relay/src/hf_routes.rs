@@ -3,9 +3,10 @@
 //! folder and `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads it.
 //!
 //! A version's `model.safetensors` is written the first time it is asked for, into
-//! `versions/hf/` beside the checkpoints (one such write at a time, tensor by tensor),
-//! and served from that file afterwards, with `Range` requests, under the same bounds as
-//! the weights routes ([`crate::weights`]).
+//! `versions/hf/` beside the checkpoints (one such write at a time, tensor by tensor, and
+//! taking the relay's [`crate::Turns`] as a check or a commit does), and served from that
+//! file afterwards, with `Range` requests, under the same bounds as the weights routes
+//! ([`crate::weights`]). Requests waiting for a write hold no read turn.
 
 use std::net::SocketAddr;
 
@@ -19,7 +20,7 @@ use tower_http::services::ServeFile;
 
 use crate::coordinator::VersionSource;
 use crate::hf_dir;
-use crate::weights::{FileKind, WeightRoutes, admit_and_locate, count, unreadable};
+use crate::weights::{FileKind, QUEUE_WAIT, Refused, WeightRoutes, admit_and_locate, count, unreadable};
 
 /// `GET /api/hf/{version}/config.json`: GPT-2's config for the job's model.
 pub async fn config(
@@ -51,15 +52,15 @@ pub async fn weights(
         let coordinator = state.coordinator.lock().expect("coordinator lock");
         (coordinator.hf_weights_path(version), coordinator.job().model)
     };
-    let _turn = match state.weights.turn().await {
-        Ok(turn) => turn,
-        Err(busy) => return busy.into_response(),
-    };
     if !path.is_file() {
-        let _writing = state.weights.hf_writes.lock().await;
+        // Waits without a read turn: the writes queue here, not in the downloads' way.
+        let Ok(_writing) = tokio::time::timeout(QUEUE_WAIT, state.weights.hf_writes.lock()).await else {
+            return Refused::Busy.into_response();
+        };
         if !path.is_file() {
-            let target = path.clone();
+            let (target, turns) = (path.clone(), state.weights.turns.clone());
             let written = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let _turn = turns.lock().expect("turns lock");
                 let bytes = match source {
                     VersionSource::Memory(bytes) => bytes,
                     VersionSource::Disk(file) => std::fs::read(file)?.into(),
@@ -77,6 +78,10 @@ pub async fn weights(
             }
         }
     }
+    let _turn = match state.weights.turn().await {
+        Ok(turn) => turn,
+        Err(busy) => return busy.into_response(),
+    };
     let Ok(response) = ServeFile::new(&path).oneshot(request).await;
     let sent = response.headers().get(header::CONTENT_LENGTH).and_then(|l| l.to_str().ok()?.parse().ok());
     count(&state, sent.unwrap_or(0));

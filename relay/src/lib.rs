@@ -186,13 +186,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
     let turns = Turns::default();
     let checks = spawn_verifier(Arc::downgrade(&coordinator), turns.clone());
-    let commits = spawn_committer(Arc::downgrade(&coordinator), turns);
+    let commits = spawn_committer(Arc::downgrade(&coordinator), turns.clone());
     {
         let mut c = coordinator.lock().expect("coordinator lock");
         c.commit_off_lock(commits.clone());
         c.group_writes();
     }
-    let state = AppState::new(coordinator, checks, commits, metrics, config.admin_token.as_deref());
+    let state = AppState::new(coordinator, checks, commits, turns, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
     let (ticker, flusher) = (state.coordinator.clone(), state.coordinator.clone());

@@ -52,6 +52,7 @@ pub fn reconcile(
             Some(true) => {}
             Some(false) => {
                 store.remove(version)?;
+                store.remove_step(version)?;
                 recovered.removed += 2;
             }
             None => match store.read_unrecorded(&job.model, version) {

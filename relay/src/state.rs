@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRef;
 
+use crate::Turns;
 use crate::address_counts::AddressCounts;
 use crate::check_queue::CheckQueue;
 use crate::coordinator::{CommitQueue, Coordinator};
@@ -44,12 +45,13 @@ impl FromRef<AppState> for WeightRoutes {
 }
 
 impl AppState {
-    /// State for `coordinator`, whose checks go to `checks` and commits to `commits`;
-    /// `admin_token` enables job control.
+    /// State for `coordinator`, whose checks go to `checks` and commits to `commits`,
+    /// both taking `turns`; `admin_token` enables job control.
     pub fn new(
         coordinator: Arc<Mutex<Coordinator>>,
         checks: CheckQueue,
         commits: CommitQueue,
+        turns: Turns,
         metrics: Arc<Metrics>,
         admin_token: Option<&str>,
     ) -> Self {
@@ -60,7 +62,7 @@ impl AppState {
             metrics,
             sessions_by_ip: AddressCounts::default(),
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
-            weights: Arc::default(),
+            weights: Arc::new(WeightFiles::new(turns)),
             vocabs: Arc::default(),
         }
     }

@@ -15,6 +15,8 @@ use crowdgrad_runtime::vocab::Vocab;
 use serde::{Deserialize, Serialize};
 use tiktoken_rs::CoreBPE;
 
+use crate::store::write_bytes_durably;
+
 /// GPT-2's vocabulary: 50,256 merges and bytes, and `<|endoftext|>` (id 50,256).
 pub const GPT2_VOCAB: usize = 50_257;
 
@@ -118,7 +120,9 @@ impl Tokenizer {
             secs = started.elapsed().as_secs_f32(),
             "text tokenized"
         );
-        write_atomically(&path, &tokens).with_context(|| format!("caching tokens in {}", path.display()))?;
+        std::fs::create_dir_all(path.parent().expect("a cache file has a folder"))
+            .and_then(|()| write_bytes_durably(&path, &tokens))
+            .with_context(|| format!("caching tokens in {}", path.display()))?;
         Ok(tokens)
     }
 }
@@ -149,14 +153,6 @@ pub fn cache_path(tokenizer: Tokenizer, text: &[u8], cache_dir: &Path) -> PathBu
 /// GPT-2's BPE, built once per process.
 fn gpt2() -> &'static CoreBPE {
     tiktoken_rs::r50k_base_singleton()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("a cache file has a folder");
-    std::fs::create_dir_all(dir)?;
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
+use crate::Turns;
 use crate::address_counts::{AddressCounts, AddressSlot};
 use crate::client_addr;
 use crate::coordinator::{Coordinator, VersionSource};
@@ -36,7 +37,7 @@ use crate::metrics::Metrics;
 /// Requests reading weight files at once.
 const DISK_READS: usize = 32;
 /// How long a request waits for its turn to read.
-const QUEUE_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const QUEUE_WAIT: Duration = Duration::from_secs(30);
 /// Chunk hash lists kept, newest first.
 const HASH_LISTS: usize = 8;
 
@@ -52,7 +53,6 @@ pub struct WeightRoutes {
 }
 
 /// The routes' shared bounds and cache.
-#[derive(Default)]
 pub struct WeightFiles {
     reads: ReadTurns,
     open: AddressCounts,
@@ -61,6 +61,9 @@ pub struct WeightFiles {
     /// Held while a version's Hugging Face file is written ([`crate::hf_routes`]): one
     /// at a time, whatever the number of requests.
     pub(crate) hf_writes: tokio::sync::Mutex<()>,
+    /// The relay's [`Turns`], which that write takes too: it holds the model twice over,
+    /// as a check or a commit does.
+    pub(crate) turns: Turns,
 }
 
 struct ReadTurns(Arc<Semaphore>);
@@ -72,6 +75,17 @@ impl Default for ReadTurns {
 }
 
 impl WeightFiles {
+    /// Bounds and an empty cache; Hugging Face writes take `turns` with checks and commits.
+    pub fn new(turns: Turns) -> Self {
+        WeightFiles {
+            reads: ReadTurns::default(),
+            open: AddressCounts::default(),
+            hash_lists: Mutex::default(),
+            hf_writes: tokio::sync::Mutex::default(),
+            turns,
+        }
+    }
+
     /// Counts a request from `ip`, or refuses it past `limit` open ones.
     fn admit(&self, ip: IpAddr, limit: usize) -> Result<AddressSlot, Refused> {
         self.open.take(client_addr::limit_key(ip), limit).ok_or(Refused::TooMany(limit))

@@ -8,16 +8,19 @@ use crate::data::Corpus;
 use crate::model::GptConfig;
 use crate::train::{InnerOptim, Trainer, TrainerShape, run_unit};
 
-/// Untimed steps before a throughput measurement (pipelines compile, caches fill).
-const WARM_UP: u32 = 2;
+/// Untimed steps before a throughput measurement (pipelines compile, caches fill), where
+/// a step is quick enough to spare them.
+pub const WARM_UP_STEPS: u32 = 2;
 
 /// Training throughput of one device.
 #[derive(Clone, Debug, Serialize)]
 pub struct Throughput {
     /// The device measured.
     pub device: DeviceInfo,
-    /// Steps timed (after 2 warm-up steps).
+    /// Steps timed, after [`Throughput::warm_up`] untimed ones.
     pub steps: u32,
+    /// Untimed steps run first.
+    pub warm_up: u32,
     /// Tokens per step (`rows · context`).
     pub tokens_per_step: usize,
     /// Wall time of the timed steps, seconds (including the final readback).
@@ -39,26 +42,29 @@ impl Throughput {
 }
 
 /// Times `steps` training steps of `rows` windows of model `cfg` on the built-in corpus
-/// (its byte tokens are valid in any vocabulary, and cost the same).
+/// (its byte tokens are valid in any vocabulary, and cost the same), after `warm_up`
+/// untimed ones (usually [`WARM_UP_STEPS`]; one at least, which compiles the pipelines).
 pub async fn training_throughput<B: Backend>(
     backend: B,
     cfg: GptConfig,
     rows: usize,
-    steps: u32,
+    (warm_up, steps): (u32, u32),
     clock: impl Fn() -> f64,
 ) -> Result<Throughput, BackendError> {
+    let warm_up = warm_up.max(1);
     let device = backend.info();
     let corpus = Corpus::builtin();
     // Large vocabularies train in microbatches, as on a contributor.
     let shape =
-        TrainerShape::train(rows, steps.max(WARM_UP) as usize + 1).fitting_device(&cfg, backend.binding_bytes());
+        TrainerShape::train(rows, steps.max(warm_up) as usize + 1).fitting_device(&cfg, backend.binding_bytes());
     let trainer_bytes = shape.bytes(&cfg);
     let mut trainer = Trainer::with_shape(backend, cfg, shape)?;
     let (start, optim) = (cfg.init(1), InnerOptim::default());
-    run_unit(&mut trainer, &start, corpus.train(), 0, WARM_UP, &optim).await?;
+    run_unit(&mut trainer, &start, corpus.train(), 0, warm_up, &optim).await?;
     let t0 = clock();
     run_unit(&mut trainer, &start, corpus.train(), 1, steps, &optim).await?;
-    Ok(Throughput { device, steps, tokens_per_step: rows * cfg.context, seconds: clock() - t0, trainer_bytes })
+    let seconds = clock() - t0;
+    Ok(Throughput { device, steps, warm_up, tokens_per_step: rows * cfg.context, seconds, trainer_bytes })
 }
 
 /// The calibration a contributor sends in its hello: GFLOP/s of a 256×256×256 matmul

@@ -105,6 +105,9 @@ pub struct Stats {
     pub state: String,
     /// The device trained on.
     pub device: Option<DeviceInfo>,
+    /// Why a tab trains on the CPU rather than WebGPU (no adapter, a slower one, one
+    /// that cannot hold the job, or the page asked); `None` on WebGPU and natively.
+    pub why_cpu: Option<String>,
     /// Session id given by the relay.
     pub session: u64,
     /// The contributor's lasting id on the relay.

@@ -24,7 +24,7 @@ async fn two_chromium_tabs_train_on_webgpu() {
     let mut tabs = Vec::new();
     for _ in 0..2 {
         let tab = driver.session(&[]).await.expect("chromium session");
-        tab.goto(&format!("http://{addr}/")).await.expect("open the page");
+        tab.goto(&format!("http://{addr}/?device=webgpu")).await.expect("open the page");
         tab.find(fantoccini::Locator::Id("contribute")).await.expect("button").click().await.expect("click");
         tabs.push(tab);
     }

@@ -20,7 +20,7 @@ async fn the_page_asks_first_shows_its_work_and_remembers() {
     let addr = relay.addr;
     let driver = Chromedriver::start().expect("chromedriver");
     let tab = driver.session(&["--window-size=1000,1800"]).await.expect("chromium session");
-    tab.goto(&format!("http://{addr}/")).await.expect("open the page");
+    tab.goto(&format!("http://{addr}/?device=webgpu")).await.expect("open the page");
 
     // Nothing before consent.
     until(&tab, "the page to load", Duration::from_secs(30), "return window.crowdgrad !== undefined;").await;

@@ -1,7 +1,7 @@
 //! Throughput in the tab, for `cargo xtask bench` (it drives `www/bench.html`).
 
 use crowdgrad_runtime::backend::Backend;
-use crowdgrad_runtime::bench::{matmul_gflops, training_throughput};
+use crowdgrad_runtime::bench::{WARM_UP_STEPS, matmul_gflops, training_throughput};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::GptConfig;
@@ -31,16 +31,23 @@ async fn gpu() -> Result<GpuBackend, JsValue> {
     Ok(gpu)
 }
 
-/// Times `steps` training steps of `rows` windows of `model` on `"gpu"` or `"cpu"`;
-/// resolves to `{ device, steps, tokens_per_step, seconds, trainer_bytes,
-/// wasm_memory_bytes }`, the last the tab's wasm memory after the run (its high-water
-/// mark: it never shrinks).
+/// Times `steps` training steps of `rows` windows of `model` on `"gpu"` or `"cpu"`, after
+/// `warm_up` untimed ones (default [`WARM_UP_STEPS`]); resolves to `{ device, steps,
+/// warm_up, tokens_per_step, seconds, trainer_bytes, wasm_memory_bytes }`, the last the
+/// tab's wasm memory after the run (its high-water mark: it never shrinks).
 #[wasm_bindgen]
-pub async fn bench(device: String, model_name: String, steps: u32, rows: u32) -> Result<JsValue, JsValue> {
+pub async fn bench(
+    device: String,
+    model_name: String,
+    steps: u32,
+    rows: u32,
+    warm_up: Option<u32>,
+) -> Result<JsValue, JsValue> {
     let cfg = model(&model_name)?;
+    let counts = (warm_up.unwrap_or(WARM_UP_STEPS), steps);
     let result = match device.as_str() {
-        "gpu" => training_throughput(gpu().await?, cfg, rows as usize, steps, now_seconds).await,
-        "cpu" => training_throughput(CpuBackend::new(), cfg, rows as usize, steps, now_seconds).await,
+        "gpu" => training_throughput(gpu().await?, cfg, rows as usize, counts, now_seconds).await,
+        "cpu" => training_throughput(CpuBackend::new(), cfg, rows as usize, counts, now_seconds).await,
         other => return Err(JsValue::from_str(&format!("unknown device {other:?}; use \"gpu\" or \"cpu\""))),
     };
     let object = to_js(&result.map_err(|e| JsValue::from_str(&e.to_string()))?)?;

@@ -4,7 +4,8 @@
 //! import init, { Contributor } from "./pkg/crowdgrad_web.js";
 //! await init();
 //! const c = new Contributor("ws://127.0.0.1:8080/ws");
-//! c.start();           // trains until stop(); uses WebGPU when there is an adapter
+//! c.set_device("auto") // WebGPU unless the CPU is faster here ("webgpu", "cpu": that one)
+//! c.start();           // trains until stop()
 //! c.set_intensity(0.5) // rests as long as it works (a 50 % duty cycle)
 //! c.stats();           // { state, device: { kind, adapter, software }, units_done, … }
 //! c.stop();            // start() again resumes as the same contributor
@@ -77,6 +78,20 @@ pub struct Contributor {
     intensity: Rc<Cell<f64>>,
     /// Counts starts and stops: a task whose start is no longer the latest ends.
     epoch: Rc<Cell<u64>>,
+    /// Which device the next start may train on.
+    device: Cell<DeviceChoice>,
+}
+
+/// Which device a tab trains on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum DeviceChoice {
+    /// WebGPU, unless the CPU calibrates faster (a software adapter such as SwiftShader)
+    /// or the GPU cannot hold the job.
+    Auto,
+    /// WebGPU where there is an adapter that holds the job.
+    WebGpu,
+    /// The wasm CPU backend.
+    Cpu,
 }
 
 #[wasm_bindgen]
@@ -92,7 +107,21 @@ impl Contributor {
             weights: HeldView::default(),
             intensity: Rc::new(Cell::new(1.0)),
             epoch: Rc::default(),
+            device: Cell::new(DeviceChoice::Auto),
         }
+    }
+
+    /// Sets the device the next [`Contributor::start`] trains on: `"auto"` (the default:
+    /// WebGPU unless the CPU's calibration matmul runs faster, as it does on a software
+    /// adapter), `"webgpu"` (whenever there is an adapter that holds the job) or `"cpu"`.
+    pub fn set_device(&self, device: &str) -> Result<(), JsValue> {
+        self.device.set(match device {
+            "auto" => DeviceChoice::Auto,
+            "webgpu" => DeviceChoice::WebGpu,
+            "cpu" => DeviceChoice::Cpu,
+            other => return Err(JsValue::from_str(&format!("unknown device {other:?}; use auto, webgpu or cpu"))),
+        });
+        Ok(())
     }
 
     /// Sets the duty cycle: the share of the time the tab works (`0.1..=1`, clamped).
@@ -101,8 +130,8 @@ impl Contributor {
         self.intensity.set(duty::clamp(intensity));
     }
 
-    /// Picks the device (WebGPU when the browser gives an adapter, else the wasm CPU
-    /// backend), connects and trains in the background until [`Contributor::stop`].
+    /// Picks the device (see [`Contributor::set_device`]; the wasm CPU backend where
+    /// WebGPU is missing, slower or too small for the job), connects and trains in the background until [`Contributor::stop`].
     /// When the connection ends (the relay restarts, the network drops), the tab shows
     /// `reconnecting` and connects again by itself, after 1 s doubling up to 30 s
     /// (jittered), as the same contributor and with its residual.
@@ -121,8 +150,9 @@ impl Contributor {
         };
         let intensity = self.intensity.clone();
         let rest = move || duty::rest(intensity.clone());
+        let device = self.device.get();
         wasm_bindgen_futures::spawn_local(async move {
-            if let Err(message) = run(&url, stats.clone(), &held, rest).await {
+            if let Err(message) = run(&url, device, stats.clone(), &held, rest).await {
                 let mut s = stats.lock().expect("stats lock");
                 s.state = "stopped".into();
                 s.error = Some(message);
@@ -160,7 +190,7 @@ impl Contributor {
     }
 
     /// A snapshot of what the tab is doing: `{ state, device: { kind, adapter,
-    /// software }, session, version, units_done, units_rejected, last_rejection,
+    /// software }, why_cpu, session, version, units_done, units_rejected, last_rejection,
     /// rejections: { code: count }, last_loss, tokens, upload_bytes, weights_version,
     /// versions_fetched, versions_stepped, weights_downloaded, step_fallback, mesh_version,
     /// weights_from_relay, weights_from_peers (bytes), peers,
@@ -192,37 +222,58 @@ impl Held {
     }
 }
 
-/// Picks and calibrates the device, then contributes on it. The relay is contacted only
-/// after calibration, which can take seconds when many tabs start at once.
-async fn run(url: &str, stats: SharedStats, held: &Held, rest: impl Fn() -> Rest) -> Result<(), String> {
+/// Picks and calibrates the device (`choice`), then contributes on it. The relay is
+/// contacted only after calibration, which can take seconds when many tabs start at once.
+async fn run(
+    url: &str,
+    choice: DeviceChoice,
+    stats: SharedStats,
+    held: &Held,
+    rest: impl Fn() -> Rest,
+) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
     let saved = residual::load().await;
-    // The adapter's name (for the page) and the device are asked for together.
-    let gpu_refused = match future::join(GpuBackend::new(), adapter::describe()).await {
-        (Ok(mut gpu), name) => {
-            if let Some(name) = name {
-                gpu.set_adapter_name(name);
+    let mut cpu = CpuBackend::new();
+    let cpu_gflops = calibrate(&mut cpu, now_seconds).await;
+    let why_cpu = if choice == DeviceChoice::Cpu {
+        "the page asked for the CPU".to_string()
+    } else {
+        // The adapter's name (for the page) and the device are asked for together.
+        match future::join(GpuBackend::new(), adapter::describe()).await {
+            (Ok(mut gpu), name) => {
+                if let Some(name) = name {
+                    gpu.set_adapter_name(name);
+                }
+                let gflops = calibrate(&mut gpu, now_seconds).await;
+                if choice == DeviceChoice::Auto && cpu_gflops > gflops {
+                    format!(
+                        "the CPU is faster here: {cpu_gflops:.1} GFLOP/s against {gflops:.1} on WebGPU ({})",
+                        gpu.info().adapter
+                    )
+                } else {
+                    // The other kernels compile in the GPU process while the tab connects
+                    // and downloads the weights.
+                    gpu.compile_kernels();
+                    match contribute(url, gpu, gflops, stats.clone(), held, rest(), saved.clone()).await? {
+                        Ended::Stopped => return Ok(()),
+                        Ended::DoesNotFit(why) => format!("the GPU cannot hold this job: {why}"),
+                    }
+                }
             }
-            let gflops = calibrate(&mut gpu, now_seconds).await;
-            // The other kernels compile in the GPU process while the tab connects and
-            // downloads the weights.
-            gpu.compile_kernels();
-            match contribute(url, gpu, gflops, stats.clone(), held, rest(), saved.clone()).await? {
-                Ended::Stopped => return Ok(()),
-                Ended::DoesNotFit(why) => format!("the GPU cannot hold this job: {why}"),
+            (Err(e), _) => {
+                web_sys::console::warn_1(&format!("crowdgrad: no WebGPU: {e}").into());
+                "no WebGPU in this browser".to_string()
             }
         }
-        (Err(e), _) => format!("no WebGPU ({e})"),
     };
-    web_sys::console::warn_1(&format!("crowdgrad: {gpu_refused}; training on the CPU").into());
-    let mut cpu = CpuBackend::new();
-    let gflops = calibrate(&mut cpu, now_seconds).await;
-    match contribute(url, cpu, gflops, stats.clone(), held, rest(), saved).await? {
+    web_sys::console::warn_1(&format!("crowdgrad: {why_cpu}; training on the CPU").into());
+    stats.lock().expect("stats lock").why_cpu = Some(why_cpu.clone());
+    match contribute(url, cpu, cpu_gflops, stats.clone(), held, rest(), saved).await? {
         Ended::Stopped => Ok(()),
         Ended::DoesNotFit(why) => {
             let mut s = stats.lock().expect("stats lock");
             s.state = "stopped".into();
-            s.error = Some(format!("{gpu_refused}, and the CPU cannot either: {why}"));
+            s.error = Some(format!("{why_cpu}, and the CPU cannot hold it either: {why}"));
             Ok(())
         }
     }

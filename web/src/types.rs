@@ -39,6 +39,9 @@ export interface ContributorStats {
   /** `connecting`, `fetching`, `training`, `submitting`, `resting`, `waiting` or `stopped`. */
   state: string;
   device: DeviceInfo | null;
+  /** Why the tab trains on the CPU rather than WebGPU: no adapter, a slower one (a software
+   * adapter such as SwiftShader), one that cannot hold the job, or the page asked. */
+  why_cpu: string | null;
   /** The relay's id of this session. */
   session: number;
   /** The contributor's lasting id on the relay. */

@@ -19,6 +19,12 @@ commands:
   bench gpt [--iters N --gpu-iters N --browser-iters N --torch-iters N --dataset PATH]
                   nanoGPT's shakespeare_char run: val loss at 2000 iterations, GPU against CPU,
                   tokens/s beside PyTorch, matmul GFLOP/s
+  bench gpt2 [--only memory,backends,rounds --context N --rows N --results N --steps N
+              --browser-steps N --slow-warm-up N --backends cpu,gpu,wasm,webgpu,torch
+              --dataset PATH]
+                  GPT-2 small (124M, BPE): relay RSS during a round of N results, tokens/s
+                  and peak memory per backend beside PyTorch, two DiLoCo rounds through a
+                  relay with two native contributors and a Chromium tab (bytes per unit)
   bench relay [--only a,b,… --idle N --active N --seconds S --downloads N --honest N
                --garbage N --flood-seconds S --commit-active N --commit-seconds S]
                   the relay under load: (a) RSS per idle session, (b) results/s and latency
@@ -28,9 +34,10 @@ commands:
   bench diloco [--steps N --k 4,8 --h 10,50,100 --plot PATH]
                   K simulated contributors against one trainer at equal tokens, compression
                   on and off: val loss, upload bytes per round, and a PNG of the curves
-  bench adversarial [--rounds N --steps H --honest N --dense]
+  bench adversarial [--rounds N --steps H --honest N --dense --budget-flops F]
                   each attack (1 contributor in 5) against the relay's checks: how it was
-                  rejected, the share caught, val loss against the clean run
+                  rejected, the share caught, val loss against the clean run, check seconds
+                  per accepted result
   bench budgets   the wasm bundle gzipped (budget 1 MB) and, on localhost, the time from
                   opening the page to its first unit training (budget 3 s)
   fuzz [SECONDS]  runs each cargo-fuzz target in fuzz/ (the update decoder, the relay's

@@ -53,9 +53,9 @@ pub fn aggregate(rule: Rule, results: &[Weighted], trim: f32, clip: f32, out: &m
     }
 }
 
-/// One pass over every result, range by range: `visit(range, columns, out_range)`, where
-/// `columns[r]` holds result `r`'s values at `range`.
-fn each_range(results: &[Weighted], out: &mut [f32], mut visit: impl FnMut(usize, &[Vec<f32>], &mut [f32])) {
+/// One pass over every result, range by range: `visit(columns, out_range)`, where
+/// `columns[r]` holds result `r`'s values at the coordinates of `out_range`.
+fn each_range(results: &[Weighted], out: &mut [f32], mut visit: impl FnMut(&[Vec<f32>], &mut [f32])) {
     let mut cursors: Vec<Cursor> = results.iter().map(|r| r.delta.cursor()).collect();
     let mut columns: Vec<Vec<f32>> = results.iter().map(|_| Vec::new()).collect();
     for (index, out) in out.chunks_mut(RANGE).enumerate() {
@@ -64,13 +64,13 @@ fn each_range(results: &[Weighted], out: &mut [f32], mut visit: impl FnMut(usize
             column.resize(range.len(), 0.0);
             cursor.fill(range.clone(), column);
         });
-        visit(range.start, &columns, out);
+        visit(&columns, out);
     }
 }
 
 fn mean(results: &[Weighted], out: &mut [f32]) {
     let shares: f32 = results.iter().map(|r| r.share).sum();
-    each_range(results, out, |_, columns, out| {
+    each_range(results, out, |columns, out| {
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
             out.fill(0.0);
             for (r, column) in results.iter().zip(columns) {
@@ -84,7 +84,7 @@ fn mean(results: &[Weighted], out: &mut [f32]) {
 /// Per coordinate: `reduce` of the results' discounted values (in any order), into `out`.
 fn per_coordinate(results: &[Weighted], out: &mut [f32], reduce: impl Fn(&mut [f32]) -> f32 + Sync) {
     let discounts: Vec<f32> = results.iter().map(Weighted::discount).collect();
-    each_range(results, out, |_, columns, out| {
+    each_range(results, out, |columns, out| {
         out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, out)| {
             let mut column = vec![0f32; results.len()];
             for (j, o) in out.iter_mut().enumerate() {
@@ -125,7 +125,7 @@ fn centered_clip(results: &[Weighted], clip: f32, center: &mut [f32]) {
     for _ in 0..CLIP_ITERATIONS {
         // ‖discount·x − center‖ of each result, over every range.
         let mut squares = vec![0f64; results.len()];
-        each_range(results, center, |_, columns, center| {
+        each_range(results, center, |columns, center| {
             let sums: Vec<f64> = columns
                 .par_iter()
                 .zip(&discounts)
@@ -139,7 +139,7 @@ fn centered_clip(results: &[Weighted], clip: f32, center: &mut [f32]) {
             break;
         }
         let scales: Vec<f32> = distances.iter().map(|&d| if d > radius { radius / d } else { 1.0 }).collect();
-        each_range(results, center, |_, columns, center| {
+        each_range(results, center, |columns, center| {
             center.par_chunks_mut(CHUNK).enumerate().for_each(|(c, center)| {
                 let mut step = vec![0f32; center.len()];
                 for ((x, &s), d) in columns.iter().zip(&scales).zip(&discounts) {
@@ -154,16 +154,24 @@ fn centered_clip(results: &[Weighted], clip: f32, center: &mut [f32]) {
     }
 }
 
-/// Nesterov momentum on the round's update `g`: `m = μ·m + g`, `params -= lr·(g + μ·m)`.
+/// Nesterov momentum on the round's update `g`: `m = μ·m + g`, `params -= lr·(g + μ·m)`
+/// (all `[parameters]`), with [`nesterov`] on each coordinate.
 pub fn outer_step(params: &mut [f32], momentum: &mut [f32], g: &[f32], lr: f32, mu: f32) {
     params.par_chunks_mut(CHUNK).zip(momentum.par_chunks_mut(CHUNK)).zip(g.par_chunks(CHUNK)).for_each(
         |((p, m), g)| {
             for ((p, m), g) in p.iter_mut().zip(m.iter_mut()).zip(g) {
-                *m = mu * *m + g;
-                *p -= lr * (g + mu * *m);
+                *p = nesterov(*p, m, *g, lr, mu);
             }
         },
     );
+}
+
+/// The outer step on one coordinate: parameter `p`, its momentum `m` and the round's
+/// update `g` there. Sets `m = μ·m + g` and returns the new parameter `p − lr·(g + μ·m)`.
+#[inline]
+pub fn nesterov(p: f32, m: &mut f32, g: f32, lr: f32, mu: f32) -> f32 {
+    *m = mu * *m + g;
+    p - lr * (g + mu * *m)
 }
 
 #[cfg(test)]

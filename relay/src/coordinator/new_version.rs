@@ -26,7 +26,7 @@ use crowdgrad_runtime::codec::{ChunkWriter, CodecConfig};
 use crowdgrad_runtime::protocol::DeltaRef;
 
 use super::Contribution;
-use super::aggregate::{Weighted, aggregate};
+use super::aggregate::{Weighted, aggregate, nesterov};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
 use crate::ledger::{Ledger, VersionRow, now_ms};
@@ -159,11 +159,10 @@ impl CommitJob {
             };
             let range = entry.offset..entry.offset + entry.len;
             let (update, start) = (&mut next[range.clone()], &draft.start[range]);
-            // Nesterov: m = μ·m + g, θ −= lr·(g + μ·m).
-            for ((m, g), p) in momentum.chunks_exact_mut(4).zip(update).zip(start) {
-                let m_new = mu * f32::from_le_bytes([m[0], m[1], m[2], m[3]]) + *g;
-                *g = p - lr * (*g + mu * m_new);
-                m.copy_from_slice(&m_new.to_le_bytes());
+            for ((m_bytes, g), p) in momentum.chunks_exact_mut(4).zip(update).zip(start) {
+                let mut m = f32::from_le_bytes([m_bytes[0], m_bytes[1], m_bytes[2], m_bytes[3]]);
+                *g = nesterov(*p, &mut m, *g, lr, mu);
+                m_bytes.copy_from_slice(&m.to_le_bytes());
             }
             Ok(momentum)
         })?;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use axum::body::Bytes;
 use crowdgrad_runtime::checkpoint::{self, hash_hex};
 use crowdgrad_runtime::model::{GptConfig, ParamEntry};
+pub use files::write_bytes_durably;
 use files::{MadeTensor, hash_file, read_tensor, write_durably};
 use safetensors::tensor::{Dtype, TensorView};
 pub use steps::{ResidualReader, ResidualWriter};
@@ -190,8 +191,9 @@ impl Store {
         Ok(WeightsFile { hash, len, bytes })
     }
 
-    /// Writes a whole version from memory, momentum then weights (a new job's version
-    /// 0); returns the weights file and the momentum file's blake3.
+    /// Writes a whole version from `params` and `momentum` in memory (`[parameters]`
+    /// each), momentum then weights, for tests and benches (a commit writes tensor by
+    /// tensor); returns the weights file and the momentum file's blake3.
     pub fn write(
         &self,
         model: &GptConfig,
@@ -320,9 +322,12 @@ impl Store {
         fs::remove_file(path)
     }
 
-    /// Deletes `version`'s files (missing ones are fine).
+    /// Deletes `version`'s checkpoint: its weights, momentum and Hugging Face copy
+    /// (missing ones are fine). Its step and residual go with [`Store::remove_step`], once
+    /// newer steps are out, whether or not the version is kept.
     pub fn remove(&self, version: u64) -> std::io::Result<()> {
-        for path in self.files(version).into_iter().chain([self.hf_weights_path(version)]) {
+        let paths = [self.weights_path(version), self.momentum_path(version), self.hf_weights_path(version)];
+        for path in paths {
             match fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -31,7 +31,7 @@ use serde::Serialize;
 pub use replay::compare;
 
 use crate::delta::Delta;
-use crate::eval::MAX_LOGIT_BYTES;
+use crate::eval::RELAY_LOGIT_BYTES;
 
 /// The work a result claims, and what to check of it.
 pub struct Check {
@@ -240,7 +240,7 @@ impl Verifier {
 
     /// A training trainer for `check`'s model and batches, with a loss slot per step.
     fn training_for(&mut self, check: &Check) -> &mut Trainer<CpuBackend> {
-        let shape = TrainerShape::train(check.rows, check.steps as usize + 1).fitting(&check.model, MAX_LOGIT_BYTES);
+        let shape = TrainerShape::train(check.rows, check.steps as usize + 1).fitting(&check.model, RELAY_LOGIT_BYTES);
         let fits = self.training.as_ref().is_some_and(|t| {
             t.config() == check.model && t.shape().rows == shape.rows && t.loss_slots() >= shape.loss_slots
         });
@@ -255,7 +255,7 @@ impl Verifier {
     fn gradients_for(&mut self, check: &Check) -> &mut Trainer<CpuBackend> {
         let slots = 4 * check.loss_batches as usize + 1;
         let fitting =
-            TrainerShape::train(check.rows, slots).with_role(Role::Gradients).fitting(&check.model, MAX_LOGIT_BYTES);
+            TrainerShape::train(check.rows, slots).with_role(Role::Gradients).fitting(&check.model, RELAY_LOGIT_BYTES);
         let shape = fitting.with_micro_rows(gcd(fitting.micro_rows, check.work.loss_rows));
         let fits = self.gradients.as_ref().is_some_and(|t| t.config() == check.model && t.shape() == shape);
         if !fits {

@@ -17,11 +17,9 @@
 //! these bounds and the expected length.
 
 mod bits;
-mod sparse;
 
 use bits::{BitReader, BitWriter, MAX_RICE, rice_bits};
 use serde::{Deserialize, Serialize};
-pub use sparse::SparseDelta;
 
 /// Two bytes that open every encoded update.
 const MAGIC: [u8; 2] = *b"CZ";
@@ -324,21 +322,15 @@ pub fn header(bytes: &[u8]) -> Result<(CodecConfig, usize), CodecError> {
     Ok((cfg, word(12) as usize))
 }
 
-/// Decodes an update that must hold exactly `len` values; every field is checked.
+/// Decodes an update that must hold exactly `len` values (`[len]`, zero where nothing
+/// was sent); every field is checked.
 pub fn decode(bytes: &[u8], len: usize) -> Result<Vec<f32>, CodecError> {
-    decode_sparse(bytes, len).map(|sparse| sparse.to_dense())
-}
-
-/// [`decode`], as the update's nonzero values and their indices (a few percent of `len`
-/// at the default density), without writing the zeros in between.
-pub fn decode_sparse(bytes: &[u8], len: usize) -> Result<SparseDelta, CodecError> {
     let mut reader = ChunkReader::new(bytes, len)?;
-    let mut out = SparseDelta::with_capacity(len, reader.chunks() * reader.config().k as usize);
-    let mut values = Vec::with_capacity(reader.config().k as usize);
+    let (mut dense, mut values) = (vec![0f32; len], Vec::with_capacity(reader.config().k as usize));
     while reader.next_chunk(&mut values)?.is_some() {
-        values.iter().for_each(|&(index, value)| out.push(index as usize, value));
+        values.iter().for_each(|&(index, value)| dense[index as usize] = value);
     }
-    Ok(out)
+    Ok(dense)
 }
 
 /// Reads an encoded update one chunk at a time, checking every field as [`decode`]

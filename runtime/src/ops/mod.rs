@@ -139,18 +139,35 @@ pub fn clip_factor(grad_sumsq: f32, max_norm: f32) -> f32 {
 }
 
 /// AdamW update, elementwise over equal-length `params`, `grads`, `m`, `v`, with the
-/// gradients first scaled by `clip` (see [`clip_factor`]).
+/// gradients first scaled by `clip` (see [`clip_factor`]). Natively, blocks of
+/// [`BLOCK`] values go to different cores; each value's arithmetic is the same.
 pub fn adamw(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], h: AdamW, clip: f32) {
     let (bc1, bc2) = h.bias_corrections();
-    for i in 0..params.len() {
-        let g = grads[i] * clip;
-        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * g;
-        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * g * g;
-        let mhat = m[i] / bc1;
-        let vhat = v[i] / bc2;
-        params[i] -= h.lr * (mhat / (vhat.sqrt() + h.eps) + h.weight_decay * params[i]);
+    let update = |params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32]| {
+        for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
+            let g = g * clip;
+            *m = h.beta1 * *m + (1.0 - h.beta1) * g;
+            *v = h.beta2 * *v + (1.0 - h.beta2) * g * g;
+            let mhat = *m / bc1;
+            let vhat = *v / bc2;
+            *p -= h.lr * (mhat / (vhat.sqrt() + h.eps) + h.weight_decay * *p);
+        }
+    };
+    assert!(grads.len() == params.len() && m.len() == params.len() && v.len() == params.len(), "AdamW lengths differ");
+    #[cfg(not(target_arch = "wasm32"))]
+    if params.len() > BLOCK {
+        use rayon::prelude::*;
+        let blocks = params.par_chunks_mut(BLOCK).zip(grads.par_chunks(BLOCK));
+        let blocks = blocks.zip(m.par_chunks_mut(BLOCK)).zip(v.par_chunks_mut(BLOCK));
+        blocks.for_each(|(((p, g), m), v)| update(p, g, m, v));
+        return;
     }
+    update(params, grads, m, v)
 }
+
+/// Values per block of the elementwise passes over all parameters ([`adamw`],
+/// [`sum_squares`]).
+const BLOCK: usize = 1 << 16;
 
 /// Token plus position embedding. `tokens: [b, t]`, `wte: [vocab, c]`, `wpe: [≥t, c]` →
 /// `out: [b, t, c]`, `out[b, t] = wte[tokens[b, t]] + wpe[t]`.
@@ -180,7 +197,23 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
-/// Sum of squares of `values` in f32, in index order (for global-norm clipping).
+/// Sum of squares of `values` in f32 (for global-norm clipping): each block of [`BLOCK`]
+/// values summed in 16 lanes, then the blocks' sums in index order, so the result is the
+/// same on any number of cores (natively the blocks go to different cores).
 pub fn sum_squares(values: &[f32]) -> f32 {
-    values.iter().map(|v| v * v).sum()
+    fn block_sum(block: &[f32]) -> f32 {
+        let mut lanes = [0f32; 16];
+        let mut chunks = block.chunks_exact(16);
+        for chunk in &mut chunks {
+            lanes.iter_mut().zip(chunk).for_each(|(lane, v)| *lane += v * v);
+        }
+        lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|v| v * v).sum::<f32>()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    if values.len() > BLOCK {
+        use rayon::prelude::*;
+        let sums: Vec<f32> = values.par_chunks(BLOCK).map(block_sum).collect();
+        return sums.iter().sum();
+    }
+    values.chunks(BLOCK).map(block_sum).sum()
 }

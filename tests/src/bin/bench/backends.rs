@@ -1,6 +1,6 @@
 //! Training throughput of the default model on every backend.
 
-use crowdgrad_runtime::bench::training_throughput;
+use crowdgrad_runtime::bench::{WARM_UP_STEPS, training_throughput};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::GptConfig;
@@ -24,10 +24,12 @@ pub async fn run(args: &[String]) {
         cfg.layout().total
     );
     let mut table: Vec<(&str, String, f64)> = Vec::new();
-    let cpu = training_throughput(CpuBackend::new(), cfg, rows as usize, steps, clock()).await.expect("CPU run");
+    let cpu = training_throughput(CpuBackend::new(), cfg, rows as usize, (WARM_UP_STEPS, steps), clock())
+        .await
+        .expect("CPU run");
     table.push(("CPU reference (native, all cores)", cpu.device.adapter.clone(), cpu.tokens_per_second()));
     let gpu = GpuBackend::new().await.expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
-    let gpu = training_throughput(gpu, cfg, rows as usize, steps, clock()).await.expect("GPU run");
+    let gpu = training_throughput(gpu, cfg, rows as usize, (WARM_UP_STEPS, steps), clock()).await.expect("GPU run");
     table.push(("GPU backend (native wgpu)", gpu.device.adapter.clone(), gpu.tokens_per_second()));
     let page = BenchPage::start().await;
     for (name, device, at) in [

@@ -8,7 +8,7 @@ use crowdgrad_tests::{start_relay, test_job};
 use fantoccini::wd::TimeoutConfiguration;
 
 /// How long one measurement in the browser may take (SwiftShader is slow).
-const LIMIT: Duration = Duration::from_secs(900);
+const LIMIT: Duration = Duration::from_secs(1800);
 
 /// A relay serving the bench page, and chromedriver.
 pub struct BenchPage {

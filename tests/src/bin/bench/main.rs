@@ -7,7 +7,7 @@
 //!   shakespeare_char run: quality (val loss at 2000 iterations), the GPU's loss curve
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
 //! - `gpt2 [--only memory,backends,rounds] [--context N] [--rows N] [--results N]
-//!   [--steps N] [--browser-steps N]`: GPT-2 small through the pipeline (see `gpt2/`).
+//!   [--steps N] [--browser-steps N] [--slow-warm-up N]`: GPT-2 small through the pipeline (see `gpt2/`).
 //! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
@@ -25,6 +25,7 @@ mod gpt;
 mod gpt2;
 mod plot;
 mod relay;
+mod rss;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

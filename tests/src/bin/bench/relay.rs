@@ -103,9 +103,7 @@ impl RelayProcess {
 
     /// Resident memory, KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
-        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number")
+        crate::rss::rss_kib(self.child.id())
     }
 
     /// Waits until `online` sessions have said hello.

@@ -3,16 +3,16 @@
 
 use std::process::Command;
 
-use crowdgrad_runtime::bench::{Throughput, training_throughput};
+use crowdgrad_runtime::bench::{Throughput, WARM_UP_STEPS, training_throughput};
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::repo_root;
 
-use super::rss::{RssPeak, chromium_rss_kib, own_peak_kib, reset_own_peak};
 use super::{Flags, mb};
 use crate::browser::{BenchPage, device_name, tokens_per_second};
 use crate::clock;
+use crate::rss::{RssPeak, chromium_rss_kib, own_peak_kib, reset_own_peak};
 
 /// One backend's figures.
 struct Row {
@@ -30,27 +30,42 @@ pub async fn run(f: &Flags) {
     let model = GptConfig::gpt2_small(f.context);
     let rows = f.rows as usize;
     println!(
-        "\n(backends) {} timed steps of {rows} × {} tokens natively, {} in Chromium, after 2 warm-up steps",
-        f.steps, f.context, f.browser_steps
+        "\n(backends) {} timed steps of {rows} × {} tokens on the native CPU after {WARM_UP_STEPS} untimed ones, \
+         {} elsewhere after {}",
+        f.steps, f.context, f.browser_steps, f.slow_warm_up
     );
     let mut table = Vec::new();
 
-    reset_own_peak();
-    let cpu = training_throughput(CpuBackend::new(), model, rows, f.steps, clock()).await.expect("the CPU run");
-    table.push(native("CPU backend (native, all cores)", &cpu));
-    eprintln!("  [backends] native CPU done");
-
-    reset_own_peak();
-    let gpu = GpuBackend::new().await.expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
-    match training_throughput(gpu, model, rows, f.browser_steps, clock()).await {
-        Ok(gpu) => table.push(native("GPU backend (native wgpu)", &gpu)),
-        Err(e) => table.push(failed("GPU backend (native wgpu)", e.to_string())),
+    let wanted = |name: &str| f.backends.split(',').any(|b| b == name);
+    let mut ours = None;
+    if wanted("cpu") {
+        reset_own_peak();
+        let cpu = training_throughput(CpuBackend::new(), model, rows, (WARM_UP_STEPS, f.steps), clock())
+            .await
+            .expect("the CPU run");
+        ours = Some(cpu.tokens_per_second());
+        table.push(native("CPU backend (native, all cores)", &cpu));
+        eprintln!("  [backends] native CPU done");
     }
-    eprintln!("  [backends] native GPU done");
 
-    let page = BenchPage::start().await;
-    for (backend, device) in [("CPU backend (Chromium wasm, SIMD)", "cpu"), ("GPU backend (Chromium WebGPU)", "gpu")] {
-        let args = vec![device.into(), "gpt2_small".into(), f.browser_steps.into(), f.rows.into()];
+    if wanted("gpu") {
+        reset_own_peak();
+        let gpu = GpuBackend::new().await.expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        match training_throughput(gpu, model, rows, (f.slow_warm_up, f.browser_steps), clock()).await {
+            Ok(gpu) => table.push(native("GPU backend (native wgpu)", &gpu)),
+            Err(e) => table.push(failed("GPU backend (native wgpu)", e.to_string())),
+        }
+        eprintln!("  [backends] native GPU done");
+    }
+
+    let in_chromium =
+        [("CPU backend (Chromium wasm, SIMD)", "cpu", "wasm"), ("GPU backend (Chromium WebGPU)", "gpu", "webgpu")];
+    let in_chromium: Vec<_> = in_chromium.into_iter().filter(|(_, _, name)| wanted(name)).collect();
+    let page = if in_chromium.is_empty() { None } else { Some(BenchPage::start().await) };
+    for (backend, device, _) in in_chromium {
+        let page = page.as_ref().expect("started above");
+        let args =
+            vec![device.into(), "gpt2_small".into(), f.browser_steps.into(), f.rows.into(), f.slow_warm_up.into()];
         let peak = RssPeak::start(chromium_rss_kib);
         let result = page.try_call_at("bench.html", "window.crowdgradBench(...args)", args).await;
         let browser_mb = mb(peak.stop() as f64 * 1024.0);
@@ -70,10 +85,12 @@ pub async fn run(f: &Flags) {
         });
         eprintln!("  [backends] {backend} done");
     }
-    page.stop().await;
+    if let Some(page) = page {
+        page.stop().await;
+    }
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let torch = pytorch(f, threads);
+    let torch = if wanted("torch") { pytorch(f, threads) } else { None };
     if let Some(torch) = &torch {
         table.push(Row {
             backend: "PyTorch (CPU)",
@@ -91,11 +108,14 @@ pub async fn run(f: &Flags) {
         println!("{:<36} {tps:>10} {peak:>10}  {:<40} {}", row.backend, row.adapter, row.note);
     }
     println!("(peak MB: this process's peak RSS for the native rows, every Chromium process's for the tab's)");
-    match (table[0].tokens_per_second, torch.and_then(|t| t["tokens_per_s"].as_f64())) {
+    match (ours, torch.and_then(|t| t["tokens_per_s"].as_f64())) {
         (Some(ours), Some(theirs)) => {
             println!("ratio: ours/pytorch on the CPU = {:.2}× (goal ≥ 1×)", ours / theirs)
         }
-        _ => println!("ratio: ours/pytorch unavailable (PyTorch does not import here: pip install torch)"),
+        (Some(_), None) => {
+            println!("ratio: ours/pytorch unavailable (PyTorch does not import here: pip install torch)")
+        }
+        (None, _) => {}
     }
 }
 

@@ -14,9 +14,9 @@ use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::{self, ClientMsg, Hello, ServerMsg, Submission, Update, WorkUnit};
 use crowdgrad_runtime::train::{Moments, Trainer, TrainerShape, train_unit};
 
-use super::rss::RssPeak;
 use super::{Flags, job};
 use crate::relay::RelayProcess;
+use crate::rss::RssPeak;
 
 /// A session that said hello, with its key and its unit.
 struct Session {
@@ -65,7 +65,7 @@ pub async fn run(f: &Flags) {
         idle_kib as f64 / 1e3 / model_mb
     );
     let pid = relay.pid();
-    let peak = RssPeak::start(move || super::rss::rss_kib(pid));
+    let peak = RssPeak::start(move || crate::rss::rss_kib(pid));
     let mut sessions = Vec::with_capacity(f.results);
     for _ in 0..f.results {
         sessions.push(join(relay.addr).await);

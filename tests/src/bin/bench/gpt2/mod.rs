@@ -8,9 +8,11 @@
 //!   seconds its verifier spent per accepted result, and the bytes of each result.
 //!   Goal: peak RSS ≤ 4× the model's f32 size.
 //! - `backends`: tokens/s and peak memory of `--steps N` (2) training steps of
-//!   `--rows N` windows on the native CPU backend, the native GPU backend, the wasm CPU
-//!   backend and WebGPU in headless Chromium (`--browser-steps N`, 1), beside PyTorch's
-//!   GPT-2 on as many threads when `import torch` works (`tests/pytorch/train_gpt.py`).
+//!   `--rows N` windows on the native CPU backend (after 2 untimed ones), and of
+//!   `--browser-steps N` (1) on the native GPU backend, the wasm CPU backend and WebGPU in
+//!   headless Chromium (after `--slow-warm-up N`, 1: a step there takes minutes), beside
+//!   PyTorch's GPT-2 on as many threads when `import torch` works
+//!   (`tests/pytorch/train_gpt.py`); `--backends cpu,gpu,wasm,webgpu,torch` picks rows.
 //!   Goal: ours/pytorch ≥ 1× on the CPU.
 //! - `rounds`: two DiLoCo rounds through a relay (its own process) with two native
 //!   contributors and one Chromium tab: each one's bytes in and out per unit, and the
@@ -22,7 +24,6 @@
 mod backends;
 mod memory;
 mod rounds;
-mod rss;
 
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::repo_root;
@@ -37,6 +38,8 @@ struct Flags {
     results: usize,
     steps: u32,
     browser_steps: u32,
+    slow_warm_up: u32,
+    backends: String,
     dataset: std::path::PathBuf,
 }
 
@@ -48,6 +51,8 @@ fn flags(args: &[String]) -> Flags {
         results: 32,
         steps: 2,
         browser_steps: 1,
+        slow_warm_up: 1,
+        backends: "cpu,gpu,wasm,webgpu,torch".into(),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
     };
     let mut args = args.iter();
@@ -60,6 +65,8 @@ fn flags(args: &[String]) -> Flags {
             "--results" => f.results = value.parse().expect("--results N"),
             "--steps" => f.steps = value.parse().expect("--steps N"),
             "--browser-steps" => f.browser_steps = value.parse().expect("--browser-steps N"),
+            "--slow-warm-up" => f.slow_warm_up = value.parse().expect("--slow-warm-up N"),
+            "--backends" => f.backends = value.clone(),
             "--dataset" => f.dataset = value.into(),
             other => panic!("unknown flag {other}"),
         }

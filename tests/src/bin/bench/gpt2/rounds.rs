@@ -9,9 +9,9 @@ use crowdgrad_tests::spawn_native_contributor;
 use fantoccini::Locator;
 use serde_json::Value;
 
-use super::rss::{RssPeak, chromium_rss_kib, rss_kib};
 use super::{Flags, job, mb};
 use crate::relay::RelayProcess;
+use crate::rss::{RssPeak, chromium_rss_kib, rss_kib};
 
 /// Inner steps a unit.
 const STEPS: u32 = 2;
@@ -120,10 +120,11 @@ pub async fn run(f: &Flags) {
     let counters = &status["counters"];
     println!(
         "(rounds) the relay: {:.1} MB in, {:.1} MB out; peak RSS {relay_mb:.0} MB; Chromium's peak RSS \
-         {browser_mb:.0} MB; the tab trained on {}",
+         {browser_mb:.0} MB; the tab trained on {} ({})",
         mb(status["bytes_in"].as_f64().unwrap_or(0.0)),
         mb(status["bytes_out"].as_f64().unwrap_or(0.0)),
-        tab_stats["device"]["adapter"]
+        tab_stats["device"]["adapter"],
+        tab_stats["why_cpu"].as_str().unwrap_or("WebGPU")
     );
     println!(
         "(rounds) weight bytes from the relay {}, from peers {}",
