@@ -224,6 +224,7 @@ impl Held {
 
 /// Picks and calibrates the device (`choice`), then contributes on it. The relay is
 /// contacted only after calibration, which can take seconds when many tabs start at once.
+/// A device that cannot hold the job hands over to the other one.
 async fn run(
     url: &str,
     choice: DeviceChoice,
@@ -232,50 +233,88 @@ async fn run(
     rest: impl Fn() -> Rest,
 ) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
-    let saved = residual::load().await;
+    let start = Start { url, stats: stats.clone(), held, rest, saved: residual::load().await };
     let mut cpu = CpuBackend::new();
     let cpu_gflops = calibrate(&mut cpu, now_seconds).await;
-    let why_cpu = if choice == DeviceChoice::Cpu {
-        "the page asked for the CPU".to_string()
-    } else {
-        // The adapter's name (for the page) and the device are asked for together.
-        match future::join(GpuBackend::new(), adapter::describe()).await {
-            (Ok(mut gpu), name) => {
-                if let Some(name) = name {
-                    gpu.set_adapter_name(name);
-                }
-                let gflops = calibrate(&mut gpu, now_seconds).await;
-                if choice == DeviceChoice::Auto && cpu_gflops > gflops {
-                    format!(
-                        "the CPU is faster here: {cpu_gflops:.1} GFLOP/s against {gflops:.1} on WebGPU ({})",
-                        gpu.info().adapter
-                    )
-                } else {
-                    // The other kernels compile in the GPU process while the tab connects
-                    // and downloads the weights.
-                    gpu.compile_kernels();
-                    match contribute(url, gpu, gflops, stats.clone(), held, rest(), saved.clone()).await? {
-                        Ended::Stopped => return Ok(()),
-                        Ended::DoesNotFit(why) => format!("the GPU cannot hold this job: {why}"),
-                    }
-                }
-            }
-            (Err(e), _) => {
-                web_sys::console::warn_1(&format!("crowdgrad: no WebGPU: {e}").into());
-                "no WebGPU in this browser".to_string()
-            }
-        }
+    let gpu = if choice == DeviceChoice::Cpu { Err("the page asked for the CPU".to_string()) } else { webgpu().await };
+    let mut why_cpu = match &gpu {
+        Ok((gpu, gflops)) => format!(
+            "the CPU is faster here: {cpu_gflops:.1} GFLOP/s against {gflops:.1} on WebGPU ({})",
+            gpu.info().adapter
+        ),
+        Err(why) => why.clone(),
     };
+    let mut gpu = gpu.ok();
+    if gpu.as_ref().is_some_and(|(_, gflops)| choice == DeviceChoice::WebGpu || *gflops >= cpu_gflops) {
+        let (gpu, gflops) = gpu.take().expect("checked above");
+        // The other kernels compile in the GPU process while the tab connects and
+        // downloads the weights.
+        gpu.compile_kernels();
+        match start.on(gpu, gflops).await? {
+            Ended::Stopped => return Ok(()),
+            Ended::DoesNotFit(why) => why_cpu = format!("the GPU cannot hold this job: {why}"),
+        }
+    }
     web_sys::console::warn_1(&format!("crowdgrad: {why_cpu}; training on the CPU").into());
     stats.lock().expect("stats lock").why_cpu = Some(why_cpu.clone());
-    match contribute(url, cpu, cpu_gflops, stats.clone(), held, rest(), saved).await? {
-        Ended::Stopped => Ok(()),
-        Ended::DoesNotFit(why) => {
-            let mut s = stats.lock().expect("stats lock");
-            s.state = "stopped".into();
-            s.error = Some(format!("{why_cpu}, and the CPU cannot hold it either: {why}"));
-            Ok(())
+    let cpu_refused = match start.on(cpu, cpu_gflops).await? {
+        Ended::Stopped => return Ok(()),
+        Ended::DoesNotFit(why) => why,
+    };
+    // The slower GPU passed over for the CPU may hold the job.
+    let error = match gpu {
+        Some((gpu, gflops)) => {
+            web_sys::console::warn_1(
+                &format!("crowdgrad: the CPU cannot hold this job ({cpu_refused}); WebGPU").into(),
+            );
+            stats.lock().expect("stats lock").why_cpu = None;
+            gpu.compile_kernels();
+            match start.on(gpu, gflops).await? {
+                Ended::Stopped => return Ok(()),
+                Ended::DoesNotFit(why) => {
+                    format!("neither the GPU ({why}) nor the CPU ({cpu_refused}) can hold this job")
+                }
+            }
         }
+        None => format!("{why_cpu}, and the CPU cannot hold it either: {cpu_refused}"),
+    };
+    let mut s = stats.lock().expect("stats lock");
+    s.state = "stopped".into();
+    s.error = Some(error);
+    Ok(())
+}
+
+/// WebGPU in this tab, named for the page and calibrated (GFLOP/s), or why there is none.
+async fn webgpu() -> Result<(GpuBackend, f32), String> {
+    // The adapter's name (for the page) and the device are asked for together.
+    match future::join(GpuBackend::new(), adapter::describe()).await {
+        (Ok(mut gpu), name) => {
+            if let Some(name) = name {
+                gpu.set_adapter_name(name);
+            }
+            let gflops = calibrate(&mut gpu, now_seconds).await;
+            Ok((gpu, gflops))
+        }
+        (Err(e), _) => {
+            web_sys::console::warn_1(&format!("crowdgrad: no WebGPU: {e}").into());
+            Err("no WebGPU in this browser".to_string())
+        }
+    }
+}
+
+/// What [`contribute`] needs besides the device, for each device [`run`] tries.
+struct Start<'a, R: Fn() -> Rest> {
+    url: &'a str,
+    stats: SharedStats,
+    held: &'a Held,
+    rest: R,
+    saved: SavedResidual,
+}
+
+impl<R: Fn() -> Rest> Start<'_, R> {
+    /// Contributes on `backend`, calibrated at `gflops`.
+    async fn on<B: Backend>(&self, backend: B, gflops: f32) -> Result<Ended, String> {
+        contribute(self.url, backend, gflops, self.stats.clone(), self.held, (self.rest)(), self.saved.clone()).await
     }
 }
 
