@@ -68,11 +68,13 @@ async fn tabs_come_back_by_themselves_after_the_relay_is_killed() {
         before.push((s["units_done"].as_u64().expect("units"), s["contributor"].clone()));
     }
 
-    // Killed while both tabs train: each says so when its socket closes, not once its
-    // unit in hand is done.
+    // Killed while both tabs work (train, fetch weights or submit: on the wasm CPU, which
+    // the tabs pick over SwiftShader here, this model's units take milliseconds): each
+    // says so when its socket closes, not once its work in hand is done.
     for (page, tab) in &tabs {
-        let script = "const s = window.crowdgrad.stats(); return s.state === 'training' && s;";
-        until(tab, &format!("{page} to train"), Duration::from_secs(60), script).await;
+        let script = "const s = window.crowdgrad.stats(); \
+                      return ['training', 'fetching', 'submitting'].includes(s.state) && s;";
+        until(tab, &format!("{page} to work"), Duration::from_secs(60), script).await;
     }
     drop(relay); // SIGKILL
     let killed = Instant::now();
