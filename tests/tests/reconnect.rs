@@ -46,7 +46,7 @@ async fn tabs_come_back_by_themselves_after_the_relay_is_killed() {
     let job = dir.path().join("job.toml");
     let data = dir.path().join("data").display().to_string();
     let toml =
-        format!("[inner]\nsteps = 24\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 2\n[storage]\ndir = {data:?}\n");
+        format!("[inner]\nsteps = 160\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 4\n[storage]\ndir = {data:?}\n");
     std::fs::write(&job, toml).expect("write the job");
     let addr = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port");
     let relay = serve(addr, &job);
@@ -68,13 +68,29 @@ async fn tabs_come_back_by_themselves_after_the_relay_is_killed() {
         before.push((s["units_done"].as_u64().expect("units"), s["contributor"].clone()));
     }
 
-    // Killed while both tabs work (train, fetch weights or submit: on the wasm CPU, which
-    // the tabs pick over SwiftShader here, this model's units take milliseconds): each
-    // says so when its socket closes, not once its work in hand is done.
-    for (page, tab) in &tabs {
-        let script = "const s = window.crowdgrad.stats(); \
-                      return ['training', 'fetching', 'submitting'].includes(s.state) && s;";
-        until(tab, &format!("{page} to work"), Duration::from_secs(60), script).await;
+    // Killed while both tabs work (train, fetch weights or submit), not while they wait for
+    // a round: each says so when its socket closes, not once its work in hand is done. A
+    // unit of 160 steps takes about a second on the wasm CPU, which the tabs pick over
+    // SwiftShader here, so both tabs train at once for most of each round; the two are
+    // polled back to back, without a pause, until both are seen at work.
+    let working = "const s = window.crowdgrad.stats(); \
+                   return ['training', 'fetching', 'submitting'].includes(s.state);";
+    let watching = Instant::now();
+    loop {
+        let mut all = true;
+        for (_, tab) in &tabs {
+            all &= eval(tab, working).await == Value::Bool(true);
+        }
+        if all {
+            break;
+        }
+        if watching.elapsed() > Duration::from_secs(60) {
+            let mut states = Vec::new();
+            for (_, tab) in &tabs {
+                states.push(stats(tab).await["state"].clone());
+            }
+            panic!("the tabs were not seen at work at once in 60 s; now: {states:?}");
+        }
     }
     drop(relay); // SIGKILL
     let killed = Instant::now();
