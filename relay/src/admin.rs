@@ -54,6 +54,11 @@ pub async fn new_job(State(state): State<AppState>, headers: HeaderMap, body: St
         Ok(job) => job,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    let federated = |job: &JobConfig| job.federation.is_some();
+    if federated(&job) || federated(state.coordinator.lock().expect("coordinator lock").job()) {
+        let refusal = "a federated job is not replaced from one relay: restart its relays with the new job";
+        return (StatusCode::CONFLICT, refusal).into_response();
+    }
     let name = job.name.clone();
     let metrics = state.metrics.clone();
     let opened = tokio::task::spawn_blocking(move || crate::job_data::open_coordinator(job, metrics)).await;

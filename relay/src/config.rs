@@ -72,6 +72,10 @@ pub struct JobConfig {
     pub limits: Limits,
     /// How tabs share weights with each other over WebRTC.
     pub mesh: MeshConfig,
+    /// The engine that the job's relays share (`[federation]`); absent, this relay runs
+    /// the job alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub federation: Option<crate::federation::FederationConfig>,
     /// A Hugging Face GPT-2 folder (`config.json`, `model.safetensors`) that version 0
     /// starts from: `[model] init` in a job file, whose `config.json` gives the model's
     /// shape (`model.context` may ask for fewer positions). Only a new job reads it.
@@ -460,6 +464,7 @@ impl Default for JobConfig {
             verify: VerifyConfig::default(),
             limits: Limits::default(),
             mesh: MeshConfig::default(),
+            federation: None,
             model_init: None,
         }
     }
@@ -672,6 +677,9 @@ impl JobConfig {
         }
         if self.data.val_path.is_some() && self.data.path.is_none() {
             return Err(bad("data.val_path", "needs data.path"));
+        }
+        if let Some(federation) = &self.federation {
+            federation.validate().map_err(|e| bad("federation", e))?;
         }
         if self.data.tokenizer == Tokenizer::Gpt2 && self.model.vocab < GPT2_VOCAB {
             return Err(bad(

@@ -160,26 +160,37 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 3
     Ok(())
 }
 
-/// Like [`contribute`], reconnecting after each ended session with a [`Backoff`] (1 s
-/// doubling to 30 s, jittered; reset after a session the relay welcomed). The relay's
-/// resume token, kept in `stats`, makes each new session the same contributor.
-pub async fn contribute_forever(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 32]) {
+/// Like [`contribute`], reconnecting after each ended session to the next of `urls`
+/// (the relays of one job), with a [`Backoff`] (1 s doubling to 30 s, jittered) once
+/// every relay was tried, reset after a session that a relay welcomed. The resume
+/// token, kept in `stats`, makes each new session the same contributor.
+pub async fn contribute_forever(urls: &[String], gpu: bool, stats: SharedStats, secret: [u8; 32]) {
+    assert!(!urls.is_empty(), "at least one relay");
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).expect("the OS provides randomness");
     let mut backoff = Backoff::new(u64::from_le_bytes(seed));
+    let (mut next, mut failed_in_a_row) = (0, 0);
     loop {
+        let url = &urls[next % urls.len()];
+        next += 1;
         // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
         stats.lock().expect("stats lock").session = 0;
         match contribute(url, gpu, stats.clone(), secret).await {
-            Ok(()) => tracing::info!("session ended"),
-            Err(e) => tracing::warn!("session failed: {e:#}"),
+            Ok(()) => tracing::info!(relay = %url, "session ended"),
+            Err(e) => tracing::warn!(relay = %url, "session failed: {e:#}"),
         }
         if stats.lock().expect("stats lock").session != 0 {
             backoff.reset();
+            failed_in_a_row = 0;
+        } else {
+            failed_in_a_row += 1;
         }
-        let wait = Duration::from_secs_f64(backoff.next_wait());
-        tracing::info!("reconnecting in {wait:?}");
-        tokio::time::sleep(wait).await;
+        // The next relay at once, unless every one failed in turn.
+        if failed_in_a_row > 0 && failed_in_a_row % urls.len() == 0 {
+            let wait = Duration::from_secs_f64(backoff.next_wait());
+            tracing::info!("no relay answers; trying again in {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

@@ -35,6 +35,7 @@ pub mod coordinator;
 pub mod delta;
 pub mod eval;
 pub mod events;
+pub mod federation;
 pub mod hf_dir;
 pub mod hf_routes;
 pub mod job_data;
@@ -173,6 +174,32 @@ pub fn exit_on_panic() {
     }));
 }
 
+/// Connects a federated job's relay to its engine, and starts the federation's agent
+/// ([`federation::agent`]) for `coordinator`. The relay's public URL defaults to
+/// `http://{addr}`.
+async fn federate(
+    federation: &federation::FederationConfig,
+    addr: SocketAddr,
+    job: &config::JobConfig,
+    coordinator: &Arc<Mutex<Coordinator>>,
+) -> anyhow::Result<()> {
+    let me = match federation.relay_url.as_str() {
+        "" => format!("http://{addr}"),
+        url => url.trim_end_matches('/').to_string(),
+    };
+    let result_bytes = crowdgrad_runtime::protocol::max_submission_frame(job.model.layout().total);
+    let engine = federation::Engine::connect(&federation.nats, &me, &job.name, federation.replicas, result_bytes)
+        .await
+        .context("federation")?;
+    let engine = Arc::new(engine);
+    let link = Arc::new(federation::EngineLink::new(engine.clone(), tokio::runtime::Handle::current()));
+    let (outbox, results) = tokio::sync::mpsc::channel(federation::agent::OUTBOX);
+    coordinator.lock().expect("coordinator lock").federate(link, outbox);
+    federation::agent::spawn(engine, coordinator.clone(), results);
+    tracing::info!(relay = %me, nats = %federation.nats.join(","), "federated");
+    Ok(())
+}
+
 /// Loads the job's data, binds `config.addr` and starts serving in the background.
 ///
 /// Everything the relay runs besides the sessions' tasks starts here: the verifier
@@ -192,9 +219,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
         c.commit_off_lock(commits.clone());
         c.group_writes();
     }
-    let state = AppState::new(coordinator, checks, commits, turns, metrics, config.admin_token.as_deref());
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
+    if let Some(federation) = &config.job.federation {
+        federate(federation, addr, &config.job, &coordinator).await?;
+    }
+    let state = AppState::new(coordinator, checks, commits, turns, metrics, config.admin_token.as_deref());
     let (ticker, flusher) = (state.coordinator.clone(), state.coordinator.clone());
     let limits = config.job.limits.clone();
     let app = server::router(state.clone(), &config.www);

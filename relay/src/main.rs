@@ -86,9 +86,10 @@ enum Command {
     },
     /// Contribute this machine's CPU (or GPU) to a relay.
     Contribute {
-        /// The relay's WebSocket URL.
-        #[arg(long, env = "CROWDGRAD_RELAY", default_value = "ws://127.0.0.1:8080/ws")]
-        relay: String,
+        /// The job's relays' WebSocket URLs, comma-separated: when one dies, the
+        /// contributor moves to the next.
+        #[arg(long, env = "CROWDGRAD_RELAY", default_value = "ws://127.0.0.1:8080/ws", value_delimiter = ',')]
+        relay: Vec<String>,
         /// Train on the GPU through wgpu (fails if there is no adapter).
         #[arg(long)]
         gpu: bool,
@@ -132,6 +133,14 @@ struct JobOverrides {
     /// `round.deadline_secs`: seconds a round waits for its target.
     #[arg(long)]
     round_deadline: Option<f64>,
+    /// `federation.nats`: run the job with the other relays of a NATS JetStream
+    /// cluster, any of whose nodes these URLs name (`nats://host:4222,…`).
+    #[arg(long, env = "CROWDGRAD_NATS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// `federation.relay_url`: this relay's public URL in a federated job (default
+    /// `http://` and the listening address).
+    #[arg(long, env = "CROWDGRAD_RELAY_URL")]
+    relay_url: Option<String>,
 }
 
 impl JobOverrides {
@@ -146,6 +155,14 @@ impl JobOverrides {
         job.inner.steps = self.inner_steps.unwrap_or(job.inner.steps);
         job.round.target = self.target_results.unwrap_or(job.round.target);
         job.round.deadline_secs = self.round_deadline.unwrap_or(job.round.deadline_secs);
+        if !self.nats.is_empty() || self.relay_url.is_some() {
+            let mut federation = job.federation.take().unwrap_or_default();
+            if !self.nats.is_empty() {
+                federation.nats = self.nats;
+            }
+            federation.relay_url = self.relay_url.unwrap_or(federation.relay_url);
+            job.federation = Some(federation);
+        }
         job.validate()?;
         Ok(job)
     }

@@ -7,7 +7,8 @@
 //!   whole ledger was) is **adopted** when its two files check out
 //!   ([`Store::read_unrecorded`]): its row is written again, with the held-out loss its
 //!   metadata records (measured anew only for files written before it was recorded).
-//!   Otherwise its files are moved aside into `versions/unadopted/`.
+//!   Otherwise (and always in a federated job, whose versions are the engine's) its
+//!   files are moved aside into `versions/unadopted/`.
 //!
 //! A kept version is never deleted here, and neither is anything the relay cannot
 //! account for.
@@ -56,6 +57,15 @@ pub fn reconcile(
                 recovered.removed += 2;
             }
             None => match store.read_unrecorded(&job.model, version) {
+                // A federated relay's versions are the engine's: files it wrote for a
+                // version the engine may not have (it died before publishing them)
+                // are never adopted; the engine's version is fetched instead.
+                Ok(_) if job.federation.is_some() => {
+                    let aside = store.move_aside(version)?;
+                    tracing::warn!(version, "moved an unpublished checkpoint into {}", aside.display());
+                    let reason = "a federated relay takes its versions from the engine".to_string();
+                    recovered.set_aside.push((version, reason));
+                }
                 Ok(found) => {
                     let row = VersionRow {
                         version,

@@ -4,6 +4,7 @@
 pub mod adversary;
 pub mod browser;
 pub mod load;
+pub mod nats;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,8 @@
 //!   does not add it by itself;
 //! - wasm-pack, and wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate
 //!   in Cargo.lock (cargo install, from crates.io);
-//! - on Debian as root: chromium, chromium-driver and mesa-vulkan-drivers (lavapipe);
+//! - on Debian as root: chromium, chromium-driver, mesa-vulkan-drivers (lavapipe), nodejs
+//!   and nats-server (the federation tests' engine);
 //! - for `cargo xtask fuzz` only: a nightly toolchain (rustup) and cargo-fuzz.
 //!
 //! Nothing else is downloaded: wasm-pack finds these instead of fetching its own.
@@ -17,7 +18,7 @@ use crate::{run, wasm::root};
 /// The target the browser build compiles for.
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
-const DEBIAN_PACKAGES: [&str; 4] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs"];
+const DEBIAN_PACKAGES: [&str; 5] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs", "nats-server"];
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
@@ -81,14 +82,15 @@ fn lavapipe_present() -> bool {
     })
 }
 
-/// Chromium, chromedriver and a Vulkan driver (lavapipe) for the GPU tests, and Node.js
-/// for the edge contributor's.
+/// Chromium, chromedriver and a Vulkan driver (lavapipe) for the GPU tests, Node.js for
+/// the edge contributor's, and nats-server for the federation's.
 pub fn ensure_system_packages() -> Result<(), String> {
     let missing: Vec<&str> = [
         (!on_path("chromium") && !on_path("chromium-browser") && !on_path("google-chrome")).then_some("chromium"),
         (!on_path("chromedriver") && std::env::var_os("CHROMEDRIVER").is_none()).then_some("chromium-driver"),
         (!lavapipe_present()).then_some("mesa-vulkan-drivers"),
         (!on_path("node")).then_some("nodejs"),
+        (!on_path("nats-server") && !Path::new("/usr/sbin/nats-server").exists()).then_some("nats-server"),
     ]
     .into_iter()
     .flatten()
@@ -100,7 +102,7 @@ pub fn ensure_system_packages() -> Result<(), String> {
     let root_user = output("id", &["-u"]).as_deref() == Some("0");
     if !(debian && root_user) {
         return Err(format!(
-            "missing: {}. Install Chromium, its chromedriver, a Vulkan driver and Node.js (Debian/Ubuntu: \
+            "missing: {}. Install Chromium, its chromedriver, a Vulkan driver, Node.js and nats-server (Debian/Ubuntu: \
              `apt-get install {}`), or set CHROMEDRIVER to a chromedriver matching your Chrome",
             missing.join(", "),
             DEBIAN_PACKAGES.join(" ")

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::new_version::{CommitJob, Committed, Draft, NewVersion};
+use super::new_version::{CommitJob, Committed, Draft, NewVersion, Work};
 use super::{Contribution, Coordinator, VersionRecord};
 use crate::ledger::{VersionRow, now_ms};
 
@@ -62,7 +62,7 @@ impl Coordinator {
     /// to be robust takes only replayed results: with one or two results, nothing would
     /// bound what an unchecked one does. (A job with replay off has given that up.)
     pub(super) fn close_round(&mut self, now: Instant) {
-        if self.committing() {
+        if self.committing() || !self.commits_here() {
             return;
         }
         let draft = match self.failed_commit.take() {
@@ -73,7 +73,7 @@ impl Coordinator {
             },
         };
         let tools = self.tools.take().expect("no commit runs");
-        let job = CommitJob { owner: self.owner, tools, draft };
+        let job = CommitJob { owner: self.owner, tools, work: Work::Round(draft) };
         // The round's receipts land before its checkpoint, which records their root, is
         // written (and so that the commit's own connection can write).
         self.flush_writes();
@@ -110,7 +110,9 @@ impl Coordinator {
         let units: std::collections::HashSet<u64> = results.iter().map(|c| c.unit).collect();
         let receipts = std::mem::take(&mut self.round_receipts).into_iter().filter(|(unit, _)| units.contains(unit));
         let losses = std::mem::take(&mut self.train_losses);
+        let results_through = results.iter().map(|c| c.seq).max().unwrap_or(0);
         Some(Draft {
+            results_through,
             version: self.version + 1,
             round: self.round,
             // The next round creates at most `round.target` units.
@@ -134,22 +136,22 @@ impl Coordinator {
         if job.owner != self.owner {
             return;
         }
-        let CommitJob { tools, draft, .. } = job;
+        let CommitJob { tools, work, .. } = job;
         let NewVersion { params, val_loss, file, published } = match written {
             Ok(written) => written,
-            Err(e) => {
-                let message =
-                    format!("version {} could not be saved ({e}); serving version {}", draft.version, self.version);
-                tracing::error!("{message}; retrying in {COMMIT_RETRY:?}");
-                self.storage_error = Some(message);
-                self.retry_commit_at = Some(now + COMMIT_RETRY);
-                self.failed_commit = Some(draft);
+            Err(failure) => {
                 self.tools = Some(tools);
+                self.not_committed(work, failure, now);
                 return;
             }
         };
-        let (version, n, train_loss) = (draft.version, draft.results.len(), draft.train_loss);
-        drop(draft);
+        let (version, n, train_loss) = (work.version(), work.results(), work.train_loss());
+        if let Work::Adopt(entry) = &work {
+            // What the adopted version took of the results stream is in it.
+            self.results.retain(|c| c.seq > entry.results_through);
+        }
+        self.mark_taken_through(work.results_through());
+        drop(work);
         if self.storage_error.take().is_some() {
             tracing::info!(version, "storage works again");
         }
@@ -212,6 +214,35 @@ impl Coordinator {
         }
     }
 
+    /// Takes a commit that wrote nothing: a round whose write failed is kept, to write
+    /// again in a second; one that another relay's version superseded is given up (that
+    /// version is adopted instead); an adoption that failed is tried again by the
+    /// federation's agent.
+    fn not_committed(&mut self, work: Work, failure: super::new_version::Failure, now: Instant) {
+        let version = work.version();
+        match work {
+            Work::Round(_) if failure.superseded => {
+                tracing::warn!(version, "{}; its round is given up", failure.message);
+                self.retry_commit_at = None;
+            }
+            Work::Round(draft) => {
+                let message = format!(
+                    "version {version} could not be saved ({}); serving version {}",
+                    failure.message, self.version
+                );
+                tracing::error!("{message}; retrying in {COMMIT_RETRY:?}");
+                self.storage_error = Some(message);
+                self.retry_commit_at = Some(now + COMMIT_RETRY);
+                self.failed_commit = Some(draft);
+            }
+            Work::Adopt(_) => {
+                let message = format!("version {version} could not be adopted ({})", failure.message);
+                tracing::error!("{message}");
+                self.storage_error = Some(message);
+            }
+        }
+    }
+
     /// Deletes the files of versions that are neither among the newest `keep_last` nor
     /// a multiple of `keep_every`, and the screen's history it no longer reads.
     fn prune(&mut self) {
@@ -255,7 +286,7 @@ mod tests {
     use crate::delta::Delta;
 
     fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
-        Contribution { unit, replayed, delta: Delta::Dense(vec![value; n]), share: 1.0, weight: 1.0 }
+        Contribution { unit, replayed, delta: Delta::Dense(vec![value; n]), share: 1.0, weight: 1.0, seq: 0 }
     }
 
     /// A coordinator whose versions are the outer step's exact results (no published
@@ -318,7 +349,14 @@ mod tests {
         let mut rng = crowdgrad_runtime::rng::Rng::new(4);
         for unit in 1..=5 {
             let values: Vec<f32> = (0..n).map(|_| rng.normal() * 1e-3).collect();
-            c.results.push(Contribution { unit, replayed: true, delta: Delta::Dense(values), share: 1.0, weight: 1.0 });
+            c.results.push(Contribution {
+                unit,
+                replayed: true,
+                delta: Delta::Dense(values),
+                share: 1.0,
+                weight: 1.0,
+                seq: 0,
+            });
             c.close_round(Instant::now());
         }
         assert_eq!(c.version, 5);

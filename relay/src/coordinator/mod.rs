@@ -9,10 +9,12 @@
 //! committed versions go to the [`Store`] first (see [`commit`]), so a restarted relay
 //! resumes at its last committed version.
 
+mod adopted;
 mod aggregate;
 mod assign;
 mod checks;
 mod commit;
+mod federated;
 mod group_commit;
 mod measure;
 mod mesh;
@@ -48,6 +50,7 @@ use tokio::sync::mpsc;
 
 pub use self::aggregate::{Weighted, aggregate, outer_step};
 pub use self::commit::CommitQueue;
+pub use self::federated::FederationStatus;
 pub use self::group_commit::FLUSH;
 pub use self::measure::{Expectation, Measurement};
 pub use self::new_version::{CommitJob, Committed};
@@ -114,6 +117,8 @@ struct Contribution {
     share: f32,
     /// `share`, discounted for staleness.
     weight: f32,
+    /// Its sequence number on a federated job's results stream (0: standalone).
+    seq: u64,
 }
 
 /// A shard of the training split, as served for download.
@@ -207,6 +212,8 @@ pub struct Coordinator {
     newcomers: newcomers::Newcomers,
     /// Contributors welcomed and not yet written to the ledger.
     registrations: registrations::Registrations,
+    /// This relay's part in a federated job; `None` when it runs the job alone.
+    federated: Option<federated::Federated>,
 }
 
 impl Coordinator {
@@ -257,8 +264,18 @@ impl Coordinator {
                     round: 0,
                     units_below: recovered.units_below + job.round.target as u64 + 1,
                 };
-                let file = new_version::persist(&store, &mut ledger, &job, written, &params, &momentum_hash, None, &[])
-                    .context("writing version 0")?;
+                let file = new_version::persist(
+                    &store,
+                    &mut ledger,
+                    &job,
+                    written,
+                    &params,
+                    &momentum_hash,
+                    None,
+                    &[],
+                    |_, _| Ok(()),
+                )
+                .context("writing version 0")?;
                 (0, params, file)
             }
         };
@@ -277,6 +294,7 @@ impl Coordinator {
             ledger: ledger.second_connection().context("opening the ledger for commits")?,
             store: store.clone(),
             job: job.clone(),
+            engine: None,
         };
         tracing::info!(version, round, dir = %job.storage.dir.display(), "resuming");
         metrics.version.set(version as i64);
@@ -325,6 +343,7 @@ impl Coordinator {
             ticket_rng: Rng::new(random_u64()),
             newcomers: Default::default(),
             registrations,
+            federated: None,
             job,
         })
     }
@@ -424,6 +443,7 @@ impl Coordinator {
             bytes_in: self.metrics.bytes_in.get(),
             bytes_out: self.metrics.bytes_out.get(),
             p2p_share: self.counters.p2p_share(),
+            federation: self.federation_status(),
         }
     }
 

@@ -29,8 +29,9 @@ use super::Contribution;
 use super::aggregate::{Weighted, aggregate, nesterov};
 use crate::config::JobConfig;
 use crate::eval::Evaluator;
+use crate::federation::{EngineLink, Superseded, VersionEntry};
 use crate::ledger::{Ledger, VersionRow, now_ms};
-use crate::store::{Meta, Store, WeightsFile};
+use crate::store::{Meta, Part, Store, WeightsFile};
 use crowdgrad_runtime::identity::{hex, merkle_root};
 
 /// What a commit needs besides the round: it travels with the [`CommitJob`] and comes
@@ -44,6 +45,9 @@ pub(super) struct Tools {
     pub store: Store,
     /// The job (its name and model go into the files).
     pub job: JobConfig,
+    /// A federated job's engine: each version is published there before the ledger
+    /// records it, and other relays' versions are fetched from it.
+    pub engine: Option<Arc<EngineLink>>,
 }
 
 /// A round taken for committing: the results it averages and where it starts from; kept
@@ -63,6 +67,49 @@ pub(super) struct Draft {
     pub receipts: Vec<(u64, [u8; 32])>,
     /// The current version's weights, `[parameters]`.
     pub start: Arc<Vec<f32>>,
+    /// A federated job's results stream sequence number of the last result it takes.
+    pub results_through: u64,
+}
+
+/// What a commit makes: a version from a round, or (in a federated job) the version
+/// another relay committed, adopted from the engine.
+pub(super) enum Work {
+    Round(Draft),
+    Adopt(VersionEntry),
+}
+
+impl Work {
+    /// The version it makes.
+    pub fn version(&self) -> u64 {
+        match self {
+            Work::Round(draft) => draft.version,
+            Work::Adopt(entry) => entry.version,
+        }
+    }
+
+    /// Results averaged into it.
+    pub fn results(&self) -> usize {
+        match self {
+            Work::Round(draft) => draft.results.len(),
+            Work::Adopt(entry) => entry.results as usize,
+        }
+    }
+
+    /// Mean last-step training loss of its results, nats.
+    pub fn train_loss(&self) -> Option<f32> {
+        match self {
+            Work::Round(draft) => draft.train_loss,
+            Work::Adopt(entry) => entry.train_loss,
+        }
+    }
+
+    /// The results stream's sequence number of the last result in it (0 standalone).
+    pub fn results_through(&self) -> u64 {
+        match self {
+            Work::Round(draft) => draft.results_through,
+            Work::Adopt(entry) => entry.results_through,
+        }
+    }
 }
 
 /// One commit, to run off the coordinator's lock ([`CommitJob::run`]).
@@ -70,7 +117,7 @@ pub struct CommitJob {
     /// The coordinator it belongs to.
     pub(super) owner: u64,
     pub(super) tools: Tools,
-    pub(super) draft: Draft,
+    pub(super) work: Work,
 }
 
 /// A version as written: its weights, held-out loss, weights file, and how contributors
@@ -121,83 +168,117 @@ fn step_of(version: u64, store: &Store) -> std::io::Result<Option<DeltaRef>> {
     })
 }
 
+/// Why a commit wrote no version.
+pub(super) struct Failure {
+    /// What went wrong.
+    pub message: String,
+    /// Whether another relay of a federated job committed that version first: the
+    /// round is given up, and that relay's version adopted.
+    pub superseded: bool,
+}
+
 /// A commit that ran: its job back, and the version it wrote or why it could not.
 pub struct Committed {
     pub(super) job: CommitJob,
-    pub(super) written: Result<NewVersion, String>,
+    pub(super) written: Result<NewVersion, Failure>,
 }
 
 impl CommitJob {
     /// Averages the results (each Δ counts by its share of H, discounted when late,
     /// under the job's rule), takes the outer Nesterov step as the momentum file is
-    /// written, evaluates the new weights, and writes them and the version's row.
+    /// written, evaluates the new weights, and writes them and the version's row; or
+    /// fetches and records a version another relay committed.
     pub fn run(mut self) -> Committed {
-        let written = self.compute_and_write().map_err(|e| format!("{e:#}"));
+        let written = match &self.work {
+            Work::Round(draft) => compute_and_write(&mut self.tools, draft),
+            Work::Adopt(entry) => super::adopted::fetch_and_record(&mut self.tools, entry),
+        };
+        let written = written
+            .map_err(|e| Failure { superseded: e.downcast_ref::<Superseded>().is_some(), message: format!("{e:#}") });
         Committed { job: self, written }
     }
+}
 
-    fn compute_and_write(&mut self) -> anyhow::Result<NewVersion> {
-        let Tools { evaluator, ledger, store, job } = &mut self.tools;
-        let draft = &self.draft;
-        let a = &job.aggregation;
-        let results: Vec<Weighted> =
-            draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
-        // The round's update, which the outer step turns into the new weights in place.
-        let mut next = vec![0f32; draft.start.len()];
-        aggregate(a.rule, &results, a.trim, a.clip, &mut next);
-        let (lr, mu, current) = (job.outer.lr, job.outer.momentum, draft.version - 1);
-        let mut lost = false;
-        let momentum_hash = store.write_momentum(&job.model, draft.version, &job.name, |entry| {
-            let mut momentum = match store.momentum_tensor(current, entry) {
-                // A momentum file deleted by hand: the outer momentum starts again from
-                // zero, as a new job's does.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    lost = true;
-                    vec![0u8; 4 * entry.len]
-                }
-                read => read?,
-            };
-            let range = entry.offset..entry.offset + entry.len;
-            let (update, start) = (&mut next[range.clone()], &draft.start[range]);
-            for ((m_bytes, g), p) in momentum.chunks_exact_mut(4).zip(update).zip(start) {
-                let mut m = f32::from_le_bytes([m_bytes[0], m_bytes[1], m_bytes[2], m_bytes[3]]);
-                *g = nesterov(*p, &mut m, *g, lr, mu);
-                m_bytes.copy_from_slice(&m.to_le_bytes());
+/// [`CommitJob::run`] of a round's `draft`.
+fn compute_and_write(tools: &mut Tools, draft: &Draft) -> anyhow::Result<NewVersion> {
+    let Tools { evaluator, ledger, store, job, engine } = tools;
+    let a = &job.aggregation;
+    let results: Vec<Weighted> =
+        draft.results.iter().map(|c| Weighted { delta: &c.delta, share: c.share, weight: c.weight }).collect();
+    // The round's update, which the outer step turns into the new weights in place.
+    let mut next = vec![0f32; draft.start.len()];
+    aggregate(a.rule, &results, a.trim, a.clip, &mut next);
+    let (lr, mu, current) = (job.outer.lr, job.outer.momentum, draft.version - 1);
+    let mut lost = false;
+    let momentum_hash = store.write_momentum(&job.model, draft.version, &job.name, |entry| {
+        let mut momentum = match store.momentum_tensor(current, entry) {
+            // A momentum file deleted by hand: the outer momentum starts again from
+            // zero, as a new job's does.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                lost = true;
+                vec![0u8; 4 * entry.len]
             }
-            Ok(momentum)
-        })?;
-        if lost {
-            tracing::error!(version = current, "its momentum file is gone; the outer momentum starts again from zero");
-        }
-        let delta = match job.deltas.codec() {
-            Some(cfg) => {
-                let (delta, lag) = publish(store, draft, &mut next, cfg)?;
-                let norm = next.iter().map(|&w| f64::from(w) * f64::from(w)).sum::<f64>().sqrt();
-                tracing::info!(
-                    version = draft.version,
-                    step_bytes = delta.bytes,
-                    "published as a step; the weights lag the exact outer steps by a residual of norm {lag:.4e} \
-                     ({:.3} % of theirs)",
-                    100.0 * lag / norm.max(f64::MIN_POSITIVE)
-                );
-                Some(delta)
-            }
-            None => None,
+            read => read?,
         };
-        let published = Published { params_hash: hash_hex(bytemuck::cast_slice(&next)), delta };
-        let params = Arc::new(next);
-        let val_loss = evaluator.loss(&params);
-        let version = Written {
+        let range = entry.offset..entry.offset + entry.len;
+        let (update, start) = (&mut next[range.clone()], &draft.start[range]);
+        for ((m_bytes, g), p) in momentum.chunks_exact_mut(4).zip(update).zip(start) {
+            let mut m = f32::from_le_bytes([m_bytes[0], m_bytes[1], m_bytes[2], m_bytes[3]]);
+            *g = nesterov(*p, &mut m, *g, lr, mu);
+            m_bytes.copy_from_slice(&m.to_le_bytes());
+        }
+        Ok(momentum)
+    })?;
+    if lost {
+        tracing::error!(version = current, "its momentum file is gone; the outer momentum starts again from zero");
+    }
+    let delta = match job.deltas.codec() {
+        Some(cfg) => {
+            let (delta, lag) = publish(store, draft, &mut next, cfg)?;
+            let norm = next.iter().map(|&w| f64::from(w) * f64::from(w)).sum::<f64>().sqrt();
+            tracing::info!(
+                version = draft.version,
+                step_bytes = delta.bytes,
+                "published as a step; the weights lag the exact outer steps by a residual of norm {lag:.4e} \
+                     ({:.3} % of theirs)",
+                100.0 * lag / norm.max(f64::MIN_POSITIVE)
+            );
+            Some(delta)
+        }
+        None => None,
+    };
+    let published = Published { params_hash: hash_hex(bytemuck::cast_slice(&next)), delta };
+    let params = Arc::new(next);
+    let val_loss = evaluator.loss(&params);
+    let version = Written {
+        version: draft.version,
+        val_loss,
+        train_loss: draft.train_loss,
+        results: draft.results.len() as u32,
+        round: draft.round,
+        units_below: draft.units_below,
+    };
+    let (round, receipts) = (Some(draft.round), &draft.receipts[..]);
+    let file = persist(store, ledger, job, version, &params, &momentum_hash, round, receipts, |file, root| {
+        // A federated job's version counts once the engine has it, before the ledger.
+        let Some(engine) = engine else { return Ok(()) };
+        let entry = VersionEntry {
             version: draft.version,
+            weights: file.hash.clone(),
+            momentum: momentum_hash.clone(),
+            step: published.delta.as_ref().map(|d| d.hash.clone()),
+            residual: store.part_hash(draft.version, Part::Residual)?.map(|(hash, _)| hash),
+            committed_by: engine.me().to_string(),
             val_loss,
             train_loss: draft.train_loss,
             results: draft.results.len() as u32,
-            round: draft.round,
-            units_below: draft.units_below,
+            results_through: draft.results_through,
+            committed_ms: now_ms(),
+            receipts_root: root.to_string(),
         };
-        let file = persist(store, ledger, job, version, &params, &momentum_hash, Some(draft.round), &draft.receipts)?;
-        Ok(NewVersion { params, val_loss, file, published })
-    }
+        engine.publish_version(&entry, store)
+    })?;
+    Ok(NewVersion { params, val_loss, file, published })
 }
 
 /// Turns `next`, the outer step's new weights, into the published ones: the current
@@ -249,7 +330,9 @@ pub(super) struct Written {
 
 /// Writes a version's weights file durably (the Merkle root of `receipts`, `(unit,
 /// receipt hash)`, and the momentum file's blake3 in its metadata), once its momentum
-/// file is written, then its ledger row, closing `round`'s row when given.
+/// file is written, then calls `before_row` with the file and that root (hex), then
+/// writes its ledger row, closing `round`'s row when given. An error from `before_row`
+/// leaves the row unwritten.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn persist(
     store: &Store,
@@ -260,6 +343,7 @@ pub(super) fn persist(
     momentum_hash: &str,
     round: Option<u64>,
     receipts: &[(u64, [u8; 32])],
+    before_row: impl FnOnce(&WeightsFile, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<WeightsFile> {
     let mut receipts = receipts.to_vec();
     receipts.sort_unstable();
@@ -275,6 +359,7 @@ pub(super) fn persist(
         tokenizer: job.data.tokenizer.name(),
     };
     let file = store.write_weights(&job.model, params, &meta, momentum_hash)?;
+    before_row(&file, &receipts_root)?;
     let row = VersionRow {
         version: version.version,
         weights_hash: file.hash.clone(),

@@ -115,6 +115,9 @@ pub struct Counters {
     pub weight_bytes_relay: u64,
     /// Weight-file bytes tabs report they got from peers over WebRTC.
     pub weight_bytes_peers: u64,
+    /// Results from a federated job's results stream that this relay, committing, left
+    /// out: too stale by the time it took them, or of another model's size.
+    pub shared_left_out: u64,
 }
 
 impl Counters {
@@ -169,6 +172,8 @@ pub struct Status {
     pub bytes_out: u64,
     /// The share of weight bytes that went tab to tab over WebRTC, `0..=1`.
     pub p2p_share: f64,
+    /// This relay's part in a federated job; `None` when it runs the job alone.
+    pub federation: Option<super::FederationStatus>,
 }
 
 /// How many contributors were online at a moment.

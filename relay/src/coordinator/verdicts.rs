@@ -66,7 +66,7 @@ impl Coordinator {
     ) -> Receipt {
         let Judged { delta, norm, receipt, .. } = judged;
         let unit = self.units.done(claim.unit_id);
-        let (round, shard, seed, steps) = (unit.round, unit.shard, unit.seed, unit.steps);
+        let (round, shard, seed, steps, unit_version) = (unit.round, unit.shard, unit.seed, unit.steps, unit.version);
         let took = unit.assigned_at.map(|at| now.duration_since(at).as_secs_f64() / steps as f64);
         // While a commit runs, accepted results count into the round after it.
         let behind = self.version + u64::from(self.tools.is_none()) - unit.version;
@@ -89,13 +89,21 @@ impl Coordinator {
         let signed = receipt.filter(|r| r.fields == fields).unwrap_or_else(|| self.identity.sign_receipt(fields));
         let stored = self.ledger.record_receipt(&signed);
         self.note_storage("recording a receipt", stored);
-        self.round_receipts.push((claim.unit_id, signed.hash()));
+        if self.federated.is_none() {
+            self.round_receipts.push((claim.unit_id, signed.hash()));
+        }
         let share = steps as f32 / self.job.inner.steps as f32;
         let recorded = self.screen.record_norm(&self.ledger, claim.kind, norm / share);
         self.note_storage("recording a norm", recorded);
         let weight = share * pacing::staleness_weight(behind) * claim.weight;
-        self.results.push(Contribution { unit: claim.unit_id, replayed: claim.replayed, delta, share, weight });
-        self.train_losses.push(claim.losses.1);
+        let result = Contribution { unit: claim.unit_id, replayed: claim.replayed, delta, share, weight, seq: 0 };
+        let shared = super::federated::Shared {
+            train_loss: claim.losses.1,
+            receipt: signed.hash(),
+            version: unit_version,
+            undiscounted: share * claim.weight,
+        };
+        self.share(result, shared);
         self.counters.accepted += 1;
         self.metrics.accepted.inc();
         signed

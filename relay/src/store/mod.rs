@@ -11,6 +11,7 @@
 //! never deleted: what cannot be adopted is moved aside into `versions/unadopted/`.
 
 mod files;
+mod parts;
 mod steps;
 
 use std::cell::RefCell;
@@ -23,6 +24,7 @@ use crowdgrad_runtime::checkpoint::{self, hash_hex};
 use crowdgrad_runtime::model::{GptConfig, ParamEntry};
 pub use files::write_bytes_durably;
 use files::{MadeTensor, hash_file, read_tensor, write_durably};
+pub use parts::Part;
 use safetensors::tensor::{Dtype, TensorView};
 pub use steps::{ResidualReader, ResidualWriter};
 

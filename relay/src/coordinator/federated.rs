@@ -1,0 +1,261 @@
+//! The coordinator in a federated job (see `crate::federation`): the same rounds, with
+//! its state partly in the engine.
+//! - Every accepted result goes to the results stream ([`Coordinator::share`]), not
+//!   into this relay's round.
+//! - The relay holding the committer's lease takes the stream's results into its round
+//!   ([`Coordinator::take_shared`]) and commits; its commits are published to the engine
+//!   before its ledger records them (`new_version`), and fail when another relay
+//!   committed that version first.
+//! - The others adopt each version from the engine ([`Coordinator::adopt`]) on the
+//!   committer thread, as a commit of their own would be written, and serve it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::new_version::{CommitJob, Work};
+use super::{Contribution, Coordinator, pacing};
+use crate::delta::Delta;
+use crate::federation::{EngineLink, SharedDelta, SharedResult, VersionEntry};
+
+/// This relay's part in a federated job, as its status shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FederationStatus {
+    /// This relay's public URL.
+    pub relay: String,
+    /// Whether this relay commits versions now (it holds the lease and has every
+    /// committed version).
+    pub committer: bool,
+    /// The relay holding the committer's lease, if the engine says.
+    pub lease_holder: Option<String>,
+    /// The public URLs of the job's live relays, this one included.
+    pub relays: Vec<String>,
+    /// Why the engine cannot be used now (no majority of its nodes, no connection):
+    /// while set, this relay commits nothing.
+    pub engine_error: Option<String>,
+    /// Accepted results that could not be shared with the committer.
+    pub results_lost: u64,
+}
+
+/// What an accepted result's sharing needs besides its [`Contribution`].
+pub(super) struct Shared {
+    /// Its last step's training loss, nats per token.
+    pub train_loss: f32,
+    /// blake3 of its signed receipt.
+    pub receipt: [u8; 32],
+    /// The version its unit trained from.
+    pub version: u64,
+    /// Its weight before the discount for staleness.
+    pub undiscounted: f32,
+}
+
+/// What the coordinator of a federated job holds besides its rounds.
+pub(super) struct Federated {
+    /// Accepted results for the results stream, which the federation's agent publishes.
+    outbox: mpsc::Sender<SharedResult>,
+    /// The stream's sequence number of the last result taken into a round or a
+    /// committed version: results up to it are never taken again.
+    pub taken_through: u64,
+    pub status: FederationStatus,
+}
+
+impl Coordinator {
+    /// Makes this a relay of a federated job: accepted results go to `outbox`, and
+    /// commits wait for [`Self::set_federation`] to make this relay the committer.
+    pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<SharedResult>) {
+        let status = FederationStatus { relay: link.me().to_string(), ..Default::default() };
+        self.tools.as_mut().expect("federated before its first commit").engine = Some(link);
+        self.federated = Some(Federated { outbox, taken_through: 0, status });
+    }
+
+    /// Whether this relay may close rounds: a standalone one, or the federated job's
+    /// committer.
+    pub(super) fn commits_here(&self) -> bool {
+        self.federated.as_ref().is_none_or(|f| f.status.committer)
+    }
+
+    /// The federation's part of `/api/status`, for a federated job.
+    pub fn federation_status(&self) -> Option<FederationStatus> {
+        self.federated.as_ref().map(|f| f.status.clone())
+    }
+
+    /// Updates what the engine says: who commits, who is live, what fails. A relay that
+    /// stops being the committer keeps its round's results out of any version.
+    pub fn set_federation(&mut self, status: FederationStatus) {
+        let Some(f) = self.federated.as_mut() else { return };
+        let lost = f.status.results_lost;
+        if f.status.committer != status.committer {
+            tracing::info!(relay = %status.relay, committer = status.committer, "federation role");
+        }
+        f.status = FederationStatus { results_lost: lost, ..status };
+        if !f.status.committer {
+            self.results.clear();
+            self.train_losses.clear();
+            self.round_receipts.clear();
+            self.failed_commit = None;
+            self.retry_commit_at = None;
+        }
+    }
+
+    /// Whether a commit or an adoption is being written now.
+    pub fn committing_now(&self) -> bool {
+        self.committing()
+    }
+
+    /// Counts an accepted result that could not be shared with the committer.
+    pub fn result_lost(&mut self) {
+        if let Some(f) = self.federated.as_mut() {
+            f.status.results_lost += 1;
+        }
+    }
+
+    /// The checkpoint folder.
+    pub fn store(&self) -> &crate::store::Store {
+        &self.store
+    }
+
+    /// Version 0's entry for the engine's version index, while this relay is at
+    /// version 0 (which every relay of the job makes alike from its seed).
+    pub fn first_version_entry(&mut self, me: &str) -> anyhow::Result<Option<VersionEntry>> {
+        if self.version != 0 {
+            return Ok(None);
+        }
+        let Some(row) = self.ledger.last_version()? else { return Ok(None) };
+        Ok(Some(VersionEntry {
+            version: 0,
+            weights: row.weights_hash,
+            momentum: row.momentum_hash,
+            step: None,
+            residual: None,
+            committed_by: me.to_string(),
+            val_loss: row.val_loss,
+            train_loss: None,
+            results: 0,
+            results_through: 0,
+            committed_ms: row.committed_ms,
+            receipts_root: row.receipts_root,
+        }))
+    }
+
+    /// At least `through`: results up to this sequence number are in a version already.
+    pub fn mark_taken_through(&mut self, through: u64) {
+        if let Some(f) = self.federated.as_mut() {
+            f.taken_through = f.taken_through.max(through);
+        }
+    }
+
+    /// The results stream's sequence number after which this relay takes results.
+    pub fn taken_through(&self) -> u64 {
+        self.federated.as_ref().map_or(0, |f| f.taken_through)
+    }
+
+    /// Counts `result` (accepted here) into the job's round: into this relay's own
+    /// round when it is standalone, onto the results stream when it is federated.
+    pub(super) fn share(&mut self, result: Contribution, about: Shared) {
+        let Some(f) = self.federated.as_mut() else {
+            self.results.push(result);
+            self.train_losses.push(about.train_loss);
+            return;
+        };
+        let delta = match result.delta {
+            Delta::Dense(values) => SharedDelta::Dense(bytemuck::cast_slice(&values).to_vec()),
+            Delta::Encoded { bytes, len } => SharedDelta::Encoded { bytes: bytes.to_vec(), len },
+        };
+        let shared = SharedResult {
+            relay: f.status.relay.clone(),
+            unit: result.unit,
+            version: about.version,
+            replayed: result.replayed,
+            share: result.share,
+            weight: about.undiscounted,
+            train_loss: about.train_loss,
+            receipt: about.receipt,
+            delta,
+        };
+        if f.outbox.try_send(shared).is_err() {
+            f.status.results_lost += 1;
+            tracing::warn!("the results stream is behind; an accepted result is left out of the job's rounds");
+        }
+    }
+
+    /// Takes the results stream's result `seq` into the round, when this relay commits
+    /// and has not taken it: discounted for staleness against this relay's version,
+    /// left out when too stale. Closes the round at its target.
+    pub fn take_shared(&mut self, seq: u64, result: SharedResult, now: Instant) {
+        let Some(f) = self.federated.as_mut() else { return };
+        if !f.status.committer || seq <= f.taken_through {
+            return;
+        }
+        f.taken_through = seq;
+        let mine = result.relay == f.status.relay;
+        let behind = (self.version + u64::from(self.committing())).saturating_sub(result.version);
+        if behind > self.job.round.max_staleness as u64 || result.delta_len() != self.params.len() {
+            self.counters.shared_left_out += 1;
+            return;
+        }
+        let delta = match result.delta {
+            SharedDelta::Dense(bytes) => Delta::Dense(bytemuck::pod_collect_to_vec(&bytes)),
+            SharedDelta::Encoded { bytes, len } => match Delta::encoded(bytes.into(), len) {
+                Ok(delta) => delta,
+                Err(e) => {
+                    tracing::warn!(seq, "a shared result does not decode: {e}");
+                    return;
+                }
+            },
+        };
+        if mine {
+            self.round_receipts.push((result.unit, result.receipt));
+        }
+        let weight = result.weight * pacing::staleness_weight(behind);
+        self.results.push(Contribution {
+            unit: result.unit,
+            replayed: result.replayed,
+            delta,
+            share: result.share,
+            weight,
+            seq,
+        });
+        self.train_losses.push(result.train_loss);
+        if self.round_deadline.is_none() {
+            self.round_started.get_or_insert(now);
+            self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
+        }
+        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
+            self.close_round(now);
+        }
+    }
+
+    /// Starts adopting `entry`, a version another relay committed, on the committer
+    /// thread; `false` (try again later) while a commit or an adoption runs, or when it
+    /// is not the next version.
+    pub fn adopt(&mut self, entry: VersionEntry, now: Instant) -> bool {
+        if self.committing() || entry.version != self.version + 1 {
+            return false;
+        }
+        self.failed_commit = None;
+        self.retry_commit_at = None;
+        let tools = self.tools.take().expect("no commit runs");
+        let job = CommitJob { owner: self.owner, tools, work: Work::Adopt(entry) };
+        self.flush_writes();
+        match &self.commits {
+            Some(queue) => queue.send(job).expect("the committer thread runs as long as the relay"),
+            None => {
+                let done = job.run();
+                self.committed(done, now);
+            }
+        }
+        true
+    }
+}
+
+impl SharedResult {
+    /// Values its Δ has.
+    fn delta_len(&self) -> usize {
+        match &self.delta {
+            SharedDelta::Dense(bytes) => bytes.len() / 4,
+            SharedDelta::Encoded { len, .. } => *len,
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The relays' shared state in a NATS JetStream cluster, each part replicated on
+//! `replicas` nodes:
+//! - `{prefix}-versions` (KV): the version index, one create-only key per version;
+//! - `{prefix}-lease` (KV): the committer's lease ([`super::lease`]);
+//! - `{prefix}-relays` (KV): each live relay's heartbeat, gone [`RELAY_TTL`] after its last;
+//! - `{prefix}-checkpoints` (object store): every version's files, named by blake3 hex;
+//! - `{prefix}-results` (stream): every accepted result, in the order relays accepted them.
+//!
+//! `prefix` is `cg-` and 16 hex digits of the job name's blake3, so that jobs sharing a
+//! cluster never share state.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv, object_store, stream};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::lease::{self, Lease};
+use super::records::{SharedResult, VersionEntry, version_key};
+use crate::store::{Part, Store};
+
+/// How long a relay's heartbeat lasts: a relay silent this long is not listed.
+pub const RELAY_TTL: Duration = Duration::from_secs(6);
+
+/// How long results stay in the stream: far longer than any round.
+const RESULTS_KEPT: Duration = Duration::from_secs(3600);
+
+/// How long one request to the engine may take before it counts as failed (a cluster
+/// without a majority answers no writes).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a relay starting waits for the engine to take the job's buckets.
+const SET_UP_WAIT: Duration = Duration::from_secs(60);
+
+/// The key of the committer's lease.
+const LEASE_KEY: &str = "committer";
+
+/// A version's commit lost the race: another relay committed that version first.
+#[derive(Debug)]
+pub struct Superseded(pub u64);
+
+impl std::fmt::Display for Superseded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "another relay committed version {} first", self.0)
+    }
+}
+
+impl std::error::Error for Superseded {}
+
+/// A relay's connection to the engine, with its buckets and stream.
+pub struct Engine {
+    /// This relay's public URL.
+    me: String,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    versions: kv::Store,
+    lease: kv::Store,
+    relays: kv::Store,
+    checkpoints: object_store::ObjectStore,
+    results: stream::Stream,
+    results_subject: String,
+}
+
+impl Engine {
+    /// Connects to the cluster at `urls` (any of its nodes; the client moves to another
+    /// when one dies) as the relay `me`, and creates the job's buckets and stream where
+    /// they are missing, replicated on `replicas` nodes. A result message may be as
+    /// large as `max_result_bytes`: an error says so when the servers' `max_payload`
+    /// is smaller.
+    pub async fn connect(
+        urls: &[String],
+        me: &str,
+        job: &str,
+        replicas: usize,
+        max_result_bytes: usize,
+    ) -> anyhow::Result<Engine> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("crowdgrad relay {me}"))
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(urls)
+            .await
+            .with_context(|| format!("connecting to the engine at {}", urls.join(",")))?;
+        // The first connection is made in the background: wait for it, boundedly.
+        let started = std::time::Instant::now();
+        while client.connection_state() != async_nats::connection::State::Connected {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "no node of the engine at {} answered in 30 s",
+                urls.join(",")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let max_payload = client.server_info().max_payload;
+        anyhow::ensure!(
+            max_result_bytes + 4096 <= max_payload,
+            "a result of this job may take {max_result_bytes} bytes, but the engine's servers take messages of at \
+             most {max_payload} bytes: raise `max_payload` in their configuration"
+        );
+        let js = jetstream::new(client.clone());
+        // A cluster just started elects its JetStream leader first: until then, setting
+        // the job's buckets up fails, and is tried again.
+        let started = std::time::Instant::now();
+        loop {
+            match Self::set_up(client.clone(), &js, me, job, replicas, max_result_bytes).await {
+                Ok(engine) => return Ok(engine),
+                Err(e) if started.elapsed() < SET_UP_WAIT => {
+                    tracing::info!("the engine is not ready ({e:#}); trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates (or opens) the job's buckets, object store and stream.
+    async fn set_up(
+        client: async_nats::Client,
+        js: &jetstream::Context,
+        me: &str,
+        job: &str,
+        replicas: usize,
+        max_result_bytes: usize,
+    ) -> anyhow::Result<Engine> {
+        let js = js.clone();
+        let prefix = format!("cg-{}", &blake3::hash(job.as_bytes()).to_hex()[..16]);
+        let bucket = |name: &str, history: i64, max_age: Duration| kv::Config {
+            bucket: format!("{prefix}-{name}"),
+            history,
+            max_age,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let versions = create_kv(&js, bucket("versions", 1, Duration::ZERO)).await?;
+        let lease = create_kv(&js, bucket("lease", 1, Duration::ZERO)).await?;
+        let relays = create_kv(&js, bucket("relays", 1, RELAY_TTL)).await?;
+        let checkpoints = js
+            .create_object_store(object_store::Config {
+                bucket: format!("{prefix}-checkpoints"),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .context("creating the checkpoints' object store")?;
+        let results_subject = format!("{prefix}.results");
+        let results = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}-results"),
+                subjects: vec![results_subject.clone()],
+                num_replicas: replicas,
+                max_age: RESULTS_KEPT,
+                max_message_size: (max_result_bytes + 4096) as i32,
+                ..Default::default()
+            })
+            .await
+            .context("creating the results stream")?;
+        Ok(Engine { me: me.to_string(), client, js, versions, lease, relays, checkpoints, results, results_subject })
+    }
+
+    /// This relay's public URL.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Says this relay is alive, with its `status` (JSON) for the others' lists.
+    pub async fn heartbeat(&self, status: &serde_json::Value) -> anyhow::Result<()> {
+        let key = relay_key(&self.me);
+        self.relays.put(key, serde_json::to_vec(status)?.into()).await.context("writing the heartbeat")?;
+        Ok(())
+    }
+
+    /// Every heartbeat from now on (and each relay's last one first), as its `status`:
+    /// one consumer for as long as the stream is read.
+    pub async fn heartbeats(
+        &self,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<serde_json::Value>> + use<>> {
+        let watch = self.relays.watch_all().await.context("watching the relays' heartbeats")?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| anyhow::anyhow!("watching the relays' heartbeats: {e}"))?;
+            Ok(serde_json::from_slice(&entry.value).unwrap_or(serde_json::Value::Null))
+        }))
+    }
+
+    /// Takes or renews the committer's lease where it is free, mine, or run out (at
+    /// `now_ms`); returns its holder afterwards.
+    pub async fn hold_lease(&self, now_ms: i64) -> anyhow::Result<Lease> {
+        let entry = self.lease.entry(LEASE_KEY).await.context("reading the lease")?;
+        let current = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
+        let held: Option<Lease> = current.and_then(|e| serde_json::from_slice(&e.value).ok());
+        let Some(next) = lease::next(held.as_ref(), &self.me, now_ms) else {
+            return Ok(held.expect("only a live lease is kept"));
+        };
+        let value = serde_json::to_vec(&next)?.into();
+        let written = match entry {
+            Some(e) => self.lease.update(LEASE_KEY, value, e.revision).await.map(|_| ()).map_err(anyhow::Error::from),
+            None => self.lease.create(LEASE_KEY, value).await.map(|_| ()).map_err(anyhow::Error::from),
+        };
+        match written {
+            Ok(()) => Ok(next),
+            // Another relay wrote it between the read and the write: read who.
+            Err(_) => {
+                let entry = self.lease.get(LEASE_KEY).await.context("reading the lease")?;
+                entry
+                    .and_then(|value| serde_json::from_slice(&value).ok())
+                    .context("the lease changed and cannot be read")
+            }
+        }
+    }
+
+    /// Lets the lease go (a relay shutting down), if this relay holds it.
+    pub async fn release_lease(&self) -> anyhow::Result<()> {
+        if let Some(entry) = self.lease.entry(LEASE_KEY).await? {
+            let held: Option<Lease> = serde_json::from_slice(&entry.value).ok();
+            if held.is_some_and(|l| l.holder == self.me) {
+                self.lease.delete_expect_revision(LEASE_KEY, Some(entry.revision)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index's entry of `version`, if it is committed.
+    pub async fn version(&self, version: u64) -> anyhow::Result<Option<VersionEntry>> {
+        let value = self.versions.get(version_key(version)).await.context("reading the version index")?;
+        value
+            .map(|v| serde_json::from_slice(&v).with_context(|| format!("version {version}'s index entry")))
+            .transpose()
+    }
+
+    /// Uploads `entry`'s files from `store` (those the object store lacks), then
+    /// creates its key in the version index: an error ([`Superseded`]) when another
+    /// relay created it first, in which case nothing of this commit counts.
+    pub async fn publish_version(&self, entry: &VersionEntry, store: &Store) -> anyhow::Result<()> {
+        for (part, hash) in parts(entry) {
+            if self.checkpoints.info(&hash).await.is_ok() {
+                continue;
+            }
+            let path = store.part_path(entry.version, part);
+            let mut file = tokio::fs::File::open(&path).await.with_context(|| format!("opening {}", path.display()))?;
+            self.checkpoints
+                .put(hash.as_str(), &mut file)
+                .await
+                .with_context(|| format!("uploading version {}'s {part:?}", entry.version))?;
+        }
+        let value = serde_json::to_vec(entry)?.into();
+        match self.versions.create(version_key(entry.version), value).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(Superseded(entry.version).into()),
+            Err(e) => Err(anyhow::Error::from(e).context(format!("recording version {} in the index", entry.version))),
+        }
+    }
+
+    /// Downloads `entry`'s files into `store`, each checked against its blake3.
+    pub async fn fetch_version(&self, entry: &VersionEntry, store: &Store) -> anyhow::Result<()> {
+        for (part, hash) in parts(entry) {
+            let path: PathBuf = store.download_path(entry.version, part)?;
+            let mut object = self
+                .checkpoints
+                .get(&hash)
+                .await
+                .with_context(|| format!("fetching version {}'s {part:?} ({hash})", entry.version))?;
+            let mut file = tokio::fs::File::create(&path).await?;
+            tokio::io::copy(&mut object, &mut file).await.context("downloading a checkpoint file")?;
+            file.flush().await?;
+            drop(file);
+            let store = store.clone();
+            let version = entry.version;
+            tokio::task::spawn_blocking(move || store.install_part(&path, version, part, &hash)).await??;
+        }
+        Ok(())
+    }
+
+    /// Appends an accepted result to the results stream; its sequence number.
+    pub async fn publish_result(&self, result: &SharedResult) -> anyhow::Result<u64> {
+        let ack = self.js.publish(self.results_subject.clone(), result.to_bytes().into()).await?;
+        Ok(ack.await.context("the results stream did not acknowledge")?.sequence)
+    }
+
+    /// The results stream from sequence number `first` on, in order: `(sequence,
+    /// result)`, or an error for a message that is not a result.
+    pub async fn results_from(
+        &self,
+        first: u64,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<(u64, SharedResult)>> + use<>> {
+        let consumer = self
+            .results
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: first.max(1) },
+                ..Default::default()
+            })
+            .await
+            .context("reading the results stream")?;
+        let messages = consumer.messages().await.context("reading the results stream")?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(|e| anyhow::anyhow!("reading the results stream: {e}"))?;
+            let seq = message.info().map_err(|e| anyhow::anyhow!("a result's sequence: {e}"))?.stream_sequence;
+            let result = SharedResult::from_bytes(&message.payload).with_context(|| format!("result {seq}"))?;
+            Ok((seq, result))
+        }))
+    }
+
+    /// Whether the client is connected to a node now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Creates (or opens, when it exists with this configuration) a KV bucket: its stream
+/// made as async-nats's `create_key_value` makes it, which this does not call because
+/// it first reads account fields (`reserved_memory`) that nats-server 2.9 (Debian's)
+/// does not send.
+async fn create_kv(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    let name = config.bucket.clone();
+    let created = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: config.history,
+            max_age: config.max_age,
+            num_replicas: config.num_replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    created.with_context(|| format!("creating the KV bucket {name}"))?;
+    js.get_key_value(&name).await.with_context(|| format!("opening the KV bucket {name}"))
+}
+
+/// `entry`'s files as `(kind, blake3 hex)`, in the order they are written.
+fn parts(entry: &VersionEntry) -> Vec<(Part, String)> {
+    let mut parts = vec![(Part::Momentum, entry.momentum.clone())];
+    parts.extend(entry.residual.clone().map(|h| (Part::Residual, h)));
+    parts.extend(entry.step.clone().map(|h| (Part::Step, h)));
+    parts.push((Part::Weights, entry.weights.clone()));
+    parts
+}
+
+/// A relay's key in the heartbeat bucket (URLs hold characters keys may not).
+fn relay_key(url: &str) -> String {
+    blake3::hash(url.as_bytes()).to_hex()[..16].to_string()
+}
