@@ -79,6 +79,9 @@ impl Chromedriver {
     }
 
     async fn session_with(&self, args: Vec<&str>) -> anyhow::Result<Client> {
+        // The workspace's rustls has two providers (aws-lc-rs for fantoccini, ring for
+        // the relay's NATS client): name the one the WebDriver client uses.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut caps = serde_json::Map::new();
         caps.insert("goog:chromeOptions".into(), serde_json::json!({ "args": args }));
         Ok(ClientBuilder::rustls()?.capabilities(caps).connect(&format!("http://127.0.0.1:{}", self.port)).await?)
