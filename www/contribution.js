@@ -118,6 +118,7 @@ export class Contribution {
         // `?device=webgpu` or `?device=cpu` overrides the tab's own choice (the faster one).
         const device = new URLSearchParams(location.search).get("device");
         if (device) this.contributor.set_device(device);
+        this.followRelays();
       }
       this.contributor.set_intensity(this.saved.intensity);
       this.contributor.start();
@@ -129,6 +130,27 @@ export class Contribution {
       this.onEvent("paused", this.stats);
     }
     this.onChange(this);
+  }
+
+  /**
+   * Tells the contributor the job's other relays (a federated job lists them in
+   * `/api/status`), this page's own first, so that it moves to another when this one
+   * dies; asked again every 15 s while this relay answers.
+   */
+  followRelays() {
+    const ask = async () => {
+      try {
+        const status = await (await fetch("/api/status")).json();
+        const relays = status.federation?.relays || [];
+        const ws = (url) => `${url.replace(/^http/, "ws").replace(/\/$/, "")}/ws`;
+        const others = relays.map(ws).filter((url) => url !== this.relayUrl);
+        this.contributor.set_relays([this.relayUrl, ...others]);
+      } catch {
+        // This relay is down: the contributor moves on with the list it has.
+      }
+    };
+    ask();
+    setInterval(ask, 15000);
   }
 
   block(reason, sentence, on) {

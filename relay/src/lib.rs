@@ -17,6 +17,8 @@
 //! - [`eval`]: held-out loss of each version.
 //! - [`job_data`]: a job's dataset, loaded and checked, and its coordinator opened.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
+//! - [`cors`]: cross-origin reads between a federated job's relays.
+//! - [`federation`]: one job on several relays over NATS JetStream.
 //! - [`verify`]: replay and the loss check of submitted results.
 //! - [`delta`]: a submitted Δ, dense or as the values a compressed update sent.
 //! - [`check_queue`]: the verifier's fair queue.
@@ -32,6 +34,7 @@ pub mod client_addr;
 pub mod config;
 pub mod contribute;
 pub mod coordinator;
+pub mod cors;
 pub mod delta;
 pub mod eval;
 pub mod events;

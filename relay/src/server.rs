@@ -49,6 +49,7 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/admin/resume", post(admin::resume))
         .route("/api/admin/job", post(admin::new_job))
         .fallback_service(ServeDir::new(www))
+        .layer(crate::cors::layer(state.clone()))
         .with_state(state)
 }
 
@@ -74,7 +75,8 @@ async fn websocket(
         (coordinator.job().limits.clone(), coordinator.param_count())
     };
     let origin = headers.get(header::ORIGIN).map(|o| o.to_str().unwrap_or("(not text)"));
-    if !origin_allowed(&limits, origin) {
+    // A federated job's relays are allowed too: their pages move here when theirs dies.
+    if !origin_allowed(&limits, origin) && !origin.is_some_and(|o| crate::cors::job_origin(&state, o)) {
         let origin = origin.unwrap_or_default();
         tracing::info!(%peer, origin, "refused a session from an origin not allowed");
         return (StatusCode::FORBIDDEN, format!("origin {origin} may not contribute here")).into_response();

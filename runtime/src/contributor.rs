@@ -114,6 +114,9 @@ pub struct Stats {
     pub contributor: u64,
     /// The relay's resume token, sent back on reconnect to stay the same contributor.
     pub resume_token: Option<String>,
+    /// The WebSocket URL of the relay the session is on, or is being opened on (empty
+    /// where the caller does not say).
+    pub relay: String,
     /// The relay's current model version.
     pub version: u64,
     /// Units accepted by the relay.

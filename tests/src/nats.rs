@@ -27,9 +27,11 @@ pub fn nats_server_binary() -> PathBuf {
     debian
 }
 
-/// A free loopback port (bound and let go).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+/// `count` distinct free loopback ports (all bound at once, then let go).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("a bound port").port()).collect()
 }
 
 /// One node: its client and cluster ports, and its process while it runs.
@@ -37,6 +39,8 @@ struct Node {
     name: String,
     client_port: u16,
     config: PathBuf,
+    /// Where its output goes, for a failing test's reader.
+    log: PathBuf,
     process: Option<Child>,
 }
 
@@ -49,7 +53,8 @@ impl NatsCluster {
     /// Starts `count` nodes in one JetStream cluster with their stores under `dir`,
     /// and waits until each answers on its client port.
     pub fn start(count: usize, dir: &Path) -> NatsCluster {
-        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let free = free_ports(2 * count);
+        let ports: Vec<(u16, u16)> = free.chunks(2).map(|p| (p[0], p[1])).collect();
         let routes: Vec<String> =
             ports.iter().map(|(_, cluster)| format!("nats-route://127.0.0.1:{cluster}")).collect();
         let nodes = ports
@@ -67,7 +72,8 @@ impl NatsCluster {
                     routes.join(", ")
                 );
                 std::fs::write(&config, text).expect("a node's configuration");
-                Node { name, client_port, config, process: None }
+                let log = dir.join(format!("{name}.log"));
+                Node { name, client_port, config, log, process: None }
             })
             .collect();
         let mut cluster = NatsCluster { nodes };
@@ -104,17 +110,21 @@ impl NatsCluster {
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("a node's log");
         let process = Command::new(nats_server_binary())
             .arg("-c")
             .arg(&node.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting nats-server {}: {e}", node.name));
         node.process = Some(process);
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", node.client_port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "nats-server {} did not listen in 20 s", node.name);
+            if started.elapsed() > Duration::from_secs(20) {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                panic!("nats-server {} did not listen in 20 s; its log:\n{log}", node.name);
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -1,12 +1,19 @@
 //! One job on three relays federated over a three-node NATS JetStream cluster, with
-//! three native contributors that each know every relay. Relays (the committing one
-//! first, then at random) are killed with SIGKILL and started again, ten times. After
-//! each kill:
-//! - the next version is committed by another relay within a round deadline plus the
-//!   committer's lease;
-//! - every contributor has a result accepted through a live relay within 15 s;
-//! - once the relay is back, every relay's versions are contiguous, and the newest
+//! three native contributors that each know every relay and a headless Chromium tab on
+//! one relay's page, which learns the others from its status. A relay or a NATS node (the
+//! committing relay first, then one of the six at random) is killed with SIGKILL and
+//! started again, ten times. After each kill:
+//! - the next version is committed within a round deadline plus the committer's lease
+//!   when the committing relay died;
+//! - every contributor, the tab included, has a result accepted through a live relay
+//!   within 15 s (the tab on another relay than its page's, cross-origin, when that one
+//!   died);
+//! - once the process is back, every relay's versions are contiguous, and the newest
 //!   versions' weights files, fetched from every relay, are the same bytes.
+//!
+//! Then two of the three NATS nodes are killed at once: no relay commits while the
+//! majority is gone, and every relay says why in its status; once they are back,
+//! training goes on.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -16,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crowdgrad_relay::federation::lease::LEASE;
 use crowdgrad_runtime::identity::{Identity, hex};
+use crowdgrad_tests::browser::{Chromedriver, eval, require_bundle, until};
 use crowdgrad_tests::nats::NatsCluster;
 use crowdgrad_tests::{relay_binary, repo_root};
 
@@ -45,12 +53,17 @@ struct RelaySlot {
 
 impl RelaySlot {
     fn start(&mut self, job: &Path, nats: &str) {
+        // Its log, kept where `CROWDGRAD_TEST_LOGS` says (for a failing run's reader).
+        let logs = std::env::var_os("CROWDGRAD_TEST_LOGS").map_or_else(|| self.dir.clone(), PathBuf::from);
+        std::fs::create_dir_all(&logs).expect("a log folder");
+        let name = format!("relay-{}.log", self.addr.port());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(logs.join(name)).expect("a log");
         let child = Command::new(relay_binary())
             .args(["serve", "--addr", &self.addr.to_string(), "--config", &job.display().to_string()])
             .args(["--data-dir", &self.dir.display().to_string(), "--nats", nats])
             .current_dir(repo_root())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stdout(log)
             .spawn()
             .expect("start a relay");
         self.process = Some(Process(child));
@@ -76,6 +89,15 @@ fn accepted(addr: SocketAddr, key: &str) -> Option<u64> {
     }
 }
 
+/// The version of the relay at `addr` once it lists the job's three relays and says
+/// nothing of an engine error.
+fn healthy(addr: SocketAddr) -> Option<u64> {
+    let s = status(addr)?;
+    let federation = &s["federation"];
+    (federation["relays"].as_array()?.len() == 3 && federation["engine_error"].is_null()).then_some(())?;
+    s["version"].as_u64()
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
 }
@@ -93,8 +115,9 @@ async fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_job_trains_on_while_its_relays_are_killed() {
+    require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
-    let nats = NatsCluster::start(3, &dir.path().join("nats"));
+    let mut nats = NatsCluster::start(3, &dir.path().join("nats"));
     let job = dir.path().join("job.toml");
     let toml = format!(
         "name = \"federated\"\n[inner]\nsteps = 10\nbatch = 4\n\
@@ -133,6 +156,16 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
     let version = |relays: &[RelaySlot]| relays.iter().filter_map(|r| status(r.addr)?["version"].as_u64()).max();
     wait_until("version 3", Duration::from_secs(120), || version(&relays).filter(|&v| v >= 3)).await;
 
+    // A tab on relay 0's page, on the wasm CPU (SwiftShader's WebGPU is slower).
+    let driver = Chromedriver::start().expect("chromedriver");
+    let tab = driver.session(&[]).await.expect("chromium session");
+    tab.goto(&format!("http://{}/?device=cpu", relays[0].addr)).await.expect("open the page");
+    tab.find(fantoccini::Locator::Id("contribute")).await.expect("button").click().await.expect("consent");
+    let done = "const s = window.crowdgrad && window.crowdgrad.stats(); return s ? s.units_done : 0;";
+    let first = "const s = window.crowdgrad && window.crowdgrad.stats(); return s && s.units_done >= 1;";
+    until(&tab, "the tab's first unit", Duration::from_secs(120), first).await;
+    let tab_units = async || eval(&tab, done).await.as_u64().unwrap_or(0);
+
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
     let mut random = move |n: usize| {
         seed ^= seed << 13;
@@ -143,17 +176,25 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
     for kill in 0..KILLS {
         let committer =
             relays.iter().position(|r| status(r.addr).is_some_and(|s| s["federation"]["committer"] == true));
+        // 0..3: a relay; 3..6: a NATS node.
         let victim = match (kill, committer) {
             (0, Some(c)) => c,
-            _ => random(3),
+            _ => random(3 + nats.len()),
         };
-        let was_committing = committer == Some(victim);
         let before: BTreeMap<&String, u64> =
             keys.iter().map(|k| (k, relays.iter().filter_map(|r| accepted(r.addr, k)).sum::<u64>())).collect();
-        let victim_counts: BTreeMap<&String, u64> =
-            keys.iter().map(|k| (k, accepted(relays[victim].addr, k).unwrap_or(0))).collect();
         let last = version(&relays).expect("relays answer");
-        relays[victim].process = None; // SIGKILL
+        let tab_before = tab_units().await;
+        let (what, victim_counts) = if victim < 3 {
+            let counts: BTreeMap<&String, u64> =
+                keys.iter().map(|k| (k, accepted(relays[victim].addr, k).unwrap_or(0))).collect();
+            relays[victim].process = None; // SIGKILL
+            let committing = if committer == Some(victim) { " (committing)" } else { "" };
+            (format!("relay {victim}{committing}"), counts)
+        } else {
+            nats.kill(victim - 3);
+            (format!("NATS node {}", victim - 3), keys.iter().map(|k| (k, 0)).collect())
+        };
         let killed = Instant::now();
         let live: Vec<SocketAddr> =
             relays.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, r)| r.addr).collect();
@@ -164,11 +205,10 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
         .await;
         let delay = killed.elapsed();
         println!(
-            "kill {kill}: relay {victim}{} killed at version {last}; version {next_commit} {:.1} s later",
-            if was_committing { " (committing)" } else { "" },
+            "kill {kill}: {what} killed at version {last}; version {next_commit} {:.1} s later",
             delay.as_secs_f64()
         );
-        if was_committing {
+        if committer == Some(victim) {
             let bound = Duration::from_secs(DEADLINE_SECS) + LEASE;
             assert!(delay <= bound, "the committer's death delayed the next commit {delay:?} (bound {bound:?})");
         }
@@ -179,21 +219,54 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
             })
             .await;
         }
-        println!("kill {kill}: every contributor trained again {:.1} s after it", killed.elapsed().as_secs_f64());
+        loop {
+            if tab_units().await > tab_before {
+                break;
+            }
+            let stats = eval(&tab, "return window.crowdgrad.stats();").await;
+            assert!(killed.elapsed() < RETRAIN, "the tab had no unit accepted {RETRAIN:?} after the kill: {stats}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let on = eval(&tab, "return window.crowdgrad.stats().relay;").await;
+        println!(
+            "kill {kill}: every contributor trained again {:.1} s after it (the tab on {on})",
+            killed.elapsed().as_secs_f64()
+        );
 
-        relays[victim].start(&job, &nats.urls());
-        let caught_up = |r: &RelaySlot| {
-            let s = status(r.addr)?;
-            (s["federation"]["relays"].as_array()?.len() == 3).then_some(())?;
-            s["version"].as_u64()
-        };
-        wait_until("the restarted relay to catch up", Duration::from_secs(60), || {
+        if victim < 3 {
+            relays[victim].start(&job, &nats.urls());
+        } else {
+            nats.restart(victim - 3);
+        }
+        wait_until("every relay to be back and caught up", Duration::from_secs(60), || {
             let newest = version(&relays)?;
-            caught_up(&relays[victim]).filter(|&v| v + 2 >= newest)
+            relays.iter().all(|r| healthy(r.addr).is_some_and(|v| v + 2 >= newest)).then_some(())
         })
         .await;
         check_versions(&relays, &urls);
     }
+
+    // The majority of the engine's nodes gone: nobody commits, and everybody says so.
+    nats.kill(0);
+    nats.kill(1);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let stalled = version(&relays).expect("relays answer");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(version(&relays), Some(stalled), "a relay committed without the engine's majority");
+    for relay in &relays {
+        let s = status(relay.addr).expect("a relay without the engine still answers");
+        assert!(s["federation"]["engine_error"].is_string(), "{} says why it does not commit: {s}", relay.addr);
+        assert_eq!(s["federation"]["committer"], false, "{}", relay.addr);
+    }
+    println!("with 2 of 3 NATS nodes down, the relays stayed at version {stalled} and said why");
+    nats.restart(0);
+    nats.restart(1);
+    let resumed = wait_until("training to go on with the majority back", Duration::from_secs(60), || {
+        version(&relays).filter(|&v| v > stalled)
+    })
+    .await;
+    println!("with the majority back, version {resumed} was committed");
+    let _ = tab.close().await;
     drop(contributors);
     drop(nats);
 }

@@ -69,7 +69,8 @@ enum Session {
 /// A tab's contribution to a relay's training job.
 #[wasm_bindgen]
 pub struct Contributor {
-    relay_url: String,
+    /// The job's relays, the session's first.
+    relays: Relays,
     stats: SharedStats,
     session: Rc<RefCell<Session>>,
     /// The weights the running loop holds.
@@ -101,13 +102,24 @@ impl Contributor {
     #[wasm_bindgen(constructor)]
     pub fn new(relay_url: String) -> Contributor {
         Contributor {
-            relay_url,
+            relays: Rc::new(RefCell::new(vec![relay_url])),
             stats: SharedStats::default(),
             session: Rc::new(RefCell::new(Session::Idle)),
             weights: HeldView::default(),
             intensity: Rc::new(Cell::new(1.0)),
             epoch: Rc::default(),
             device: Cell::new(DeviceChoice::Auto),
+        }
+    }
+
+    /// Sets the relays of the job, as WebSocket URLs (`wss://host/ws`), this tab's own
+    /// first: when the session's relay dies, the tab moves to the next at once, and
+    /// waits (1 s doubling to 30 s) only when every one has failed in turn. A federated
+    /// job's relays are listed in `/api/status` (`federation.relays`). An empty list is
+    /// ignored.
+    pub fn set_relays(&self, urls: Vec<String>) {
+        if !urls.is_empty() {
+            *self.relays.borrow_mut() = urls;
         }
     }
 
@@ -141,7 +153,7 @@ impl Contributor {
         }
         *self.session.borrow_mut() = Session::Starting;
         self.epoch.set(self.epoch.get() + 1);
-        let (url, stats, session) = (self.relay_url.clone(), self.stats.clone(), self.session.clone());
+        let (relays, stats, session) = (self.relays.clone(), self.stats.clone(), self.session.clone());
         let held = Held {
             session: session.clone(),
             weights: self.weights.clone(),
@@ -152,7 +164,7 @@ impl Contributor {
         let rest = move || duty::rest(intensity.clone());
         let device = self.device.get();
         wasm_bindgen_futures::spawn_local(async move {
-            if let Err(message) = run(&url, device, stats.clone(), &held, rest).await {
+            if let Err(message) = run(relays, device, stats.clone(), &held, rest).await {
                 let mut s = stats.lock().expect("stats lock");
                 s.state = "stopped".into();
                 s.error = Some(message);
@@ -206,6 +218,9 @@ impl Contributor {
     }
 }
 
+/// The job's relays' WebSocket URLs, shared by a [`Contributor`] and its task.
+type Relays = Rc<RefCell<Vec<String>>>;
+
 /// What the running task shares with its [`Contributor`].
 struct Held {
     session: Rc<RefCell<Session>>,
@@ -226,14 +241,14 @@ impl Held {
 /// contacted only after calibration, which can take seconds when many tabs start at once.
 /// A device that cannot hold the job hands over to the other one.
 async fn run(
-    url: &str,
+    relays: Relays,
     choice: DeviceChoice,
     stats: SharedStats,
     held: &Held,
     rest: impl Fn() -> Rest,
 ) -> Result<(), String> {
     stats.lock().expect("stats lock").state = "starting".into();
-    let start = Start { url, stats: stats.clone(), held, rest, saved: residual::load().await };
+    let start = Start { relays, stats: stats.clone(), held, rest, saved: residual::load().await };
     let mut cpu = CpuBackend::new();
     let cpu_gflops = calibrate(&mut cpu, now_seconds).await;
     let gpu = if choice == DeviceChoice::Cpu { Err("the page asked for the CPU".to_string()) } else { webgpu().await };
@@ -304,7 +319,7 @@ async fn webgpu() -> Result<(GpuBackend, f32), String> {
 
 /// What [`contribute`] needs besides the device, for each device [`run`] tries.
 struct Start<'a, R: Fn() -> Rest> {
-    url: &'a str,
+    relays: Relays,
     stats: SharedStats,
     held: &'a Held,
     rest: R,
@@ -314,7 +329,8 @@ struct Start<'a, R: Fn() -> Rest> {
 impl<R: Fn() -> Rest> Start<'_, R> {
     /// Contributes on `backend`, calibrated at `gflops`.
     async fn on<B: Backend>(&self, backend: B, gflops: f32) -> Result<Ended, String> {
-        contribute(self.url, backend, gflops, self.stats.clone(), self.held, (self.rest)(), self.saved.clone()).await
+        let relays = self.relays.clone();
+        contribute(relays, backend, gflops, self.stats.clone(), self.held, (self.rest)(), self.saved.clone()).await
     }
 }
 
@@ -328,10 +344,10 @@ enum Ended {
 
 /// Connects and trains on `backend` until the visitor stops, or until a unit's model does
 /// not fit the backend; each time the connection ends, says `reconnecting` and connects
-/// again after a [`Backoff`] wait, keeping the loop (device, weights, residual) and so the
-/// contributor.
+/// again, to the next of `relays` at once, or after a [`Backoff`] wait once every relay
+/// failed in turn, keeping the loop (device, weights, residual) and so the contributor.
 async fn contribute<B: Backend>(
-    url: &str,
+    relays: Relays,
     backend: B,
     gflops: f32,
     stats: SharedStats,
@@ -343,10 +359,20 @@ async fn contribute<B: Backend>(
     let mut backoff = Backoff::new(u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")));
     let mut setup = Some((backend, saved, rest, identity::load_or_create()?));
     let mut trainer: Option<Loop<B, WebTransport>> = None;
+    let (mut next, mut failed_in_a_row) = (0usize, 0usize);
     while held.current() {
-        // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
-        stats.lock().expect("stats lock").session = 0;
-        let ended = match WebTransport::connect(url, stats.clone()).await {
+        let (url, count) = {
+            let relays = relays.borrow();
+            (relays[next % relays.len()].clone(), relays.len())
+        };
+        next += 1;
+        {
+            let mut s = stats.lock().expect("stats lock");
+            // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
+            s.session = 0;
+            s.relay = url.clone();
+        }
+        let ended = match WebTransport::connect(&url, stats.clone()).await {
             Ok(transport) if held.current() => {
                 held.session.replace(Session::Connected(transport.socket()));
                 stats.lock().expect("stats lock").error = None;
@@ -379,8 +405,12 @@ async fn contribute<B: Backend>(
         }
         if stats.lock().expect("stats lock").session != 0 {
             backoff.reset();
+            failed_in_a_row = 0;
+        } else {
+            failed_in_a_row += 1;
         }
-        let wait = backoff.next_wait();
+        // Another relay of the job at once; one relay, or all failed in turn: a wait.
+        let wait = if count > 1 && failed_in_a_row % count != 0 { 0.0 } else { backoff.next_wait() };
         held.session.replace(Session::Reconnecting);
         {
             let mut s = stats.lock().expect("stats lock");

@@ -47,6 +47,8 @@ export interface ContributorStats {
   /** The contributor's lasting id on the relay. */
   contributor: number;
   resume_token: string | null;
+  /** The WebSocket URL of the relay the session is on, or is being opened on. */
+  relay: string;
   /** The relay's current model version. */
   version: number;
   units_done: number;

@@ -59,7 +59,7 @@ impl Coordinator {
         let created = self.units.in_round();
         let unit_id = match self.units.open_for(contributor) {
             Some(id) => Some(id),
-            None if created < self.job.round.target && self.retry_commit_at.is_none() && !self.committing() => {
+            None if created < self.units_allowed(now) && self.retry_commit_at.is_none() && !self.committing() => {
                 let id = self.create_unit(now);
                 if self.wants_twin(created) {
                     self.create_twin(id);

@@ -47,6 +47,7 @@ impl From<VersionRow> for VersionRecord {
             train_loss: row.train_loss,
             results: row.results,
             at_ms: row.committed_ms,
+            committed_by: None,
         }
     }
 }
@@ -146,6 +147,10 @@ impl Coordinator {
             }
         };
         let (version, n, train_loss) = (work.version(), work.results(), work.train_loss());
+        let committed_by = match &work {
+            Work::Adopt(entry) => Some(entry.committed_by.clone()),
+            Work::Round(_) => self.federated.as_ref().map(|f| f.status.relay.clone()),
+        };
         if let Work::Adopt(entry) = &work {
             // What the adopted version took of the results stream is in it.
             self.results.retain(|c| c.seq > entry.results_through);
@@ -184,6 +189,7 @@ impl Coordinator {
             train_loss,
             results: n as u32,
             at_ms: now_ms(),
+            committed_by,
         });
         self.prune();
         self.round += 1;

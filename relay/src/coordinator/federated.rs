@@ -32,6 +32,9 @@ pub struct FederationStatus {
     pub lease_holder: Option<String>,
     /// The public URLs of the job's live relays, this one included.
     pub relays: Vec<String>,
+    /// The public URLs of every relay the job has had, live or not: their pages may
+    /// read from this relay (see `crate::cors`).
+    pub known_relays: Vec<String>,
     /// Why the engine cannot be used now (no majority of its nodes, no connection):
     /// while set, this relay commits nothing.
     pub engine_error: Option<String>,
@@ -58,7 +61,10 @@ pub(super) struct Federated {
     /// The stream's sequence number of the last result taken into a round or a
     /// committed version: results up to it are never taken again.
     pub taken_through: u64,
+    /// What `/api/status` shows of it.
     pub status: FederationStatus,
+    /// [`Coordinator::units_allowed`] at the last tick.
+    allowed: usize,
 }
 
 impl Coordinator {
@@ -67,7 +73,7 @@ impl Coordinator {
     pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<SharedResult>) {
         let status = FederationStatus { relay: link.me().to_string(), ..Default::default() };
         self.tools.as_mut().expect("federated before its first commit").engine = Some(link);
-        self.federated = Some(Federated { outbox, taken_through: 0, status });
+        self.federated = Some(Federated { outbox, taken_through: 0, status, allowed: 0 });
     }
 
     /// Whether this relay may close rounds: a standalone one, or the federated job's
@@ -96,6 +102,29 @@ impl Coordinator {
             self.round_receipts.clear();
             self.failed_commit = None;
             self.retry_commit_at = None;
+        }
+    }
+
+    /// Units this relay's round may create: `round.target`, and in a federated job
+    /// another `round.target` for each round deadline that the next version is late (its
+    /// commit waits for the engine, or for a new committer), up to `round.max_staleness`
+    /// more: contributors keep training meanwhile, and their results count late,
+    /// discounted for staleness.
+    pub(super) fn units_allowed(&self, now: Instant) -> usize {
+        let target = self.job.round.target;
+        let (Some(_), Some(started)) = (&self.federated, self.round_started) else { return target };
+        let late = now.saturating_duration_since(started).as_secs_f64() / self.job.round_deadline().as_secs_f64();
+        target * (1 + (late as usize).min(self.job.round.max_staleness as usize))
+    }
+
+    /// Offers units to waiting sessions when [`Self::units_allowed`] grew (each tick).
+    pub(super) fn offer_when_late(&mut self, now: Instant) {
+        let allowed = self.units_allowed(now);
+        let Some(f) = self.federated.as_mut() else { return };
+        let grew = allowed > f.allowed;
+        f.allowed = allowed;
+        if grew {
+            self.offer_all(now);
         }
     }
 

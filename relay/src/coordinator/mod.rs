@@ -589,6 +589,7 @@ impl Coordinator {
         if !expired.is_empty() {
             self.offer_all(now);
         }
+        self.offer_when_late(now);
     }
 
     /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and

@@ -79,6 +79,10 @@ pub struct VersionRecord {
     pub results: u32,
     /// When it was committed, milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// In a federated job, the public URL of the relay that committed it (`None`
+    /// standalone, and for versions committed before this relay process started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub committed_by: Option<String>,
 }
 
 /// Counters for `/api/status`, since this relay process started.

@@ -54,7 +54,13 @@ impl Coordinator {
                          resume with your token, or try later"
                     ));
                 }
-                let token = new_token();
+                // In a federated job, a token another relay of the job gave stays the
+                // contributor's: it moved here when its relay died.
+                let carried = hello.resume.clone().filter(|t| self.federated.is_some() && is_token(t));
+                if carried.is_some() {
+                    self.counters.resumed += 1;
+                }
+                let token = carried.unwrap_or_else(new_token);
                 let newcomer = registrations::Newcomer {
                     sessions: 1,
                     token: token.clone(),
@@ -123,6 +129,11 @@ impl Coordinator {
             self.registrations.left(contributor);
         }
     }
+}
+
+/// Whether `token` has a resume token's form (32 lowercase hex digits).
+fn is_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A fresh resume token: 128 random bits, hex.

@@ -82,7 +82,7 @@ mod tests {
     use crate::coordinator::report::VersionRecord;
 
     fn record(version: u64) -> VersionRecord {
-        VersionRecord { version, val_loss: 1.0, train_loss: None, results: 1, at_ms: 0 }
+        VersionRecord { version, val_loss: 1.0, train_loss: None, results: 1, at_ms: 0, committed_by: None }
     }
 
     #[test]

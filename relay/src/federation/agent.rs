@@ -4,15 +4,17 @@
 //! - The control loop, every [`RENEW`]: adopts each version the engine has and this
 //!   relay lacks, in order; takes or renews the committer's lease; tells the
 //!   coordinator whether it commits; says the relay is alive, and lists the others.
-//! - The reader, while this relay commits, takes the results stream into its rounds.
-//! - The listener notes the other relays' heartbeats (one KV watch).
+//! - The reader, while this relay commits, takes the results stream into its rounds,
+//!   one direct get at a time.
+//! - The listener notes the other relays' heartbeats (one KV watch), and the watcher
+//!   wakes the control loop when a version is committed (another).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use super::engine::{Engine, RELAY_TTL};
@@ -27,18 +29,45 @@ pub const OUTBOX: usize = 256;
 /// Tries to publish one result before it is left out.
 const PUBLISH_TRIES: u32 = 6;
 
-/// How long the control loop waits for one adoption to finish.
-const ADOPTION_WAIT: Duration = Duration::from_secs(60);
+/// How often the committer asks the results stream for a result it does not have yet.
+const READ_POLL: Duration = Duration::from_millis(50);
 
-/// When each relay was last heard from, by public URL.
-type Heard = Arc<Mutex<BTreeMap<String, Instant>>>;
+/// How soon the control loop comes back while this relay is behind the engine.
+const BEHIND_POLL: Duration = Duration::from_millis(20);
+
+/// When each relay of the job last said it was alive (ms since the Unix epoch, its
+/// clock), by public URL: every relay the job has had, live or not.
+type Heard = Arc<Mutex<BTreeMap<String, i64>>>;
 
 /// Starts the agent's tasks for `coordinator`, whose accepted results arrive on `results`.
 pub fn spawn(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, results: mpsc::Receiver<SharedResult>) {
     let heard = Heard::default();
+    let committed = Arc::new(Notify::new());
     tokio::spawn(publish(engine.clone(), coordinator.clone(), results));
     tokio::spawn(listen(engine.clone(), heard.clone()));
-    tokio::spawn(control(engine, coordinator, heard));
+    tokio::spawn(watch_versions(engine.clone(), committed.clone()));
+    tokio::spawn(control(engine, coordinator, heard, committed));
+}
+
+/// Wakes the control loop (`committed`) whenever a version is committed, so that
+/// relays adopt it at once rather than at their next tick.
+async fn watch_versions(engine: Arc<Engine>, committed: Arc<Notify>) {
+    loop {
+        match engine.version_changes().await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                while let Some(change) = changes.next().await {
+                    if let Err(e) = change {
+                        tracing::warn!("{e:#}");
+                        break;
+                    }
+                    committed.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+        tokio::time::sleep(RENEW).await;
+    }
 }
 
 /// Notes each relay's heartbeats in `heard`, watching again after an error.
@@ -50,8 +79,8 @@ async fn listen(engine: Arc<Engine>, heard: Heard) {
                 while let Some(beat) = beats.next().await {
                     match beat {
                         Ok(beat) => {
-                            if let Some(url) = beat["url"].as_str() {
-                                heard.lock().expect("heard lock").insert(url.to_string(), Instant::now());
+                            if let (Some(url), Some(at)) = (beat["url"].as_str(), beat["at_ms"].as_i64()) {
+                                heard.lock().expect("heard lock").insert(url.to_string(), at);
                             }
                         }
                         Err(e) => {
@@ -92,49 +121,65 @@ enum CatchUp {
 }
 
 /// The control loop (module docs).
-async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, heard: Heard) {
+async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, heard: Heard, committed: Arc<Notify>) {
     let lock = || coordinator.lock().expect("coordinator lock");
     let mut reader: Option<JoinHandle<()>> = None;
-    let mut relays: Vec<String> = Vec::new();
-    let mut beat = tokio::time::interval(RENEW);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut relays, mut known): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+    let mut heartbeat_error: Option<String> = None;
+    let mut adopting = None;
+    let mut pause = RENEW;
     let mut last_listed = Instant::now() - Duration::from_secs(60);
     if let Err(e) = publish_first_version(&engine, &coordinator).await {
         tracing::warn!("version 0 could not be published: {e:#}");
     }
+    let mut lease = Err(anyhow::anyhow!("not read yet"));
+    let mut lease_read = Instant::now() - RENEW;
     loop {
-        beat.tick().await;
-        let caught_up = catch_up(&engine, &coordinator).await;
-        let lease = engine.hold_lease(now_ms()).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = committed.notified() => {}
+        }
+        let caught_up = catch_up(&engine, &coordinator, &mut adopting).await;
+        // Behind, the next version is asked for as soon as this one is adopted.
+        pause = if matches!(caught_up, Ok(CatchUp::Behind)) { BEHIND_POLL } else { RENEW };
+        if lease_read.elapsed() >= RENEW / 2 {
+            lease_read = Instant::now();
+            lease = engine.hold_lease(now_ms()).await;
+        }
         let mut error = match (&caught_up, &lease) {
             (Err(e), _) | (_, Err(e)) => Some(format!("the engine does not answer (no majority of its nodes?): {e:#}")),
             _ => None,
         };
-        let holder = lease.ok().map(|l| l.holder);
+        error = error.or(heartbeat_error.clone());
+        let holder = lease.as_ref().ok().map(|l| l.holder.clone());
         let committer =
             error.is_none() && holder.as_deref() == Some(engine.me()) && matches!(caught_up, Ok(CatchUp::Current));
         if last_listed.elapsed() >= Duration::from_secs(1) {
             last_listed = Instant::now();
             let version = lock().version();
-            let beat = serde_json::json!({ "url": engine.me(), "version": version, "committer": committer });
-            if let Err(e) = engine.heartbeat(&beat).await {
-                error = error.or(Some(format!("the engine does not answer: {e:#}")));
-            }
+            let beat = serde_json::json!({
+                "url": engine.me(), "at_ms": now_ms(), "version": version, "committer": committer,
+            });
+            heartbeat_error = engine.heartbeat(&beat).await.err().map(|e| format!("the engine does not answer: {e:#}"));
             let heard = heard.lock().expect("heard lock");
-            relays = heard.iter().filter(|(_, at)| at.elapsed() < RELAY_TTL).map(|(url, _)| url.clone()).collect();
+            let live_since = now_ms() - RELAY_TTL.as_millis() as i64;
+            relays = heard.iter().filter(|(_, at)| **at >= live_since).map(|(url, _)| url.clone()).collect();
+            known = heard.keys().cloned().collect();
         }
         let status = FederationStatus {
             relay: engine.me().to_string(),
             committer,
             lease_holder: holder,
             relays: relays.clone(),
+            known_relays: known.clone(),
             engine_error: error,
             results_lost: 0,
         };
-        // A commit in flight here keeps its role until it lands or fails.
-        if committer || !lock().committing_now() {
-            lock().set_federation(status);
+        // A commit in flight here keeps its role, and its reader, until it lands or fails.
+        if !committer && lock().committing_now() {
+            continue;
         }
+        lock().set_federation(status);
         match (&reader, committer) {
             (None, true) => reader = Some(start_reader(&engine, &coordinator).await),
             (Some(task), true) if task.is_finished() => reader = Some(start_reader(&engine, &coordinator).await),
@@ -166,32 +211,34 @@ async fn publish_first_version(engine: &Engine, coordinator: &Mutex<Coordinator>
     }
 }
 
-/// Adopts the engine's versions this relay lacks, one after another, each waited for.
-async fn catch_up(engine: &Engine, coordinator: &Mutex<Coordinator>) -> anyhow::Result<CatchUp> {
-    loop {
-        let version = coordinator.lock().expect("coordinator lock").version();
-        let Some(entry): Option<VersionEntry> = engine.version(version + 1).await? else {
-            return Ok(CatchUp::Current);
-        };
-        if !coordinator.lock().expect("coordinator lock").adopt(entry, Instant::now()) {
-            // Its own commit of that version, or another adoption, is being written.
-            return Ok(CatchUp::Behind);
-        }
-        let started = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let c = coordinator.lock().expect("coordinator lock");
-            if !c.committing_now() {
-                if c.version() == version {
-                    anyhow::bail!("version {} could not be adopted", version + 1);
-                }
-                break;
-            }
-            if started.elapsed() > ADOPTION_WAIT {
-                return Ok(CatchUp::Behind);
-            }
-        }
+/// Starts adopting the next version the engine has and this relay lacks, if any and
+/// if no commit or adoption is being written here; an error when the adoption of
+/// `adopting` (the version last started) failed. Never waits for an adoption: the
+/// control loop comes back at once while this relay is behind.
+async fn catch_up(
+    engine: &Engine,
+    coordinator: &Mutex<Coordinator>,
+    adopting: &mut Option<u64>,
+) -> anyhow::Result<CatchUp> {
+    let (version, busy) = {
+        let c = coordinator.lock().expect("coordinator lock");
+        (c.version(), c.committing_now())
+    };
+    if busy {
+        return Ok(CatchUp::Behind);
     }
+    if let Some(wanted) = adopting.take()
+        && version < wanted
+    {
+        anyhow::bail!("version {wanted} could not be adopted");
+    }
+    let Some(entry): Option<VersionEntry> = engine.version(version + 1).await? else {
+        return Ok(CatchUp::Current);
+    };
+    if coordinator.lock().expect("coordinator lock").adopt(entry, Instant::now()) {
+        *adopting = Some(version + 1);
+    }
+    Ok(CatchUp::Behind)
 }
 
 /// Starts reading the results stream into the coordinator's rounds, after what the
@@ -204,23 +251,21 @@ async fn start_reader(engine: &Arc<Engine>, coordinator: &Arc<Mutex<Coordinator>
     let from = coordinator.lock().expect("coordinator lock").taken_through() + 1;
     let (engine, coordinator) = (engine.clone(), coordinator.clone());
     tokio::spawn(async move {
-        let results = match engine.results_from(from).await {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::warn!("the results stream cannot be read: {e:#}");
-                tokio::time::sleep(RENEW).await;
-                return;
-            }
-        };
-        let mut results = std::pin::pin!(results);
-        while let Some(item) = results.next().await {
-            match item {
-                Ok((seq, result)) => {
+        let mut next = from;
+        loop {
+            match engine.next_result(next).await {
+                Ok(Some((seq, Ok(result)))) => {
+                    next = seq + 1;
                     coordinator.lock().expect("coordinator lock").take_shared(seq, result, Instant::now());
                 }
+                Ok(Some((seq, Err(e)))) => {
+                    next = seq + 1;
+                    tracing::warn!("the results stream holds a message that is not a result: {e:#}");
+                }
+                Ok(None) => tokio::time::sleep(READ_POLL).await,
                 Err(e) => {
-                    tracing::warn!("reading the results stream: {e:#}");
-                    return;
+                    tracing::warn!("{e:#}");
+                    tokio::time::sleep(RENEW).await;
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! `replicas` nodes:
 //! - `{prefix}-versions` (KV): the version index, one create-only key per version;
 //! - `{prefix}-lease` (KV): the committer's lease ([`super::lease`]);
-//! - `{prefix}-relays` (KV): each live relay's heartbeat, gone [`RELAY_TTL`] after its last;
+//! - `{prefix}-relays` (KV): each relay's last heartbeat (it is live while that is at most
+//!   [`RELAY_TTL`] old);
 //! - `{prefix}-checkpoints` (object store): every version's files, named by blake3 hex;
 //! - `{prefix}-results` (stream): every accepted result, in the order relays accepted them.
 //!
@@ -21,7 +22,7 @@ use super::lease::{self, Lease};
 use super::records::{SharedResult, VersionEntry, version_key};
 use crate::store::{Part, Store};
 
-/// How long a relay's heartbeat lasts: a relay silent this long is not listed.
+/// How long a relay's heartbeat lasts: a relay silent this long is not listed as live.
 pub const RELAY_TTL: Duration = Duration::from_secs(6);
 
 /// How long results stay in the stream: far longer than any round.
@@ -59,6 +60,10 @@ pub struct Engine {
     lease: kv::Store,
     relays: kv::Store,
     checkpoints: object_store::ObjectStore,
+    /// The object store's stream, whose chunks are read by direct gets.
+    checkpoint_chunks: stream::Stream,
+    /// The subject prefix of the object store's chunks (`$O.{bucket}.C.`).
+    chunk_subject: String,
     results: stream::Stream,
     results_subject: String,
 }
@@ -137,15 +142,19 @@ impl Engine {
         };
         let versions = create_kv(&js, bucket("versions", 1, Duration::ZERO)).await?;
         let lease = create_kv(&js, bucket("lease", 1, Duration::ZERO)).await?;
-        let relays = create_kv(&js, bucket("relays", 1, RELAY_TTL)).await?;
+        let relays = create_kv(&js, bucket("relays", 1, Duration::ZERO)).await?;
+        let bucket = format!("{prefix}-checkpoints");
         let checkpoints = js
             .create_object_store(object_store::Config {
-                bucket: format!("{prefix}-checkpoints"),
+                bucket: bucket.clone(),
                 num_replicas: replicas,
                 ..Default::default()
             })
             .await
             .context("creating the checkpoints' object store")?;
+        let checkpoint_chunks =
+            js.get_stream(format!("OBJ_{bucket}")).await.context("opening the checkpoints' object store")?;
+        let chunk_subject = format!("$O.{bucket}.C.");
         let results_subject = format!("{prefix}.results");
         let results = js
             .get_or_create_stream(stream::Config {
@@ -154,11 +163,24 @@ impl Engine {
                 num_replicas: replicas,
                 max_age: RESULTS_KEPT,
                 max_message_size: (max_result_bytes + 4096) as i32,
+                allow_direct: true,
                 ..Default::default()
             })
             .await
             .context("creating the results stream")?;
-        Ok(Engine { me: me.to_string(), client, js, versions, lease, relays, checkpoints, results, results_subject })
+        Ok(Engine {
+            me: me.to_string(),
+            client,
+            js,
+            versions,
+            lease,
+            relays,
+            checkpoints,
+            checkpoint_chunks,
+            chunk_subject,
+            results,
+            results_subject,
+        })
     }
 
     /// This relay's public URL.
@@ -185,6 +207,15 @@ impl Engine {
         }))
     }
 
+    /// An item each time the version index changes (and one for each key at first):
+    /// one consumer for as long as the stream is read.
+    pub async fn version_changes(
+        &self,
+    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<()>> + use<>> {
+        let watch = self.versions.watch_all().await.context("watching the version index")?;
+        Ok(watch.map(|entry| entry.map(|_| ()).map_err(|e| anyhow::anyhow!("watching the version index: {e}"))))
+    }
+
     /// Takes or renews the committer's lease where it is free, mine, or run out (at
     /// `now_ms`); returns its holder afterwards.
     pub async fn hold_lease(&self, now_ms: i64) -> anyhow::Result<Lease> {
@@ -195,19 +226,20 @@ impl Engine {
             return Ok(held.expect("only a live lease is kept"));
         };
         let value = serde_json::to_vec(&next)?.into();
+        let seen = entry.as_ref().map(|e| e.revision);
         let written = match entry {
             Some(e) => self.lease.update(LEASE_KEY, value, e.revision).await.map(|_| ()).map_err(anyhow::Error::from),
             None => self.lease.create(LEASE_KEY, value).await.map(|_| ()).map_err(anyhow::Error::from),
         };
-        match written {
-            Ok(()) => Ok(next),
-            // Another relay wrote it between the read and the write: read who.
-            Err(_) => {
-                let entry = self.lease.get(LEASE_KEY).await.context("reading the lease")?;
-                entry
-                    .and_then(|value| serde_json::from_slice(&value).ok())
-                    .context("the lease changed and cannot be read")
+        let Err(failed) = written else { return Ok(next) };
+        // Another relay may have written it between the read and the write: then it
+        // holds the lease. Unchanged, the write failed for want of the engine's majority.
+        let entry = self.lease.entry(LEASE_KEY).await.context("reading the lease")?;
+        match entry {
+            Some(e) if Some(e.revision) != seen => {
+                serde_json::from_slice(&e.value).context("the lease changed and cannot be read")
             }
+            _ => Err(failed.context("writing the lease")),
         }
     }
 
@@ -254,16 +286,27 @@ impl Engine {
     }
 
     /// Downloads `entry`'s files into `store`, each checked against its blake3.
+    ///
+    /// Each file's chunks are read by direct gets, which any replica answers, rather
+    /// than through the object store's reader: that makes a consumer for every read,
+    /// and with a node of three down those creations timed out (nats-server 2.9).
     pub async fn fetch_version(&self, entry: &VersionEntry, store: &Store) -> anyhow::Result<()> {
         for (part, hash) in parts(entry) {
+            let what = || format!("fetching version {}'s {part:?} ({hash})", entry.version);
+            let info = self.checkpoints.info(&hash).await.with_context(what)?;
+            let subject = format!("{}{}", self.chunk_subject, info.nuid);
             let path: PathBuf = store.download_path(entry.version, part)?;
-            let mut object = self
-                .checkpoints
-                .get(&hash)
-                .await
-                .with_context(|| format!("fetching version {}'s {part:?} ({hash})", entry.version))?;
             let mut file = tokio::fs::File::create(&path).await?;
-            tokio::io::copy(&mut object, &mut file).await.context("downloading a checkpoint file")?;
+            let mut next = None;
+            for _ in 0..info.chunks {
+                let chunk = self
+                    .checkpoint_chunks
+                    .direct_get_next_for_subject(subject.as_str(), next)
+                    .await
+                    .with_context(what)?;
+                file.write_all(&chunk.payload).await?;
+                next = Some(chunk.sequence + 1);
+            }
             file.flush().await?;
             drop(file);
             let store = store.clone();
@@ -279,27 +322,21 @@ impl Engine {
         Ok(ack.await.context("the results stream did not acknowledge")?.sequence)
     }
 
-    /// The results stream from sequence number `first` on, in order: `(sequence,
-    /// result)`, or an error for a message that is not a result.
-    pub async fn results_from(
-        &self,
-        first: u64,
-    ) -> anyhow::Result<impl futures_util::Stream<Item = anyhow::Result<(u64, SharedResult)>> + use<>> {
-        let consumer = self
-            .results
-            .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: first.max(1) },
-                ..Default::default()
-            })
-            .await
-            .context("reading the results stream")?;
-        let messages = consumer.messages().await.context("reading the results stream")?;
-        Ok(messages.map(|message| {
-            let message = message.map_err(|e| anyhow::anyhow!("reading the results stream: {e}"))?;
-            let seq = message.info().map_err(|e| anyhow::anyhow!("a result's sequence: {e}"))?.stream_sequence;
-            let result = SharedResult::from_bytes(&message.payload).with_context(|| format!("result {seq}"))?;
-            Ok((seq, result))
-        }))
+    /// The results stream's first message at or after sequence number `from`, if it has
+    /// one yet: `(sequence, result)`, the result an error for a message that is not one.
+    /// A direct get, which any replica answers and which keeps no consumer, so that the
+    /// death of a node never leaves a reader waiting on it.
+    pub async fn next_result(&self, from: u64) -> anyhow::Result<Option<(u64, anyhow::Result<SharedResult>)>> {
+        let subject = self.results_subject.as_str();
+        match self.results.direct_get_next_for_subject(subject, Some(from.max(1))).await {
+            Ok(message) => {
+                let seq = message.sequence;
+                let result = SharedResult::from_bytes(&message.payload).with_context(|| format!("result {seq}"));
+                Ok(Some((seq, result)))
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::from(e).context("reading the results stream")),
+        }
     }
 
     /// Whether the client is connected to a node now.
