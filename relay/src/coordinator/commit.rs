@@ -214,8 +214,9 @@ impl Coordinator {
         }
         self.announce_version(version);
         self.offer_all(now);
+        self.versioned_at(now);
         // Results accepted while this commit ran may fill the next round already.
-        if self.results.len() >= self.job.round.target {
+        if self.results.len() >= self.job.round.target && self.may_close_early(now) {
             self.close_round(now);
         }
     }

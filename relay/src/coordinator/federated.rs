@@ -42,6 +42,13 @@ pub struct FederationStatus {
     pub results_lost: u64,
 }
 
+/// The least time between a federated job's versions: each costs the engine about a
+/// tenth of a second of writes (its four files on every replica, the index), and every
+/// other relay a fetch of them, so that faster versions leave the other relays behind
+/// and their contributors' results too stale to count (`cargo xtask bench relay
+/// --federated`).
+pub const MIN_VERSION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What an accepted result's sharing needs besides its [`Contribution`].
 pub(super) struct Shared {
     /// Its last step's training loss, nats per token.
@@ -65,6 +72,8 @@ pub(super) struct Federated {
     pub status: FederationStatus,
     /// [`Coordinator::units_allowed`] at the last tick.
     allowed: usize,
+    /// When this relay last committed or adopted a version.
+    last_version_at: Option<Instant>,
 }
 
 impl Coordinator {
@@ -73,7 +82,7 @@ impl Coordinator {
     pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<SharedResult>) {
         let status = FederationStatus { relay: link.me().to_string(), ..Default::default() };
         self.tools.as_mut().expect("federated before its first commit").engine = Some(link);
-        self.federated = Some(Federated { outbox, taken_through: 0, status, allowed: 0 });
+        self.federated = Some(Federated { outbox, taken_through: 0, status, allowed: 0, last_version_at: None });
     }
 
     /// Whether this relay may close rounds: a standalone one, or the federated job's
@@ -107,14 +116,14 @@ impl Coordinator {
 
     /// Units this relay's round may create: `round.target`, and in a federated job
     /// another `round.target` for each round deadline that the next version is late (its
-    /// commit waits for the engine, or for a new committer), up to `round.max_staleness`
-    /// more: contributors keep training meanwhile, and their results count late,
-    /// discounted for staleness.
+    /// commit waits for the engine, or for a new committer): contributors keep training
+    /// meanwhile, on the version that is still current. Without more units, results lost
+    /// while the engine was away would leave every round short of results for good.
     pub(super) fn units_allowed(&self, now: Instant) -> usize {
         let target = self.job.round.target;
         let (Some(_), Some(started)) = (&self.federated, self.round_started) else { return target };
         let late = now.saturating_duration_since(started).as_secs_f64() / self.job.round_deadline().as_secs_f64();
-        target * (1 + (late as usize).min(self.job.round.max_staleness as usize))
+        target * (1 + late as usize)
     }
 
     /// Offers units to waiting sessions when [`Self::units_allowed`] grew (each tick).
@@ -125,6 +134,13 @@ impl Coordinator {
         f.allowed = allowed;
         if grew {
             self.offer_all(now);
+        }
+    }
+
+    /// Shows `status` without acting on it (while a commit is being written).
+    pub fn show_federation(&mut self, status: FederationStatus) {
+        if let Some(f) = self.federated.as_mut() {
+            f.status = FederationStatus { results_lost: f.status.results_lost, ..status };
         }
     }
 
@@ -251,8 +267,29 @@ impl Coordinator {
             self.round_started.get_or_insert(now);
             self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
         }
-        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
+        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() && self.may_close_early(now) {
             self.close_round(now);
+        }
+    }
+
+    /// Whether a round that may close (at its target, or at its deadline) may close now:
+    /// always for a relay alone; in a federated job, at least [`MIN_VERSION_INTERVAL`]
+    /// after the last version, so that the other relays adopt each version before the
+    /// next (otherwise its deadline moves to that time).
+    pub(super) fn may_close_early(&mut self, now: Instant) -> bool {
+        let Some(last) = self.federated.as_ref().and_then(|f| f.last_version_at) else { return true };
+        let due = last + MIN_VERSION_INTERVAL;
+        if now >= due {
+            return true;
+        }
+        self.round_deadline = Some(due);
+        false
+    }
+
+    /// Notes that a version was committed or adopted at `now`.
+    pub(super) fn versioned_at(&mut self, now: Instant) {
+        if let Some(f) = self.federated.as_mut() {
+            f.last_version_at = Some(now);
         }
     }
 

@@ -580,7 +580,9 @@ impl Coordinator {
             && !self.paused
         {
             if self.results.len() >= self.job.round.min {
-                self.close_round(now);
+                if self.may_close_early(now) {
+                    self.close_round(now);
+                }
             } else {
                 self.round_deadline = Some(now + self.arrivals.deadline(self.job.round_deadline()));
             }

@@ -48,7 +48,7 @@ impl Coordinator {
                 None
             }
         };
-        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() {
+        if self.results.len() >= self.job.round.target && self.retry_commit_at.is_none() && self.may_close_early(now) {
             self.close_round(now);
         }
         let ack = Ack { unit_id: claim.unit_id, accepted, reason, version: self.version, receipt };

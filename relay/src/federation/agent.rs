@@ -5,7 +5,7 @@
 //!   relay lacks, in order; takes or renews the committer's lease; tells the
 //!   coordinator whether it commits; says the relay is alive, and lists the others.
 //! - The reader, while this relay commits, takes the results stream into its rounds,
-//!   one direct get at a time.
+//!   by windows of direct gets.
 //! - The listener notes the other relays' heartbeats (one KV watch), and the watcher
 //!   wakes the control loop when a version is committed (another).
 
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -25,6 +26,9 @@ use crate::ledger::now_ms;
 
 /// Accepted results waiting for the results stream; more are left out (and counted).
 pub const OUTBOX: usize = 256;
+
+/// Results being published at once.
+const PUBLISH_WINDOW: usize = 64;
 
 /// Tries to publish one result before it is left out.
 const PUBLISH_TRIES: u32 = 6;
@@ -96,18 +100,38 @@ async fn listen(engine: Arc<Engine>, heard: Heard) {
     }
 }
 
-/// Publishes each accepted result, retrying through a node's death or an election.
+/// Publishes each accepted result, up to [`PUBLISH_WINDOW`] at once (each waits for the
+/// stream's acknowledgement), retrying each through a node's death or an election.
 async fn publish(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, mut results: mpsc::Receiver<SharedResult>) {
-    while let Some(result) = results.recv().await {
-        let mut tries = 0;
-        while let Err(e) = engine.publish_result(&result).await {
-            tries += 1;
-            if tries == PUBLISH_TRIES {
-                tracing::warn!("an accepted result could not be shared: {e:#}");
-                coordinator.lock().expect("coordinator lock").result_lost();
-                break;
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(result) = results.recv(), if in_flight.len() < PUBLISH_WINDOW => {
+                in_flight.push(publish_one(engine.clone(), result));
             }
-            tokio::time::sleep(RENEW).await;
+            Some(shared) = in_flight.next(), if !in_flight.is_empty() => {
+                if !shared {
+                    coordinator.lock().expect("coordinator lock").result_lost();
+                }
+            }
+            else => break,
+        }
+    }
+}
+
+/// Publishes `result`, trying [`PUBLISH_TRIES`] times; whether it was.
+async fn publish_one(engine: Arc<Engine>, result: SharedResult) -> bool {
+    for _ in 1..PUBLISH_TRIES {
+        if engine.publish_result(&result).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(RENEW).await;
+    }
+    match engine.publish_result(&result).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("an accepted result could not be shared: {e:#}");
+            false
         }
     }
 }
@@ -175,8 +199,14 @@ async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, hear
             engine_error: error,
             results_lost: 0,
         };
-        // A commit in flight here keeps its role, and its reader, until it lands or fails.
+        // A commit in flight here keeps its round and its reader until it lands or fails;
+        // its status says at once what the engine does.
         if !committer && lock().committing_now() {
+            let holds = status.engine_error.is_none() && status.lease_holder.as_deref() == Some(engine.me());
+            if !holds && let Some(task) = reader.take() {
+                task.abort();
+            }
+            lock().show_federation(FederationStatus { committer: holds, ..status });
             continue;
         }
         lock().set_federation(status);
@@ -253,16 +283,19 @@ async fn start_reader(engine: &Arc<Engine>, coordinator: &Arc<Mutex<Coordinator>
     tokio::spawn(async move {
         let mut next = from;
         loop {
-            match engine.next_result(next).await {
-                Ok(Some((seq, Ok(result)))) => {
-                    next = seq + 1;
-                    coordinator.lock().expect("coordinator lock").take_shared(seq, result, Instant::now());
+            match engine.next_results(next).await {
+                Ok(read) if read.is_empty() => tokio::time::sleep(READ_POLL).await,
+                Ok(read) => {
+                    for (seq, result) in read {
+                        next = seq + 1;
+                        match result {
+                            Ok(result) => {
+                                coordinator.lock().expect("coordinator lock").take_shared(seq, result, Instant::now());
+                            }
+                            Err(e) => tracing::warn!("the results stream holds a message that is not a result: {e:#}"),
+                        }
+                    }
                 }
-                Ok(Some((seq, Err(e)))) => {
-                    next = seq + 1;
-                    tracing::warn!("the results stream holds a message that is not a result: {e:#}");
-                }
-                Ok(None) => tokio::time::sleep(READ_POLL).await,
                 Err(e) => {
                     tracing::warn!("{e:#}");
                     tokio::time::sleep(RENEW).await;

@@ -35,6 +35,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a relay starting waits for the engine to take the job's buckets.
 const SET_UP_WAIT: Duration = Duration::from_secs(60);
 
+/// Results read from the stream at once.
+pub const READ_WINDOW: u64 = 64;
+
 /// The key of the committer's lease.
 const LEASE_KEY: &str = "committer";
 
@@ -322,27 +325,45 @@ impl Engine {
         Ok(ack.await.context("the results stream did not acknowledge")?.sequence)
     }
 
-    /// The results stream's first message at or after sequence number `from`, if it has
-    /// one yet: `(sequence, result)`, the result an error for a message that is not one.
-    /// A direct get, which any replica answers and which keeps no consumer, so that the
-    /// death of a node never leaves a reader waiting on it.
-    pub async fn next_result(&self, from: u64) -> anyhow::Result<Option<(u64, anyhow::Result<SharedResult>)>> {
-        let subject = self.results_subject.as_str();
-        match self.results.direct_get_next_for_subject(subject, Some(from.max(1))).await {
-            Ok(message) => {
-                let seq = message.sequence;
-                let result = SharedResult::from_bytes(&message.payload).with_context(|| format!("result {seq}"));
-                Ok(Some((seq, result)))
+    /// The results stream's messages from sequence number `from` on, up to
+    /// [`READ_WINDOW`] of them, in order: `(sequence, result)`, the result an error for a
+    /// message that is not one; empty when the stream has none yet. Direct gets, which
+    /// any replica answers and which keep no consumer, so that the death of a node never
+    /// leaves a reader waiting on it; a window of them at once, since one at a time
+    /// cannot keep up with three relays' results.
+    pub async fn next_results(&self, from: u64) -> anyhow::Result<Vec<(u64, anyhow::Result<SharedResult>)>> {
+        let from = from.max(1);
+        let gets = (from..from + READ_WINDOW).map(|seq| self.results.direct_get(seq));
+        let mut read = Vec::new();
+        for (seq, got) in (from..).zip(futures_util::future::join_all(gets).await) {
+            match got {
+                Ok(message) => read.push((seq, decode(seq, &message.payload))),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(e) if read.is_empty() => return Err(anyhow::Error::from(e).context("reading the results stream")),
+                Err(_) => break,
             }
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::Error::from(e).context("reading the results stream")),
         }
+        if read.is_empty() {
+            // `from` itself may be gone (older than the stream keeps): the next one there is.
+            let subject = self.results_subject.as_str();
+            match self.results.direct_get_next_for_subject(subject, Some(from)).await {
+                Ok(message) => read.push((message.sequence, decode(message.sequence, &message.payload))),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow::Error::from(e).context("reading the results stream")),
+            }
+        }
+        Ok(read)
     }
 
     /// Whether the client is connected to a node now.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
+}
+
+/// The result in the results stream's message `seq`.
+fn decode(seq: u64, payload: &[u8]) -> anyhow::Result<SharedResult> {
+    SharedResult::from_bytes(payload).with_context(|| format!("result {seq}"))
 }
 
 /// Creates (or opens, when it exists with this configuration) a KV bucket: its stream

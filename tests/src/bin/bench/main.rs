@@ -8,7 +8,8 @@
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
 //! - `gpt2 [--only memory,backends,rounds] [--context N] [--rows N] [--results N]
 //!   [--steps N] [--browser-steps N] [--slow-warm-up N]`: GPT-2 small through the pipeline (see `gpt2/`).
-//! - `relay [--idle N] [--active N] [--seconds S]`: the relay under load (see `relay.rs`).
+//! - `relay [--federated] [--idle N] [--active N] [--seconds S]`: the relay under load, or
+//!   three federated relays against one (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
 //!   against one trainer at equal tokens, compression on and off (see `diloco.rs`).
 //! - `adversarial [--rounds N] [--steps H] [--honest N] [--dense]`: each attack against

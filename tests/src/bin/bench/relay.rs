@@ -15,6 +15,10 @@
 //!   `--commit-seconds S` (30), a commit every 8 results: submit→ack p99 during commits
 //!   (see [`commits`]).
 //!
+//! - (g) `--federated`: three relays of one job over NATS JetStream against one relay,
+//!   with `--idle` and `--active` (1,000 and 300 by default then) spread over them (see
+//!   [`federated`]).
+//!
 //! `--only a,b,…` runs some of them.
 
 use std::net::{SocketAddr, TcpListener};
@@ -32,6 +36,8 @@ use crowdgrad_tests::repo_root;
 mod commits;
 #[path = "downloads.rs"]
 mod downloads;
+#[path = "federated.rs"]
+mod federated;
 #[path = "flood.rs"]
 mod flood;
 
@@ -61,9 +67,20 @@ impl RelayProcess {
         RelayProcess::start_within(job, prepare, Duration::from_secs(30))
     }
 
+    /// Like [`RelayProcess::start`], as a relay of a federated job over the NATS nodes
+    /// at `nats` (comma-separated URLs).
+    pub fn start_federated(job: &str, nats: &str) -> RelayProcess {
+        RelayProcess::launch(job, |_| {}, Duration::from_secs(60), &["--nats", nats])
+    }
+
     /// Like [`RelayProcess::start_with`], waiting up to `within` for it to answer (a large
     /// model's version 0 takes a while to make).
     pub fn start_within(job: &str, prepare: impl FnOnce(&std::path::Path), within: Duration) -> RelayProcess {
+        RelayProcess::launch(job, prepare, within, &[])
+    }
+
+    /// Starts the relay with `args` besides its address and job.
+    fn launch(job: &str, prepare: impl FnOnce(&std::path::Path), within: Duration, args: &[&str]) -> RelayProcess {
         let binary = repo_root().join("target/release/crowdgrad");
         assert!(binary.is_file(), "{} is missing: cargo build --release -p crowdgrad-relay", binary.display());
         let dir = tempfile::tempdir().expect("temp dir");
@@ -76,6 +93,7 @@ impl RelayProcess {
         let child = Command::new(binary)
             .args(["serve", "--addr", &addr.to_string(), "--config"])
             .arg(&file)
+            .args(args)
             .current_dir(repo_root())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -94,6 +112,11 @@ impl RelayProcess {
     pub fn status(&self) -> Option<serde_json::Value> {
         let mut response = ureq::get(&format!("http://{}/api/status", self.addr)).call().ok()?;
         serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&self) {
+        let _ = Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status();
     }
 
     /// Its process id.
@@ -140,6 +163,7 @@ struct Flags {
     flood_seconds: u64,
     commit_active: usize,
     commit_seconds: u64,
+    federated: bool,
     only: String,
 }
 
@@ -155,10 +179,15 @@ fn flags(args: &[String]) -> Flags {
         flood_seconds: 60,
         commit_active: 100,
         commit_seconds: 30,
+        federated: false,
         only: "a,b,c,d,e,f".into(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--federated" {
+            (f.federated, f.only, f.idle, f.active) = (true, "g".into(), 1_000, 300);
+            continue;
+        }
         if flag == "--only" {
             f.only = it.next().cloned().unwrap_or_else(|| panic!("--only takes a list like a,d"));
             continue;
@@ -181,7 +210,7 @@ fn flags(args: &[String]) -> Flags {
     f
 }
 
-/// `relay [--only a,b,..] [--idle N] [--active N] [--seconds S] [--unit-ms MS] [--downloads N]`
+/// `relay [--federated] [--only a,b,..] [--idle N] [--active N] [--seconds S] [--unit-ms MS] [--downloads N]`
 /// `[--honest N] [--garbage N] [--flood-seconds S] [--commit-active N] [--commit-seconds S]`.
 pub async fn run(args: &[String]) {
     let flags = flags(args);
@@ -205,6 +234,9 @@ pub async fn run(args: &[String]) {
     }
     if wanted("f") {
         commits::run(flags.commit_active, flags.commit_seconds).await;
+    }
+    if wanted("g") {
+        federated::run(flags.idle, flags.active, flags.seconds).await;
     }
 }
 
