@@ -3,7 +3,9 @@
 //! made when the writer (the `safetensors` crate) reaches it.
 //!
 //! Every file is written durably: to a temporary name, fsynced, renamed into place, and
-//! its folder fsynced, so that a crash leaves the whole file or none of it.
+//! its folder fsynced, so that a crash leaves the whole file or none of it. Its header's
+//! keys are sorted, so that the same tensors and metadata make the same bytes on every
+//! relay (the crate writes its metadata from a hash map, in another order each time).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -75,9 +77,33 @@ pub fn write_durably<V: View>(
     let dir = path.parent().expect("checkpoint paths have a folder");
     let tmp = path.with_extension("tmp");
     safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(std::io::Error::other)?;
+    sort_header(&tmp)?;
     File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// Rewrites the JSON header of the safetensors file at `path` with its keys sorted (the
+/// same length: only the order changes).
+fn sort_header(path: &Path) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(std::io::Error::other(format!("a safetensors header of {len} bytes")));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)?;
+    // serde_json's maps are sorted by key; the crate pads the header with spaces.
+    let value: serde_json::Value = serde_json::from_slice(&header).map_err(std::io::Error::other)?;
+    let mut sorted = serde_json::to_vec(&value).map_err(std::io::Error::other)?;
+    if sorted.len() > header.len() {
+        return Err(std::io::Error::other("a sorted safetensors header is longer than the original"));
+    }
+    sorted.resize(header.len(), b' ');
+    file.seek(SeekFrom::Start(8))?;
+    std::io::Write::write_all(&mut file, &sorted)
 }
 
 /// Writes `bytes` to `path` durably (module docs).
@@ -160,5 +186,24 @@ mod tests {
         let tensors = layout.entries.iter().map(|e| (e.name.clone(), MadeTensor::new(e, &broken, &failed))).collect();
         write_durably(&dir.path().join("w.safetensors"), tensors, HashMap::new()).expect("the file itself is written");
         assert_eq!(failed.borrow().as_ref().map(|e| e.to_string()).as_deref(), Some("disk gone"));
+    }
+
+    #[test]
+    fn the_same_tensors_and_metadata_make_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let layout = GptConfig { layers: 1, width: 8, heads: 1, context: 4, ..GptConfig::default() }.layout();
+        let write = |name: &str| {
+            let (make, failed) = (RefCell::new(|e: &ParamEntry| Ok(vec![1u8; 4 * e.len])), RefCell::new(None));
+            let tensors = layout.entries.iter().map(|e| (e.name.clone(), MadeTensor::new(e, &make, &failed))).collect();
+            // A map of its own each time: its order differs from one map to the next.
+            let metadata: HashMap<String, String> = (0..32).map(|i| (format!("key{i}"), format!("value{i}"))).collect();
+            let path = dir.path().join(name);
+            write_durably(&path, tensors, metadata).expect("written");
+            fs::read(&path).expect("read")
+        };
+        let (a, b) = (write("a.safetensors"), write("b.safetensors"));
+        assert!(a == b, "two writes of one version differ");
+        let parsed = safetensors::SafeTensors::read_metadata(&a).expect("a safetensors file").1;
+        assert_eq!(parsed.metadata().as_ref().and_then(|m| m.get("key7")).map(String::as_str), Some("value7"));
     }
 }
