@@ -25,7 +25,7 @@ use crowdgrad_relay::federation::lease::LEASE;
 use crowdgrad_runtime::identity::{Identity, hex};
 use crowdgrad_tests::browser::{Chromedriver, eval, require_bundle, until};
 use crowdgrad_tests::nats::NatsCluster;
-use crowdgrad_tests::{relay_binary, repo_root};
+use crowdgrad_tests::{relay_binary, repo_root, wait_for};
 
 /// Kills (and restarts) of a relay.
 const KILLS: usize = 10;
@@ -102,17 +102,6 @@ fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
 }
 
-async fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_job_trains_on_while_its_relays_are_killed() {
     require_bundle();
@@ -131,7 +120,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
         relay.start(&job, &nats.urls());
     }
     let urls: Vec<String> = relays.iter().map(|r| format!("http://{}", r.addr)).collect();
-    wait_until("three relays that list each other", Duration::from_secs(60), || {
+    wait_for("three relays that list each other", Duration::from_secs(60), || {
         let listed =
             |r: &RelaySlot| status(r.addr).map(|s| s["federation"]["relays"].as_array().map_or(0, |a| a.len()));
         relays.iter().all(|r| listed(r) == Some(3)).then_some(())
@@ -154,7 +143,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
         contributors.push(Process(child));
     }
     let version = |relays: &[RelaySlot]| relays.iter().filter_map(|r| status(r.addr)?["version"].as_u64()).max();
-    wait_until("version 3", Duration::from_secs(120), || version(&relays).filter(|&v| v >= 3)).await;
+    wait_for("version 3", Duration::from_secs(120), || version(&relays).filter(|&v| v >= 3)).await;
 
     // A tab on relay 0's page, on the wasm CPU (SwiftShader's WebGPU is slower).
     let driver = Chromedriver::start().expect("chromedriver");
@@ -199,7 +188,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
         let live: Vec<SocketAddr> =
             relays.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, r)| r.addr).collect();
 
-        let next_commit = wait_until("the next commit", Duration::from_secs(30), || {
+        let next_commit = wait_for("the next commit", Duration::from_secs(30), || {
             live.iter().filter_map(|&a| status(a)?["version"].as_u64()).max().filter(|&v| v > last)
         })
         .await;
@@ -213,7 +202,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
             assert!(delay <= bound, "the committer's death delayed the next commit {delay:?} (bound {bound:?})");
         }
         for key in &keys {
-            wait_until(&format!("contributor {key} to train again"), RETRAIN.saturating_sub(killed.elapsed()), || {
+            wait_for(&format!("contributor {key} to train again"), RETRAIN.saturating_sub(killed.elapsed()), || {
                 let now = live.iter().filter_map(|&a| accepted(a, key)).sum::<u64>() + victim_counts[key];
                 (now > before[key]).then_some(())
             })
@@ -238,7 +227,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
         } else {
             nats.restart(victim - 3);
         }
-        wait_until("every relay to be back and caught up", Duration::from_secs(60), || {
+        wait_for("every relay to be back and caught up", Duration::from_secs(60), || {
             let newest = version(&relays)?;
             relays.iter().all(|r| healthy(r.addr).is_some_and(|v| v + 2 >= newest)).then_some(())
         })
@@ -261,7 +250,7 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
     println!("with 2 of 3 NATS nodes down, the relays stayed at version {stalled} and said why");
     nats.restart(0);
     nats.restart(1);
-    let resumed = wait_until("training to go on with the majority back", Duration::from_secs(60), || {
+    let resumed = wait_for("training to go on with the majority back", Duration::from_secs(60), || {
         version(&relays).filter(|&v| v > stalled)
     })
     .await;

@@ -73,10 +73,15 @@ impl Coordinator {
                 None => return,
             },
         };
+        self.start_commit(Work::Round(draft), now);
+    }
+
+    /// Hands `work` to the committer with the commit's tools (none may be out). The
+    /// ledger's writes land first: a round's receipts before its checkpoint, which records
+    /// their root, is written, and so that the commit's own connection can write.
+    pub(super) fn start_commit(&mut self, work: Work, now: Instant) {
         let tools = self.tools.take().expect("no commit runs");
-        let job = CommitJob { owner: self.owner, tools, work: Work::Round(draft) };
-        // The round's receipts land before its checkpoint, which records their root, is
-        // written (and so that the commit's own connection can write).
+        let job = CommitJob { owner: self.owner, tools, work };
         self.flush_writes();
         match &self.commits {
             Some(queue) => queue.send(job).expect("the committer thread runs as long as the relay"),

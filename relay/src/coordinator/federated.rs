@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::new_version::{CommitJob, Work};
+use super::new_version::Work;
 use super::{Contribution, Coordinator, pacing};
 use crate::delta::Delta;
 use crate::federation::{EngineLink, SharedDelta, SharedResult, VersionEntry};
@@ -302,16 +302,7 @@ impl Coordinator {
         }
         self.failed_commit = None;
         self.retry_commit_at = None;
-        let tools = self.tools.take().expect("no commit runs");
-        let job = CommitJob { owner: self.owner, tools, work: Work::Adopt(entry) };
-        self.flush_writes();
-        match &self.commits {
-            Some(queue) => queue.send(job).expect("the committer thread runs as long as the relay"),
-            None => {
-                let done = job.run();
-                self.committed(done, now);
-            }
-        }
+        self.start_commit(Work::Adopt(entry), now);
         true
     }
 }

@@ -212,7 +212,6 @@ async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, hear
         lock().set_federation(status);
         match (&reader, committer) {
             (None, true) => reader = Some(start_reader(&engine, &coordinator).await),
-            (Some(task), true) if task.is_finished() => reader = Some(start_reader(&engine, &coordinator).await),
             (Some(task), false) => {
                 task.abort();
                 reader = None;

@@ -57,7 +57,6 @@ impl std::error::Error for Superseded {}
 pub struct Engine {
     /// This relay's public URL.
     me: String,
-    client: async_nats::Client,
     js: jetstream::Context,
     versions: kv::Store,
     lease: kv::Store,
@@ -109,12 +108,12 @@ impl Engine {
             "a result of this job may take {max_result_bytes} bytes, but the engine's servers take messages of at \
              most {max_payload} bytes: raise `max_payload` in their configuration"
         );
-        let js = jetstream::new(client.clone());
+        let js = jetstream::new(client);
         // A cluster just started elects its JetStream leader first: until then, setting
         // the job's buckets up fails, and is tried again.
         let started = std::time::Instant::now();
         loop {
-            match Self::set_up(client.clone(), &js, me, job, replicas, max_result_bytes).await {
+            match Self::set_up(&js, me, job, replicas, max_result_bytes).await {
                 Ok(engine) => return Ok(engine),
                 Err(e) if started.elapsed() < SET_UP_WAIT => {
                     tracing::info!("the engine is not ready ({e:#}); trying again");
@@ -127,7 +126,6 @@ impl Engine {
 
     /// Creates (or opens) the job's buckets, object store and stream.
     async fn set_up(
-        client: async_nats::Client,
         js: &jetstream::Context,
         me: &str,
         job: &str,
@@ -173,7 +171,6 @@ impl Engine {
             .context("creating the results stream")?;
         Ok(Engine {
             me: me.to_string(),
-            client,
             js,
             versions,
             lease,
@@ -244,17 +241,6 @@ impl Engine {
             }
             _ => Err(failed.context("writing the lease")),
         }
-    }
-
-    /// Lets the lease go (a relay shutting down), if this relay holds it.
-    pub async fn release_lease(&self) -> anyhow::Result<()> {
-        if let Some(entry) = self.lease.entry(LEASE_KEY).await? {
-            let held: Option<Lease> = serde_json::from_slice(&entry.value).ok();
-            if held.is_some_and(|l| l.holder == self.me) {
-                self.lease.delete_expect_revision(LEASE_KEY, Some(entry.revision)).await?;
-            }
-        }
-        Ok(())
     }
 
     /// The index's entry of `version`, if it is committed.
@@ -353,11 +339,6 @@ impl Engine {
             }
         }
         Ok(read)
-    }
-
-    /// Whether the client is connected to a node now.
-    pub fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
     }
 }
 

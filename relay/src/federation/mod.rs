@@ -76,11 +76,6 @@ impl EngineLink {
         self.engine.me()
     }
 
-    /// The engine.
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     /// [`Engine::publish_version`], blocking; only off the runtime's threads.
     pub fn publish_version(&self, entry: &VersionEntry, store: &Store) -> anyhow::Result<()> {
         self.runtime.block_on(self.engine.publish_version(entry, store))

@@ -43,19 +43,15 @@ pub async fn run(idle: usize, active: usize, seconds: u64) {
     );
     let codec = JobConfig::default().compression.codec().expect("compression is on by default");
     let ahead = std::sync::Arc::new(MadeAhead::new(codec, params, AHEAD_PER_SECOND * seconds as usize));
+    // `n` contributors answering every unit of the relay at `addr` at once, for `secs`.
+    let load = |addr, n, secs| {
+        run_active_contributors_with(addr, n, params, Duration::from_secs(secs), Some(ahead.clone()), Duration::ZERO)
+    };
 
     // One relay alone.
     let alone = RelayProcess::start(&job);
     let alone_idle = idle_rss(&[&alone], idle).await;
-    let report = run_active_contributors_with(
-        alone.addr,
-        active,
-        params,
-        Duration::from_secs(seconds),
-        Some(ahead.clone()),
-        Duration::ZERO,
-    )
-    .await;
+    let report = load(alone.addr, active, seconds).await;
     let alone_versions = alone.status().and_then(|s| s["version"].as_u64()).unwrap_or(0);
     println!(
         "(g) 1 relay alone: {idle} idle sessions {alone_idle:.1} KiB each; {active} active: {:.0} results/s, \
@@ -80,17 +76,8 @@ pub async fn run(idle: usize, active: usize, seconds: u64) {
     }
     let federated_idle = idle_rss(&relays.iter().collect::<Vec<_>>(), idle).await;
     let each = active / RELAYS;
-    let loads = relays.iter().map(|r| {
-        run_active_contributors_with(
-            r.addr,
-            each,
-            params,
-            Duration::from_secs(seconds),
-            Some(ahead.clone()),
-            Duration::ZERO,
-        )
-    });
-    let reports: Vec<LoadReport> = futures_util::future::join_all(loads).await;
+    let reports: Vec<LoadReport> =
+        futures_util::future::join_all(relays.iter().map(|r| load(r.addr, each, seconds))).await;
     let versions = relays.iter().filter_map(|r| r.status()?["version"].as_u64()).max().unwrap_or(0);
     let statuses: Vec<serde_json::Value> = relays.iter().filter_map(RelayProcess::status).collect();
     let count = |get: fn(&serde_json::Value) -> Option<u64>| statuses.iter().filter_map(get).sum::<u64>();
@@ -130,9 +117,7 @@ pub async fn run(idle: usize, active: usize, seconds: u64) {
         .expect("a relay commits");
     let others: Vec<&RelayProcess> =
         relays.iter().enumerate().filter(|(i, _)| *i != committer).map(|(_, r)| r).collect();
-    let load = futures_util::future::join_all(others.iter().map(|r| {
-        run_active_contributors_with(r.addr, each, params, Duration::from_secs(15), Some(ahead.clone()), Duration::ZERO)
-    }));
+    let during = futures_util::future::join_all(others.iter().map(|r| load(r.addr, each, 15)));
     let kill = async {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let last = others.iter().filter_map(|r| version(r)).max().unwrap_or(0);
@@ -148,7 +133,7 @@ pub async fn run(idle: usize, active: usize, seconds: u64) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let (_, after) = tokio::join!(load, kill);
+    let (_, after) = tokio::join!(during, kill);
     match after {
         Some(after) => println!("(g) the committing relay killed: the next commit {:.2} s later", after.as_secs_f64()),
         None => println!("(g) the committing relay killed: no commit within 10 s"),
