@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, RELAY_TTL};
 use super::lease::RENEW;
-use super::records::{SharedResult, VersionEntry};
+use super::records::{Accepted, VersionEntry};
 use crate::coordinator::{Coordinator, FederationStatus};
 use crate::ledger::now_ms;
 
@@ -39,12 +39,23 @@ const READ_POLL: Duration = Duration::from_millis(50);
 /// How soon the control loop comes back while this relay is behind the engine.
 const BEHIND_POLL: Duration = Duration::from_millis(20);
 
+/// How long one step of the control loop (catching up, the lease, the heartbeat) may
+/// wait for the engine, so that its status never goes stale behind a hung request.
+const STEP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the heartbeat is written.
+const BEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the heartbeat watch may stay quiet (this relay's own heartbeat comes back
+/// through it every [`BEAT_EVERY`]) before it is opened again.
+const WATCH_SILENCE: Duration = Duration::from_secs(3);
+
 /// When each relay of the job last said it was alive (ms since the Unix epoch, its
 /// clock), by public URL: every relay the job has had, live or not.
 type Heard = Arc<Mutex<BTreeMap<String, i64>>>;
 
 /// Starts the agent's tasks for `coordinator`, whose accepted results arrive on `results`.
-pub fn spawn(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, results: mpsc::Receiver<SharedResult>) {
+pub fn spawn(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, results: mpsc::Receiver<Accepted>) {
     let heard = Heard::default();
     let committed = Arc::new(Notify::new());
     tokio::spawn(publish(engine.clone(), coordinator.clone(), results));
@@ -74,21 +85,27 @@ async fn watch_versions(engine: Arc<Engine>, committed: Arc<Notify>) {
     }
 }
 
-/// Notes each relay's heartbeats in `heard`, watching again after an error.
+/// Notes each relay's heartbeats in `heard`, watching again after an error or a
+/// silence.
 async fn listen(engine: Arc<Engine>, heard: Heard) {
     loop {
         match engine.heartbeats().await {
             Ok(beats) => {
                 let mut beats = std::pin::pin!(beats);
-                while let Some(beat) = beats.next().await {
-                    match beat {
-                        Ok(beat) => {
+                loop {
+                    match tokio::time::timeout(WATCH_SILENCE, beats.next()).await {
+                        Ok(Some(Ok(beat))) => {
                             if let (Some(url), Some(at)) = (beat["url"].as_str(), beat["at_ms"].as_i64()) {
                                 heard.lock().expect("heard lock").insert(url.to_string(), at);
                             }
                         }
-                        Err(e) => {
+                        Ok(Some(Err(e))) => {
                             tracing::warn!("{e:#}");
+                            break;
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            tracing::warn!("the heartbeat watch went quiet for {WATCH_SILENCE:?}; watching again");
                             break;
                         }
                     }
@@ -100,9 +117,10 @@ async fn listen(engine: Arc<Engine>, heard: Heard) {
     }
 }
 
-/// Publishes each accepted result, up to [`PUBLISH_WINDOW`] at once (each waits for the
-/// stream's acknowledgement), retrying each through a node's death or an election.
-async fn publish(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, mut results: mpsc::Receiver<SharedResult>) {
+/// Publishes each accepted result and its receipt, up to [`PUBLISH_WINDOW`] at once
+/// (each waits for the stream's acknowledgement), retrying each through a node's death
+/// or an election.
+async fn publish(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, mut results: mpsc::Receiver<Accepted>) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -119,21 +137,32 @@ async fn publish(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, mut 
     }
 }
 
-/// Publishes `result`, trying [`PUBLISH_TRIES`] times; whether it was.
-async fn publish_one(engine: Arc<Engine>, result: SharedResult) -> bool {
-    for _ in 1..PUBLISH_TRIES {
-        if engine.publish_result(&result).await.is_ok() {
-            return true;
-        }
-        tokio::time::sleep(RENEW).await;
+/// Publishes `accepted`'s receipt, then its result, trying each [`PUBLISH_TRIES`]
+/// times; whether the result was published. A receipt that was not is shared again
+/// later by the receipts mirror.
+async fn publish_one(engine: Arc<Engine>, accepted: Accepted) -> bool {
+    let Accepted { receipt, result } = accepted;
+    if let Err(e) = retried(|| engine.publish_receipt(&receipt)).await {
+        tracing::warn!("a receipt could not be shared yet: {e:#}");
     }
-    match engine.publish_result(&result).await {
+    match retried(|| engine.publish_result(&result)).await {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!("an accepted result could not be shared: {e:#}");
             false
         }
     }
+}
+
+/// `call`'s answer, trying it up to [`PUBLISH_TRIES`] times, [`RENEW`] apart.
+async fn retried<T, F: Future<Output = anyhow::Result<T>>>(call: impl Fn() -> F) -> anyhow::Result<T> {
+    for _ in 1..PUBLISH_TRIES {
+        if let Ok(answer) = call().await {
+            return Ok(answer);
+        }
+        tokio::time::sleep(RENEW).await;
+    }
+    call().await
 }
 
 /// Where catching up with the engine's versions left this relay.
@@ -149,47 +178,54 @@ async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, hear
     let lock = || coordinator.lock().expect("coordinator lock");
     let mut reader: Option<JoinHandle<()>> = None;
     let (mut relays, mut known): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
-    let mut heartbeat_error: Option<String> = None;
     let mut adopting = None;
     let mut pause = RENEW;
-    let mut last_listed = Instant::now() - Duration::from_secs(60);
     if let Err(e) = publish_first_version(&engine, &coordinator).await {
         tracing::warn!("version 0 could not be published: {e:#}");
     }
     let mut lease = Err(anyhow::anyhow!("not read yet"));
     let mut lease_read = Instant::now() - RENEW;
+    let mut heartbeat: anyhow::Result<()> = Err(anyhow::anyhow!("not written yet"));
+    let mut beaten = Instant::now() - BEAT_EVERY;
+    let mut committer = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = committed.notified() => {}
         }
-        let caught_up = catch_up(&engine, &coordinator, &mut adopting).await;
+        let caught_up = bounded("catching up", catch_up(&engine, &coordinator, &mut adopting)).await;
         // Behind, the next version is asked for as soon as this one is adopted.
         pause = if matches!(caught_up, Ok(CatchUp::Behind)) { BEHIND_POLL } else { RENEW };
-        if lease_read.elapsed() >= RENEW / 2 {
-            lease_read = Instant::now();
-            lease = engine.hold_lease(now_ms()).await;
+        let lease_due = lease_read.elapsed() >= RENEW / 2;
+        let beat_due = beaten.elapsed() >= BEAT_EVERY;
+        let beat = serde_json::json!({
+            "url": engine.me(), "at_ms": now_ms(), "version": lock().version(), "committer": committer,
+        });
+        // A write needs the engine's majority (a lone node may still answer reads): the
+        // heartbeat is the write every relay makes, holder of the lease or not.
+        let (read_lease, written) = tokio::join!(
+            async { if lease_due { Some(bounded("the lease", engine.hold_lease(now_ms())).await) } else { None } },
+            async { if beat_due { Some(bounded("the heartbeat", engine.heartbeat(&beat)).await) } else { None } },
+        );
+        if let Some(read) = read_lease {
+            (lease, lease_read) = (read, Instant::now());
         }
-        let mut error = match (&caught_up, &lease) {
-            (Err(e), _) | (_, Err(e)) => Some(format!("the engine does not answer (no majority of its nodes?): {e:#}")),
-            _ => None,
-        };
-        error = error.or(heartbeat_error.clone());
-        let holder = lease.as_ref().ok().map(|l| l.holder.clone());
-        let committer =
-            error.is_none() && holder.as_deref() == Some(engine.me()) && matches!(caught_up, Ok(CatchUp::Current));
-        if last_listed.elapsed() >= Duration::from_secs(1) {
-            last_listed = Instant::now();
-            let version = lock().version();
-            let beat = serde_json::json!({
-                "url": engine.me(), "at_ms": now_ms(), "version": version, "committer": committer,
-            });
-            heartbeat_error = engine.heartbeat(&beat).await.err().map(|e| format!("the engine does not answer: {e:#}"));
+        if let Some(written) = written {
+            (heartbeat, beaten) = (written, Instant::now());
             let heard = heard.lock().expect("heard lock");
             let live_since = now_ms() - RELAY_TTL.as_millis() as i64;
             relays = heard.iter().filter(|(_, at)| **at >= live_since).map(|(url, _)| url.clone()).collect();
             known = heard.keys().cloned().collect();
         }
+        let error = match (&caught_up, &lease, &heartbeat) {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                Some(format!("the engine does not answer (no majority of its nodes?): {e:#}"))
+            }
+            _ => None,
+        };
+        let holder = lease.as_ref().ok().map(|l| l.holder.clone());
+        committer =
+            error.is_none() && holder.as_deref() == Some(engine.me()) && matches!(caught_up, Ok(CatchUp::Current));
         let status = FederationStatus {
             relay: engine.me().to_string(),
             committer,
@@ -219,6 +255,14 @@ async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, hear
             _ => {}
         }
     }
+}
+
+/// `call`, or an error naming `what` when the engine has not answered it within
+/// [`STEP_TIMEOUT`].
+async fn bounded<T>(what: &str, call: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("{what}: no answer in {STEP_TIMEOUT:?}")))
 }
 
 /// Publishes this relay's version 0 when the engine has none (every relay of a job
@@ -274,7 +318,7 @@ async fn catch_up(
 /// current version took.
 async fn start_reader(engine: &Arc<Engine>, coordinator: &Arc<Mutex<Coordinator>>) -> JoinHandle<()> {
     let version = coordinator.lock().expect("coordinator lock").version();
-    if let Ok(Some(entry)) = engine.version(version).await {
+    if let Ok(Some(entry)) = bounded("the version index", engine.version(version)).await {
         coordinator.lock().expect("coordinator lock").mark_taken_through(entry.results_through);
     }
     let from = coordinator.lock().expect("coordinator lock").taken_through() + 1;
