@@ -197,7 +197,12 @@ async fn federate(
     let engine = Arc::new(engine);
     let link = Arc::new(federation::EngineLink::new(engine.clone(), tokio::runtime::Handle::current()));
     let (outbox, results) = tokio::sync::mpsc::channel(federation::agent::OUTBOX);
-    coordinator.lock().expect("coordinator lock").federate(link, outbox);
+    let (ledger, relay_key) = {
+        let mut c = coordinator.lock().expect("coordinator lock");
+        c.federate(link, outbox);
+        (c.ledger_connection().context("opening the ledger for the receipts mirror")?, c.relay_key())
+    };
+    federation::mirror::Mirror::spawn(engine.clone(), tokio::runtime::Handle::current(), ledger, relay_key)?;
     federation::agent::spawn(engine, coordinator.clone(), results);
     tracing::info!(relay = %me, nats = %federation.nats.join(","), "federated");
     Ok(())

@@ -88,11 +88,12 @@ async fn receipts_are_signed_rooted_in_versions_and_exported() {
     let ledger = Ledger::open_read_only(dir.path()).expect("ledger");
     let all = ledger.receipts(None).expect("receipts");
     for version in ledger.recent_versions(100).expect("versions").into_iter().filter(|v| v.version > 0) {
-        let leaves: Vec<[u8; 32]> = all
+        let mut leaves: Vec<[u8; 32]> = all
             .iter()
             .filter(|r| r.in_version == Some(version.version))
             .map(|r| parse_hex32(&r.hash).expect("hex hash"))
             .collect();
+        leaves.sort_unstable();
         assert_eq!(leaves.len(), version.results as usize, "one receipt per result of version {}", version.version);
         assert_eq!(version.receipts_root, hex(&merkle_root(&leaves)));
         let file = dir.path().join(format!("versions/v{:08}.safetensors", version.version));

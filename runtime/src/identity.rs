@@ -92,15 +92,17 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The 32 bytes written as 64 hex digits in `text` (surrounding whitespace ignored).
 pub fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    parse_hex(text)?.try_into().ok()
+}
+
+/// The bytes written as hex digits, two a byte, in `text` (surrounding whitespace
+/// ignored); `None` for anything else.
+pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 /// Whether `signature` is `key`'s signature of `digest`.

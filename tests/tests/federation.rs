@@ -13,7 +13,9 @@
 //!
 //! Then two of the three NATS nodes are killed at once: no relay commits while the
 //! majority is gone, and every relay says why in its status; once they are back,
-//! training goes on.
+//! training goes on. Last, with the contributors gone, every relay's `crowdgrad ledger
+//! export` lists the same receipts, signed by several relays, marked with the same
+//! versions.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -255,9 +257,36 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
     })
     .await;
     println!("with the majority back, version {resumed} was committed");
+
+    // Every relay's ledger holds every relay's receipts, each with the version that
+    // averaged it: `crowdgrad ledger export` says the same on every relay.
     let _ = tab.close().await;
     drop(contributors);
+    let export = wait_for("every relay's ledger export to say the same", Duration::from_secs(60), || {
+        let exports: Vec<String> = relays.iter().map(|r| ledger_export(&r.dir)).collect::<Option<_>>()?;
+        exports.windows(2).all(|w| w[0] == w[1]).then(|| exports[0].clone())
+    })
+    .await;
+    let rows: Vec<Vec<&str>> = export.lines().skip(1).map(|line| line.split(',').collect()).collect();
+    let signers: std::collections::BTreeSet<&str> = rows.iter().map(|row| row[6]).collect();
+    let averaged = rows.iter().filter(|row| !row[3].is_empty()).count();
+    assert!(signers.len() >= 2, "receipts signed by {} relays only", signers.len());
+    assert!(averaged > 0, "no receipt marked as averaged into a version");
+    println!(
+        "every relay's ledger export lists the same {} receipts, signed by {} relays, {averaged} of them averaged",
+        rows.len(),
+        signers.len()
+    );
     drop(nats);
+}
+
+/// `crowdgrad ledger export` (CSV) of the relay whose folder is `dir`.
+fn ledger_export(dir: &Path) -> Option<String> {
+    let out = Command::new(relay_binary())
+        .args(["ledger", "export", "--data-dir", &dir.display().to_string()])
+        .output()
+        .expect("run crowdgrad ledger export");
+    out.status.success().then(|| String::from_utf8(out.stdout).expect("CSV is UTF-8"))
 }
 
 /// Every relay's versions are contiguous, and the newest ones that every relay holds

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crowdgrad_runtime::identity::parse_hex32;
+
 use super::new_version::{NewVersion, Published, Tools};
 use crate::federation::VersionEntry;
 use crate::ledger::VersionRow;
@@ -25,7 +27,8 @@ pub(super) fn fetch_and_record(tools: &mut Tools, entry: &VersionEntry) -> anyho
         committed_ms: entry.committed_ms,
         receipts_root: entry.receipts_root.clone(),
     };
-    ledger.commit_version(&row, None, &[])?;
+    let receipts: Vec<[u8; 32]> = entry.receipts.iter().filter_map(|r| parse_hex32(r)).collect();
+    ledger.commit_version(&row, None, &receipts)?;
     tracing::info!(version = entry.version, by = %entry.committed_by, "adopted a version another relay committed");
     Ok(NewVersion { params: Arc::new(params), val_loss: entry.val_loss, file, published })
 }

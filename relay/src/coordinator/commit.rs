@@ -113,8 +113,6 @@ impl Coordinator {
             );
             self.counters.unreplayed_left_out += left_out.len() as u64;
         }
-        let units: std::collections::HashSet<u64> = results.iter().map(|c| c.unit).collect();
-        let receipts = std::mem::take(&mut self.round_receipts).into_iter().filter(|(unit, _)| units.contains(unit));
         let losses = std::mem::take(&mut self.train_losses);
         let results_through = results.iter().map(|c| c.seq).max().unwrap_or(0);
         Some(Draft {
@@ -123,9 +121,9 @@ impl Coordinator {
             round: self.round,
             // The next round creates at most `round.target` units.
             units_below: self.units.next_id() + self.job.round.target as u64,
+            receipts: results.iter().map(|c| c.receipt).collect(),
             results,
             train_loss: (!losses.is_empty()).then(|| losses.iter().sum::<f32>() / losses.len() as f32),
-            receipts: receipts.collect(),
             start: self.params.clone(),
         })
     }
@@ -298,7 +296,15 @@ mod tests {
     use crate::delta::Delta;
 
     fn result(unit: u64, replayed: bool, value: f32, n: usize) -> Contribution {
-        Contribution { unit, replayed, delta: Delta::Dense(vec![value; n]), share: 1.0, weight: 1.0, seq: 0 }
+        Contribution {
+            unit,
+            replayed,
+            delta: Delta::Dense(vec![value; n]),
+            share: 1.0,
+            weight: 1.0,
+            seq: 0,
+            receipt: [0; 32],
+        }
     }
 
     /// A coordinator whose versions are the outer step's exact results (no published
@@ -368,6 +374,7 @@ mod tests {
                 share: 1.0,
                 weight: 1.0,
                 seq: 0,
+                receipt: [unit as u8; 32],
             });
             c.close_round(Instant::now());
         }

@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 use super::new_version::Work;
 use super::{Contribution, Coordinator, pacing};
 use crate::delta::Delta;
-use crate::federation::{EngineLink, SharedDelta, SharedResult, VersionEntry};
+use crate::federation::{Accepted, EngineLink, SharedDelta, SharedResult, VersionEntry};
+use crowdgrad_runtime::identity::Receipt;
 
 /// This relay's part in a federated job, as its status shows it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -53,8 +54,8 @@ pub const MIN_VERSION_INTERVAL: std::time::Duration = std::time::Duration::from_
 pub(super) struct Shared {
     /// Its last step's training loss, nats per token.
     pub train_loss: f32,
-    /// blake3 of its signed receipt.
-    pub receipt: [u8; 32],
+    /// Its signed receipt.
+    pub receipt: Receipt,
     /// The version its unit trained from.
     pub version: u64,
     /// Its weight before the discount for staleness.
@@ -63,8 +64,8 @@ pub(super) struct Shared {
 
 /// What the coordinator of a federated job holds besides its rounds.
 pub(super) struct Federated {
-    /// Accepted results for the results stream, which the federation's agent publishes.
-    outbox: mpsc::Sender<SharedResult>,
+    /// Accepted results and their receipts, which the federation's agent publishes.
+    outbox: mpsc::Sender<Accepted>,
     /// The stream's sequence number of the last result taken into a round or a
     /// committed version: results up to it are never taken again.
     pub taken_through: u64,
@@ -79,7 +80,7 @@ pub(super) struct Federated {
 impl Coordinator {
     /// Makes this a relay of a federated job: accepted results go to `outbox`, and
     /// commits wait for [`Self::set_federation`] to make this relay the committer.
-    pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<SharedResult>) {
+    pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<Accepted>) {
         let status = FederationStatus { relay: link.me().to_string(), ..Default::default() };
         self.tools.as_mut().expect("federated before its first commit").engine = Some(link);
         self.federated = Some(Federated { outbox, taken_through: 0, status, allowed: 0, last_version_at: None });
@@ -108,7 +109,6 @@ impl Coordinator {
         if !f.status.committer {
             self.results.clear();
             self.train_losses.clear();
-            self.round_receipts.clear();
             self.failed_commit = None;
             self.retry_commit_at = None;
         }
@@ -181,6 +181,7 @@ impl Coordinator {
             results_through: 0,
             committed_ms: row.committed_ms,
             receipts_root: row.receipts_root,
+            receipts: Vec::new(),
         }))
     }
 
@@ -216,10 +217,10 @@ impl Coordinator {
             share: result.share,
             weight: about.undiscounted,
             train_loss: about.train_loss,
-            receipt: about.receipt,
+            receipt: about.receipt.hash(),
             delta,
         };
-        if f.outbox.try_send(shared).is_err() {
+        if f.outbox.try_send(Accepted { receipt: about.receipt, result: shared }).is_err() {
             f.status.results_lost += 1;
             tracing::warn!("the results stream is behind; an accepted result is left out of the job's rounds");
         }
@@ -234,7 +235,6 @@ impl Coordinator {
             return;
         }
         f.taken_through = seq;
-        let mine = result.relay == f.status.relay;
         let behind = (self.version + u64::from(self.committing())).saturating_sub(result.version);
         if behind > self.job.round.max_staleness as u64 || result.delta_len() != self.params.len() {
             self.counters.shared_left_out += 1;
@@ -250,9 +250,6 @@ impl Coordinator {
                 }
             },
         };
-        if mine {
-            self.round_receipts.push((result.unit, result.receipt));
-        }
         let weight = result.weight * pacing::staleness_weight(behind);
         self.results.push(Contribution {
             unit: result.unit,
@@ -261,6 +258,7 @@ impl Coordinator {
             share: result.share,
             weight,
             seq,
+            receipt: result.receipt,
         });
         self.train_losses.push(result.train_loss);
         if self.round_deadline.is_none() {

@@ -119,6 +119,8 @@ struct Contribution {
     weight: f32,
     /// Its sequence number on a federated job's results stream (0: standalone).
     seq: u64,
+    /// blake3 of its signed receipt (a leaf of its version's receipts root).
+    receipt: [u8; 32],
 }
 
 /// A shard of the training split, as served for download.
@@ -188,8 +190,6 @@ pub struct Coordinator {
     metrics: Arc<Metrics>,
     /// The relay's key, which signs receipts.
     identity: Arc<Identity>,
-    /// Units accepted into the open round with their receipts' hashes.
-    round_receipts: Vec<(u64, [u8; 32])>,
     /// Set by the operator: no new units are handed out and rounds do not time out.
     paused: bool,
     /// Norms, hashes and sketches of recent results, which new ones are screened by.
@@ -331,7 +331,6 @@ impl Coordinator {
             retry_commit_at: None,
             metrics,
             identity: Arc::new(identity),
-            round_receipts: Vec::new(),
             paused: false,
             screen,
             arrivals: pacing::Arrivals::default(),
@@ -351,6 +350,12 @@ impl Coordinator {
     /// The relay's public key, which signs every receipt.
     pub fn relay_key(&self) -> [u8; KEY_BYTES] {
         self.identity.public()
+    }
+
+    /// Another connection to this relay's ledger, for a thread that writes it off the
+    /// coordinator's lock.
+    pub fn ledger_connection(&self) -> anyhow::Result<Ledger> {
+        self.ledger.second_connection()
     }
 
     /// What the ledger holds about the contributor signing as `key` (hex).

@@ -63,8 +63,8 @@ pub(super) struct Draft {
     pub results: Vec<Contribution>,
     /// Mean last-step training loss of those results, nats.
     pub train_loss: Option<f32>,
-    /// `(unit, receipt hash)` of those results.
-    pub receipts: Vec<(u64, [u8; 32])>,
+    /// blake3 of those results' receipts.
+    pub receipts: Vec<[u8; 32]>,
     /// The current version's weights, `[parameters]`.
     pub start: Arc<Vec<f32>>,
     /// A federated job's results stream sequence number of the last result it takes.
@@ -275,10 +275,18 @@ fn compute_and_write(tools: &mut Tools, draft: &Draft) -> anyhow::Result<NewVers
             results_through: draft.results_through,
             committed_ms: now_ms(),
             receipts_root: root.to_string(),
+            receipts: sorted_hex(receipts),
         };
         engine.publish_version(&entry, store)
     })?;
     Ok(NewVersion { params, val_loss, file, published })
+}
+
+/// `receipts` as hex, ascending.
+fn sorted_hex(receipts: &[[u8; 32]]) -> Vec<String> {
+    let mut receipts = receipts.to_vec();
+    receipts.sort_unstable();
+    receipts.iter().map(|r| hex(r)).collect()
 }
 
 /// Turns `next`, the outer step's new weights, into the published ones: the current
@@ -328,11 +336,11 @@ pub(super) struct Written {
     pub units_below: u64,
 }
 
-/// Writes a version's weights file durably (the Merkle root of `receipts`, `(unit,
-/// receipt hash)`, and the momentum file's blake3 in its metadata), once its momentum
-/// file is written, then calls `before_row` with the file and that root (hex), then
-/// writes its ledger row, closing `round`'s row when given. An error from `before_row`
-/// leaves the row unwritten.
+/// Writes a version's weights file durably (the Merkle root of `receipts`, their
+/// blake3 hashes in ascending order, and the momentum file's blake3 in its metadata),
+/// once its momentum file is written, then calls `before_row` with the file and that
+/// root (hex), then writes its ledger row, closing `round`'s row when given. An error
+/// from `before_row` leaves the row unwritten.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn persist(
     store: &Store,
@@ -342,13 +350,12 @@ pub(super) fn persist(
     params: &[f32],
     momentum_hash: &str,
     round: Option<u64>,
-    receipts: &[(u64, [u8; 32])],
+    receipts: &[[u8; 32]],
     before_row: impl FnOnce(&WeightsFile, &str) -> anyhow::Result<()>,
 ) -> anyhow::Result<WeightsFile> {
     let mut receipts = receipts.to_vec();
     receipts.sort_unstable();
-    let leaves: Vec<[u8; 32]> = receipts.iter().map(|(_, hash)| *hash).collect();
-    let receipts_root = hex(&merkle_root(&leaves));
+    let receipts_root = hex(&merkle_root(&receipts));
     let meta = Meta {
         version: version.version,
         job: &job.name,
@@ -370,7 +377,6 @@ pub(super) fn persist(
         committed_ms: now_ms(),
         receipts_root,
     };
-    let units: Vec<u64> = receipts.iter().map(|(unit, _)| *unit).collect();
-    ledger.commit_version(&row, round, &units)?;
+    ledger.commit_version(&row, round, &receipts)?;
     Ok(file)
 }

@@ -89,17 +89,22 @@ impl Coordinator {
         let signed = receipt.filter(|r| r.fields == fields).unwrap_or_else(|| self.identity.sign_receipt(fields));
         let stored = self.ledger.record_receipt(&signed);
         self.note_storage("recording a receipt", stored);
-        if self.federated.is_none() {
-            self.round_receipts.push((claim.unit_id, signed.hash()));
-        }
         let share = steps as f32 / self.job.inner.steps as f32;
         let recorded = self.screen.record_norm(&self.ledger, claim.kind, norm / share);
         self.note_storage("recording a norm", recorded);
         let weight = share * pacing::staleness_weight(behind) * claim.weight;
-        let result = Contribution { unit: claim.unit_id, replayed: claim.replayed, delta, share, weight, seq: 0 };
+        let result = Contribution {
+            unit: claim.unit_id,
+            replayed: claim.replayed,
+            delta,
+            share,
+            weight,
+            seq: 0,
+            receipt: signed.hash(),
+        };
         let shared = super::federated::Shared {
             train_loss: claim.losses.1,
-            receipt: signed.hash(),
+            receipt: signed.clone(),
             version: unit_version,
             undiscounted: share * claim.weight,
         };

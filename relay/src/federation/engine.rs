@@ -5,7 +5,9 @@
 //! - `{prefix}-relays` (KV): each relay's last heartbeat (it is live while that is at most
 //!   [`RELAY_TTL`] old);
 //! - `{prefix}-checkpoints` (object store): every version's files, named by blake3 hex;
-//! - `{prefix}-results` (stream): every accepted result, in the order relays accepted them.
+//! - `{prefix}-results` (stream): every accepted result, in the order relays accepted them;
+//! - `{prefix}-receipts` (stream): every signed receipt (the job's ledger as events),
+//!   kept for good; each relay's ledger mirrors it ([`super::mirror`]).
 //!
 //! `prefix` is `cg-` and 16 hex digits of the job name's blake3, so that jobs sharing a
 //! cluster never share state.
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, kv, object_store, stream};
+use bytes::Bytes;
+use crowdgrad_runtime::identity::{Receipt, hex};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -68,6 +72,9 @@ pub struct Engine {
     chunk_subject: String,
     results: stream::Stream,
     results_subject: String,
+    /// The job's receipts, as a stream of events: every relay's ledger mirrors it.
+    receipts: stream::Stream,
+    receipts_subject: String,
 }
 
 impl Engine {
@@ -169,6 +176,17 @@ impl Engine {
             })
             .await
             .context("creating the results stream")?;
+        let receipts_subject = format!("{prefix}.receipts");
+        let receipts = js
+            .get_or_create_stream(stream::Config {
+                name: format!("{prefix}-receipts"),
+                subjects: vec![receipts_subject.clone()],
+                num_replicas: replicas,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .context("creating the receipts stream")?;
         Ok(Engine {
             me: me.to_string(),
             js,
@@ -180,6 +198,8 @@ impl Engine {
             chunk_subject,
             results,
             results_subject,
+            receipts,
+            receipts_subject,
         })
     }
 
@@ -313,33 +333,63 @@ impl Engine {
 
     /// The results stream's messages from sequence number `from` on, up to
     /// [`READ_WINDOW`] of them, in order: `(sequence, result)`, the result an error for a
-    /// message that is not one; empty when the stream has none yet. Direct gets, which
-    /// any replica answers and which keep no consumer, so that the death of a node never
-    /// leaves a reader waiting on it; a window of them at once, since one at a time
-    /// cannot keep up with three relays' results.
+    /// message that is not one; empty when the stream has none yet.
     pub async fn next_results(&self, from: u64) -> anyhow::Result<Vec<(u64, anyhow::Result<SharedResult>)>> {
-        let from = from.max(1);
-        let gets = (from..from + READ_WINDOW).map(|seq| self.results.direct_get(seq));
-        let mut read = Vec::new();
-        for (seq, got) in (from..).zip(futures_util::future::join_all(gets).await) {
-            match got {
-                Ok(message) => read.push((seq, decode(seq, &message.payload))),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
-                Err(e) if read.is_empty() => return Err(anyhow::Error::from(e).context("reading the results stream")),
-                Err(_) => break,
-            }
-        }
-        if read.is_empty() {
-            // `from` itself may be gone (older than the stream keeps): the next one there is.
-            let subject = self.results_subject.as_str();
-            match self.results.direct_get_next_for_subject(subject, Some(from)).await {
-                Ok(message) => read.push((message.sequence, decode(message.sequence, &message.payload))),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
-                Err(e) => return Err(anyhow::Error::from(e).context("reading the results stream")),
-            }
-        }
-        Ok(read)
+        let read =
+            read_window(&self.results, &self.results_subject, from).await.context("reading the results stream")?;
+        Ok(read.into_iter().map(|(seq, bytes)| (seq, decode(seq, &bytes))).collect())
     }
+
+    /// Appends a receipt to the receipts stream. The stream keeps one message per
+    /// receipt hash within its duplicate window, so that a receipt shared again (by a
+    /// relay that restarted before it saw its receipt there) is usually not repeated;
+    /// ledgers keep one row per receipt whatever the stream holds.
+    pub async fn publish_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
+        let bytes = postcard::to_allocvec(receipt)?;
+        let message =
+            jetstream::message::PublishMessage::build().payload(bytes.into()).message_id(hex(&receipt.hash()));
+        let ack = self.js.send_publish(self.receipts_subject.clone(), message).await?;
+        ack.await.context("the receipts stream did not acknowledge")?;
+        Ok(())
+    }
+
+    /// The receipts stream's messages from sequence number `from` on, as
+    /// [`Self::next_results`] reads results: `(sequence, receipt)`, the receipt an
+    /// error for a message that is not one.
+    pub async fn next_receipts(&self, from: u64) -> anyhow::Result<Vec<(u64, anyhow::Result<Receipt>)>> {
+        let read =
+            read_window(&self.receipts, &self.receipts_subject, from).await.context("reading the receipts stream")?;
+        let decode = |seq: u64, bytes: &[u8]| postcard::from_bytes(bytes).with_context(|| format!("receipt {seq}"));
+        Ok(read.into_iter().map(|(seq, bytes)| (seq, decode(seq, &bytes))).collect())
+    }
+}
+
+/// `stream`'s messages on `subject` from sequence number `from` on, up to
+/// [`READ_WINDOW`] of them, in order, as `(sequence, payload)`; empty when it has none
+/// yet. Direct gets, which any replica answers and which keep no consumer, so that the
+/// death of a node never leaves a reader waiting on it; a window of them at once, since
+/// one at a time cannot keep up with three relays' results.
+async fn read_window(stream: &stream::Stream, subject: &str, from: u64) -> anyhow::Result<Vec<(u64, Bytes)>> {
+    let from = from.max(1);
+    let gets = (from..from + READ_WINDOW).map(|seq| stream.direct_get(seq));
+    let mut read = Vec::new();
+    for (seq, got) in (from..).zip(futures_util::future::join_all(gets).await) {
+        match got {
+            Ok(message) => read.push((seq, message.payload)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => break,
+            Err(e) if read.is_empty() => return Err(e.into()),
+            Err(_) => break,
+        }
+    }
+    if read.is_empty() {
+        // `from` itself may be gone (older than the stream keeps): the next one there is.
+        match stream.direct_get_next_for_subject(subject, Some(from)).await {
+            Ok(message) => read.push((message.sequence, message.payload)),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(read)
 }
 
 /// The result in the results stream's message `seq`.

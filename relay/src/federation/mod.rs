@@ -5,6 +5,7 @@
 //! - [`lease`]: the committer's lease.
 //! - [`records`]: what relays write there: version entries and shared results.
 //! - [`agent`]: the task that keeps a relay's coordinator in step with the engine.
+//! - [`mirror`]: the thread that copies every relay's receipts into this relay's ledger.
 //!
 //! Every relay serves tabs, screens and verifies results and serves every version it
 //! keeps; one relay at a time, the lease's holder, commits (see
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod engine;
 pub mod lease;
+pub mod mirror;
 pub mod records;
 
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Engine, Superseded};
-pub use records::{SharedDelta, SharedResult, VersionEntry};
+pub use records::{Accepted, SharedDelta, SharedResult, VersionEntry};
 
 use crate::store::Store;
 

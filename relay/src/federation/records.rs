@@ -1,6 +1,7 @@
 //! What relays of a federated job tell each other through the engine: each committed
 //! version's entry in the version index, and each accepted result.
 
+use crowdgrad_runtime::identity::Receipt;
 use serde::{Deserialize, Serialize};
 
 /// A committed version, as the version index (a KV bucket) records it under
@@ -32,6 +33,10 @@ pub struct VersionEntry {
     pub committed_ms: i64,
     /// Merkle root (hex) of the receipts averaged into it, as its weights file records.
     pub receipts_root: String,
+    /// blake3 (hex) of each receipt averaged into it, ascending: the leaves of
+    /// `receipts_root`, by which each relay's ledger marks them.
+    #[serde(default)]
+    pub receipts: Vec<String>,
 }
 
 /// The version index's key of `version` (zero-padded, so keys sort by version).
@@ -61,6 +66,15 @@ pub struct SharedResult {
     pub receipt: [u8; 32],
     /// Its Δ.
     pub delta: SharedDelta,
+}
+
+/// An accepted result and its signed receipt, as the federation's agent publishes
+/// them: the receipt to the receipts stream (the job's ledger), then the result.
+pub struct Accepted {
+    /// The receipt the contributor was given.
+    pub receipt: Receipt,
+    /// The result.
+    pub result: SharedResult,
 }
 
 /// A shared result's Δ (`θ_start − θ_end`).

@@ -11,8 +11,10 @@
 //! no connection checkpoints on its own (the committer does, after each version), and a
 //! busy connection retries every 200 µs: see `coordinator::Coordinator::flush_writes`.
 
+mod receipts;
 mod screen;
 
+pub use receipts::ReceiptRow;
 pub use screen::ScreenedDelta;
 
 use std::path::Path;
@@ -23,19 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crowdgrad_runtime::identity::{Receipt, hex};
-use serde::Serialize;
-
 use crate::config::JobConfig;
-
-/// Every receipt, oldest first.
-const ALL_RECEIPTS: &str =
-    "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version FROM receipts
-     ORDER BY unit";
-/// One contributor key's receipts, oldest first.
-const RECEIPTS_OF_KEY: &str =
-    "SELECT unit, contributor_key, version, tokens, flops, relay_key, signature, hash, in_version FROM receipts
-     WHERE contributor_key = ?1 ORDER BY unit";
 
 /// Accepted and rejected results of the contributors signing with one key.
 const CONTRIBUTOR_COUNTS: &str =
@@ -120,18 +110,6 @@ CREATE TABLE IF NOT EXISTS results (
     loss_after REAL,
     at_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS receipts (
-    unit INTEGER PRIMARY KEY,
-    contributor_key TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    tokens INTEGER NOT NULL,
-    flops INTEGER NOT NULL,
-    relay_key TEXT NOT NULL,
-    signature TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    in_version INTEGER
-);
-CREATE INDEX IF NOT EXISTS receipts_by_contributor ON receipts (contributor_key);
 CREATE INDEX IF NOT EXISTS contributors_by_key ON contributors (public_key);
 CREATE TABLE IF NOT EXISTS screen_values (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -194,29 +172,6 @@ impl UnitRowState {
             UnitRowState::Abandoned => "abandoned",
         }
     }
-}
-
-/// A stored receipt, as `crowdgrad ledger export` and `/api/contributors/{key}` show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ReceiptRow {
-    /// The unit.
-    pub unit: u64,
-    /// The contributor's public key, hex.
-    pub contributor_key: String,
-    /// The version the unit started from.
-    pub version: u64,
-    /// Tokens trained.
-    pub tokens: u64,
-    /// Training FLOPs.
-    pub flops: u64,
-    /// The relay's public key, hex.
-    pub relay_key: String,
-    /// The relay's signature, hex.
-    pub signature: String,
-    /// blake3 of the receipt (its Merkle leaf), hex.
-    pub hash: String,
-    /// The version its result was averaged into (`None` until its round commits).
-    pub in_version: Option<u64>,
 }
 
 /// One result's ledger entry.
@@ -333,10 +288,11 @@ impl Ledger {
 
     /// Opens `path`, checks that SQLite can read it whole, and creates missing tables.
     fn open_whole(path: &Path) -> anyhow::Result<Connection> {
-        let db = Self::connect(path)?;
+        let mut db = Self::connect(path)?;
         let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "SQLite's quick_check says: {check}");
         db.execute_batch(SCHEMA)?;
+        receipts::create_or_migrate(&mut db)?;
         Ok(db)
     }
 
@@ -345,6 +301,7 @@ impl Ledger {
         let path = dir.join("ledger.sqlite");
         let db = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .with_context(|| format!("opening {}", path.display()))?;
+        receipts::ensure_current(&db, &path)?;
         Ok(Ledger { db, version_waiting: Arc::default() })
     }
 
@@ -393,15 +350,20 @@ impl Ledger {
         Ok(stmt.query_row([version as i64], |r| r.get(0)).optional()?)
     }
 
-    /// Records a committed version, marks the receipts of `units` as averaged into it,
+    /// Records a committed version, marks `receipts` (blake3 hashes) as averaged into it,
     /// and closes `round`'s row as committed, in one transaction.
     /// The transaction is fsynced before this returns (`synchronous = FULL` for it).
     /// Then the WAL is copied into the database as far as no reader needs it (a passive
     /// checkpoint): connections never checkpoint on their own, so that the coordinator's
     /// writes, under its lock, never wait for a copy and its fsyncs.
-    pub fn commit_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
+    pub fn commit_version(
+        &mut self,
+        row: &VersionRow,
+        round: Option<u64>,
+        receipts: &[[u8; 32]],
+    ) -> anyhow::Result<()> {
         self.version_waiting.store(true, Ordering::Release);
-        let written = self.write_version_durably(row, round, units);
+        let written = self.write_version_durably(row, round, receipts);
         self.version_waiting.store(false, Ordering::Release);
         written?;
         // The version is written; a checkpoint that fails is tried again at the next.
@@ -427,14 +389,19 @@ impl Ledger {
         Ok(())
     }
 
-    fn write_version_durably(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
+    fn write_version_durably(
+        &mut self,
+        row: &VersionRow,
+        round: Option<u64>,
+        receipts: &[[u8; 32]],
+    ) -> anyhow::Result<()> {
         self.db.pragma_update(None, "synchronous", "FULL")?;
-        let written = self.write_version(row, round, units);
+        let written = self.write_version(row, round, receipts);
         self.db.pragma_update(None, "synchronous", "NORMAL")?;
         written
     }
 
-    fn write_version(&mut self, row: &VersionRow, round: Option<u64>, units: &[u64]) -> anyhow::Result<()> {
+    fn write_version(&mut self, row: &VersionRow, round: Option<u64>, receipts: &[[u8; 32]]) -> anyhow::Result<()> {
         let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms,
@@ -451,12 +418,7 @@ impl Ledger {
                 row.receipts_root
             ],
         )?;
-        {
-            let mut mark = tx.prepare_cached("UPDATE receipts SET in_version = ?2 WHERE unit = ?1")?;
-            for &unit in units {
-                mark.execute(params![unit as i64, row.version as i64])?;
-            }
-        }
+        receipts::mark_averaged(&tx, receipts, row.version)?;
         if let Some(round) = round {
             tx.execute(
                 "UPDATE rounds SET state = 'committed', closed_ms = ?2 WHERE round = ?1",
@@ -588,51 +550,6 @@ impl Ledger {
         Ok(highest as u64 + 1)
     }
 
-    /// Stores the receipt of an accepted unit. Receipts are never replaced: a second one
-    /// for the same unit is an error.
-    pub fn record_receipt(&self, receipt: &Receipt) -> anyhow::Result<()> {
-        let f = &receipt.fields;
-        let mut stmt = self.db.prepare_cached(
-            "INSERT INTO receipts (unit, contributor_key, version, tokens, flops, relay_key, signature, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?;
-        stmt.execute(params![
-            f.unit_id as i64,
-            hex(&f.contributor),
-            f.version as i64,
-            f.tokens as i64,
-            f.flops as i64,
-            hex(&receipt.relay),
-            hex(&receipt.signature),
-            hex(&receipt.hash())
-        ])?;
-        Ok(())
-    }
-
-    /// Receipts, oldest first: all of them, or those of one contributor key (hex).
-    pub fn receipts(&self, contributor_key: Option<&str>) -> anyhow::Result<Vec<ReceiptRow>> {
-        // Two statements: one with `?1 IS NULL OR …` would scan every receipt instead of
-        // using the index on the contributor's key.
-        let mut stmt = match contributor_key {
-            Some(_) => self.db.prepare_cached(RECEIPTS_OF_KEY)?,
-            None => self.db.prepare_cached(ALL_RECEIPTS)?,
-        };
-        let rows = stmt.query_map(rusqlite::params_from_iter(contributor_key), |r| {
-            Ok(ReceiptRow {
-                unit: r.get::<_, i64>(0)? as u64,
-                contributor_key: r.get(1)?,
-                version: r.get::<_, i64>(2)? as u64,
-                tokens: r.get::<_, i64>(3)? as u64,
-                flops: r.get::<_, i64>(4)? as u64,
-                relay_key: r.get(5)?,
-                signature: r.get(6)?,
-                hash: r.get(7)?,
-                in_version: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Accepted and rejected results of the contributors signing as `key` (hex).
     pub fn contributor_counts(&self, key: &str) -> anyhow::Result<(u64, u64)> {
         let mut stmt = self.db.prepare_cached(CONTRIBUTOR_COUNTS)?;
@@ -677,18 +594,16 @@ mod tests {
     use super::*;
 
     /// SQLite's plan for `sql` with one text parameter, one step per line.
-    fn plan(ledger: &Ledger, sql: &str) -> String {
+    pub(super) fn plan(ledger: &Ledger, sql: &str) -> String {
         let mut stmt = ledger.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("a valid statement");
         let steps = stmt.query_map(["key"], |r| r.get::<_, String>(3)).expect("a plan");
         steps.collect::<Result<Vec<_>, _>>().expect("plan rows").join("\n")
     }
 
     #[test]
-    fn a_contributors_receipts_and_counts_are_found_by_index() {
+    fn a_contributors_counts_are_found_by_index() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ledger = Ledger::open(dir.path(), &JobConfig::default()).expect("the ledger opens");
-        let receipts = plan(&ledger, RECEIPTS_OF_KEY);
-        assert!(receipts.contains("USING INDEX receipts_by_contributor"), "{receipts}");
         let counts = plan(&ledger, CONTRIBUTOR_COUNTS);
         assert!(counts.contains("USING INDEX contributors_by_key"), "{counts}");
     }
