@@ -89,10 +89,21 @@ impl WebTransport {
                 let _ = tx.unbounded_send(Err(why));
             })
         };
+        // A socket that fails to open fires `error`; browsers then fire `close`, Node
+        // 20's WebSocket does not.
+        let on_error = {
+            let (open_tx, url) = (open_tx.clone(), url.to_string());
+            Closure::<dyn FnMut(JsEvent)>::new(move |_| {
+                if let Some(open) = open_tx.borrow_mut().take() {
+                    let _ = open.send(Err(format!("{url}: the relay does not answer")));
+                }
+            })
+        };
         socket.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         socket.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         socket.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let handlers = vec![on_message, on_open, on_close];
+        socket.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+        let handlers = vec![on_message, on_open, on_close, on_error];
         let transport = WebTransport { socket, inbox, http_base, mesh, lost, _handlers: handlers };
         open_rx.await.map_err(|_| TransportError("socket dropped before opening".into()))?.map_err(TransportError)?;
         Ok(transport)
@@ -109,6 +120,7 @@ impl Drop for WebTransport {
         self.socket.set_onmessage(None);
         self.socket.set_onopen(None);
         self.socket.set_onclose(None);
+        self.socket.set_onerror(None);
         let _ = self.socket.close();
     }
 }
