@@ -56,6 +56,11 @@ impl Coordinator {
             self.tell_to_wait(session, "the job is paused by its operator".into());
             return;
         }
+        if self.backlogged() {
+            let reason = "this relay's accepted results are waiting for the engine; units resume once they are shared";
+            self.tell_to_wait(session, reason.into());
+            return;
+        }
         let created = self.units.in_round();
         let unit_id = match self.units.open_for(contributor) {
             Some(id) => Some(id),

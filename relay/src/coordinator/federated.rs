@@ -75,6 +75,8 @@ pub(super) struct Federated {
     allowed: usize,
     /// When this relay last committed or adopted a version.
     last_version_at: Option<Instant>,
+    /// [`Coordinator::backlogged`] at the last tick.
+    backlogged: bool,
 }
 
 impl Coordinator {
@@ -83,7 +85,8 @@ impl Coordinator {
     pub fn federate(&mut self, link: Arc<EngineLink>, outbox: mpsc::Sender<Accepted>) {
         let status = FederationStatus { relay: link.me().to_string(), ..Default::default() };
         self.tools.as_mut().expect("federated before its first commit").engine = Some(link);
-        self.federated = Some(Federated { outbox, taken_through: 0, status, allowed: 0, last_version_at: None });
+        self.federated =
+            Some(Federated { outbox, taken_through: 0, status, allowed: 0, last_version_at: None, backlogged: false });
     }
 
     /// Whether this relay may close rounds: a standalone one, or the federated job's
@@ -126,15 +129,29 @@ impl Coordinator {
         target * (1 + late as usize)
     }
 
-    /// Offers units to waiting sessions when [`Self::units_allowed`] grew (each tick).
-    pub(super) fn offer_when_late(&mut self, now: Instant) {
-        let allowed = self.units_allowed(now);
+    /// Offers units to waiting sessions when [`Self::units_allowed`] grew, or when the
+    /// outbox drained (each tick).
+    pub(super) fn offer_when_due(&mut self, now: Instant) {
+        let (allowed, backlogged) = (self.units_allowed(now), self.backlogged());
         let Some(f) = self.federated.as_mut() else { return };
-        let grew = allowed > f.allowed;
-        f.allowed = allowed;
-        if grew {
+        let due = allowed > f.allowed || (f.backlogged && !backlogged);
+        (f.allowed, f.backlogged) = (allowed, backlogged);
+        if due {
             self.offer_all(now);
         }
+    }
+
+    /// Whether this relay's accepted results wait for the engine in numbers: its outbox
+    /// at least half full. It then hands out no unit until they drain, so that the
+    /// results of the units already out still find room.
+    pub(super) fn backlogged(&self) -> bool {
+        self.federated.as_ref().is_some_and(|f| 2 * f.outbox.capacity() < f.outbox.max_capacity())
+    }
+
+    /// Whether the outbox has no room left: a result accepted now could not be shared,
+    /// so it is refused as `busy` instead.
+    pub(super) fn outbox_full(&self) -> bool {
+        self.federated.as_ref().is_some_and(|f| f.outbox.capacity() == 0)
     }
 
     /// Shows `status` without acting on it (while a commit is being written).
@@ -312,5 +329,78 @@ impl SharedResult {
             SharedDelta::Dense(bytes) => bytes.len() / 4,
             SharedDelta::Encoded { len, .. } => *len,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crowdgrad_runtime::backend::DeviceInfo;
+    use crowdgrad_runtime::identity::{Identity, ReceiptFields};
+    use crowdgrad_runtime::protocol::{Hello, ServerMsg};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// What a session's inbox holds so far: the units assigned, and whether it was told
+    /// to wait.
+    fn received(inbox: &mut mpsc::Receiver<ServerMsg>) -> (usize, bool) {
+        let messages: Vec<ServerMsg> = std::iter::from_fn(|| inbox.try_recv().ok()).collect();
+        let units = messages.iter().filter(|m| matches!(m, ServerMsg::Assign(_))).count();
+        (units, messages.iter().any(|m| matches!(m, ServerMsg::Wait { .. })))
+    }
+
+    fn accepted() -> Accepted {
+        let fields = ReceiptFields { contributor: [1; 32], unit_id: 1, version: 0, tokens: 1, flops: 6 };
+        let result = SharedResult {
+            relay: "http://127.0.0.1:1".into(),
+            unit: 1,
+            version: 0,
+            replayed: false,
+            share: 1.0,
+            weight: 1.0,
+            train_loss: 1.0,
+            receipt: [0; 32],
+            delta: SharedDelta::Dense(Vec::new()),
+        };
+        Accepted { receipt: Identity::generate().sign_receipt(fields), result }
+    }
+
+    #[test]
+    fn a_relay_whose_results_wait_for_the_engine_hands_out_no_units_until_they_drain() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut c = super::super::for_test(dir.path());
+        let (outbox, mut engine) = mpsc::channel(4);
+        let status = FederationStatus::default();
+        c.federated = Some(Federated {
+            outbox: outbox.clone(),
+            taken_through: 0,
+            status,
+            allowed: 0,
+            last_version_at: None,
+            backlogged: false,
+        });
+        let join = |c: &mut Coordinator| {
+            let (to_session, inbox) = mpsc::channel(16);
+            let device = DeviceInfo { kind: "cpu".into(), adapter: "test".into(), software: true };
+            let key = Identity::generate().public();
+            let hello = Hello { agent: "test".into(), device, resume: None, gflops: 0.0, key, p2p: false };
+            c.join(to_session, hello, Instant::now());
+            inbox
+        };
+        let mut first = join(&mut c);
+        assert_eq!(received(&mut first), (1, false), "an outbox with room: a unit");
+        for _ in 0..3 {
+            outbox.try_send(accepted()).expect("room");
+        }
+        assert!(c.backlogged() && !c.outbox_full());
+        let mut second = join(&mut c);
+        assert_eq!(received(&mut second), (0, true), "three of four waiting: no unit, and told why");
+        outbox.try_send(accepted()).expect("room");
+        assert!(c.outbox_full(), "a result accepted now would be refused as busy");
+        while engine.try_recv().is_ok() {}
+        c.tick(Instant::now());
+        assert_eq!(received(&mut second), (1, false), "drained: the waiting session gets a unit at the next tick");
     }
 }

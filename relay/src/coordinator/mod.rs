@@ -522,6 +522,9 @@ impl Coordinator {
             replayed: false,
         };
         let judged = self.judge(session, &sub, measurement).and_then(|judged| {
+            if self.outbox_full() {
+                return Err(Rejection::Backlogged);
+            }
             let twin = self.units.get(claim.unit_id).is_some_and(|u| u.twin.is_some());
             let plan = if twin { None } else { self.plan_check(contributor, claim.kind) };
             if plan.is_some() && !self.room_for_check(contributor) {
@@ -596,7 +599,7 @@ impl Coordinator {
         if !expired.is_empty() {
             self.offer_all(now);
         }
-        self.offer_when_late(now);
+        self.offer_when_due(now);
     }
 
     /// Queues `msg` for `session`; a full outbox means the session cannot keep up, and

@@ -41,6 +41,9 @@ pub enum Rejection {
     /// The relay already checks as many results as it holds for this contributor, or for
     /// contributors without a passed replay.
     Busy,
+    /// A federated relay's accepted results wait for the engine, and no more fit (also
+    /// `busy` on the wire).
+    Backlogged,
 }
 
 impl Rejection {
@@ -61,7 +64,7 @@ impl Rejection {
             Rejection::Duplicate => "duplicate",
             Rejection::ReplayMismatch => "replay_mismatch",
             Rejection::LossCheck => "loss_check",
-            Rejection::Busy => "busy",
+            Rejection::Busy | Rejection::Backlogged => "busy",
         }
     }
 }

@@ -216,6 +216,11 @@ impl Coordinator {
                 "the relay is checking as many results as it holds for this contributor ({PER_CONTRIBUTOR_CHECKS}) \
                  or for contributors without a passed replay ({NEWCOMER_CHECKS}); take the next unit"
             ),
+            Rejection::Backlogged => format!(
+                "this relay's accepted results are waiting for the engine ({} of them, all it holds); take the next \
+                 unit",
+                crate::federation::agent::OUTBOX
+            ),
             Rejection::Malformed => match &sub.update {
                 Update::Compressed(bytes) => {
                     codec::decode(bytes, self.params.len()).err().map_or_else(String::new, |e| e.0)

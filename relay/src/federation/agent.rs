@@ -137,15 +137,17 @@ async fn publish(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, mut 
     }
 }
 
-/// Publishes `accepted`'s receipt, then its result, trying each [`PUBLISH_TRIES`]
-/// times; whether the result was published. A receipt that was not is shared again
-/// later by the receipts mirror.
+/// Publishes `accepted`'s receipt and its result side by side, trying each
+/// [`PUBLISH_TRIES`] times; whether the result was published. A receipt that was not
+/// is shared again later by the receipts mirror.
 async fn publish_one(engine: Arc<Engine>, accepted: Accepted) -> bool {
     let Accepted { receipt, result } = accepted;
-    if let Err(e) = retried(|| engine.publish_receipt(&receipt)).await {
+    let (receipt, result) =
+        tokio::join!(retried(|| engine.publish_receipt(&receipt)), retried(|| engine.publish_result(&result)));
+    if let Err(e) = receipt {
         tracing::warn!("a receipt could not be shared yet: {e:#}");
     }
-    match retried(|| engine.publish_result(&result)).await {
+    match result {
         Ok(_) => true,
         Err(e) => {
             tracing::warn!("an accepted result could not be shared: {e:#}");
