@@ -76,6 +76,7 @@ pub fn reconcile(
                         results: 0,
                         committed_ms: now_ms(),
                         receipts_root: found.receipts_root,
+                        committed_by: String::new(),
                     };
                     ledger.commit_version(&row, None, &[])?;
                     tracing::warn!(version, "adopted a checkpoint the ledger had no row for");

@@ -295,8 +295,12 @@ fn check_versions(relays: &[RelaySlot], urls: &[String]) {
     let mut lowest_current = u64::MAX;
     for relay in relays {
         let s = status(relay.addr).expect("a live relay answers");
-        let versions: Vec<u64> =
-            s["history"].as_array().expect("history").iter().map(|r| r["version"].as_u64().expect("version")).collect();
+        let history = s["history"].as_array().expect("history");
+        let versions: Vec<u64> = history.iter().map(|r| r["version"].as_u64().expect("version")).collect();
+        for row in history.iter().filter(|r| r["version"].as_u64() > Some(0)) {
+            let by = row["committed_by"].as_str().unwrap_or_default().to_string();
+            assert!(urls.contains(&by), "{}: version {} records no relay of the job as its committer", relay.addr, row);
+        }
         assert!(versions.windows(2).all(|w| w[1] == w[0] + 1), "{}: versions with a gap: {versions:?}", relay.addr);
         lowest_current = lowest_current.min(s["version"].as_u64().expect("version"));
         let relays_listed = s["federation"]["relays"].as_array().expect("relays").len();

@@ -26,6 +26,7 @@ pub(super) fn fetch_and_record(tools: &mut Tools, entry: &VersionEntry) -> anyho
         results: entry.results,
         committed_ms: entry.committed_ms,
         receipts_root: entry.receipts_root.clone(),
+        committed_by: entry.committed_by.clone(),
     };
     let receipts: Vec<[u8; 32]> = entry.receipts.iter().filter_map(|r| parse_hex32(r)).collect();
     ledger.commit_version(&row, None, &receipts)?;

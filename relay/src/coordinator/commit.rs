@@ -47,7 +47,7 @@ impl From<VersionRow> for VersionRecord {
             train_loss: row.train_loss,
             results: row.results,
             at_ms: row.committed_ms,
-            committed_by: None,
+            committed_by: (!row.committed_by.is_empty()).then_some(row.committed_by),
         }
     }
 }

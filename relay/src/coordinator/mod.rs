@@ -263,6 +263,7 @@ impl Coordinator {
                     results: 0,
                     round: 0,
                     units_below: recovered.units_below + job.round.target as u64 + 1,
+                    committed_by: String::new(),
                 };
                 let file = new_version::persist(
                     &store,

@@ -257,6 +257,7 @@ fn compute_and_write(tools: &mut Tools, draft: &Draft) -> anyhow::Result<NewVers
         results: draft.results.len() as u32,
         round: draft.round,
         units_below: draft.units_below,
+        committed_by: engine.as_ref().map(|e| e.me().to_string()).unwrap_or_default(),
     };
     let (round, receipts) = (Some(draft.round), &draft.receipts[..]);
     let file = persist(store, ledger, job, version, &params, &momentum_hash, round, receipts, |file, root| {
@@ -334,6 +335,8 @@ pub(super) struct Written {
     pub round: u64,
     /// Every unit id issued so far, or issued before the next version, is below this.
     pub units_below: u64,
+    /// In a federated job, this relay's public URL; empty for a relay alone.
+    pub committed_by: String,
 }
 
 /// Writes a version's weights file durably (the Merkle root of `receipts`, their
@@ -376,6 +379,7 @@ pub(super) fn persist(
         results: version.results,
         committed_ms: now_ms(),
         receipts_root,
+        committed_by: version.committed_by,
     };
     ledger.commit_version(&row, round, &receipts)?;
     Ok(file)

@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS versions (
     results INTEGER NOT NULL,
     committed_ms INTEGER NOT NULL,
     kept INTEGER NOT NULL DEFAULT 1,
-    receipts_root TEXT NOT NULL DEFAULT ''
+    receipts_root TEXT NOT NULL DEFAULT '',
+    committed_by TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY,
@@ -148,6 +149,9 @@ pub struct VersionRow {
     pub committed_ms: i64,
     /// Merkle root (blake3, hex) of the receipts of the results averaged into it.
     pub receipts_root: String,
+    /// In a federated job, the public URL of the relay that committed it; empty for a
+    /// relay alone.
+    pub committed_by: String,
 }
 
 /// A unit's ledger state.
@@ -292,6 +296,12 @@ impl Ledger {
         let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         anyhow::ensure!(check == "ok", "SQLite's quick_check says: {check}");
         db.execute_batch(SCHEMA)?;
+        let recorded_committer =
+            db.prepare("SELECT 1 FROM pragma_table_info('versions') WHERE name = 'committed_by'")?.exists([])?;
+        if !recorded_committer {
+            // A ledger from before versions recorded their committer.
+            db.execute_batch("ALTER TABLE versions ADD COLUMN committed_by TEXT NOT NULL DEFAULT ''")?;
+        }
         receipts::create_or_migrate(&mut db)?;
         Ok(db)
     }
@@ -326,7 +336,8 @@ impl Ledger {
 
     fn versions_from_newest(&self, limit: usize) -> anyhow::Result<Vec<VersionRow>> {
         let mut stmt = self.db.prepare_cached(
-            "SELECT version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms, receipts_root
+            "SELECT version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms, receipts_root,
+                 committed_by
              FROM versions ORDER BY version DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit as i64], |r| {
@@ -339,6 +350,7 @@ impl Ledger {
                 results: r.get(5)?,
                 committed_ms: r.get(6)?,
                 receipts_root: r.get(7)?,
+                committed_by: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -405,8 +417,8 @@ impl Ledger {
         let tx = self.db.transaction()?;
         tx.execute(
             "INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, train_loss, results, committed_ms,
-                 receipts_root)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 receipts_root, committed_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 row.version as i64,
                 row.weights_hash,
@@ -415,7 +427,8 @@ impl Ledger {
                 row.train_loss.map(|l| l as f64),
                 row.results,
                 row.committed_ms,
-                row.receipts_root
+                row.receipts_root,
+                row.committed_by
             ],
         )?;
         receipts::mark_averaged(&tx, receipts, row.version)?;
@@ -598,6 +611,25 @@ mod tests {
         let mut stmt = ledger.db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("a valid statement");
         let steps = stmt.query_map(["key"], |r| r.get::<_, String>(3)).expect("a plan");
         steps.collect::<Result<Vec<_>, _>>().expect("plan rows").join("\n")
+    }
+
+    #[test]
+    fn a_ledger_from_before_versions_recorded_their_committer_gains_the_column() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let old = Connection::open(dir.path().join("ledger.sqlite")).expect("open");
+        old.execute_batch(
+            "CREATE TABLE versions (version INTEGER PRIMARY KEY, weights_hash TEXT NOT NULL,
+                 momentum_hash TEXT NOT NULL, val_loss REAL NOT NULL, train_loss REAL, results INTEGER NOT NULL,
+                 committed_ms INTEGER NOT NULL, kept INTEGER NOT NULL DEFAULT 1,
+                 receipts_root TEXT NOT NULL DEFAULT '');
+             INSERT INTO versions (version, weights_hash, momentum_hash, val_loss, results, committed_ms)
+                 VALUES (0, 'w', 'm', 5.5, 0, 1);",
+        )
+        .expect("a ledger of the old schema");
+        drop(old);
+        let ledger = Ledger::open(dir.path(), &JobConfig::default()).expect("the old ledger opens");
+        let rows = ledger.recent_versions(10).expect("versions");
+        assert_eq!((rows.len(), rows[0].committed_by.as_str()), (1, ""));
     }
 
     #[test]
