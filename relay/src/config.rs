@@ -679,7 +679,7 @@ impl JobConfig {
             return Err(bad("data.val_path", "needs data.path"));
         }
         if let Some(federation) = &self.federation {
-            federation.validate().map_err(|e| bad("federation", e))?;
+            federation.validate().map_err(|(key, reason)| bad(key, reason))?;
         }
         if self.data.tokenizer == Tokenizer::Gpt2 && self.model.vocab < GPT2_VOCAB {
             return Err(bad(

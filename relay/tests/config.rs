@@ -117,6 +117,10 @@ fn every_bad_value_names_its_key() {
         ("[mesh]\npeers = 100", "mesh.peers"),
         ("[mesh]\nsignals_per_link = 0", "mesh.signals_per_link"),
         ("[mesh]\nice_servers = [\"http://stun.example.org\"]", "mesh.ice_servers"),
+        ("[federation]\nnats = []", "federation.nats"),
+        ("[federation]\nnats = [\"nats://a:4222\"]\nreplicas = 2", "federation.replicas"),
+        ("[federation]\nnats = [\"nats://a:4222\"]\nmin_version_secs = -1", "federation.min_version_secs"),
+        ("[federation]\nnats = [\"nats://a:4222\"]\nmin_version_secs = nan", "federation.min_version_secs"),
     ];
     for (toml, key) in cases {
         let err = load(toml).expect_err(toml);

@@ -43,13 +43,6 @@ pub struct FederationStatus {
     pub results_lost: u64,
 }
 
-/// The least time between a federated job's versions: each costs the engine about a
-/// tenth of a second of writes (its four files on every replica, the index), and every
-/// other relay a fetch of them, so that faster versions leave the other relays behind
-/// and their contributors' results too stale to count (`cargo xtask bench relay
-/// --federated`).
-pub const MIN_VERSION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// What an accepted result's sharing needs besides its [`Contribution`].
 pub(super) struct Shared {
     /// Its last step's training loss, nats per token.
@@ -288,12 +281,13 @@ impl Coordinator {
     }
 
     /// Whether a round that may close (at its target, or at its deadline) may close now:
-    /// always for a relay alone; in a federated job, at least [`MIN_VERSION_INTERVAL`]
+    /// always for a relay alone; in a federated job, at least `federation.min_version_secs`
     /// after the last version, so that the other relays adopt each version before the
     /// next (otherwise its deadline moves to that time).
     pub(super) fn may_close_early(&mut self, now: Instant) -> bool {
         let Some(last) = self.federated.as_ref().and_then(|f| f.last_version_at) else { return true };
-        let due = last + MIN_VERSION_INTERVAL;
+        let least = self.job.federation.as_ref().map_or(0.0, |f| f.min_version_secs);
+        let due = last + std::time::Duration::from_secs_f64(least);
         if now >= due {
             return true;
         }

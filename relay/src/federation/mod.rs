@@ -39,22 +39,34 @@ pub struct FederationConfig {
     pub relay_url: String,
     /// Nodes each bucket, object and result is replicated on (1, 3 or 5).
     pub replicas: usize,
+    /// The least time between two versions, seconds. Each version costs the engine about
+    /// a tenth of a second of replicated writes (its files on every replica, the index)
+    /// and every other relay a fetch: versions faster than the relays adopt them leave
+    /// their contributors' results too stale to count (`cargo xtask bench relay
+    /// --federated`).
+    pub min_version_secs: f64,
 }
 
 impl Default for FederationConfig {
     fn default() -> Self {
-        FederationConfig { nats: Vec::new(), relay_url: String::new(), replicas: 3 }
+        FederationConfig { nats: Vec::new(), relay_url: String::new(), replicas: 3, min_version_secs: 1.0 }
     }
 }
 
 impl FederationConfig {
-    /// Checks the settings; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the settings; an error is the key at fault and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.nats.is_empty() {
-            return Err("federation.nats: name at least one NATS URL (nats://host:4222)".into());
+            return Err(("federation.nats", "name at least one NATS URL (nats://host:4222)".into()));
         }
         if !matches!(self.replicas, 1 | 3 | 5) {
-            return Err(format!("federation.replicas: {} (JetStream replicates on 1, 3 or 5 nodes)", self.replicas));
+            return Err((
+                "federation.replicas",
+                format!("{} (JetStream replicates on 1, 3 or 5 nodes)", self.replicas),
+            ));
+        }
+        if !(0.0..=3600.0).contains(&self.min_version_secs) {
+            return Err(("federation.min_version_secs", format!("{} (0 to 3600 seconds)", self.min_version_secs)));
         }
         Ok(())
     }
