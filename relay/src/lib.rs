@@ -10,6 +10,7 @@
 //! - [`session`]: one contributor connection.
 //! - [`client_addr`]: who a request comes from (trusted proxies, IPv6 /64s).
 //! - [`server`]: HTTP routes.
+//! - [`health`]: `/healthz` and `/readyz`.
 //! - [`state`]: what every handler shares.
 //! - [`address_counts`]: open sessions, connections and downloads per address.
 //! - [`listener`]: the accept loop, with connection bounds and a header timeout.
@@ -39,6 +40,7 @@ pub mod delta;
 pub mod eval;
 pub mod events;
 pub mod federation;
+pub mod health;
 pub mod hf_dir;
 pub mod hf_routes;
 pub mod job_data;
@@ -57,7 +59,7 @@ pub mod weights;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -83,18 +85,43 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The longest a relay takes to stop ([`Relay::stop`]): what is not done by then is
+/// left to the next start, which recovers it.
+pub const STOP_BOUND: Duration = Duration::from_secs(30);
+
 impl Relay {
-    /// Stops accepting, ends the server task and waits for it.
+    /// Stops within [`STOP_BOUND`]: accepts no more connections, closes every session
+    /// (its contributor reconnects, to this relay once it is back or to another relay of
+    /// the job), lets the commit in progress finish, and writes the ledger's last rows.
     pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + STOP_BOUND;
         let _ = self.shutdown.send(());
-        let _ = self.task.await;
+        self.state.coordinator.lock().expect("coordinator lock").close_sessions();
+        let _ = tokio::time::timeout_at(deadline, self.task).await;
+        while self.state.coordinator.lock().expect("coordinator lock").committing_now()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.state.coordinator.lock().expect("coordinator lock").flush_writes();
     }
 
-    /// Serves until the process is stopped; an error if the server task died.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("the relay's server task")?;
-        anyhow::bail!("the relay's server stopped")
+    /// Serves until SIGTERM or Ctrl-C, then stops ([`Self::stop`]); an error if the
+    /// server task died first.
+    pub async fn serve_until_stopped(mut self) -> anyhow::Result<()> {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            joined = &mut self.task => {
+                joined.context("the relay's server task")?;
+                anyhow::bail!("the relay's server stopped")
+            }
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: stopping"),
+        }
+        let started = Instant::now();
+        self.stop().await;
+        tracing::info!(seconds = started.elapsed().as_secs_f64(), "stopped");
+        Ok(())
     }
 }
 

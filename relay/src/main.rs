@@ -179,7 +179,7 @@ async fn main() -> anyhow::Result<()> {
             let job = overrides.job(config.as_deref())?;
             let relay = crowdgrad_relay::start(ServeConfig { addr, www, job, admin_token }).await?;
             println!("crowdgrad relay on http://{}", relay.addr);
-            relay.wait().await?;
+            relay.serve_until_stopped().await?;
         }
         Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, gpu } => {
             let options = SampleOptions { tokens, temperature, top_k, seed };

@@ -35,6 +35,8 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/events", get(crate::events::events))
         .route("/api/contributors/{key}", get(contributor))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
         .route("/api/weights/{version}", get(weights::whole))
         .route("/api/weights/{version}/chunks", get(weights::chunk_hashes))
         .route("/api/weights/{version}/chunks/{index}", get(weights::chunk))

@@ -197,7 +197,7 @@ pub async fn run(socket: WebSocket, cx: SessionContext) {
             }
             queued = inbox.recv(), if session.is_some() => {
                 let Some(msg) = queued else {
-                    break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, or the job changed)"));
+                    break Some(Closing::new(close::GOING_AWAY, "the relay dropped this session (too slow, the job changed, or the relay is stopping)"));
                 };
                 // What is queued (an ack and the next unit, say) is fed in turn and flushed
                 // once, in one write (see the socket's write buffer in `server.rs`).

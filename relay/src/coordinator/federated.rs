@@ -134,6 +134,11 @@ impl Coordinator {
         }
     }
 
+    /// Why a federated relay cannot take work now (the engine does not answer), if so.
+    pub(super) fn federation_unready(&self) -> Option<String> {
+        self.federated.as_ref().and_then(|f| f.status.engine_error.clone())
+    }
+
     /// Whether this relay's accepted results wait for the engine in numbers: its outbox
     /// at least half full. It then hands out no unit until they drain, so that the
     /// results of the units already out still find room.

@@ -359,6 +359,20 @@ impl Coordinator {
         self.ledger.second_connection()
     }
 
+    /// Why the relay cannot take contributors' work now, one line each (`/readyz`):
+    /// storage failing, a commit failing, the engine away.
+    pub fn unready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(e) = &self.storage_error {
+            reasons.push(format!("storage: {e}"));
+        }
+        if self.retry_commit_at.is_some() {
+            reasons.push(format!("version {} could not be written and is being tried again", self.version + 1));
+        }
+        reasons.extend(self.federation_unready());
+        reasons
+    }
+
     /// What the ledger holds about the contributor signing as `key` (hex).
     pub fn contributor(&mut self, key: &str) -> Option<ContributorReport> {
         let counts = self.ledger.contributor_counts(key);

@@ -122,6 +122,26 @@ impl Coordinator {
         self.sessions.remove(&session);
     }
 
+    /// Closes every session, as the relay stops: their units go back to the pool
+    /// (offered to no one), and each session's task, its queue gone, closes its socket
+    /// as going away, so that its contributor reconnects.
+    pub fn close_sessions(&mut self) {
+        self.in_one_write(|c| {
+            let ids: Vec<u64> = c.sessions.keys().copied().collect();
+            let units: Vec<u64> =
+                ids.iter().filter_map(|&id| c.sessions.get(&id)?.unit.filter(|&unit| c.holds(id, unit))).collect();
+            for id in ids {
+                c.forget_unwritten(id);
+                c.mesh_leave(id);
+                c.sessions.remove(&id);
+            }
+            for unit in units {
+                c.release(unit);
+            }
+            tracing::info!("closed every session");
+        });
+    }
+
     /// Counts `session`, which is ending, out of its contributor's sessions if that was
     /// never written to the ledger (and forgets it with its last).
     pub(super) fn forget_unwritten(&mut self, session: u64) {
