@@ -624,6 +624,22 @@ impl JobConfig {
         Self::parse(&text).map_err(|e| if e.key == JOB_FILE { bad(&file, e.reason) } else { e })
     }
 
+    /// The job from the file at `path` (or the default job without one), with the
+    /// settings the environment's `CROWDGRAD_{SECTION}__{KEY}` variables give (see
+    /// [`crate::job_env`]).
+    pub fn load_with_env(path: Option<&Path>) -> Result<JobConfig, ConfigError> {
+        let (file, text) = match path {
+            Some(path) => {
+                let file = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| bad(&file, format!("cannot read: {e}")))?;
+                (file, text)
+            }
+            None => (JOB_FILE.to_string(), String::new()),
+        };
+        let text = crate::job_env::overlay(&text, std::env::vars())?;
+        Self::parse(&text).map_err(|e| if e.key == JOB_FILE { bad(&file, e.reason) } else { e })
+    }
+
     /// Reads a job file's text (see [`JobConfig::load`]). With `[model] init = "DIR"`,
     /// the model's shape comes from `DIR/config.json`; a `[model]` key that says
     /// otherwise is an error (but `context` may ask for fewer positions).

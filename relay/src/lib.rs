@@ -16,6 +16,7 @@
 //! - [`listener`]: the accept loop, with connection bounds and a header timeout.
 //! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
+//! - [`job_env`]: a job's settings from `CROWDGRAD_…` variables.
 //! - [`job_data`]: a job's dataset, loaded and checked, and its coordinator opened.
 //! - [`contribute`]: the native contributor (`crowdgrad contribute`).
 //! - [`cors`]: cross-origin reads between a federated job's relays.
@@ -44,6 +45,7 @@ pub mod health;
 pub mod hf_dir;
 pub mod hf_routes;
 pub mod job_data;
+pub mod job_env;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;

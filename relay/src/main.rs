@@ -146,10 +146,7 @@ struct JobOverrides {
 impl JobOverrides {
     /// The job from `file` (or the default), with these flags applied and checked.
     fn job(self, file: Option<&Path>) -> anyhow::Result<JobConfig> {
-        let mut job = match file {
-            Some(path) => JobConfig::load(path)?,
-            None => JobConfig::default(),
-        };
+        let mut job = JobConfig::load_with_env(file)?;
         job.data.path = self.dataset.or(job.data.path);
         job.storage.dir = self.data_dir.unwrap_or(job.storage.dir);
         job.inner.steps = self.inner_steps.unwrap_or(job.inner.steps);

@@ -1,4 +1,5 @@
 //! The relay as an operator runs it, as a `crowdgrad serve` process:
+//! - settings come from `CROWDGRAD_…` variables over the job file;
 //! - `/healthz` answers; `/readyz` answers ready, then 503 with the reason while its
 //!   storage folder is gone, then ready again once it is back;
 //! - SIGTERM, while a native contributor trains, stops it with exit status 0 well within
@@ -29,6 +30,8 @@ fn serve(addr: SocketAddr, job: &Path) -> Process {
         .args(["serve", "--addr", &addr.to_string(), "--config", &job.display().to_string()])
         .current_dir(repo_root())
         .env("RUST_LOG", "warn")
+        .env("CROWDGRAD_NAME", "set by the environment")
+        .env("CROWDGRAD_ROUND__DEADLINE_SECS", "4")
         .stdout(Stdio::null())
         .spawn()
         .expect("start the relay");
@@ -56,7 +59,7 @@ async fn a_relay_says_whether_it_is_ready_and_stops_cleanly_on_sigterm() {
     let job = dir.path().join("job.toml");
     let data = dir.path().join("data");
     let toml = format!(
-        "[inner]\nsteps = 10\nbatch = 4\n[round]\ntarget = 2\ndeadline_secs = 4\n[storage]\ndir = {:?}\n",
+        "name = \"from the file\"\n[inner]\nsteps = 10\nbatch = 4\n[round]\ntarget = 2\n[storage]\ndir = {:?}\n",
         data.display().to_string()
     );
     std::fs::write(&job, toml).expect("write the job");
@@ -64,6 +67,7 @@ async fn a_relay_says_whether_it_is_ready_and_stops_cleanly_on_sigterm() {
     let mut relay = serve(addr, &job);
     wait_for("the relay", Duration::from_secs(30), || get(addr, "/healthz")).await;
     assert_eq!(get(addr, "/healthz"), Some((200, "ok\n".to_string())));
+    assert_eq!(status(addr)["job"], "set by the environment", "CROWDGRAD_NAME names the job");
     let ready =
         |addr| get(addr, "/readyz").map(|(code, body)| (code, serde_json::from_str::<serde_json::Value>(&body)));
     let (code, body) = ready(addr).expect("readyz answers");
