@@ -847,4 +847,17 @@ pub struct ServeConfig {
     pub job: JobConfig,
     /// The operator's secret for `/api/admin/*`; `None` turns job control off.
     pub admin_token: Option<String>,
+    /// HTTPS's certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Where plain HTTP is answered with a redirect to the HTTPS address (with `tls`).
+    pub redirect_http: Option<SocketAddr>,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain, the relay's own first.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }

@@ -14,6 +14,7 @@
 //! - [`state`]: what every handler shares.
 //! - [`address_counts`]: open sessions, connections and downloads per address.
 //! - [`listener`]: the accept loop, with connection bounds and a header timeout.
+//! - [`tls`]: HTTPS, and plain HTTP's redirect to it.
 //! - [`admin`]: the operator's job control.
 //! - [`eval`]: held-out loss of each version.
 //! - [`job_env`]: a job's settings from `CROWDGRAD_…` variables.
@@ -55,10 +56,12 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod tokenizer;
 pub mod verify;
 pub mod weights;
 
+use std::future::pending;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -246,6 +249,10 @@ async fn federate(
 /// spawns a task per connection.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     config.job.validate().map_err(|e| anyhow::anyhow!("invalid job: {e}"))?;
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let coordinator = Arc::new(Mutex::new(job_data::open_coordinator(config.job.clone(), metrics.clone())?));
     let turns = Turns::default();
@@ -263,8 +270,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     }
     let state = AppState::new(coordinator, checks, commits, turns, metrics, config.admin_token.as_deref());
     let (ticker, flusher) = (state.coordinator.clone(), state.coordinator.clone());
-    let limits = config.job.limits.clone();
+    let (limits, redirect_limits) = (config.job.limits.clone(), config.job.limits.clone());
     let app = server::router(state.clone(), &config.www);
+    let https = tls.is_some();
+    let redirect = match config.redirect_http {
+        Some(from) => {
+            anyhow::ensure!(https, "--redirect-http sends browsers to HTTPS: give --tls-cert and --tls-key too");
+            let plain = TcpListener::bind(from).await.with_context(|| format!("binding {from}"))?;
+            let port = addr.port();
+            let router = axum::Router::new()
+                .fallback(move |request: axum::extract::Request| async move { tls::redirect(&request, port) });
+            tracing::info!(from = %plain.local_addr()?, "plain HTTP redirected to HTTPS");
+            Some((plain, router))
+        }
+        None => None,
+    };
     let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut interval = tokio::time::interval(TICK);
@@ -282,15 +302,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
                 flusher.lock().expect("coordinator lock").flush_writes();
             }
         };
-        let serve = listener::serve(listener, app, &limits, async move {
+        let serve = listener::serve(listener, app, &limits, tls, async move {
             let _ = stopped.await;
         });
+        let redirect = async move {
+            match redirect {
+                Some((plain, router)) => listener::serve(plain, router, &redirect_limits, None, pending()).await,
+                None => pending().await,
+            }
+        };
         tokio::select! {
             () = serve => {}
             () = clock => {}
             () = flush => {}
+            () = redirect => {}
         }
     });
-    tracing::info!(%addr, "relay listening");
+    let scheme = if https { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "relay listening");
     Ok(Relay { addr, state, shutdown, task })
 }

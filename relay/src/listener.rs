@@ -14,8 +14,10 @@
 //! - Its reads are counted by a [`ReadGate`], also in the extensions, which bounds a
 //!   WebSocket's bytes before its hello; hyper buffers at most [`MAX_BUFFER`] bytes of a
 //!   request it has not parsed yet.
+//! - Given a TLS acceptor, each connection is HTTPS: its handshake runs on the
+//!   connection's own task, under the same bound as a request's headers.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +27,10 @@ use axum::http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::address_counts::{AddressCounts, AddressSlot};
@@ -49,7 +53,13 @@ pub struct ConnectionSlot {
 /// Serves `app` on `listener` under `limits` (the job's at start: a later job's
 /// connection limits apply from the next start) until `stop` resolves; then stops
 /// accepting, asks open connections to finish their request, and waits up to 5 s.
-pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: &Limits,
+    tls: Option<TlsAcceptor>,
+    stop: impl Future<Output = ()>,
+) {
     let max = limits.max_connections;
     let connections = Arc::new(Semaphore::new(max));
     let per_address = AddressCounts::default();
@@ -79,31 +89,58 @@ pub async fn serve(listener: TcpListener, app: Router, limits: &Limits, stop: im
             tracing::debug!(%peer, "connection refused: too many open");
             continue;
         };
+        let connection = Connection { app: app.clone(), http: http.clone(), peer, slot, stopped: stopped.clone() };
+        let (tls, handshake) = (tls.clone(), Duration::from_secs_f64(limits.header_secs));
+        tokio::spawn(async move {
+            match tls {
+                None => connection.serve(stream).await,
+                Some(tls) => match tokio::time::timeout(handshake, tls.accept(stream)).await {
+                    Ok(Ok(stream)) => connection.serve(stream).await,
+                    Ok(Err(e)) => tracing::debug!(peer = %connection.peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(peer = %connection.peer, "TLS handshake took too long"),
+                },
+            }
+        });
+    }
+    let _ = stopping.send(true);
+    let _ = tokio::time::timeout(DRAIN, connections.acquire_many(max as u32)).await;
+}
+
+/// One accepted connection, with what serving it needs.
+struct Connection {
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+    /// Says when the relay stops: the connection then finishes its request and ends.
+    stopped: watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// Serves HTTP/1.1 (with upgrades) on `stream`, plain or TLS, until the client
+    /// closes it or the relay stops.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let Connection { app, http, peer, slot, mut stopped } = self;
         let (stream, gate) = Gated::new(stream);
-        let service = app.clone().map_request(move |mut request: Request<Incoming>| {
+        let service = app.map_request(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             request.extensions_mut().insert(slot.clone());
             request.extensions_mut().insert(gate.clone());
             request
         });
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            tokio::pin!(connection);
-            let stopping = async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            };
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stopping => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+        tokio::pin!(connection);
+        let stopping = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            () = stopping => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
             }
-        });
+        }
     }
-    let _ = stopping.send(true);
-    let _ = tokio::time::timeout(DRAIN, connections.acquire_many(max as u32)).await;
 }
 
 /// A slot for a connection from `ip`, or `None` when the relay or that address is at

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use crowdgrad_relay::config::{JobConfig, ServeConfig};
+use crowdgrad_relay::config::{JobConfig, ServeConfig, TlsFiles};
 use crowdgrad_relay::contribute::contribute_forever;
 use crowdgrad_relay::hf_dir;
 use crowdgrad_relay::ledger::Ledger;
@@ -24,25 +24,40 @@ struct Cli {
     command: Command,
 }
 
+/// `crowdgrad serve`'s arguments.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CROWDGRAD_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Folder of the static site (the page and its wasm bundle).
+    #[arg(long, env = "CROWDGRAD_WWW", default_value = "www")]
+    www: PathBuf,
+    /// The job, as a TOML file (see docs/jobs.md); without one, the default job.
+    #[arg(long, env = "CROWDGRAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Secret for job control (`/api/admin/pause|resume|job`); without it, off.
+    #[arg(long, env = "CROWDGRAD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// HTTPS: the certificate chain, PEM (with --tls-key). Browsers give WebGPU only
+    /// to secure pages: a relay reached by name needs HTTPS, here or in a proxy.
+    #[arg(long, env = "CROWDGRAD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key, PEM (with --tls-cert).
+    #[arg(long, env = "CROWDGRAD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Also listen for plain HTTP here, answering every request with a redirect to
+    /// the HTTPS address (e.g. 0.0.0.0:80).
+    #[arg(long, env = "CROWDGRAD_REDIRECT_HTTP", requires = "tls_cert")]
+    redirect_http: Option<SocketAddr>,
+    #[command(flatten)]
+    overrides: JobOverrides,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a relay: the page, the work queue and the aggregation.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "CROWDGRAD_ADDR", default_value = "127.0.0.1:8080")]
-        addr: SocketAddr,
-        /// Folder of the static site (the page and its wasm bundle).
-        #[arg(long, env = "CROWDGRAD_WWW", default_value = "www")]
-        www: PathBuf,
-        /// The job, as a TOML file (see docs/jobs.md); without one, the default job.
-        #[arg(long, env = "CROWDGRAD_CONFIG")]
-        config: Option<PathBuf>,
-        /// Secret for job control (`/api/admin/pause|resume|job`); without it, off.
-        #[arg(long, env = "CROWDGRAD_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        #[command(flatten)]
-        overrides: JobOverrides,
-    },
+    Serve(Box<ServeArgs>),
     /// Generate text from a checkpoint (a version file from `/api/weights/{version}`).
     Sample {
         /// The safetensors checkpoint.
@@ -172,10 +187,14 @@ async fn main() -> anyhow::Result<()> {
         .init();
     crowdgrad_relay::exit_on_panic();
     match Cli::parse().command {
-        Command::Serve { addr, www, config, admin_token, overrides } => {
+        Command::Serve(serve) => {
+            let ServeArgs { addr, www, config, admin_token, tls_cert, tls_key, redirect_http, overrides } = *serve;
             let job = overrides.job(config.as_deref())?;
-            let relay = crowdgrad_relay::start(ServeConfig { addr, www, job, admin_token }).await?;
-            println!("crowdgrad relay on http://{}", relay.addr);
+            let tls = tls_cert.zip(tls_key).map(|(cert, key)| TlsFiles { cert, key });
+            let tls_given = tls.is_some();
+            let relay = crowdgrad_relay::start(ServeConfig { addr, www, job, admin_token, tls, redirect_http }).await?;
+            let scheme = if tls_given { "https" } else { "http" };
+            println!("crowdgrad relay on {scheme}://{}", relay.addr);
             relay.serve_until_stopped().await?;
         }
         Command::Sample { checkpoint, prompt, tokens, temperature, top_k, seed, gpu } => {

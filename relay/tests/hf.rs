@@ -76,8 +76,14 @@ async fn a_job_starts_from_a_hugging_face_folder_and_serves_each_version_as_one(
         storage.path().join("job").display().to_string()
     );
     let job = JobConfig::parse(&text).expect("the job parses");
-    let config =
-        ServeConfig { addr: "127.0.0.1:0".parse().expect("literal"), www: repo().join("www"), job, admin_token: None };
+    let config = ServeConfig {
+        addr: "127.0.0.1:0".parse().expect("literal"),
+        www: repo().join("www"),
+        job,
+        admin_token: None,
+        tls: None,
+        redirect_http: None,
+    };
     let relay = crowdgrad_relay::start(config).await.expect("the relay starts");
     let addr = relay.addr;
     let theirs = std::fs::read(fixture().join("model.safetensors")).expect("the fixture");

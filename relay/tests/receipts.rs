@@ -28,7 +28,14 @@ async fn receipts_are_signed_rooted_in_versions_and_exported() {
     (job.inner.steps, job.inner.batch, job.round.target) = (4, 4, 2);
     job.storage.dir = dir.path().to_path_buf();
     let www = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../www");
-    let config = ServeConfig { addr: "127.0.0.1:0".parse().unwrap(), www, job: job.clone(), admin_token: None };
+    let config = ServeConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        www,
+        job: job.clone(),
+        admin_token: None,
+        tls: None,
+        redirect_http: None,
+    };
     let relay = crowdgrad_relay::start(config).await.expect("relay starts");
     let addr = relay.addr;
     let contributors: Vec<(Identity, SharedStats)> =

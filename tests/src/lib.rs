@@ -50,9 +50,16 @@ pub fn test_job(target: usize, dir: &Path) -> JobConfig {
 /// Starts a relay for `job` on 127.0.0.1 with an ephemeral port, serving `www/`.
 pub async fn start_relay(job: JobConfig) -> Relay {
     let addr: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
-    crowdgrad_relay::start(ServeConfig { addr, www: repo_root().join("www"), job, admin_token: None })
-        .await
-        .expect("relay starts")
+    crowdgrad_relay::start(ServeConfig {
+        addr,
+        www: repo_root().join("www"),
+        job,
+        admin_token: None,
+        tls: None,
+        redirect_http: None,
+    })
+    .await
+    .expect("relay starts")
 }
 
 /// The relay's `/api/status`, fetched over real HTTP.

@@ -24,6 +24,8 @@ async fn start(job: JobConfig, admin_token: Option<&str>) -> Relay {
         www: repo_root().join("www"),
         job,
         admin_token: admin_token.map(String::from),
+        tls: None,
+        redirect_http: None,
     };
     crowdgrad_relay::start(config).await.expect("relay starts")
 }

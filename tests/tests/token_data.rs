@@ -63,6 +63,8 @@ async fn a_vocabulary_smaller_than_the_token_ids_is_refused() {
         www: repo_root().join("www"),
         job: token_job(dir.path(), 256),
         admin_token: None,
+        tls: None,
+        redirect_http: None,
     };
     let err = crowdgrad_relay::start(config).await.err().expect("refused").to_string();
     assert!(err.starts_with("model.vocab: 256 is too small for the dataset"), "{err}");

@@ -312,9 +312,22 @@ async fn webgpu() -> Result<(GpuBackend, f32), String> {
         }
         (Err(e), _) => {
             web_sys::console::warn_1(&format!("crowdgrad: no WebGPU: {e}").into());
-            Err("no WebGPU in this browser".to_string())
+            if secure_page() {
+                Err("no WebGPU in this browser".to_string())
+            } else {
+                Err("WebGPU needs a secure page, and this one came over plain http: the GPU needs the relay over \
+                     https"
+                    .to_string())
+            }
         }
     }
+}
+
+/// Whether this page is a secure context (https, or localhost): browsers give WebGPU
+/// only to those.
+fn secure_page() -> bool {
+    js_sys::Reflect::get(&js_sys::global(), &"isSecureContext".into())
+        .map_or(true, |secure| secure.as_bool() != Some(false))
 }
 
 /// What [`contribute`] needs besides the device, for each device [`run`] tries.
