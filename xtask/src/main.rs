@@ -85,6 +85,7 @@ fn serve(args: &[String]) -> Result<(), String> {
 fn test() -> Result<(), String> {
     let config = WasmConfig::load()?;
     tools::ensure_wasm_tools()?;
+    tools::ensure_wasm_pack()?;
     tools::ensure_system_packages()?;
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;

@@ -2,8 +2,8 @@
 //!
 //! - the `wasm32-unknown-unknown` target of the pinned toolchain (rustup), where rustup
 //!   does not add it by itself;
-//! - wasm-pack, and wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate
-//!   in Cargo.lock (cargo install, from crates.io);
+//! - wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate in Cargo.lock,
+//!   and for the tests wasm-pack (cargo install, from crates.io);
 //! - on Debian as root: chromium, chromium-driver, mesa-vulkan-drivers (lavapipe), nodejs
 //!   and nats-server (the federation tests' engine);
 //! - for `cargo xtask fuzz` only: a nightly toolchain (rustup) and cargo-fuzz.
@@ -16,7 +16,7 @@ use std::process::Command;
 use crate::{run, wasm::root};
 
 /// The target the browser build compiles for.
-const WASM_TARGET: &str = "wasm32-unknown-unknown";
+pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
 const DEBIAN_PACKAGES: [&str; 5] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs", "nats-server"];
 
@@ -42,8 +42,8 @@ fn locked_wasm_bindgen() -> Result<String, String> {
         .ok_or_else(|| "Cargo.lock has no wasm-bindgen package".into())
 }
 
-/// The wasm target of the toolchain `rust-toolchain.toml` pins, wasm-pack, and
-/// wasm-bindgen-cli matching the crate exactly.
+/// What building the bundle needs: the wasm target of the toolchain
+/// `rust-toolchain.toml` pins, and wasm-bindgen-cli matching the crate exactly.
 pub fn ensure_wasm_tools() -> Result<(), String> {
     // Run in the repository so that rustup reads rust-toolchain.toml's channel.
     let installed = Command::new("rustup").current_dir(root()).args(["target", "list", "--installed"]).output();
@@ -51,14 +51,20 @@ pub fn ensure_wasm_tools() -> Result<(), String> {
     if !has_wasm {
         run(Command::new("rustup").current_dir(root()).args(["target", "add", WASM_TARGET]))?;
     }
-    if !on_path("wasm-pack") {
-        run(Command::new("cargo").args(["install", "wasm-pack"]))?;
-    }
     let wanted = locked_wasm_bindgen()?;
     let installed = output("wasm-bindgen", &["--version"]).unwrap_or_default();
     if installed.split_whitespace().nth(1) != Some(wanted.as_str()) {
         // No --locked: the registry can lag the CLI's own lockfile.
         run(Command::new("cargo").args(["install", "wasm-bindgen-cli", "--force", "--version", &wanted]))?;
+    }
+    Ok(())
+}
+
+/// wasm-pack, which runs the crates' test suites in headless Chromium (`cargo xtask
+/// test` only).
+pub fn ensure_wasm_pack() -> Result<(), String> {
+    if !on_path("wasm-pack") {
+        run(Command::new("cargo").args(["install", "wasm-pack"]))?;
     }
     Ok(())
 }

@@ -59,7 +59,7 @@ pub(super) fn product(dst: &mut [f32], dst_row_stride: usize, accumulate: bool, 
     // and every element it writes inside `dst`; `dst` is a unique borrow, so it overlaps
     // neither input.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
@@ -78,7 +78,7 @@ pub(super) fn product(dst: &mut [f32], dst_row_stride: usize, accumulate: bool, 
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            gemm_common::Parallelism::None,
         );
     }
 }
