@@ -77,20 +77,8 @@ fn cargo() -> Command {
 
 fn serve(args: &[String]) -> Result<(), String> {
     let config = WasmConfig::load()?;
-    // The relay builds while the tools install and the bundles build: each build has
-    // stretches (build scripts, linking) that leave a core idle.
-    let relay = ["build", "--release", "-p", "crowdgrad-relay", "--bin", "crowdgrad"];
-    eprintln!("xtask: building the relay meanwhile: cargo {}", relay.join(" "));
-    let mut building = cargo().args(relay).spawn().map_err(|e| format!("cannot start cargo: {e}"))?;
-    let bundles = tools::ensure_wasm_tools().and_then(|()| wasm::build_bundle(&config));
-    if bundles.is_err() {
-        let _ = building.kill();
-    }
-    let built = building.wait().map_err(|e| format!("cargo: {e}"))?;
-    bundles?;
-    if !built.success() {
-        return Err(format!("building the relay failed with {built}"));
-    }
+    tools::ensure_wasm_tools()?;
+    wasm::build_bundle(&config)?;
     run(cargo().args(["run", "--release", "-p", "crowdgrad-relay", "--bin", "crowdgrad", "--", "serve"]).args(args))
 }
 

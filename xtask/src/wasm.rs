@@ -27,7 +27,6 @@ struct Bundle {
     #[serde(rename = "crate")]
     krate: String,
     out_dir: String,
-    target_dir: String,
     simd_out_dir: String,
     simd_target_dir: String,
     target: String,
@@ -72,7 +71,7 @@ impl WasmConfig {
 pub fn build_bundle(config: &WasmConfig) -> Result<(), String> {
     let b = &config.bundle;
     let package = Package::of(&b.krate)?;
-    let plain = compile(b, &package, &root().join(&b.target_dir), None)?;
+    let plain = compile(b, &package, &root().join("target"), None)?;
     bindgen(&plain, &b.target, &root().join(&b.out_dir), &package)?;
     let simd = compile(b, &package, &root().join(&b.simd_target_dir), Some("-C target-feature=+simd128"))?;
     bindgen(&simd, &b.target, &root().join(&b.simd_out_dir), &package)
@@ -83,7 +82,7 @@ pub fn build_bundle(config: &WasmConfig) -> Result<(), String> {
 pub fn build_node_package(config: &WasmConfig) -> Result<(), String> {
     let b = &config.bundle;
     let package = Package::of(&b.krate)?;
-    let wasm = compile(b, &package, &root().join(&b.target_dir), None)?;
+    let wasm = compile(b, &package, &root().join("target"), None)?;
     bindgen(&wasm, "nodejs", &root().join(&config.node.out_dir), &package)
 }
 
