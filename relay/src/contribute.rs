@@ -5,11 +5,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+#[cfg(feature = "gpu")]
 use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::backoff::Backoff;
 use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
+#[cfg(feature = "gpu")]
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::MAX_CONTROL_FRAME;
@@ -148,17 +150,27 @@ pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 3
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();
     if gpu {
-        let mut backend = GpuBackend::new().await.context("--gpu")?;
-        let gflops = calibrate(&mut backend, clock).await;
-        tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
-        Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
-    } else {
-        let mut backend = CpuBackend::new();
-        let gflops = calibrate(&mut backend, clock).await;
-        Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
+        #[cfg(feature = "gpu")]
+        {
+            let mut backend = GpuBackend::new().await.context("--gpu")?;
+            let gflops = calibrate(&mut backend, clock).await;
+            tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
+            Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
+            return Ok(());
+        }
+        #[cfg(not(feature = "gpu"))]
+        anyhow::bail!(NO_GPU);
     }
+    let mut backend = CpuBackend::new();
+    let gflops = calibrate(&mut backend, clock).await;
+    Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
     Ok(())
 }
+
+/// Why `--gpu` fails in a build without the `gpu` feature.
+#[cfg(not(feature = "gpu"))]
+pub const NO_GPU: &str = "--gpu: this crowdgrad was built without its GPU backend (the `gpu` feature, on by default; \
+                          `cargo xtask serve` builds without it): build it with `cargo build --release -p crowdgrad-relay`";
 
 /// Like [`contribute`], reconnecting after each ended session to the next of `urls`
 /// (the relays of one job), with a [`Backoff`] (1 s doubling to 30 s, jittered) once

@@ -12,6 +12,7 @@ use crowdgrad_relay::ledger::Ledger;
 use crowdgrad_relay::tokenizer::Tokenizer;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
+#[cfg(feature = "gpu")]
 use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::identity::{Identity, hex};
 use crowdgrad_runtime::model::GptConfig;
@@ -264,9 +265,11 @@ async fn generate_on(
     prompt: &[u32],
     options: SampleOptions,
 ) -> anyhow::Result<Vec<u32>> {
-    Ok(if gpu {
-        generate(GpuBackend::new().await.context("--gpu")?, cfg, params, prompt, options).await?
-    } else {
-        generate(CpuBackend::new(), cfg, params, prompt, options).await?
-    })
+    if gpu {
+        #[cfg(feature = "gpu")]
+        return Ok(generate(GpuBackend::new().await.context("--gpu")?, cfg, params, prompt, options).await?);
+        #[cfg(not(feature = "gpu"))]
+        anyhow::bail!(crowdgrad_relay::contribute::NO_GPU);
+    }
+    Ok(generate(CpuBackend::new(), cfg, params, prompt, options).await?)
 }

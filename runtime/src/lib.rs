@@ -25,6 +25,7 @@ pub mod contributor;
 pub mod cpu;
 pub mod data;
 pub mod feedback;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod held;
 pub mod hf;
