@@ -619,15 +619,21 @@ fn within(key: &str, value: f64, lo: f64, hi: f64) -> Result<(), ConfigError> {
 impl JobConfig {
     /// Reads a TOML job file; unknown keys and wrong types are errors that name the key.
     pub fn load(path: &Path) -> Result<JobConfig, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| bad(&file, format!("cannot read: {e}")))?;
-        Self::parse(&text).map_err(|e| if e.key == JOB_FILE { bad(&file, e.reason) } else { e })
+        Self::load_overlaid(Some(path), std::iter::empty())
     }
 
     /// The job from the file at `path` (or the default job without one), with the
     /// settings the environment's `CROWDGRAD_{SECTION}__{KEY}` variables give (see
     /// [`crate::job_env`]).
     pub fn load_with_env(path: Option<&Path>) -> Result<JobConfig, ConfigError> {
+        Self::load_overlaid(path, std::env::vars())
+    }
+
+    /// The job from the file at `path` (or the default), with the settings of `vars`.
+    fn load_overlaid(
+        path: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<JobConfig, ConfigError> {
         let (file, text) = match path {
             Some(path) => {
                 let file = path.display().to_string();
@@ -636,7 +642,7 @@ impl JobConfig {
             }
             None => (JOB_FILE.to_string(), String::new()),
         };
-        let text = crate::job_env::overlay(&text, std::env::vars())?;
+        let text = crate::job_env::overlay(&text, vars)?;
         Self::parse(&text).map_err(|e| if e.key == JOB_FILE { bad(&file, e.reason) } else { e })
     }
 

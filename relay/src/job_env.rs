@@ -36,20 +36,17 @@ pub fn overlay(text: &str, vars: impl IntoIterator<Item = (String, String)>) -> 
         toml::from_str(text).map_err(|e| ConfigError { key: "job file".into(), reason: e.to_string() })?;
     for (name, path, value) in settings {
         let bad = |reason: String| ConfigError { key: name.clone(), reason };
-        let [section, key] = path.as_slice() else {
-            match path.as_slice() {
-                [key] => {
-                    job.insert(key.clone(), read(&value));
-                    continue;
+        let table = match path.as_slice() {
+            [_] => &mut job,
+            [section, _] => {
+                match job.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new())) {
+                    toml::Value::Table(table) => table,
+                    _ => return Err(bad(format!("`{section}` is not a section of a job"))),
                 }
-                _ => return Err(bad(format!("names {} levels; a job's keys are `SECTION__KEY`", path.len()))),
             }
+            _ => return Err(bad(format!("names {} levels; a job's keys are `SECTION__KEY`", path.len()))),
         };
-        let table = job.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(table) = table else {
-            return Err(bad(format!("`{section}` is not a section of a job")));
-        };
-        table.insert(key.clone(), read(&value));
+        table.insert(path[path.len() - 1].clone(), read(&value));
     }
     toml::to_string(&job).map_err(|e| ConfigError { key: "environment".into(), reason: e.to_string() })
 }

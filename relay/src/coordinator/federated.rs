@@ -232,7 +232,7 @@ impl Coordinator {
             share: result.share,
             weight: about.undiscounted,
             train_loss: about.train_loss,
-            receipt: about.receipt.hash(),
+            receipt: result.receipt,
             delta,
         };
         if f.outbox.try_send(Accepted { receipt: about.receipt, result: shared }).is_err() {

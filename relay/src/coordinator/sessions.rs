@@ -110,16 +110,19 @@ impl Coordinator {
 
     /// [`Self::leave`], inside its ledger transaction.
     fn end_session(&mut self, session: u64, now: Instant) {
-        self.forget_unwritten(session);
-        self.mesh_leave(session);
-        if let Some(unit_id) = self.sessions.get(&session).and_then(|s| s.unit)
-            && self.holds(session, unit_id)
-        {
-            self.sessions.remove(&session);
+        if let Some(unit_id) = self.forget_session(session) {
             self.release(unit_id);
             self.offer_all(now);
         }
-        self.sessions.remove(&session);
+    }
+
+    /// Removes `session` (its registration, its place in the mesh); the unit it held,
+    /// which the caller releases.
+    fn forget_session(&mut self, session: u64) -> Option<u64> {
+        self.forget_unwritten(session);
+        self.mesh_leave(session);
+        let held = self.sessions.remove(&session)?.unit;
+        held.filter(|&unit_id| self.holds(session, unit_id))
     }
 
     /// Closes every session, as the relay stops: their units go back to the pool
@@ -128,15 +131,9 @@ impl Coordinator {
     pub fn close_sessions(&mut self) {
         self.in_one_write(|c| {
             let ids: Vec<u64> = c.sessions.keys().copied().collect();
-            let units: Vec<u64> =
-                ids.iter().filter_map(|&id| c.sessions.get(&id)?.unit.filter(|&unit| c.holds(id, unit))).collect();
-            for id in ids {
-                c.forget_unwritten(id);
-                c.mesh_leave(id);
-                c.sessions.remove(&id);
-            }
-            for unit in units {
-                c.release(unit);
+            let held: Vec<u64> = ids.into_iter().filter_map(|id| c.forget_session(id)).collect();
+            for unit_id in held {
+                c.release(unit_id);
             }
             tracing::info!("closed every session");
         });
