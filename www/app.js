@@ -8,6 +8,17 @@ const $ = (id) => document.getElementById(id);
 const RECEIPTS_SHOWN = 8;
 const SAMPLE_EVERY_MS = 20_000;
 
+const megabytes = (n) => `${(n / 1e6).toFixed(1)} MB`;
+
+/** Where the tab's weights come from: peers over WebRTC and the relay, or the relay
+ * alone, with the browser's reason when peers cannot be reached. */
+function sharing(stats) {
+  const fromRelay = `${megabytes(stats.weights_from_relay)} from the relay`;
+  if (stats.peers > 0) return `${stats.peers} peers (${megabytes(stats.weights_from_peers)}) and ${fromRelay}`;
+  if (stats.mesh_error) return `the relay over HTTP (${fromRelay}): no peer reachable, ${stats.mesh_error}`;
+  return `${fromRelay}, no peer connected`;
+}
+
 function render(c) {
   const button = $("contribute");
   button.textContent = !c.saved.consent ? "Lend my GPU" : c.saved.paused ? "Resume" : "Pause";
@@ -24,6 +35,7 @@ function render(c) {
     $("loss").textContent = stats.last_loss == null ? "—" : stats.last_loss.toFixed(3);
     if (stats.key) $("key").textContent = stats.key;
     $("error").textContent = stats.error || "";
+    $("sharing").textContent = sharing(stats);
   }
   const t = c.saved.totals;
   $("units").textContent = t.units.toLocaleString("en");

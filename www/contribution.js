@@ -141,9 +141,12 @@ export class Contribution {
     const ask = async () => {
       try {
         const status = await (await fetch("/api/status")).json();
-        const relays = status.federation?.relays || [];
+        // The live relays first, then every relay the job has had: a list read while
+        // the engine was briefly unsure who is live still names them all.
+        const federation = status.federation || {};
+        const relays = [...(federation.relays || []), ...(federation.known_relays || [])];
         const ws = (url) => `${url.replace(/^http/, "ws").replace(/\/$/, "")}/ws`;
-        const others = relays.map(ws).filter((url) => url !== this.relayUrl);
+        const others = [...new Set(relays.map(ws))].filter((url) => url !== this.relayUrl);
         this.contributor.set_relays([this.relayUrl, ...others]);
       } catch {
         // This relay is down: the contributor moves on with the list it has.

@@ -20,7 +20,7 @@
 //! [limits]  # sessions_per_ip, messages_per_minute, origins, ping_secs, idle_secs, trusted_proxies,
 //!           # max_connections, connections_per_ip, header_secs, new_contributors_per_hour,
 //!           # downloads_per_ip
-//! [mesh]    # peers, signals_per_link, ice_servers
+//! [mesh]    # peers, signals_per_link, ice_servers, turn_urls, turn_secret, turn_ttl_secs, relay_only
 //! ```
 
 use std::fmt;
@@ -32,11 +32,12 @@ use crowdgrad_runtime::codec::{CodecConfig, MAX_CHUNK};
 use crowdgrad_runtime::data::TokenWidth;
 use crowdgrad_runtime::model::GptConfig;
 
-use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_ICE_SERVERS, MAX_INNER_STEPS, MAX_STRING};
+use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
 use serde::{Deserialize, Serialize};
 
 use crate::hf_dir;
+use crate::ice::IceServerEntry;
 use crate::tokenizer::{GPT2_VOCAB, Tokenizer};
 
 /// One training job: the model, the data, the inner and outer optimizers, the rounds,
@@ -92,14 +93,33 @@ pub struct MeshConfig {
     /// WebRTC signals (offer, answer, ICE candidates) the relay forwards per direction of
     /// an introduced pair; the rest are dropped.
     pub signals_per_link: u32,
-    /// STUN/TURN URLs handed to tabs, e.g. `stun:stun.example.org:3478`; none is needed
-    /// on a LAN.
-    pub ice_servers: Vec<String>,
+    /// STUN/TURN servers handed to every tab as they are: URLs (`stun:stun.example.org:3478`)
+    /// or tables with `urls`, `username` and `credential`; none is needed on a LAN.
+    pub ice_servers: Vec<IceServerEntry>,
+    /// TURN URLs (`turn:turn.example.org:3478?transport=udp`) of a server that takes
+    /// credentials made with `turn_secret`: each session gets its own (see [`crate::ice`]).
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server of `turn_urls` (coturn's `static-auth-secret`).
+    pub turn_secret: String,
+    /// How long minted TURN credentials last, seconds (a session longer than that gets new
+    /// ones when it reconnects).
+    pub turn_ttl_secs: u64,
+    /// Whether tabs reach each other only through TURN (`iceTransportPolicy: "relay"`), so
+    /// that no tab learns another's addresses; needs a TURN server.
+    pub relay_only: bool,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        MeshConfig { peers: 6, signals_per_link: 64, ice_servers: Vec::new() }
+        MeshConfig {
+            peers: 6,
+            signals_per_link: 64,
+            ice_servers: Vec::new(),
+            turn_urls: Vec::new(),
+            turn_secret: String::new(),
+            turn_ttl_secs: 86_400,
+            relay_only: false,
+        }
     }
 }
 
@@ -800,13 +820,7 @@ impl JobConfig {
         let m = &self.mesh;
         within("mesh.peers", m.peers as f64, 0.0, 16.0)?;
         within("mesh.signals_per_link", m.signals_per_link as f64, 1.0, 10_000.0)?;
-        within("mesh.ice_servers", m.ice_servers.len() as f64, 0.0, MAX_ICE_SERVERS as f64)?;
-        if let Some(url) = m.ice_servers.iter().find(|u| {
-            !["stun:", "stuns:", "turn:", "turns:"].iter().any(|scheme| u.starts_with(scheme)) || u.len() > MAX_STRING
-        }) {
-            return Err(bad("mesh.ice_servers", format!("{url:?} is not a stun:/turn: URL")));
-        }
-        Ok(())
+        crate::ice::check(m)
     }
 
     /// The inner optimizer of a unit that starts from `version`: the learning rate

@@ -45,6 +45,7 @@ pub mod federation;
 pub mod health;
 pub mod hf_dir;
 pub mod hf_routes;
+pub mod ice;
 pub mod job_data;
 pub mod job_env;
 pub mod ledger;

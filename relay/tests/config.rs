@@ -117,6 +117,12 @@ fn every_bad_value_names_its_key() {
         ("[mesh]\npeers = 100", "mesh.peers"),
         ("[mesh]\nsignals_per_link = 0", "mesh.signals_per_link"),
         ("[mesh]\nice_servers = [\"http://stun.example.org\"]", "mesh.ice_servers"),
+        ("[mesh]\nice_servers = [{ urls = [], username = \"u\" }]", "mesh.ice_servers"),
+        ("[mesh]\nice_servers = [{ urls = [\"ftp://x\"] }]", "mesh.ice_servers"),
+        ("[mesh]\nturn_urls = [\"turn:t.example.org:3478\"]", "mesh.turn_secret"),
+        ("[mesh]\nturn_urls = [\"stun:t.example.org:3478\"]\nturn_secret = \"s\"", "mesh.turn_urls"),
+        ("[mesh]\nturn_urls = [\"turn:t.example.org\"]\nturn_secret = \"s\"\nturn_ttl_secs = 1", "mesh.turn_ttl_secs"),
+        ("[mesh]\nrelay_only = true\nice_servers = [\"stun:s.example.org\"]", "mesh.relay_only"),
         ("[federation]\nnats = []", "federation.nats"),
         ("[federation]\nnats = [\"nats://a:4222\"]\nreplicas = 2", "federation.replicas"),
         ("[federation]\nnats = [\"nats://a:4222\"]\nmin_version_secs = -1", "federation.min_version_secs"),
@@ -137,10 +143,28 @@ fn unknown_keys_and_wrong_types_name_the_key() {
         ("[model]\nbias = 1", "bias"),
         ("[aggregation]\nrule = \"median\"", "median"),
         ("[data]\ntokenizer = \"sentencepiece\"", "sentencepiece"),
+        ("[mesh]\nice_servers = [{ urls = [\"turn:t\"], password = \"p\" }]", "password"),
+        ("[mesh]\nice_servers = [3]", "stun:/turn: URL, or a table"),
     ] {
         let err = load(toml).expect_err(toml);
         assert!(err.contains(key), "{toml:?} should mention {key}, got: {err}");
     }
+}
+
+#[test]
+fn ice_servers_take_urls_and_tables_with_credentials() {
+    let job = load(
+        "[mesh]\nice_servers = [\"stun:s.example.org:3478\", \
+         { urls = [\"turn:t.example.org:3478\"], username = \"u\", credential = \"p\" }]\n\
+         turn_urls = [\"turns:t.example.org:5349\"]\nturn_secret = \"s\"\nrelay_only = true",
+    )
+    .expect("a valid [mesh]");
+    let servers = crowdgrad_relay::ice::servers_for_session(&job.mesh, 7, std::time::SystemTime::UNIX_EPOCH);
+    let urls: Vec<&str> = servers.iter().flat_map(|s| s.urls.iter().map(String::as_str)).collect();
+    assert_eq!(urls, ["stun:s.example.org:3478", "turn:t.example.org:3478", "turns:t.example.org:5349"]);
+    assert_eq!((servers[0].username.as_str(), servers[1].username.as_str()), ("", "u"));
+    assert_eq!(servers[2].username, "86400:7", "a day after the epoch, session 7");
+    assert!(job.mesh.relay_only);
 }
 
 #[test]

@@ -117,6 +117,9 @@ pub struct Stats {
     /// The WebSocket URL of the relay the session is on, or is being opened on (empty
     /// where the caller does not say).
     pub relay: String,
+    /// The WebSocket URLs of every relay of the job the contributor knows, in the order
+    /// it tries them (empty where the caller does not say).
+    pub relays: Vec<String>,
     /// The relay's current model version.
     pub version: u64,
     /// Units accepted by the relay.
@@ -155,6 +158,10 @@ pub struct Stats {
     pub weights_from_peers: u64,
     /// Peers with an open data channel now.
     pub peers: u32,
+    /// Why peers cannot be reached, as the browser said it (a STUN/TURN server's URL, error
+    /// code and text, e.g. a TURN server that refused the credentials: 401); cleared when a
+    /// data channel opens. Weights then come from the relay over HTTP.
+    pub mesh_error: Option<String>,
     /// Session ids of the peers dropped (and never connected to again) for a chunk that
     /// failed its hash or a malformed message.
     pub peers_dropped: Vec<u64>,

@@ -24,7 +24,7 @@ pub const MAGIC: [u8; 2] = *b"CG";
 /// weights are checked by the blake3 of their values (`params_hash`). (Version 6: no
 /// fixed limit on the model's size; [`WorkUnit`] and [`ServerMsg::Version`] say how many
 /// bytes each download has, which is what a contributor accepts.)
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -37,7 +37,7 @@ pub const MAX_INNER_STEPS: u32 = 10_000;
 pub const MAX_BATCH: u32 = 4096;
 /// Longest WebRTC signalling payload (an SDP description or an ICE candidate, JSON), bytes.
 pub const MAX_SIGNAL: usize = 4096;
-/// Most ICE server URLs a welcome may name.
+/// Most ICE server URLs a welcome may name, all its servers together.
 pub const MAX_ICE_SERVERS: usize = 8;
 /// Bytes of one chunk of a weights file, as tabs share it and as
 /// `GET /api/weights/{version}/chunks/{index}` serves it; the last chunk may be shorter.
@@ -191,9 +191,23 @@ pub struct Welcome {
     pub job: String,
     /// The current model version.
     pub version: u64,
-    /// STUN/TURN URLs for WebRTC between tabs (e.g. `stun:stun.example.org:3478`); empty
-    /// on a LAN or loopback.
-    pub ice_servers: Vec<String>,
+    /// STUN/TURN servers for WebRTC between tabs; empty on a LAN or loopback.
+    pub ice_servers: Vec<IceServer>,
+    /// Whether tabs may reach their peers only through a TURN server's relayed
+    /// candidates (WebRTC's `iceTransportPolicy: "relay"`), which hides each tab's
+    /// addresses from the others.
+    pub relay_only: bool,
+}
+
+/// One STUN or TURN server, as WebRTC's `RTCIceServer` takes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// Its URLs, e.g. `stun:stun.example.org:3478` or `turn:turn.example.org:3478?transport=udp`.
+    pub urls: Vec<String>,
+    /// The TURN user name; empty for none (STUN).
+    pub username: String,
+    /// The TURN password; empty for none (STUN).
+    pub credential: String,
 }
 
 /// Everything needed to run one unit; with the downloaded weights and shard, every
@@ -357,10 +371,15 @@ impl Validate for ServerMsg {
             ServerMsg::Welcome(w) => {
                 check_string("job", &w.job)?;
                 check_string("token", &w.token)?;
-                if w.ice_servers.len() > MAX_ICE_SERVERS {
-                    return Err(format!("{} ICE servers, the limit is {MAX_ICE_SERVERS}", w.ice_servers.len()));
+                let urls: usize = w.ice_servers.iter().map(|server| server.urls.len().max(1)).sum();
+                if urls > MAX_ICE_SERVERS {
+                    return Err(format!("{urls} ICE server URLs, the limit is {MAX_ICE_SERVERS}"));
                 }
-                w.ice_servers.iter().try_for_each(|url| check_string("ice_servers", url))
+                w.ice_servers.iter().try_for_each(|server| {
+                    server.urls.iter().try_for_each(|url| check_string("ice_servers.urls", url))?;
+                    check_string("ice_servers.username", &server.username)?;
+                    check_string("ice_servers.credential", &server.credential)
+                })
             }
             ServerMsg::Peer { .. } | ServerMsg::PeerGone { .. } => Ok(()),
             ServerMsg::Version { part, parts, .. } if part >= parts => Err(format!("part {part} of {parts}")),
@@ -469,5 +488,31 @@ mod tests {
         assert_eq!(decode::<ServerMsg>(&frame, MAX_CONTROL_FRAME), Ok(unit(gpt2, most)));
         let err = decode::<ServerMsg>(&encode(&unit(gpt2, most + 1)), MAX_CONTROL_FRAME).unwrap_err().to_string();
         assert!(err.contains(&format!("more than a file of this model can be ({most})")), "{err}");
+    }
+
+    fn welcome(urls_per_server: &[usize]) -> ServerMsg {
+        let server = |n: usize| IceServer {
+            urls: (0..n).map(|i| format!("turn:t{i}.example.org:3478")).collect(),
+            username: "1700000000:1".into(),
+            credential: "x".repeat(MAX_STRING),
+        };
+        ServerMsg::Welcome(Welcome {
+            session: 1,
+            contributor: 1,
+            token: "t".into(),
+            job: "j".into(),
+            version: 0,
+            ice_servers: urls_per_server.iter().map(|&n| server(n)).collect(),
+            relay_only: true,
+        })
+    }
+
+    #[test]
+    fn a_welcome_carries_ice_servers_with_credentials_up_to_the_url_limit() {
+        let most = welcome(&[MAX_ICE_SERVERS / 2, MAX_ICE_SERVERS / 2]);
+        assert_eq!(decode::<ServerMsg>(&encode(&most), MAX_CONTROL_FRAME), Ok(most));
+        let over = welcome(&[MAX_ICE_SERVERS, 1]);
+        let err = decode::<ServerMsg>(&encode(&over), MAX_CONTROL_FRAME).unwrap_err().to_string();
+        assert!(err.contains(&format!("{} ICE server URLs", MAX_ICE_SERVERS + 1)), "{err}");
     }
 }

@@ -23,6 +23,11 @@ pub const CHROME_ARGS: [&str; 9] = [
     "--disable-quic",
 ];
 
+/// Chromium flags for WebRTC between separate browser processes on one machine: loopback
+/// candidates allowed, and host addresses not hidden behind mDNS names.
+pub const WEBRTC_ARGS: [&str; 2] =
+    ["--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"];
+
 /// Fails with what to do when the page's wasm bundles (`www/pkg`, `www/pkg-simd`) have not been
 /// built.
 pub fn require_bundle() {

@@ -3,6 +3,7 @@
 
 pub mod adversary;
 pub mod browser;
+pub mod coturn;
 pub mod load;
 pub mod nats;
 
@@ -45,6 +46,21 @@ pub fn test_job(target: usize, dir: &Path) -> JobConfig {
     job.round.max_staleness = 2;
     job.storage.dir = dir.to_path_buf();
     job
+}
+
+/// A service's binary for the tests: the path in the environment variable `var`, else
+/// `name` on `PATH`, else `debian` (where Debian's package puts it) if it is there.
+pub fn system_binary(var: &str, name: &str, debian: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Some(path.into());
+    }
+    let on_path = std::process::Command::new("sh").arg("-c").arg(format!("command -v {name}")).output();
+    if let Ok(out) = on_path
+        && out.status.success()
+    {
+        return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    }
+    Some(PathBuf::from(debian)).filter(|path| path.is_file())
 }
 
 /// Starts a relay for `job` on 127.0.0.1 with an ephemeral port, serving `www/`.

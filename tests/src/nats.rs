@@ -10,21 +10,9 @@ use std::time::{Duration, Instant};
 
 /// The `nats-server` binary: `NATS_SERVER`, else on `PATH`, else Debian's.
 pub fn nats_server_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return path.into();
-    }
-    let on_path = Command::new("sh").args(["-c", "command -v nats-server"]).output();
-    if let Ok(out) = on_path
-        && out.status.success()
-    {
-        return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    }
-    let debian = PathBuf::from("/usr/sbin/nats-server");
-    assert!(
-        debian.is_file(),
-        "nats-server is missing: `cargo xtask test` installs it (Debian: apt-get install nats-server)"
-    );
-    debian
+    crate::system_binary("NATS_SERVER", "nats-server", "/usr/sbin/nats-server").unwrap_or_else(|| {
+        panic!("nats-server is missing: `cargo xtask test` installs it (Debian: apt-get install nats-server)")
+    })
 }
 
 /// `count` distinct free loopback ports (all bound at once, then let go).

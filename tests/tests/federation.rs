@@ -219,8 +219,9 @@ async fn a_federated_job_trains_on_while_its_relays_are_killed() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let on = eval(&tab, "return window.crowdgrad.stats().relay;").await;
+        let known = eval(&tab, "return window.crowdgrad.stats().relays;").await;
         println!(
-            "kill {kill}: every contributor trained again {:.1} s after it (the tab on {on})",
+            "kill {kill}: every contributor trained again {:.1} s after it (the tab on {on}, knowing {known})",
             killed.elapsed().as_secs_f64()
         );
 

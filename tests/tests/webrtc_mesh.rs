@@ -12,13 +12,10 @@
 
 use std::time::Duration;
 
-use crowdgrad_tests::browser::{Chromedriver, eval, require_bundle};
+use crowdgrad_tests::browser::{Chromedriver, WEBRTC_ARGS, eval, require_bundle};
 use crowdgrad_tests::{start_relay, status, test_job};
 use fantoccini::Client;
 use serde_json::Value;
-
-/// Chromium flags for WebRTC between separate browser processes on one machine.
-const WEBRTC_ARGS: [&str; 2] = ["--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"];
 
 /// Run in the tab that turns corrupt: every chunk it sends from then on (a message over
 /// 1 KiB) has one byte flipped, so it still parses but fails its hash.

@@ -65,6 +65,7 @@ pub async fn contribute_headless(relay_urls: String, units: u32) -> Result<JsVal
             // A relay numbers sessions from 1: 0 means not welcomed yet.
             s.session = 0;
             s.relay = url.clone();
+            s.relays = relays.clone();
         }
         let why = match WebTransport::connect(url, stats.clone()).await {
             Ok(transport) => {

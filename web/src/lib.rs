@@ -374,16 +374,15 @@ async fn contribute<B: Backend>(
     let mut trainer: Option<Loop<B, WebTransport>> = None;
     let (mut next, mut failed_in_a_row) = (0usize, 0usize);
     while held.current() {
-        let (url, count) = {
-            let relays = relays.borrow();
-            (relays[next % relays.len()].clone(), relays.len())
-        };
+        let known = relays.borrow().clone();
+        let (url, count) = (known[next % known.len()].clone(), known.len());
         next += 1;
         {
             let mut s = stats.lock().expect("stats lock");
             // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
             s.session = 0;
             s.relay = url.clone();
+            s.relays = known;
         }
         let ended = match WebTransport::connect(&url, stats.clone()).await {
             Ok(transport) if held.current() => {
@@ -423,7 +422,8 @@ async fn contribute<B: Backend>(
             failed_in_a_row += 1;
         }
         // Another relay of the job at once; one relay, or all failed in turn: a wait.
-        let wait = if count > 1 && failed_in_a_row % count != 0 { 0.0 } else { backoff.next_wait() };
+        let all_failed = failed_in_a_row > 0 && failed_in_a_row % count == 0;
+        let wait = if count > 1 && !all_failed { 0.0 } else { backoff.next_wait() };
         held.session.replace(Session::Reconnecting);
         {
             let mut s = stats.lock().expect("stats lock");

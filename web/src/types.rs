@@ -49,6 +49,9 @@ export interface ContributorStats {
   resume_token: string | null;
   /** The WebSocket URL of the relay the session is on, or is being opened on. */
   relay: string;
+  /** Every relay of the job the contributor knows, as WebSocket URLs, in the order it
+   * tries them. */
+  relays: string[];
   /** The relay's current model version. */
   version: number;
   units_done: number;
@@ -78,6 +81,10 @@ export interface ContributorStats {
   weights_from_peers: number;
   /** Peers with an open data channel. */
   peers: number;
+  /** Why peers cannot be reached, as the browser said it (a STUN/TURN server's URL, error
+   * code and text, e.g. 401 from a TURN server that refused the credentials); null once a
+   * data channel opens. Weights then come from the relay over HTTP. */
+  mesh_error: string | null;
   /** Session ids of peers dropped for a chunk that failed its hash or a malformed message. */
   peers_dropped: number[];
   /** The contributor's ed25519 public key, hex. */

@@ -4,8 +4,8 @@
 //!   does not add it by itself;
 //! - wasm-bindgen-cli at the exact version of the `wasm-bindgen` crate in Cargo.lock,
 //!   and for the tests wasm-pack (cargo install, from crates.io);
-//! - on Debian as root: chromium, chromium-driver, mesa-vulkan-drivers (lavapipe), nodejs
-//!   and nats-server (the federation tests' engine);
+//! - on Debian as root: chromium, chromium-driver, mesa-vulkan-drivers (lavapipe), nodejs,
+//!   nats-server (the federation tests' engine) and coturn (the TURN test's server);
 //! - for `cargo xtask fuzz` only: a nightly toolchain (rustup) and cargo-fuzz.
 //!
 //! Nothing else is downloaded: wasm-pack finds these instead of fetching its own.
@@ -18,7 +18,8 @@ use crate::{run, wasm::root};
 /// The target the browser build compiles for.
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 
-const DEBIAN_PACKAGES: [&str; 5] = ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs", "nats-server"];
+const DEBIAN_PACKAGES: [&str; 6] =
+    ["chromium", "chromium-driver", "mesa-vulkan-drivers", "nodejs", "nats-server", "coturn"];
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
@@ -97,6 +98,7 @@ pub fn ensure_system_packages() -> Result<(), String> {
         (!lavapipe_present()).then_some("mesa-vulkan-drivers"),
         (!on_path("node")).then_some("nodejs"),
         (!on_path("nats-server") && !Path::new("/usr/sbin/nats-server").exists()).then_some("nats-server"),
+        (!on_path("turnserver") && std::env::var_os("TURNSERVER").is_none()).then_some("coturn"),
     ]
     .into_iter()
     .flatten()
@@ -108,7 +110,7 @@ pub fn ensure_system_packages() -> Result<(), String> {
     let root_user = output("id", &["-u"]).as_deref() == Some("0");
     if !(debian && root_user) {
         return Err(format!(
-            "missing: {}. Install Chromium, its chromedriver, a Vulkan driver, Node.js and nats-server (Debian/Ubuntu: \
+            "missing: {}. Install Chromium, its chromedriver, a Vulkan driver, Node.js, nats-server and coturn (Debian/Ubuntu: \
              `apt-get install {}`), or set CHROMEDRIVER to a chromedriver matching your Chrome",
             missing.join(", "),
             DEBIAN_PACKAGES.join(" ")

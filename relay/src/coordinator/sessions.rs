@@ -78,7 +78,8 @@ impl Coordinator {
             token,
             job: self.job.name.clone(),
             version: self.version,
-            ice_servers: self.job.mesh.ice_servers.clone(),
+            ice_servers: crate::ice::servers_for_session(&self.job.mesh, id, std::time::SystemTime::now()),
+            relay_only: self.job.mesh.relay_only,
         });
         let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
         let session = Session {

@@ -89,7 +89,7 @@ async fn watch_versions(engine: Arc<Engine>, committed: Arc<Notify>) {
 /// silence.
 async fn listen(engine: Arc<Engine>, heard: Heard) {
     loop {
-        match engine.heartbeats().await {
+        match bounded("watching the heartbeats", engine.heartbeats()).await {
             Ok(beats) => {
                 let mut beats = std::pin::pin!(beats);
                 loop {

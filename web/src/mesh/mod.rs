@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::{Rc, Weak};
 
 use crowdgrad_runtime::contributor::SharedStats;
-use crowdgrad_runtime::protocol::ServerMsg;
+use crowdgrad_runtime::protocol::{IceServer, ServerMsg};
 use futures_channel::mpsc;
 use web_sys::WebSocket;
 
@@ -37,6 +37,16 @@ use self::wire::PeerMsg;
 /// Whether this JavaScript host has WebRTC (browsers do, Node.js does not).
 pub fn available() -> bool {
     js_sys::Reflect::get(&js_sys::global(), &"RTCPeerConnection".into()).is_ok_and(|v| v.is_function())
+}
+
+/// How peer connections find their way: the relay's STUN/TURN servers, and whether only
+/// TURN's relayed candidates may be used.
+#[derive(Clone, Default)]
+pub struct IceConfig {
+    /// The servers of the relay's welcome.
+    pub servers: Vec<IceServer>,
+    /// WebRTC's `iceTransportPolicy: "relay"`.
+    pub relay_only: bool,
 }
 
 /// The tab's peers and the chunks it holds; cheap to clone.
@@ -52,7 +62,7 @@ pub struct Shared {
     http_base: String,
     /// This tab's session id, from the relay's welcome.
     me: u64,
-    ice_servers: Vec<String>,
+    ice: IceConfig,
     peers: BTreeMap<u64, Peer>,
     /// Peers dropped for a bad chunk or message; never connected to again.
     banned: BTreeSet<u64>,
@@ -76,7 +86,7 @@ impl Mesh {
             relay,
             http_base,
             me: 0,
-            ice_servers: Vec::new(),
+            ice: IceConfig::default(),
             peers: BTreeMap::new(),
             banned: BTreeSet::new(),
             store: Store::default(),
@@ -95,7 +105,8 @@ impl Mesh {
         match msg {
             ServerMsg::Welcome(w) => {
                 let mut s = self.shared.borrow_mut();
-                (s.me, s.ice_servers) = (w.session, w.ice_servers.clone());
+                s.me = w.session;
+                s.ice = IceConfig { servers: w.ice_servers.clone(), relay_only: w.relay_only };
                 false
             }
             ServerMsg::Peer { session, offer } => {
@@ -128,14 +139,14 @@ impl Mesh {
     }
 
     fn connect(&self, id: u64, offer: bool) {
-        let (relay, ice_servers) = {
+        let (relay, ice) = {
             let s = self.shared.borrow();
             if s.banned.contains(&id) || s.peers.contains_key(&id) {
                 return;
             }
-            (s.relay.clone(), s.ice_servers.clone())
+            (s.relay.clone(), s.ice.clone())
         };
-        match Peer::connect(Rc::downgrade(&self.shared), relay, id, offer, &ice_servers) {
+        match Peer::connect(Rc::downgrade(&self.shared), relay, id, offer, &ice) {
             Ok(peer) => {
                 self.shared.borrow_mut().peers.insert(id, peer);
             }
@@ -183,6 +194,7 @@ fn on_open(mesh: &Weak<RefCell<Shared>>, id: u64) {
             peer.send(&msg);
         }
     }
+    s.stats.lock().expect("stats lock").mesh_error = None;
     s.count_peers();
     s.wake();
 }
@@ -238,6 +250,15 @@ fn on_message(mesh: &Weak<RefCell<Shared>>, id: u64, frame: &[u8]) {
             }
         }
     }
+}
+
+/// A STUN/TURN server failed a peer connection (`why`: its URL, error code and text):
+/// kept for the page until a data channel opens.
+fn note_ice_error(mesh: &Weak<RefCell<Shared>>, why: String) {
+    let Some(shared) = mesh.upgrade() else { return };
+    let s = shared.borrow();
+    web_sys::console::warn_1(&format!("crowdgrad: ICE server error: {why}").into());
+    s.stats.lock().expect("stats lock").mesh_error = Some(why);
 }
 
 /// Forgets peer `id`; with a reason, it misbehaved and is banned for the session.

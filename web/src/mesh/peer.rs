@@ -14,10 +14,11 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
     MessageEvent, RtcConfiguration, RtcDataChannel, RtcDataChannelInit, RtcDataChannelType, RtcIceCandidateInit,
-    RtcIceServer, RtcPeerConnection, RtcPeerConnectionIceEvent, RtcPeerConnectionState, RtcSessionDescriptionInit,
-    WebSocket,
+    RtcIceServer, RtcIceTransportPolicy, RtcPeerConnection, RtcPeerConnectionIceErrorEvent, RtcPeerConnectionIceEvent,
+    RtcPeerConnectionState, RtcSessionDescriptionInit, WebSocket,
 };
 
+use super::IceConfig;
 use super::holdings::Holdings;
 use super::uplink::Uplink;
 use super::{Shared, wire::PeerMsg};
@@ -49,18 +50,27 @@ impl Peer {
         relay: WebSocket,
         id: u64,
         offer: bool,
-        ice_servers: &[String],
+        ice: &IceConfig,
     ) -> Result<Peer, String> {
         let config = RtcConfiguration::new();
-        let servers: js_sys::Array = ice_servers
+        let servers: js_sys::Array = ice
+            .servers
             .iter()
-            .map(|url| {
-                let server = RtcIceServer::new();
-                server.set_urls_str(url);
-                JsValue::from(server)
+            .map(|server| {
+                let entry = RtcIceServer::new();
+                let urls: js_sys::Array = server.urls.iter().map(|url| JsValue::from_str(url)).collect();
+                entry.set_urls(&urls);
+                if !server.username.is_empty() {
+                    entry.set_username(&server.username);
+                    entry.set_credential(&server.credential);
+                }
+                JsValue::from(entry)
             })
             .collect();
         config.set_ice_servers(&servers);
+        if ice.relay_only {
+            config.set_ice_transport_policy(RtcIceTransportPolicy::Relay);
+        }
         let connection = RtcPeerConnection::new_with_configuration(&config).map_err(|e| format!("{e:?}"))?;
         let init = RtcDataChannelInit::new();
         init.set_negotiated(true);
@@ -75,6 +85,16 @@ impl Peer {
                 if let Some(candidate) = e.candidate() {
                     send_signal(&relay, id, "candidate", &candidate.to_json());
                 }
+            })
+        };
+        // A STUN/TURN server that failed (unreachable, or refused the credentials): the
+        // page says so while the tab has no peer.
+        let on_candidate_error = {
+            let mesh = mesh.clone();
+            Handler::new(move |e: JsValue| {
+                let e: RtcPeerConnectionIceErrorEvent = e.unchecked_into();
+                let why = format!("{}: {} {}", e.url(), e.error_code(), e.error_text());
+                super::note_ice_error(&mesh, why);
             })
         };
         let on_open = {
@@ -109,6 +129,9 @@ impl Peer {
         };
         connection.set_onicecandidate(Some(on_candidate.as_ref().unchecked_ref()));
         connection.set_onconnectionstatechange(Some(on_state.as_ref().unchecked_ref()));
+        connection
+            .add_event_listener_with_callback("icecandidateerror", on_candidate_error.as_ref().unchecked_ref())
+            .map_err(|e| format!("{e:?}"))?;
         channel.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         channel.set_onclose(Some(on_close.as_ref().unchecked_ref()));
@@ -123,7 +146,7 @@ impl Peer {
             holdings: Holdings::default(),
             uplink: Uplink::default(),
             signals,
-            _handlers: vec![on_candidate, on_open, on_message, on_close, on_state],
+            _handlers: vec![on_candidate, on_candidate_error, on_open, on_message, on_close, on_state],
         })
     }
 
