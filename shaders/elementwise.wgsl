@@ -1,10 +1,12 @@
-// Elementwise kernels: GELU (tanh approximation, as GPT-2) forward and backward, and add.
+// Elementwise kernels: GELU (tanh approximation, as GPT-2) forward and backward, add,
+// and scale.
 
 struct Params {
     len: u32,
     dst_off: u32,   // forward: out; backward: dinp
     inp_off: u32,
     dout_off: u32,  // gelu backward: dout; add: the second operand
+    factor: f32,    // scale: the factor
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -48,4 +50,14 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     dst[p.dst_off + i] = inp[p.inp_off + i] + dout[p.dout_off + i];
+}
+
+// out = factor * inp.
+@compute @workgroup_size(256, 1, 1)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.len) {
+        return;
+    }
+    dst[p.dst_off + i] = p.factor * inp[p.inp_off + i];
 }

@@ -1,18 +1,24 @@
 //! Hugging Face GPT-2 folders (`config.json` + `model.safetensors`, see
 //! [`crowdgrad_runtime::hf`]) on the relay's side: a job that starts from one
-//! (`[model] init = "DIR"`), `crowdgrad export --hf`, and each version's files at
-//! `/api/hf/{version}/…` ([`crate::hf_routes`]).
+//! (`[model] init = "DIR"`), `crowdgrad export --hf` (with a PEFT LoRA adapter folder
+//! merged in, `--adapter DIR`), and each version's files at `/api/hf/{version}/…`
+//! ([`crate::hf_routes`]).
 
 use std::path::Path;
 
 use anyhow::Context;
 use crowdgrad_runtime::hf;
+use crowdgrad_runtime::lora::peft;
 use crowdgrad_runtime::model::GptConfig;
 
 /// The model's description in a folder.
 pub const CONFIG_FILE: &str = "config.json";
 /// The model's tensors in a folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// A LoRA adapter's description in a PEFT folder.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// A LoRA adapter's factors in a PEFT folder.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// The shape of the model in `dir`, with `context` positions (`None`: all of its
 /// `n_positions`).
@@ -44,4 +50,16 @@ pub fn write(dir: &Path, cfg: &GptConfig, params: &[f32]) -> anyhow::Result<()> 
 pub fn write_weights(path: &Path, cfg: &GptConfig, params: &[f32]) -> anyhow::Result<()> {
     safetensors::serialize_to_file(hf::tensors(cfg, params), Some(hf::metadata()), path)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `params` of a model of `cfg` with the PEFT LoRA adapter of folder `adapter`
+/// (`adapter_config.json` + `adapter_model.safetensors`) merged into its weights.
+pub fn merge_adapter(adapter: &Path, cfg: &GptConfig, params: &[f32]) -> anyhow::Result<Vec<f32>> {
+    let path = adapter.join(ADAPTER_CONFIG_FILE);
+    let json = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let lora = peft::read_config(&json, cfg).with_context(|| format!("{}", adapter.display()))?;
+    let path = adapter.join(ADAPTER_WEIGHTS_FILE);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let adapters = peft::import(&lora, cfg, &bytes).with_context(|| format!("{}", adapter.display()))?;
+    Ok(lora.merge(cfg, params, &adapters))
 }

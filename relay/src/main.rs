@@ -92,6 +92,10 @@ enum Command {
         /// The safetensors checkpoint (a version file from `/api/weights/{version}`).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// A PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`)
+        /// for that model, merged into its weights before they are written.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// The folder to write (created if missing).
         dir: PathBuf,
     },
@@ -203,13 +207,17 @@ async fn main() -> anyhow::Result<()> {
             let text = sample(&checkpoint, &prompt, options, gpu).await?;
             println!("{prompt}{text}");
         }
-        Command::Export { hf: _, checkpoint: file, dir } => {
+        Command::Export { hf: _, checkpoint: file, adapter, dir } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let cfg = checkpoint::read_config(&bytes).with_context(|| format!("{}", file.display()))?;
-            let params = checkpoint::decode(&cfg, &bytes).with_context(|| format!("{}", file.display()))?;
+            let mut params = checkpoint::decode(&cfg, &bytes).with_context(|| format!("{}", file.display()))?;
             drop(bytes);
+            if let Some(adapter) = &adapter {
+                params = hf_dir::merge_adapter(adapter, &cfg, &params)?;
+            }
             hf_dir::write(&dir, &cfg, &params)?;
-            println!("wrote {} ({} parameters) as a Hugging Face GPT-2 folder", dir.display(), params.len());
+            let merged = adapter.map(|a| format!(", {} merged in", a.display())).unwrap_or_default();
+            println!("wrote {} ({} parameters{merged}) as a Hugging Face GPT-2 folder", dir.display(), params.len());
         }
         Command::Ledger { command: LedgerCommand::Export { data_dir, format } } => {
             let receipts = Ledger::open_read_only(&data_dir)?.receipts(None)?;

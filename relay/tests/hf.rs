@@ -103,6 +103,17 @@ async fn a_job_starts_from_a_hugging_face_folder_and_serves_each_version_as_one(
     relay.stop().await;
 }
 
+/// `crowdgrad export --hf --checkpoint FILE ARGS… OUT`, run to its end.
+fn export(file: &Path, args: &[&std::ffi::OsStr], out: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_crowdgrad"))
+        .args(["export", "--hf", "--checkpoint"])
+        .arg(file)
+        .args(args)
+        .arg(out)
+        .output()
+        .expect("crowdgrad runs")
+}
+
 #[test]
 fn crowdgrad_export_writes_the_folder_transformers_wrote() {
     let theirs = std::fs::read(fixture().join("model.safetensors")).expect("the fixture");
@@ -113,14 +124,34 @@ fn crowdgrad_export_writes_the_folder_transformers_wrote() {
     let file = dir.path().join("v3.safetensors");
     std::fs::write(&file, checkpoint::encode(&cfg, &params, &[])).expect("a checkpoint");
     let out = dir.path().join("exported");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_crowdgrad"))
-        .args(["export", "--hf", "--checkpoint"])
-        .arg(&file)
-        .arg(&out)
-        .status()
-        .expect("crowdgrad runs");
-    assert!(status.success());
+    assert!(export(&file, &[], &out).status.success());
     same_tensors(&std::fs::read(out.join("model.safetensors")).expect("written"), &theirs);
     let config = std::fs::read_to_string(out.join("config.json")).expect("written");
     assert_eq!(hf::read_config(&config, None).expect("GPT-2's config"), cfg);
+}
+
+#[test]
+fn crowdgrad_export_merges_a_peft_adapter_and_names_a_bad_one() {
+    let theirs = std::fs::read(fixture().join("model.safetensors")).expect("the fixture");
+    let cfg = hf::read_config(&std::fs::read_to_string(fixture().join("config.json")).expect("config"), None)
+        .expect("GPT-2's config");
+    let params = hf::import(&cfg, &theirs).expect("the fixture imports");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("v3.safetensors");
+    std::fs::write(&file, checkpoint::encode(&cfg, &params, &[])).expect("a checkpoint");
+    let adapter = repo().join("runtime/tests/fixtures/peft/lora-tiny");
+    let with_adapter = |adapter: &Path, out: &Path| export(&file, &["--adapter".as_ref(), adapter.as_os_str()], out);
+    let out = dir.path().join("merged");
+    assert!(with_adapter(&adapter, &out).status.success());
+    let merged = crowdgrad_relay::hf_dir::merge_adapter(&adapter, &cfg, &params).expect("the fixture adapter merges");
+    let written = hf::import(&cfg, &std::fs::read(out.join("model.safetensors")).expect("written")).expect("GPT-2");
+    assert_eq!(written, merged, "the merged weights");
+    assert_ne!(written, params, "the adapter changed them");
+
+    let empty = dir.path().join("no-adapter");
+    std::fs::create_dir_all(&empty).expect("a folder");
+    let failed = with_adapter(&empty, &dir.path().join("never"));
+    let said = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success() && said.contains("adapter_config.json"), "{said}");
+    assert!(!dir.path().join("never").exists(), "nothing written");
 }

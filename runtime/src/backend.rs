@@ -224,6 +224,8 @@ pub trait Backend {
     );
     /// `out = a + b`, elementwise, equal lengths.
     fn add(&mut self, out: View, a: View, b: View);
+    /// `out = factor · inp`, elementwise, equal lengths.
+    fn scale(&mut self, out: View, inp: View, factor: f32);
     /// `out: [1] = Σ values²`, in a fixed reduction order.
     fn sum_squares(&mut self, out: View, values: View);
     /// One AdamW update of `params` from `grads`, with moments `m`, `v` (equal lengths),
@@ -446,6 +448,12 @@ pub mod checks {
         check_len("add", "a", a, out.len);
         check_len("add", "b", b, out.len);
         check_distinct("add", out, &[a, b]);
+    }
+
+    /// See [`super::Backend::scale`].
+    pub fn scale(out: View, inp: View) {
+        check_len("scale", "inp", inp, out.len);
+        check_distinct("scale", out, &[inp]);
     }
 
     /// See [`super::Backend::sum_squares`].

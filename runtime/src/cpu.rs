@@ -316,6 +316,11 @@ impl Backend for CpuBackend {
         self.with_out(out, |s, o| ops::add(o, s.f32(a), s.f32(b)));
     }
 
+    fn scale(&mut self, out: View, inp: View, factor: f32) {
+        checks::scale(out, inp);
+        self.with_out(out, |s, o| ops::scale(o, s.f32(inp), factor));
+    }
+
     fn sum_squares(&mut self, out: View, values: View) {
         checks::sum_squares(out, values);
         self.with_out(out, |s, o| o[0] = ops::sum_squares(s.f32(values)));

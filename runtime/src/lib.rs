@@ -8,6 +8,7 @@
 //! - [`protocol`]: the versioned binary frames between relay and contributors.
 //! - [`checkpoint`]: safetensors encoding of parameters.
 //! - [`hf`]: Hugging Face GPT-2 directories in and out.
+//! - [`lora`]: LoRA adapters on a frozen base, and PEFT's adapter folders in and out.
 //! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
 //! - [`identity`]: ed25519 keys, signed submissions and receipts.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
@@ -30,6 +31,7 @@ pub mod gpu;
 pub mod held;
 pub mod hf;
 pub mod identity;
+pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod protocol;

@@ -149,7 +149,7 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    fn push(&mut self, name: String, shape: &[usize], decay: bool) {
+    pub(crate) fn push(&mut self, name: String, shape: &[usize], decay: bool) {
         let len = shape.iter().product();
         self.entries.push(ParamEntry { name, shape: shape.to_vec(), offset: self.total, len, decay });
         self.total += len;

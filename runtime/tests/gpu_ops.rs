@@ -16,34 +16,17 @@ use crowdgrad_runtime::train::{InnerOptim, Trainer, TrainerShape, run_unit};
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
-/// Declares an async test that runs natively under pollster and in the browser under
-/// wasm-bindgen-test.
-macro_rules! gpu_test {
-    ($name:ident, $body:expr) => {
-        #[cfg(not(target_arch = "wasm32"))]
-        #[test]
-        fn $name() {
-            pollster::block_on($body)
-        }
-        #[cfg(target_arch = "wasm32")]
-        #[wasm_bindgen_test::wasm_bindgen_test]
-        async fn $name() {
-            $body.await
-        }
-    };
-}
+#[macro_use]
+#[path = "support/browser.rs"]
+mod browser;
+
+use browser::gpu;
 
 const TOLERANCE: f32 = 1e-4;
 
-async fn gpu() -> GpuBackend {
-    match GpuBackend::new().await {
-        Ok(gpu) => gpu,
-        Err(e) => panic!("these tests need a WebGPU adapter and found none: {e}"),
-    }
-}
-
 /// One op's inputs: f32 tensors, u32 tensors, and outputs to read (with initial values,
 /// since backward ops accumulate).
+#[derive(Clone)]
 struct Case {
     floats: Vec<Vec<f32>>,
     ints: Vec<Vec<u32>>,
@@ -109,7 +92,7 @@ macro_rules! compare {
 /// Shapes that are not multiples of the 64×64×16 matmul tile, plus an exact fit.
 const MATMUL_SHAPES: [(usize, usize, usize); 3] = [(37, 70, 129), (64, 128, 64), (5, 3, 300)];
 
-gpu_test!(matmul_forward_matches_cpu, async {
+both_ways!(matmul_forward_matches_cpu, async {
     let mut rng = Rng::new(1);
     for (r, k, n) in MATMUL_SHAPES {
         for with_bias in [false, true] {
@@ -125,7 +108,7 @@ gpu_test!(matmul_forward_matches_cpu, async {
     }
 });
 
-gpu_test!(matmul_backward_input_matches_cpu, async {
+both_ways!(matmul_backward_input_matches_cpu, async {
     let mut rng = Rng::new(2);
     for (r, k, n) in MATMUL_SHAPES {
         let case = Case {
@@ -139,7 +122,7 @@ gpu_test!(matmul_backward_input_matches_cpu, async {
     }
 });
 
-gpu_test!(matmul_backward_weight_matches_cpu, async {
+both_ways!(matmul_backward_weight_matches_cpu, async {
     let mut rng = Rng::new(3);
     for (r, k, n) in MATMUL_SHAPES {
         let case = Case {
@@ -153,7 +136,7 @@ gpu_test!(matmul_backward_weight_matches_cpu, async {
     }
 });
 
-gpu_test!(bias_backward_matches_cpu, async {
+both_ways!(bias_backward_matches_cpu, async {
     let mut rng = Rng::new(4);
     let (rows, n) = (33, 300);
     let case =
@@ -161,7 +144,7 @@ gpu_test!(bias_backward_matches_cpu, async {
     compare!("bias_backward", case, |be, o, f, _| be.bias_backward(o[0], f[0], rows, n));
 });
 
-gpu_test!(embedding_matches_cpu, async {
+both_ways!(embedding_matches_cpu, async {
     let mut rng = Rng::new(5);
     let (rows, vocab, dim) = (61, 100, 13);
     // Ids past the vocabulary are clamped by both backends.
@@ -180,7 +163,7 @@ gpu_test!(embedding_matches_cpu, async {
     compare!("embedding_backward", backward, |be, o, f, i| be.embedding_backward(o[0], i[0], f[0], vocab, dim));
 });
 
-gpu_test!(gelu_matches_cpu, async {
+both_ways!(gelu_matches_cpu, async {
     let mut rng = Rng::new(6);
     let len = 1000;
     let forward = Case { floats: vec![random(&mut rng, len, 3.0)], ints: vec![], outputs: vec![vec![0.0; len]] };
@@ -193,7 +176,7 @@ gpu_test!(gelu_matches_cpu, async {
     compare!("gelu_backward", backward, |be, o, f, _| be.gelu_backward(o[0], f[0], f[1]));
 });
 
-gpu_test!(softmax_xent_matches_cpu, async {
+both_ways!(softmax_xent_matches_cpu, async {
     let mut rng = Rng::new(7);
     for (rows, vocab) in [(17, 256), (3, 65), (40, 1000)] {
         let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
@@ -214,7 +197,7 @@ gpu_test!(softmax_xent_matches_cpu, async {
     }
 });
 
-gpu_test!(mean_matches_cpu, async {
+both_ways!(mean_matches_cpu, async {
     let mut rng = Rng::new(8);
     for len in [1, 255, 1000] {
         let case = Case { floats: vec![random(&mut rng, len, 1.0)], ints: vec![], outputs: vec![vec![0.0]] };
@@ -222,7 +205,7 @@ gpu_test!(mean_matches_cpu, async {
     }
 });
 
-gpu_test!(adamw_matches_cpu, async {
+both_ways!(adamw_matches_cpu, async {
     let mut rng = Rng::new(9);
     let len = 777;
     // A squared norm of 9 (norm 3) is clipped to 1; then the limit is lifted.
@@ -241,7 +224,7 @@ gpu_test!(adamw_matches_cpu, async {
     }
 });
 
-gpu_test!(encoder_matches_cpu, async {
+both_ways!(encoder_matches_cpu, async {
     let mut rng = Rng::new(10);
     let (b, t, c, vocab) = (3, 17, 24, 65);
     let tokens: Vec<u32> = (0..b * t).map(|_| rng.below(vocab as u64) as u32).collect();
@@ -259,7 +242,7 @@ gpu_test!(encoder_matches_cpu, async {
     compare!("position_backward", backward, |be, o, f, _| be.position_backward(o[0], f[0], b, t, c));
 });
 
-gpu_test!(layernorm_matches_cpu, async {
+both_ways!(layernorm_matches_cpu, async {
     let mut rng = Rng::new(11);
     let (rows, c) = (37, 48);
     for with_bias in [false, true] {
@@ -286,7 +269,7 @@ gpu_test!(layernorm_matches_cpu, async {
     }
 });
 
-gpu_test!(attention_matches_cpu, async {
+both_ways!(attention_matches_cpu, async {
     let mut rng = Rng::new(12);
     for (b, t, c, heads) in [(2, 13, 24, 3), (1, 64, 128, 4)] {
         let qkv = random(&mut rng, b * t * 3 * c, 1.0);
@@ -313,7 +296,7 @@ gpu_test!(attention_matches_cpu, async {
     }
 });
 
-gpu_test!(add_and_sum_squares_match_cpu, async {
+both_ways!(add_scale_and_sum_squares_match_cpu, async {
     let mut rng = Rng::new(13);
     let len = 1003;
     let case = Case {
@@ -321,7 +304,8 @@ gpu_test!(add_and_sum_squares_match_cpu, async {
         ints: vec![],
         outputs: vec![vec![0.0; len]],
     };
-    compare!("add", case, |be, o, f, _| be.add(o[0], f[0], f[1]));
+    compare!("add", case.clone(), |be, o, f, _| be.add(o[0], f[0], f[1]));
+    compare!("scale", case, |be, o, f, _| be.scale(o[0], f[1], -0.37));
     let case = Case { floats: vec![random(&mut rng, 70_000, 1.0)], ints: vec![], outputs: vec![vec![0.0]] };
     compare!("sum_squares", case, |be, o, f, _| be.sum_squares(o[0], f[0]));
 });
@@ -345,7 +329,7 @@ async fn pick<B: Backend>(
     [be.read(table).await.unwrap(), be.read(r).await.unwrap()]
 }
 
-gpu_test!(top_k_picks_what_the_cpu_codec_picks, async {
+both_ways!(top_k_picks_what_the_cpu_codec_picks, async {
     let mut rng = Rng::new(17);
     // (chunk, k, bits, decay, values): a partial last chunk, k = chunk, DeMo's 4096/32, and
     // leftovers kept whole or fading.
@@ -415,7 +399,7 @@ async fn train_200_steps<B: Backend>(backend: B) -> (f32, f32) {
     (first, last20)
 }
 
-gpu_test!(training_200_steps_lowers_loss_on_both_backends, async {
+both_ways!(training_200_steps_lowers_loss_on_both_backends, async {
     let (cpu_first, cpu_last) = train_200_steps(CpuBackend::new()).await;
     let (gpu_first, gpu_last) = train_200_steps(gpu().await).await;
     assert!(cpu_first - cpu_last >= REQUIRED_DROP, "CPU loss {cpu_first} → {cpu_last}: fell less than {REQUIRED_DROP}");
@@ -424,7 +408,7 @@ gpu_test!(training_200_steps_lowers_loss_on_both_backends, async {
     assert!((cpu_last - gpu_last).abs() / cpu_last < 0.02, "CPU {cpu_last} vs GPU {gpu_last} after 200 steps");
 });
 
-gpu_test!(whole_model_gradient_matches_cpu, async {
+both_ways!(whole_model_gradient_matches_cpu, async {
     let cfg = GptConfig { context: 16, ..GptConfig::default() };
     let corpus = Corpus::builtin();
     let batch = crowdgrad_runtime::data::sample_batch(corpus.train(), 5, 0, 4, cfg.context);
@@ -449,7 +433,7 @@ async fn small_bindings() -> GpuBackend {
     GpuBackend::with_options(options).await.unwrap_or_else(|e| panic!("this test needs a WebGPU adapter: {e}"))
 }
 
-gpu_test!(a_model_larger_than_a_binding_trains_as_on_the_cpu, async {
+both_ways!(a_model_larger_than_a_binding_trains_as_on_the_cpu, async {
     let cfg = GptConfig { vocab: 300, context: 8, layers: 2, heads: 2, width: 32, bias: true };
     let corpus = Corpus::builtin();
     let params = cfg.init(3);

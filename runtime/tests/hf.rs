@@ -7,31 +7,22 @@
 
 use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::gpu::GpuBackend;
 use crowdgrad_runtime::hf;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::Trainer;
 use safetensors::SafeTensors;
 
+#[path = "support/tensors.rs"]
+mod tensors;
+
 #[cfg(target_arch = "wasm32")]
 wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
-/// Declares an async test that runs natively under pollster and in the browser under
-/// wasm-bindgen-test.
-macro_rules! hf_test {
-    ($name:ident, $body:expr) => {
-        #[cfg(not(target_arch = "wasm32"))]
-        #[test]
-        fn $name() {
-            pollster::block_on($body)
-        }
-        #[cfg(target_arch = "wasm32")]
-        #[wasm_bindgen_test::wasm_bindgen_test]
-        async fn $name() {
-            $body.await
-        }
-    };
-}
+#[macro_use]
+#[path = "support/browser.rs"]
+mod browser;
+
+use browser::gpu;
 
 const CONFIG: &str = include_str!("fixtures/hf/gpt2-tiny/config.json");
 const MODEL: &[u8] = include_bytes!("fixtures/hf/gpt2-tiny/model.safetensors");
@@ -77,28 +68,14 @@ async fn logits_match_transformers<B: Backend>(backend: B) {
     );
 }
 
-hf_test!(imported_logits_match_transformers_on_the_cpu, logits_match_transformers(CpuBackend::new()));
+both_ways!(imported_logits_match_transformers_on_the_cpu, logits_match_transformers(CpuBackend::new()));
 
-hf_test!(imported_logits_match_transformers_on_the_gpu, async {
-    let gpu = GpuBackend::new().await.unwrap_or_else(|e| panic!("this test needs a WebGPU adapter: {e}"));
-    logits_match_transformers(gpu).await
-});
+both_ways!(imported_logits_match_transformers_on_the_gpu, async { logits_match_transformers(gpu().await).await });
 
-hf_test!(an_exported_model_is_the_file_transformers_wrote, async {
+both_ways!(an_exported_model_is_the_file_transformers_wrote, async {
     let (cfg, params) = imported();
     let ours = hf::export(&cfg, &params);
-    let (ours, theirs) =
-        (SafeTensors::deserialize(&ours).expect("ours"), SafeTensors::deserialize(MODEL).expect("theirs"));
-    let mut names: Vec<_> = theirs.names().into_iter().map(str::to_string).collect();
-    names.sort();
-    let mut our_names: Vec<_> = ours.names().into_iter().map(str::to_string).collect();
-    our_names.sort();
-    assert_eq!(our_names, names, "the same tensor names");
-    for name in &names {
-        let (a, b) = (ours.tensor(name).expect("ours"), theirs.tensor(name).expect("theirs"));
-        assert_eq!((a.dtype(), a.shape()), (b.dtype(), b.shape()), "{name}");
-        assert!(a.data() == b.data(), "{name}: other values");
-    }
+    tensors::assert_same_tensors(&ours, MODEL);
     let (_, meta) = SafeTensors::read_metadata(&hf::export(&cfg, &params)).expect("header");
     assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
     // The config says the same model, in the keys transformers reads.

@@ -17,6 +17,8 @@ pub enum Kernel {
     GeluBackward,
     /// `elementwise.wgsl` sum of two tensors.
     Add,
+    /// `elementwise.wgsl` a tensor times a number.
+    Scale,
     /// `encoder.wgsl` token plus position embedding.
     EncoderForward,
     /// `encoder.wgsl` position-table gradient.
@@ -53,13 +55,14 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline-table order.
-    pub const ALL: [Kernel; 22] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Matmul,
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackward,
         Kernel::GeluForward,
         Kernel::GeluBackward,
         Kernel::Add,
+        Kernel::Scale,
         Kernel::EncoderForward,
         Kernel::PositionBackward,
         Kernel::LayerNorm,
@@ -99,6 +102,7 @@ impl Kernel {
             Kernel::GeluForward => ("elementwise.wgsl", ELEMENTWISE, "forward"),
             Kernel::GeluBackward => ("elementwise.wgsl", ELEMENTWISE, "backward"),
             Kernel::Add => ("elementwise.wgsl", ELEMENTWISE, "add"),
+            Kernel::Scale => ("elementwise.wgsl", ELEMENTWISE, "scale"),
             Kernel::EncoderForward => ("encoder.wgsl", ENCODER, "forward"),
             Kernel::PositionBackward => ("encoder.wgsl", ENCODER, "position_backward"),
             Kernel::LayerNorm => ("layernorm.wgsl", LAYERNORM, "main"),

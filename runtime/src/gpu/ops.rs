@@ -443,6 +443,14 @@ impl Backend for GpuBackend {
         });
     }
 
+    fn scale(&mut self, out: View, inp: View, factor: f32) {
+        checks::scale(out, inp);
+        self.each_span(&[out, inp], |be, s| {
+            let params = [w(s[0].len), w(s[0].local), w(s[1].local), 0, factor.to_bits()];
+            be.dispatch(Kernel::Scale, &params, &[s[0].phys, s[1].phys], groups(s[0].len, GROUP));
+        });
+    }
+
     fn sum_squares(&mut self, out: View, values: View) {
         checks::sum_squares(out, values);
         let (o, out_off) = self.at("sum_squares", out);

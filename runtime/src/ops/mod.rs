@@ -197,6 +197,13 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     }
 }
 
+/// `out = factor · inp`, elementwise.
+pub fn scale(out: &mut [f32], inp: &[f32], factor: f32) {
+    for (o, x) in out.iter_mut().zip(inp) {
+        *o = factor * x;
+    }
+}
+
 /// Sum of squares of `values` in f32 (for global-norm clipping): each block of [`BLOCK`]
 /// values summed in 16 lanes, then the blocks' sums in index order, so the result is the
 /// same on any number of cores (natively the blocks go to different cores).

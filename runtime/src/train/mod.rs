@@ -7,6 +7,7 @@
 //! each layer lives in its own buffer.
 
 mod buffers;
+mod lora;
 mod trainer;
 
 use serde::{Deserialize, Serialize};

@@ -12,9 +12,11 @@ use std::sync::Arc;
 
 use super::InnerOptim;
 use super::buffers::{Activations, Params, Scratch};
+use super::lora::{LoraBuffers, Projection};
 use crate::backend::{Backend, BackendError, View};
 use crate::cpu::CpuBackend;
 use crate::data::Batch;
+use crate::lora::{LoraConfig, LoraTarget};
 use crate::model::{GptConfig, ParamLayout};
 use crate::ops::AdamW;
 
@@ -114,22 +116,31 @@ struct Optimizer {
     step: u32,
 }
 
-/// Gradients of every parameter in one flat buffer, with their named views.
+/// Gradients of every trained parameter in one flat buffer, with the model's named views
+/// (`None` when the model is a frozen base and the adapters train).
 struct GradientBuffers {
     all: View,
-    named: Params,
+    named: Option<Params>,
     /// `[1]`: Σ grad², for clipping.
     sum_squares: View,
 }
 
-/// Owns a backend and every buffer its role needs, allocated once.
+/// Owns a backend and every buffer its role needs, allocated once. It trains either the
+/// whole model, or LoRA adapters on a frozen base ([`Trainer::with_lora`]): what it
+/// loads, steps and reads back as "the parameters" are then the adapters.
 pub struct Trainer<B: Backend> {
     pub(crate) backend: B,
     cfg: GptConfig,
+    /// The layout of the trained parameters: the model's, or the adapters'.
     layout: ParamLayout,
     shape: TrainerShape,
+    /// The trained parameters.
     pub(crate) params: View,
+    /// The model's weights, by name: in `params`, or in the frozen base.
     p: Params,
+    /// The frozen base's buffer, when adapters train.
+    base: Option<View>,
+    lora: Option<LoraBuffers>,
     grads: Option<GradientBuffers>,
     optimizer: Option<Optimizer>,
     acts: Activations,
@@ -149,22 +160,37 @@ impl<B: Backend> Trainer<B> {
     /// Allocates the parameters (zeroed; see [`Trainer::load`]), what `shape.role`
     /// needs (gradients, AdamW's moments), activations for microbatches of
     /// `shape.micro_rows` windows of `cfg.context` tokens, and the loss slots.
-    pub fn with_shape(mut be: B, cfg: GptConfig, shape: TrainerShape) -> Result<Self, BackendError> {
+    pub fn with_shape(be: B, cfg: GptConfig, shape: TrainerShape) -> Result<Self, BackendError> {
+        Self::build(be, cfg, None, shape)
+    }
+
+    /// A trainer of LoRA adapters `lora` on a frozen base of `cfg`: the base (zeroed; see
+    /// [`Trainer::load_base`]) has no gradients and no AdamW moments; the adapters are the
+    /// parameters that [`Trainer::load`], [`Trainer::step`] and [`Trainer::params`]
+    /// work on, laid out as [`LoraConfig::layout`]. Adapter dropout is not applied.
+    pub fn with_lora(be: B, cfg: GptConfig, lora: &LoraConfig, shape: TrainerShape) -> Result<Self, BackendError> {
+        Self::build(be, cfg, Some(lora), shape)
+    }
+
+    fn build(mut be: B, cfg: GptConfig, lora: Option<&LoraConfig>, shape: TrainerShape) -> Result<Self, BackendError> {
         assert!(
             shape.micro_rows > 0 && shape.rows.is_multiple_of(shape.micro_rows),
             "microbatches of {} rows do not divide batches of {}",
             shape.micro_rows,
             shape.rows
         );
-        let layout = cfg.layout();
+        let model_layout = cfg.layout();
+        let layout = lora.map_or_else(|| model_layout.clone(), |l| l.layout(&cfg));
         let parts = layout.parts();
-        let params = be.alloc_parts(&parts, "parameters")?;
+        let params = be.alloc_parts(&parts, if lora.is_some() { "LoRA adapters" } else { "parameters" })?;
+        let base = lora.map(|_| be.alloc_parts(&model_layout.parts(), "frozen base")).transpose()?;
         let grads = if shape.role == Role::Forward {
             None
         } else {
             let all = be.alloc_parts(&parts, "gradients")?;
             let sum_squares = be.alloc(1, "squared gradient norm")?;
-            Some(GradientBuffers { all, named: Params::new(&layout, all, cfg.layers), sum_squares })
+            let named = lora.is_none().then(|| Params::new(&layout, all, cfg.layers));
+            Some(GradientBuffers { all, named, sum_squares })
         };
         let optimizer = if shape.role == Role::Train {
             let m = be.alloc_parts(&parts, "AdamW first moment")?;
@@ -176,7 +202,14 @@ impl<B: Backend> Trainer<B> {
         let scratch = grads.is_some().then(|| Scratch::new(&mut be, &cfg, shape.micro_rows)).transpose()?;
         let micro_losses = be.alloc(shape.microbatches(), "microbatch losses")?;
         let losses = be.alloc(shape.loss_slots.max(1), "loss slots")?;
-        let p = Params::new(&layout, params, cfg.layers);
+        let p = Params::new(&model_layout, base.unwrap_or(params), cfg.layers);
+        let bt = shape.micro_rows * cfg.context;
+        let lora = lora
+            .map(|l| {
+                let g = grads.as_ref().map(|g| g.all);
+                LoraBuffers::new(&mut be, &cfg, l, &layout, params, g, bt, acts.layers.len())
+            })
+            .transpose()?;
         Ok(Trainer {
             backend: be,
             cfg,
@@ -184,6 +217,8 @@ impl<B: Backend> Trainer<B> {
             shape,
             params,
             p,
+            base,
+            lora,
             grads,
             optimizer,
             acts,
@@ -228,7 +263,15 @@ impl<B: Backend> Trainer<B> {
         self.losses.len
     }
 
-    /// Sets the parameters (`layout().total` floats) and resets AdamW's state.
+    /// Sets the frozen base of a trainer of adapters (`cfg.layout().total` floats).
+    pub fn load_base(&mut self, base: &[f32]) {
+        let buffer = self.base.expect("a trainer of LoRA adapters has a base");
+        assert_eq!(base.len(), self.cfg.layout().total, "base parameter count");
+        self.backend.write(buffer, base);
+    }
+
+    /// Sets the parameters (`layout().total` floats: the model's, or the adapters') and
+    /// resets AdamW's state.
     pub fn load(&mut self, params: &[f32]) {
         assert_eq!(params.len(), self.layout.total, "parameter count");
         self.backend.write(self.params, params);
@@ -294,23 +337,24 @@ impl<B: Backend> Trainer<B> {
     fn forward_micro(&mut self, micro: usize) {
         let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
         let (b, bt) = (self.shape.micro_rows, self.micro_positions());
-        let (a, p, be) = (&self.acts, &self.p, &mut self.backend);
+        let (a, p, be, lora) = (&self.acts, &self.p, &mut self.backend, self.lora.as_ref());
         let tokens = a.tokens.slice(micro * bt, bt);
         let targets = a.targets.slice(micro * bt, bt);
         be.encoder_forward(a.encoded, tokens, p.wte, p.wpe, t, c, vocab);
         let sets = a.layers.len();
+        let [qkv, proj, fc, fcproj] = projections(c);
         for (l, w) in p.blocks.iter().enumerate() {
-            let x = &a.layers[l % sets];
+            let (x, set) = (&a.layers[l % sets], l % sets);
             let input = if l == 0 { a.encoded } else { a.layers[(l - 1) % sets].res3 };
             be.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, input, w.ln1_w, w.ln1_b, bt, c);
-            be.matmul_forward(x.qkv, x.ln1, w.attn_w, w.attn_b, bt, c, 3 * c);
+            project_forward(be, lora, (l, set), qkv, x.qkv, x.ln1, w.attn_w, w.attn_b, bt);
             be.attention_forward(x.atty, x.att, x.qkv, b, t, c, heads);
-            be.matmul_forward(x.attproj, x.atty, w.proj_w, w.proj_b, bt, c, c);
+            project_forward(be, lora, (l, set), proj, x.attproj, x.atty, w.proj_w, w.proj_b, bt);
             be.add(x.res2, input, x.attproj);
             be.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2_w, w.ln2_b, bt, c);
-            be.matmul_forward(x.fch, x.ln2, w.fc_w, w.fc_b, bt, c, 4 * c);
+            project_forward(be, lora, (l, set), fc, x.fch, x.ln2, w.fc_w, w.fc_b, bt);
             be.gelu_forward(x.fch_gelu, x.fch);
-            be.matmul_forward(x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt, 4 * c, c);
+            project_forward(be, lora, (l, set), fcproj, x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt);
             be.add(x.res3, x.res2, x.fcproj);
         }
         let top = a.layers[(self.cfg.layers - 1) % sets].res3;
@@ -329,50 +373,75 @@ impl<B: Backend> Trainer<B> {
         let positions = microbatches * bt;
         let grads = self.grads.as_ref().expect("a trainer with gradients");
         let d = self.scratch.as_ref().expect("a trainer with gradients has scratch");
-        let (a, p, g, be) = (&self.acts, &self.p, &grads.named, &mut self.backend);
+        let (a, p, be, lora) = (&self.acts, &self.p, &mut self.backend, self.lora.as_ref());
+        // The model's own gradients, unless it is a frozen base; then its LayerNorms'
+        // weight gradients go to a sink.
+        let g = grads.named.as_ref();
+        let sink = lora.map(|l| l.layernorm_sink);
+        let layernorm_grads = |own: Option<(View, Option<View>)>, bias: Option<View>| match (own, sink) {
+            (Some(own), _) => own,
+            (None, Some((w, b))) => (w, bias.map(|_| b)),
+            (None, None) => unreachable!("a trainer with gradients has the model's or a sink"),
+        };
         let tokens = a.tokens.slice(micro * bt, bt);
         let targets = a.targets.slice(micro * bt, bt);
         be.softmax_xent_backward(d.logits, a.probs, targets, bt, vocab, positions);
         // Tied LM head: logits = lnf · wteᵀ.
         be.matmul_backward_input(d.lnf, d.logits, p.wte, bt, c, vocab);
-        be.matmul_backward_weight(g.wte, d.logits, a.lnf, bt, c, vocab);
+        if let Some(g) = g {
+            be.matmul_backward_weight(g.wte, d.logits, a.lnf, bt, c, vocab);
+        }
         let top = a.layers.last().expect("a model has layers").res3;
-        be.layernorm_backward(d.res_a, g.lnf_w, g.lnf_b, d.lnf, top, p.lnf_w, a.lnf_mean, a.lnf_rstd, bt, c);
+        let (lnf_w, lnf_b) = layernorm_grads(g.map(|g| (g.lnf_w, g.lnf_b)), p.lnf_b);
+        be.layernorm_backward(d.res_a, lnf_w, lnf_b, d.lnf, top, p.lnf_w, a.lnf_mean, a.lnf_rstd, bt, c);
+        let [qkv, proj, fc, fcproj] = projections(c);
         for l in (0..self.cfg.layers).rev() {
-            let (w, gw, x) = (&p.blocks[l], &g.blocks[l], &a.layers[l]);
+            let (w, gw, x) = (&p.blocks[l], g.map(|g| &g.blocks[l]), &a.layers[l]);
             let input = if l == 0 { a.encoded } else { a.layers[l - 1].res3 };
             // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d.res_a holds d(res3).
-            be.matmul_backward_input(d.fch_gelu, d.res_a, w.fcproj_w, bt, 4 * c, c);
-            be.matmul_backward_weight(gw.fcproj_w, d.res_a, x.fch_gelu, bt, 4 * c, c);
-            if let Some(db) = gw.fcproj_b {
-                be.bias_backward(db, d.res_a, bt, c);
+            project_backward(be, lora, l, fcproj, d.fch_gelu, d.res_a, x.fch_gelu, w.fcproj_w, bt);
+            if let Some(gw) = gw {
+                be.matmul_backward_weight(gw.fcproj_w, d.res_a, x.fch_gelu, bt, 4 * c, c);
+                if let Some(db) = gw.fcproj_b {
+                    be.bias_backward(db, d.res_a, bt, c);
+                }
             }
             be.gelu_backward(d.fch, x.fch, d.fch_gelu);
-            be.matmul_backward_input(d.ln, d.fch, w.fc_w, bt, c, 4 * c);
-            be.matmul_backward_weight(gw.fc_w, d.fch, x.ln2, bt, c, 4 * c);
-            if let Some(db) = gw.fc_b {
-                be.bias_backward(db, d.fch, bt, 4 * c);
+            project_backward(be, lora, l, fc, d.ln, d.fch, x.ln2, w.fc_w, bt);
+            if let Some(gw) = gw {
+                be.matmul_backward_weight(gw.fc_w, d.fch, x.ln2, bt, c, 4 * c);
+                if let Some(db) = gw.fc_b {
+                    be.bias_backward(db, d.fch, bt, 4 * c);
+                }
             }
-            be.layernorm_backward(d.ln_out, gw.ln2_w, gw.ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
+            let (ln2_w, ln2_b) = layernorm_grads(gw.map(|g| (g.ln2_w, g.ln2_b)), w.ln2_b);
+            be.layernorm_backward(d.ln_out, ln2_w, ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
             be.add(d.res_b, d.res_a, d.ln_out);
             // Attention: res2 = input + c_proj(attn(c_attn(ln_1(input)))); d.res_b holds d(res2).
-            be.matmul_backward_input(d.atty, d.res_b, w.proj_w, bt, c, c);
-            be.matmul_backward_weight(gw.proj_w, d.res_b, x.atty, bt, c, c);
-            if let Some(db) = gw.proj_b {
-                be.bias_backward(db, d.res_b, bt, c);
+            project_backward(be, lora, l, proj, d.atty, d.res_b, x.atty, w.proj_w, bt);
+            if let Some(gw) = gw {
+                be.matmul_backward_weight(gw.proj_w, d.res_b, x.atty, bt, c, c);
+                if let Some(db) = gw.proj_b {
+                    be.bias_backward(db, d.res_b, bt, c);
+                }
             }
             be.attention_backward(d.qkv, d.scores, d.atty, x.qkv, x.att, b, t, c, heads);
-            be.matmul_backward_input(d.ln, d.qkv, w.attn_w, bt, c, 3 * c);
-            be.matmul_backward_weight(gw.attn_w, d.qkv, x.ln1, bt, c, 3 * c);
-            if let Some(db) = gw.attn_b {
-                be.bias_backward(db, d.qkv, bt, 3 * c);
+            project_backward(be, lora, l, qkv, d.ln, d.qkv, x.ln1, w.attn_w, bt);
+            if let Some(gw) = gw {
+                be.matmul_backward_weight(gw.attn_w, d.qkv, x.ln1, bt, c, 3 * c);
+                if let Some(db) = gw.attn_b {
+                    be.bias_backward(db, d.qkv, bt, 3 * c);
+                }
             }
-            be.layernorm_backward(d.ln_out, gw.ln1_w, gw.ln1_b, d.ln, input, w.ln1_w, x.ln1_mean, x.ln1_rstd, bt, c);
+            let (ln1_w, ln1_b) = layernorm_grads(gw.map(|g| (g.ln1_w, g.ln1_b)), w.ln1_b);
+            be.layernorm_backward(d.ln_out, ln1_w, ln1_b, d.ln, input, w.ln1_w, x.ln1_mean, x.ln1_rstd, bt, c);
             be.add(d.res_a, d.res_b, d.ln_out);
         }
         // d.res_a now holds d(encoded).
-        be.embedding_backward(g.wte, tokens, d.res_a, vocab, c);
-        be.position_backward(g.wpe, d.res_a, b, t, c);
+        if let Some(g) = g {
+            be.embedding_backward(g.wte, tokens, d.res_a, vocab, c);
+            be.position_backward(g.wpe, d.res_a, b, t, c);
+        }
     }
 
     /// Records forward and backward passes of every microbatch of `batch` into freshly
@@ -447,5 +516,55 @@ impl Trainer<CpuBackend> {
         self.forward_backward(batch, 0);
         let all = self.grads.as_ref().expect("a trainer with gradients").all;
         self.backend.view(all)
+    }
+}
+
+/// A block's four projections for a model `c` wide: `attn.c_attn`, `attn.c_proj`,
+/// `mlp.c_fc`, `mlp.c_proj`.
+fn projections(c: usize) -> [Projection; 4] {
+    let projection = |target: LoraTarget| {
+        let (outputs, inputs) = target.shape(c);
+        Projection { target, inputs, outputs }
+    };
+    LoraTarget::ALL.map(projection)
+}
+
+/// Records projection `p` of block `layer` (its activations in layer set `set`):
+/// `out = inp · weightᵀ + bias`, plus the adapter's share where there is one.
+#[allow(clippy::too_many_arguments)]
+fn project_forward<B: Backend>(
+    be: &mut B,
+    lora: Option<&LoraBuffers>,
+    (layer, set): (usize, usize),
+    p: Projection,
+    out: View,
+    inp: View,
+    weight: View,
+    bias: Option<View>,
+    bt: usize,
+) {
+    match lora {
+        Some(lora) => lora.forward(be, layer, set, p, out, inp, weight, bias, bt),
+        None => be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs),
+    }
+}
+
+/// Records the input gradient of projection `p` of block `layer` from `dout`, through
+/// its weight and its adapter where there is one (whose gradients accumulate).
+#[allow(clippy::too_many_arguments)]
+fn project_backward<B: Backend>(
+    be: &mut B,
+    lora: Option<&LoraBuffers>,
+    layer: usize,
+    p: Projection,
+    dinp: View,
+    dout: View,
+    inp: View,
+    weight: View,
+    bt: usize,
+) {
+    match lora {
+        Some(lora) => lora.backward(be, layer, p, dinp, dout, inp, weight, bt),
+        None => be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs),
     }
 }

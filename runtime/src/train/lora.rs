@@ -1,0 +1,178 @@
+//! The LoRA side of a trainer that trains adapters on a frozen base (see
+//! [`crate::lora`]): the adapters' views, the hidden activations they keep for the
+//! backward pass, their scratch, and each adapted projection's forward and backward
+//! passes, written with the backend's matmuls.
+//!
+//! For a projection `y = x · Wᵀ + b` with factors `A: [r, in]`, `B: [out, r]` and scale
+//! `s = alpha / r`: `h = s · (x · Aᵀ)` (`[BT, r]`, kept), `y = x · Wᵀ + b + h · Bᵀ`.
+//! Backward from `dy`: `dB += dyᵀ · h`, `dh = s · (dy · B)`, `dA += dhᵀ · x`,
+//! `dx = dy · W + dh · A`. The base's own weight and bias gradients are not computed.
+//! Every scaled tensor is `[BT, r]`, small beside the projection's.
+
+use crate::backend::{Backend, BackendError, View};
+use crate::lora::{LoraConfig, LoraTarget};
+use crate::model::{GptConfig, ParamLayout};
+
+/// One adapted projection's factors (or their gradients): `A: [r, in]`, `B: [out, r]`.
+#[derive(Clone, Copy)]
+pub(super) struct Factors {
+    pub a: View,
+    pub b: View,
+}
+
+/// Each block's factors by target ([`LoraTarget::ALL`]'s order), `None` where a target
+/// is not adapted.
+type BlockFactors = Vec<[Option<Factors>; 4]>;
+
+/// What a projection is: its target, input and output widths.
+#[derive(Clone, Copy)]
+pub(super) struct Projection {
+    pub target: LoraTarget,
+    pub inputs: usize,
+    pub outputs: usize,
+}
+
+/// The adapters' views, hidden activations and scratch.
+pub(super) struct LoraBuffers {
+    rank: usize,
+    scale: f32,
+    /// Views of the adapters buffer.
+    factors: BlockFactors,
+    /// Views of their gradients, with a gradient buffer.
+    grads: Option<BlockFactors>,
+    /// `[BT, r]` per layer (or per layer set) and target: `s · x · Aᵀ`.
+    hidden: Vec<[Option<View>; 4]>,
+    /// `[BT, 4C]`: a projection's base output before the adapter's is added, and in the
+    /// backward pass its input gradient through the base.
+    base: View,
+    /// `[BT, 4C]`: the adapter's output `h · Bᵀ`, and in the backward pass its input
+    /// gradient `dh · A`.
+    side: View,
+    /// `[BT, r]`: `dy · B`, then scaled into `hidden_grad`.
+    hidden_grad_raw: View,
+    hidden_grad: View,
+    /// `[C]`: where the frozen LayerNorms' weight and bias gradients go, never read.
+    pub layernorm_sink: (View, View),
+}
+
+/// Index of `target` in [`LoraTarget::ALL`].
+fn slot(target: LoraTarget) -> usize {
+    LoraTarget::ALL.iter().position(|t| *t == target).expect("every target is in ALL")
+}
+
+/// The factors of `layout` (the adapters of `lora` on `cfg`) in the buffer `base`.
+fn factors(layout: &ParamLayout, base: View, cfg: &GptConfig) -> BlockFactors {
+    (0..cfg.layers)
+        .map(|l| {
+            LoraTarget::ALL.map(|target| {
+                let name =
+                    |factor: &str| format!("base_model.model.transformer.h.{l}.{}.{factor}.weight", target.module());
+                let view = |factor: &str| layout.find(&name(factor)).map(|e| base.slice(e.offset, e.len));
+                Some(Factors { a: view("lora_A")?, b: view("lora_B")? })
+            })
+        })
+        .collect()
+}
+
+impl LoraBuffers {
+    /// Buffers for the adapters of `lora` (their values in `adapters`, their gradients in
+    /// `grads` if the trainer keeps them), for microbatches of `bt` positions, with
+    /// `sets` sets of layer activations.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        be: &mut impl Backend,
+        cfg: &GptConfig,
+        lora: &LoraConfig,
+        layout: &ParamLayout,
+        adapters: View,
+        grads: Option<View>,
+        bt: usize,
+        sets: usize,
+    ) -> Result<Self, BackendError> {
+        let (r, c) = (lora.rank, cfg.width);
+        let hidden = (0..sets)
+            .map(|_| {
+                let mut set = [None; 4];
+                for target in &lora.targets {
+                    set[slot(*target)] = Some(be.alloc(bt * r, "LoRA hidden activations")?);
+                }
+                Ok(set)
+            })
+            .collect::<Result<_, BackendError>>()?;
+        Ok(LoraBuffers {
+            rank: r,
+            scale: lora.scale(),
+            factors: factors(layout, adapters, cfg),
+            grads: grads.map(|g| factors(layout, g, cfg)),
+            hidden,
+            base: be.alloc(bt * 4 * c, "projection outputs before LoRA")?,
+            side: be.alloc(bt * 4 * c, "LoRA outputs")?,
+            hidden_grad_raw: be.alloc(bt * r, "LoRA hidden gradients")?,
+            hidden_grad: be.alloc(bt * r, "scaled LoRA hidden gradients")?,
+            layernorm_sink: (be.alloc(c, "frozen LayerNorm weight gradients")?, be.alloc(c, "frozen bias gradients")?),
+        })
+    }
+
+    /// Whether block `layer`'s `target` is adapted.
+    fn adapted(&self, layer: usize, target: LoraTarget) -> Option<Factors> {
+        self.factors[layer][slot(target)]
+    }
+
+    /// Records `out: [bt, outputs] = inp · Wᵀ + bias`, plus the adapter's share where block
+    /// `layer`'s projection is adapted (keeping its hidden activation in layer set `set`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &mut impl Backend,
+        layer: usize,
+        set: usize,
+        p: Projection,
+        out: View,
+        inp: View,
+        weight: View,
+        bias: Option<View>,
+        bt: usize,
+    ) {
+        let Some(f) = self.adapted(layer, p.target) else {
+            return be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs);
+        };
+        let hidden = self.hidden[set][slot(p.target)].expect("an adapted target has hidden activations");
+        let (base, side) = (self.base.slice(0, bt * p.outputs), self.side.slice(0, bt * p.outputs));
+        be.matmul_forward(base, inp, weight, bias, bt, p.inputs, p.outputs);
+        be.matmul_forward(self.hidden_grad_raw, inp, f.a, None, bt, p.inputs, self.rank);
+        be.scale(hidden, self.hidden_grad_raw, self.scale);
+        be.matmul_forward(side, hidden, f.b, None, bt, self.rank, p.outputs);
+        be.add(out, base, side);
+    }
+
+    /// Records the backward pass of block `layer`'s projection `p` from `dout: [bt,
+    /// outputs]`: `dinp: [bt, inputs]` (overwritten) through the frozen `weight` and, where
+    /// it is adapted, through the adapter, whose gradients accumulate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        be: &mut impl Backend,
+        layer: usize,
+        p: Projection,
+        dinp: View,
+        dout: View,
+        inp: View,
+        weight: View,
+        bt: usize,
+    ) {
+        let (Some(f), Some(g)) =
+            (self.adapted(layer, p.target), self.grads.as_ref().and_then(|g| g[layer][slot(p.target)]))
+        else {
+            return be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs);
+        };
+        let hidden = self.hidden[layer][slot(p.target)].expect("an adapted target has hidden activations");
+        let (base, side) = (self.base.slice(0, bt * p.inputs), self.side.slice(0, bt * p.inputs));
+        be.matmul_backward_weight(g.b, dout, hidden, bt, self.rank, p.outputs);
+        be.matmul_backward_input(self.hidden_grad_raw, dout, f.b, bt, self.rank, p.outputs);
+        be.scale(self.hidden_grad, self.hidden_grad_raw, self.scale);
+        be.matmul_backward_weight(g.a, self.hidden_grad, inp, bt, p.inputs, self.rank);
+        be.matmul_backward_input(base, dout, weight, bt, p.inputs, p.outputs);
+        be.matmul_backward_input(side, self.hidden_grad, f.a, bt, p.inputs, self.rank);
+        be.add(dinp, base, side);
+    }
+}
