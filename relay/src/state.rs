@@ -9,6 +9,7 @@ use crate::Turns;
 use crate::address_counts::AddressCounts;
 use crate::check_queue::CheckQueue;
 use crate::coordinator::{CommitQueue, Coordinator};
+use crate::health::StorageProbe;
 use crate::metrics::Metrics;
 use crate::tokenizer::VocabFiles;
 use crate::weights::{WeightFiles, WeightRoutes};
@@ -32,6 +33,8 @@ pub struct AppState {
     pub weights: Arc<WeightFiles>,
     /// The vocabularies `/api/vocab` serves.
     pub vocabs: Arc<VocabFiles>,
+    /// `/readyz`'s storage probe.
+    pub storage_probe: Arc<StorageProbe>,
 }
 
 impl FromRef<AppState> for WeightRoutes {
@@ -64,6 +67,7 @@ impl AppState {
             admin_token: admin_token.map(|t| blake3::hash(t.as_bytes())),
             weights: Arc::new(WeightFiles::new(turns)),
             vocabs: Arc::default(),
+            storage_probe: Arc::default(),
         }
     }
 }

@@ -74,14 +74,16 @@ async fn a_relay_says_whether_it_is_ready_and_stops_cleanly_on_sigterm() {
     assert_eq!(code, 200, "{body:?}");
 
     // The storage folder gone: not ready, and why; back: ready.
+    // (A probe's answer stands for `PROBE_EVERY`: asked again, it changes after that.)
     let moved = dir.path().join("data.moved");
     std::fs::rename(&data, &moved).expect("move the storage folder away");
-    let (code, body) = ready(addr).expect("readyz answers");
+    let bound = 3 * crowdgrad_relay::health::PROBE_EVERY;
+    let body = wait_for("readyz to say 503", bound, || ready(addr).filter(|(code, _)| *code == 503)).await.1;
     let body = body.expect("JSON");
-    assert_eq!((code, &body["ready"]), (503, &serde_json::Value::Bool(false)), "{body}");
+    assert_eq!(body["ready"], serde_json::Value::Bool(false), "{body}");
     assert!(body["reasons"][0].as_str().is_some_and(|r| r.contains("storage folder")), "{body}");
     std::fs::rename(&moved, &data).expect("move it back");
-    assert_eq!(ready(addr).expect("readyz answers").0, 200);
+    wait_for("readyz to say 200", bound, || ready(addr).filter(|(code, _)| *code == 200).map(|_| ())).await;
 
     // A contributor at work, then SIGTERM.
     let key_file = dir.path().join("contributor.key");
