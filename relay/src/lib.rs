@@ -89,6 +89,8 @@ pub struct Relay {
     pub state: AppState,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// A federated relay's control loop, ended last.
+    federation: Option<federation::agent::ControlStop>,
 }
 
 /// The longest a relay takes to stop ([`Relay::stop`]): what is not done by then is
@@ -98,7 +100,8 @@ pub const STOP_BOUND: Duration = Duration::from_secs(30);
 impl Relay {
     /// Stops within [`STOP_BOUND`]: accepts no more connections, closes every session
     /// (its contributor reconnects, to this relay once it is back or to another relay of
-    /// the job), lets the commit in progress finish, and writes the ledger's last rows.
+    /// the job), lets the commit in progress finish, writes the ledger's last rows, and
+    /// (federated) gives the committer's lease up if it held it.
     pub async fn stop(self) {
         let deadline = tokio::time::Instant::now() + STOP_BOUND;
         let _ = self.shutdown.send(());
@@ -110,6 +113,9 @@ impl Relay {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.state.coordinator.lock().expect("coordinator lock").flush_writes();
+        if let Some(control) = self.federation {
+            control.stop().await;
+        }
     }
 
     /// Serves until SIGTERM or Ctrl-C, then stops ([`Self::stop`]); an error if the
@@ -218,7 +224,7 @@ async fn federate(
     addr: SocketAddr,
     job: &config::JobConfig,
     coordinator: &Arc<Mutex<Coordinator>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<federation::agent::ControlStop> {
     let me = match federation.relay_url.as_str() {
         "" => format!("http://{addr}"),
         url => url.trim_end_matches('/').to_string(),
@@ -236,9 +242,9 @@ async fn federate(
         (c.ledger_connection().context("opening the ledger for the receipts mirror")?, c.relay_key())
     };
     federation::mirror::Mirror::spawn(engine.clone(), tokio::runtime::Handle::current(), ledger, relay_key)?;
-    federation::agent::spawn(engine, coordinator.clone(), results);
+    let control = federation::agent::spawn(engine, coordinator.clone(), results);
     tracing::info!(relay = %me, nats = %federation.nats.join(","), "federated");
-    Ok(())
+    Ok(control)
 }
 
 /// Loads the job's data, binds `config.addr` and starts serving in the background.
@@ -266,9 +272,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     }
     let listener = TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
-    if let Some(federation) = &config.job.federation {
-        federate(federation, addr, &config.job, &coordinator).await?;
-    }
+    let federation = match &config.job.federation {
+        Some(federation) => Some(federate(federation, addr, &config.job, &coordinator).await?),
+        None => None,
+    };
     let state = AppState::new(coordinator, checks, commits, turns, metrics, config.admin_token.as_deref());
     let (ticker, flusher) = (state.coordinator.clone(), state.coordinator.clone());
     let (limits, redirect_limits) = (config.job.limits.clone(), config.job.limits.clone());
@@ -321,5 +328,5 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Relay> {
     });
     let scheme = if https { "https" } else { "http" };
     tracing::info!(%addr, scheme, "relay listening");
-    Ok(Relay { addr, state, shutdown, task })
+    Ok(Relay { addr, state, shutdown, task, federation })
 }

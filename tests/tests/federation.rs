@@ -320,3 +320,36 @@ fn check_versions(relays: &[RelaySlot], urls: &[String]) {
         assert!(files.windows(2).all(|w| w[0] == w[1]), "version {v} differs between relays");
     }
 }
+
+/// A committing relay stopped with SIGTERM gives its lease up as it stops: the other
+/// relay commits from its next try, well before the lease would have run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committer_stopped_with_sigterm_hands_its_lease_over_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let nats = NatsCluster::start(3, &dir.path().join("nats"));
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, "name = \"handover\"\n").expect("write the job");
+    let mut relays: Vec<RelaySlot> = (0..2)
+        .map(|i| RelaySlot { addr: free_addr(), dir: dir.path().join(format!("relay{i}")), process: None })
+        .collect();
+    for relay in &mut relays {
+        relay.start(&job, &nats.urls());
+    }
+    let committer = |r: &RelaySlot| status(r.addr).is_some_and(|s| s["federation"]["committer"] == true);
+    let holder = wait_for("a committer", Duration::from_secs(60), || relays.iter().position(committer)).await;
+    let other = 1 - holder;
+    let process = relays[holder].process.take().expect("it runs");
+    let sent = Instant::now();
+    let signalled = Command::new("kill").args(["-TERM", &process.0.id().to_string()]).status().expect("kill");
+    assert!(signalled.success());
+    wait_for("the other relay to commit", LEASE, || committer(&relays[other]).then_some(())).await;
+    let handed = sent.elapsed();
+    let mut process = process;
+    let exit = process.0.wait().expect("the relay exits");
+    assert!(exit.success(), "SIGTERM: {exit}");
+    // Without the handover the other relay would wait for the lease to run out: at least
+    // LEASE − RENEW after its holder's last renewal.
+    let bound = LEASE - crowdgrad_relay::federation::lease::RENEW - Duration::from_millis(500);
+    assert!(handed < bound, "the other relay committed {handed:?} after SIGTERM (bound {bound:?})");
+    println!("SIGTERM to the committer: the other relay commits {:.2} s later", handed.as_secs_f64());
+}

@@ -55,13 +55,36 @@ const WATCH_SILENCE: Duration = Duration::from_secs(3);
 type Heard = Arc<Mutex<BTreeMap<String, i64>>>;
 
 /// Starts the agent's tasks for `coordinator`, whose accepted results arrive on `results`.
-pub fn spawn(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, results: mpsc::Receiver<Accepted>) {
+/// The control loop runs until [`ControlStop::stop`].
+pub fn spawn(
+    engine: Arc<Engine>,
+    coordinator: Arc<Mutex<Coordinator>>,
+    results: mpsc::Receiver<Accepted>,
+) -> ControlStop {
     let heard = Heard::default();
-    let committed = Arc::new(Notify::new());
+    let (committed, stopping) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     tokio::spawn(publish(engine.clone(), coordinator.clone(), results));
     tokio::spawn(listen(engine.clone(), heard.clone()));
     tokio::spawn(watch_versions(engine.clone(), committed.clone()));
-    tokio::spawn(control(engine, coordinator, heard, committed));
+    let control = tokio::spawn(control(engine, coordinator, heard, committed, stopping.clone()));
+    ControlStop { stopping, control }
+}
+
+/// Ends the control loop of a relay that is stopping.
+pub struct ControlStop {
+    stopping: Arc<Notify>,
+    control: JoinHandle<()>,
+}
+
+impl ControlStop {
+    /// Ends the control loop, so that this relay takes no more leases and starts no more
+    /// commits, and gives the committer's lease up if it held it: another relay of the
+    /// job commits from its next try (every [`RENEW`]) rather than once the lease runs
+    /// out. Returns within twice [`STEP_TIMEOUT`].
+    pub async fn stop(self) {
+        self.stopping.notify_one();
+        let _ = tokio::time::timeout(2 * STEP_TIMEOUT, self.control).await;
+    }
 }
 
 /// Wakes the control loop (`committed`) whenever a version is committed, so that
@@ -176,7 +199,13 @@ enum CatchUp {
 }
 
 /// The control loop (module docs).
-async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, heard: Heard, committed: Arc<Notify>) {
+async fn control(
+    engine: Arc<Engine>,
+    coordinator: Arc<Mutex<Coordinator>>,
+    heard: Heard,
+    committed: Arc<Notify>,
+    stopping: Arc<Notify>,
+) {
     let lock = || coordinator.lock().expect("coordinator lock");
     let mut reader: Option<JoinHandle<()>> = None;
     let (mut relays, mut known): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
@@ -194,6 +223,15 @@ async fn control(engine: Arc<Engine>, coordinator: Arc<Mutex<Coordinator>>, hear
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = committed.notified() => {}
+            () = stopping.notified() => {
+                if let Some(task) = reader.take() {
+                    task.abort();
+                }
+                if let Err(e) = bounded("releasing the lease", engine.release_lease(now_ms())).await {
+                    tracing::warn!("the committer's lease was not given up: {e:#}");
+                }
+                return;
+            }
         }
         let caught_up = bounded("catching up", catch_up(&engine, &coordinator, &mut adopting)).await;
         // Behind, the next version is asked for as soon as this one is adopted.

@@ -263,6 +263,21 @@ impl Engine {
         }
     }
 
+    /// Gives the committer's lease up if this relay holds it, writing it as run out at
+    /// `now_ms` (by compare-and-set), so that another relay takes it at its next try
+    /// rather than when it would have run out.
+    pub async fn release_lease(&self, now_ms: i64) -> anyhow::Result<()> {
+        let entry = self.lease.entry(LEASE_KEY).await.context("reading the lease")?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else { return Ok(()) };
+        let held: Lease = serde_json::from_slice(&entry.value).context("the lease cannot be read")?;
+        if held.holder != self.me {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&Lease { holder: self.me.clone(), until_ms: now_ms })?.into();
+        self.lease.update(LEASE_KEY, value, entry.revision).await.context("releasing the lease")?;
+        Ok(())
+    }
+
     /// The index's entry of `version`, if it is committed.
     pub async fn version(&self, version: u64) -> anyhow::Result<Option<VersionEntry>> {
         let value = self.versions.get(version_key(version)).await.context("reading the version index")?;
