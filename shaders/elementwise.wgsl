@@ -1,12 +1,15 @@
 // Elementwise kernels: GELU (tanh approximation, as GPT-2) forward and backward, add,
-// and scale.
+// scale, and dropout.
 
 struct Params {
     len: u32,
     dst_off: u32,   // forward: out; backward: dinp
     inp_off: u32,
     dout_off: u32,  // gelu backward: dout; add: the second operand
-    factor: f32,    // scale: the factor
+    factor: f32,    // scale: the factor; dropout: what kept elements are multiplied by
+    threshold: u32, // dropout: elements whose hash is below this are dropped
+    salt: u32,      // dropout: mix32 of its seed
+    at: u32,        // dropout: the index of this dispatch's first element in the view
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -60,4 +63,26 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     dst[p.dst_off + i] = p.factor * inp[p.inp_off + i];
+}
+
+// Chris Wellons' lowbias32, as `ops::mix32`.
+fn mix32(v: u32) -> u32 {
+    var x = v;
+    x ^= x >> 16u;
+    x *= 0x7feb352du;
+    x ^= x >> 15u;
+    x *= 0x846ca68bu;
+    x ^= x >> 16u;
+    return x;
+}
+
+// out = inp * mask, the mask of `ops::DropoutMask` for this view's element indices.
+@compute @workgroup_size(256, 1, 1)
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_id(gid, nwg);
+    if (i >= p.len) {
+        return;
+    }
+    let keep = mix32((p.at + i) ^ p.salt) >= p.threshold;
+    dst[p.dst_off + i] = select(0.0, p.factor * inp[p.inp_off + i], keep);
 }

@@ -11,7 +11,7 @@
 use std::future::Future;
 
 use crate::codec::CodecConfig;
-use crate::ops::AdamW;
+use crate::ops::{AdamW, DropoutMask};
 
 /// Handle of one buffer owned by a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -226,6 +226,10 @@ pub trait Backend {
     fn add(&mut self, out: View, a: View, b: View);
     /// `out = factor · inp`, elementwise, equal lengths.
     fn scale(&mut self, out: View, inp: View, factor: f32);
+    /// `out[i] = mask.factor · inp[i]` where `mask` keeps element `i`, else 0, equal lengths
+    /// (see [`crate::ops::dropout`]):
+    /// dropout, or, applied to an output's gradient with the same mask, its backward pass.
+    fn dropout(&mut self, out: View, inp: View, mask: DropoutMask);
     /// `out: [1] = Σ values²`, in a fixed reduction order.
     fn sum_squares(&mut self, out: View, values: View);
     /// One AdamW update of `params` from `grads`, with moments `m`, `v` (equal lengths),
@@ -454,6 +458,12 @@ pub mod checks {
     pub fn scale(out: View, inp: View) {
         check_len("scale", "inp", inp, out.len);
         check_distinct("scale", out, &[inp]);
+    }
+
+    /// See [`super::Backend::dropout`].
+    pub fn dropout(out: View, inp: View) {
+        check_len("dropout", "inp", inp, out.len);
+        check_distinct("dropout", out, &[inp]);
     }
 
     /// See [`super::Backend::sum_squares`].

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, BufId, DeviceInfo, View, checks};
 use crate::codec::{self, CodecConfig};
-use crate::ops::{self, AdamW};
+use crate::ops::{self, AdamW, DropoutMask};
 
 /// One buffer's contents.
 enum Storage {
@@ -319,6 +319,11 @@ impl Backend for CpuBackend {
     fn scale(&mut self, out: View, inp: View, factor: f32) {
         checks::scale(out, inp);
         self.with_out(out, |s, o| ops::scale(o, s.f32(inp), factor));
+    }
+
+    fn dropout(&mut self, out: View, inp: View, mask: DropoutMask) {
+        checks::dropout(out, inp);
+        self.with_out(out, |s, o| ops::dropout(o, s.f32(inp), mask));
     }
 
     fn sum_squares(&mut self, out: View, values: View) {

@@ -9,7 +9,7 @@ use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
 use crowdgrad_runtime::gpu::{GpuBackend, GpuOptions};
 use crowdgrad_runtime::model::GptConfig;
-use crowdgrad_runtime::ops::{self, AdamW};
+use crowdgrad_runtime::ops::{self, AdamW, DropoutMask};
 use crowdgrad_runtime::rng::Rng;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, TrainerShape, run_unit};
 
@@ -296,7 +296,7 @@ both_ways!(attention_matches_cpu, async {
     }
 });
 
-both_ways!(add_scale_and_sum_squares_match_cpu, async {
+both_ways!(add_scale_dropout_and_sum_squares_match_cpu, async {
     let mut rng = Rng::new(13);
     let len = 1003;
     let case = Case {
@@ -305,7 +305,8 @@ both_ways!(add_scale_and_sum_squares_match_cpu, async {
         outputs: vec![vec![0.0; len]],
     };
     compare!("add", case.clone(), |be, o, f, _| be.add(o[0], f[0], f[1]));
-    compare!("scale", case, |be, o, f, _| be.scale(o[0], f[1], -0.37));
+    compare!("scale", case.clone(), |be, o, f, _| be.scale(o[0], f[1], -0.37));
+    compare!("dropout", case, |be, o, f, _| be.dropout(o[0], f[1], DropoutMask::new(0.3, 11)));
     let case = Case { floats: vec![random(&mut rng, 70_000, 1.0)], ints: vec![], outputs: vec![vec![0.0]] };
     compare!("sum_squares", case, |be, o, f, _| be.sum_squares(o[0], f[0]));
 });

@@ -2,8 +2,9 @@
 //! and on the GPU (natively, and in the browser under `wasm-pack test`):
 //! - with the adapter that `peft` saved for the tiny GPT-2 of `fixtures/hf`, unmerged, the
 //!   trainer gives PEFT's logits within 1e-4;
-//! - the adapters' gradients match finite differences of the loss (CPU);
-//! - the GPU's gradients and training steps match the CPU's;
+//! - the adapters' gradients match finite differences of the loss, without dropout and
+//!   with it (its masks drawn from the same seed each time; CPU);
+//! - the GPU's gradients and training steps, with dropout, match the CPU's;
 //! - training lowers the loss, moves only the adapters, and the trained adapters merged
 //!   into the base give the trainer's loss.
 
@@ -76,10 +77,11 @@ both_ways!(an_unmerged_adapter_gives_peft_logits_on_the_gpu, async {
     unmerged_adapter_gives_peft_logits(gpu().await).await
 });
 
-/// A small model, a rank-2 adapter on every projection, and a batch.
-fn small() -> (GptConfig, LoraConfig, Vec<f32>, Vec<f32>, Batch) {
+/// A small model, a rank-2 adapter on every projection dropping `dropout` of its input
+/// while training, and a batch.
+fn small(dropout: f32) -> (GptConfig, LoraConfig, Vec<f32>, Vec<f32>, Batch) {
     let cfg = GptConfig { vocab: 256, context: 8, layers: 2, heads: 2, width: 16, bias: true };
-    let lora = LoraConfig { targets: LoraTarget::ALL.to_vec(), rank: 2, alpha: 4.0, dropout: 0.0 };
+    let lora = LoraConfig { targets: LoraTarget::ALL.to_vec(), rank: 2, alpha: 4.0, dropout };
     let mut rng = Rng::new(5);
     // Larger weights than the inits, so that every path carries a measurable gradient.
     let base: Vec<f32> = cfg.init(3).iter().map(|p| p + rng.normal() * 0.3).collect();
@@ -90,18 +92,28 @@ fn small() -> (GptConfig, LoraConfig, Vec<f32>, Vec<f32>, Batch) {
 
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
-fn adapter_gradients_match_finite_differences() {
+fn adapter_gradients_match_finite_differences_with_and_without_dropout() {
+    for dropout in [0.0, 0.2] {
+        adapter_gradients_match_finite_differences(dropout);
+    }
+}
+
+/// Each adapter tensor's gradient at a spread of coordinates against the difference
+/// quotient of the training pass's loss (whose dropout masks stay the same).
+#[cfg(not(target_arch = "wasm32"))]
+fn adapter_gradients_match_finite_differences(dropout: f32) {
     // The loss is an f32 mean near 5.5 (≈5e-7 resolution): a wide step keeps the
     // quotient's rounding small, and Richardson's extrapolation from steps h and h/2
     // cancels the h² error that the attention's curvature gives a wide step.
     const H: f64 = 1e-2;
-    let (cfg, lora, base, adapters, batch) = small();
+    let (cfg, lora, base, adapters, batch) = small(dropout);
     let shape = TrainerShape::train(2, 1);
     let mut trainer = trainer(CpuBackend::new(), cfg, &lora, shape, &base, &adapters);
+    trainer.seed_dropout(9, 0);
     let grads = pollster::block_on(trainer.gradients(&batch)).expect("gradients");
     let mut loss_at = |a: &[f32]| {
         trainer.load(a);
-        trainer.forward(&batch, 0);
+        pollster::block_on(trainer.gradients(&batch)).expect("a training pass");
         pollster::block_on(trainer.losses(0..1)).expect("loss")[0] as f64
     };
     let mut central = |a: &mut Vec<f32>, i: usize, h: f64| {
@@ -123,17 +135,41 @@ fn adapter_gradients_match_finite_differences() {
             }
         }
     }
-    assert!(worst.0 < 2e-2, "adapter gradient: worst relative error {:e} at {}", worst.0, worst.1);
+    assert!(worst.0 < 2e-2, "dropout {dropout}: worst relative error {:e} at {}", worst.0, worst.1);
 }
 
-/// Gradients, then losses over `steps` AdamW steps, then the trained adapters.
-async fn train<B: Backend>(be: B, steps: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (cfg, lora, base, adapters, batch) = small();
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn dropout_applies_to_training_passes_alone_and_replays_from_its_seed() {
+    let (cfg, lora, base, adapters, batch) = small(0.2);
+    let mut dropping = trainer(CpuBackend::new(), cfg, &lora, TrainerShape::train(2, 1), &base, &adapters);
+    let mut pass = |seed: u64| {
+        dropping.seed_dropout(seed, 0);
+        let grads = pollster::block_on(dropping.gradients(&batch)).expect("gradients");
+        (grads, pollster::block_on(dropping.losses(0..1)).expect("loss")[0])
+    };
+    let (first, loss) = pass(1);
+    assert_eq!(pass(1), (first.clone(), loss), "the same seed drops the same elements");
+    assert_ne!(pass(2).0, first, "another seed, other masks");
+    dropping.forward(&batch, 0);
+    let evaluated = pollster::block_on(dropping.losses(0..1)).expect("loss")[0];
+    let (cfg, lora, base, adapters, batch) = small(0.0);
+    let mut plain = trainer(CpuBackend::new(), cfg, &lora, TrainerShape::train(2, 1), &base, &adapters);
+    plain.forward(&batch, 0);
+    assert_eq!(evaluated, pollster::block_on(plain.losses(0..1)).expect("loss")[0], "evaluation drops nothing");
+    assert_ne!(loss, evaluated, "training passes drop");
+}
+
+/// Gradients, then losses over `steps` AdamW steps, then the trained adapters, with
+/// `dropout` and each step's masks drawn from its own seed.
+async fn train<B: Backend>(be: B, steps: u32, dropout: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (cfg, lora, base, adapters, batch) = small(dropout);
     let mut trainer = trainer(be, cfg, &lora, TrainerShape::train(2, steps as usize), &base, &adapters);
     let grads = trainer.gradients(&batch).await.expect("gradients");
     trainer.load(&adapters);
     let opt = InnerOptim { lr: 1e-2, ..InnerOptim::default() };
     for step in 0..steps {
+        trainer.seed_dropout(3, step);
         trainer.step(&batch, &opt, opt.lr, step as usize);
     }
     let losses = trainer.losses(0..steps as usize).await.expect("losses");
@@ -142,8 +178,8 @@ async fn train<B: Backend>(be: B, steps: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>) 
 
 both_ways!(gpu_adapter_training_matches_the_cpu, async {
     const STEPS: u32 = 20;
-    let (cpu_grads, cpu_losses, cpu_adapters) = train(CpuBackend::new(), STEPS).await;
-    let (gpu_grads, gpu_losses, gpu_adapters) = train(gpu().await, STEPS).await;
+    let (cpu_grads, cpu_losses, cpu_adapters) = train(CpuBackend::new(), STEPS, 0.1).await;
+    let (gpu_grads, gpu_losses, gpu_adapters) = train(gpu().await, STEPS, 0.1).await;
     let scale = cpu_grads.iter().map(|g| g.abs()).fold(0f32, f32::max);
     let worst = cpu_grads.iter().zip(&gpu_grads).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst <= 1e-3 * scale, "gradients: {worst} off (largest {scale})");
@@ -155,8 +191,8 @@ both_ways!(gpu_adapter_training_matches_the_cpu, async {
 });
 
 both_ways!(training_moves_only_the_adapters_and_their_merge_is_the_model_trained, async {
-    let (cfg, lora, base, adapters, batch) = small();
-    let (_, losses, trained) = train(CpuBackend::new(), 30).await;
+    let (cfg, lora, base, adapters, batch) = small(0.1);
+    let (_, losses, trained) = train(CpuBackend::new(), 30, 0.1).await;
     assert!(losses[29] < 0.9 * losses[0], "the loss fell: {} → {}", losses[0], losses[29]);
     // The trainer's loss with the trained adapters, against a plain model of the merge:
     // the base did not move.

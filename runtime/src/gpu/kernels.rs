@@ -19,6 +19,8 @@ pub enum Kernel {
     Add,
     /// `elementwise.wgsl` a tensor times a number.
     Scale,
+    /// `elementwise.wgsl` a tensor times a dropout mask.
+    Dropout,
     /// `encoder.wgsl` token plus position embedding.
     EncoderForward,
     /// `encoder.wgsl` position-table gradient.
@@ -55,7 +57,7 @@ pub enum Kernel {
 
 impl Kernel {
     /// All kernels, in pipeline-table order.
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Matmul,
         Kernel::EmbeddingForward,
         Kernel::EmbeddingBackward,
@@ -63,6 +65,7 @@ impl Kernel {
         Kernel::GeluBackward,
         Kernel::Add,
         Kernel::Scale,
+        Kernel::Dropout,
         Kernel::EncoderForward,
         Kernel::PositionBackward,
         Kernel::LayerNorm,
@@ -103,6 +106,7 @@ impl Kernel {
             Kernel::GeluBackward => ("elementwise.wgsl", ELEMENTWISE, "backward"),
             Kernel::Add => ("elementwise.wgsl", ELEMENTWISE, "add"),
             Kernel::Scale => ("elementwise.wgsl", ELEMENTWISE, "scale"),
+            Kernel::Dropout => ("elementwise.wgsl", ELEMENTWISE, "dropout"),
             Kernel::EncoderForward => ("encoder.wgsl", ENCODER, "forward"),
             Kernel::PositionBackward => ("encoder.wgsl", ENCODER, "position_backward"),
             Kernel::LayerNorm => ("layernorm.wgsl", LAYERNORM, "main"),

@@ -17,7 +17,7 @@ use super::{GROUP, GpuBackend, ROW_GROUP, groups, matmul_groups, w};
 use crate::backend::{Backend, BackendError, DeviceInfo, Part, View, checks};
 use crate::codec::{self, CodecConfig};
 use crate::gpu::kernels::Kernel;
-use crate::ops::AdamW;
+use crate::ops::{AdamW, DropoutMask};
 
 /// The matmul kernel's flags: add the bias; accumulate into C.
 const BIAS: u32 = 1;
@@ -448,6 +448,15 @@ impl Backend for GpuBackend {
         self.each_span(&[out, inp], |be, s| {
             let params = [w(s[0].len), w(s[0].local), w(s[1].local), 0, factor.to_bits()];
             be.dispatch(Kernel::Scale, &params, &[s[0].phys, s[1].phys], groups(s[0].len, GROUP));
+        });
+    }
+
+    fn dropout(&mut self, out: View, inp: View, mask: DropoutMask) {
+        checks::dropout(out, inp);
+        self.each_span(&[out, inp], |be, s| {
+            let (len, dst, src, at) = (w(s[0].len), w(s[0].local), w(s[1].local), w(s[0].at));
+            let params = [len, dst, src, 0, mask.factor.to_bits(), mask.threshold, mask.salt, at];
+            be.dispatch(Kernel::Dropout, &params, &[s[0].phys, s[1].phys], groups(s[0].len, GROUP));
         });
     }
 

@@ -11,6 +11,7 @@
 //! on a given machine and thread count.
 
 mod attention;
+mod dropout;
 mod gelu;
 mod layernorm;
 mod math;
@@ -19,6 +20,7 @@ mod parallel;
 mod product;
 
 pub use attention::{attention_backward, attention_forward};
+pub use dropout::{DropoutMask, dropout, mix32};
 pub use gelu::{gelu_backward, gelu_forward};
 pub use layernorm::{LN_EPS, layernorm_backward, layernorm_forward};
 pub use matmul::{matmul_backward_input, matmul_backward_weight, matmul_forward};

@@ -3,15 +3,17 @@
 //! backward pass, their scratch, and each adapted projection's forward and backward
 //! passes, written with the backend's matmuls.
 //!
-//! For a projection `y = x · Wᵀ + b` with factors `A: [r, in]`, `B: [out, r]` and scale
-//! `s = alpha / r`: `h = s · (x · Aᵀ)` (`[BT, r]`, kept), `y = x · Wᵀ + b + h · Bᵀ`.
-//! Backward from `dy`: `dB += dyᵀ · h`, `dh = s · (dy · B)`, `dA += dhᵀ · x`,
-//! `dx = dy · W + dh · A`. The base's own weight and bias gradients are not computed.
-//! Every scaled tensor is `[BT, r]`, small beside the projection's.
+//! For a projection `y = x · Wᵀ + b` with factors `A: [r, in]`, `B: [out, r]`, scale
+//! `s = alpha / r` and, while training, a dropout mask `m` on the adapter's input:
+//! `h = s · (m(x) · Aᵀ)` (`[BT, r]`, kept), `y = x · Wᵀ + b + h · Bᵀ`. Backward from
+//! `dy`: `dB += dyᵀ · h`, `dh = s · (dy · B)`, `dA += dhᵀ · m(x)` (`m(x)` made again from
+//! the same mask), `dx = dy · W + m(dh · A)`. The base's own weight and bias gradients are
+//! not computed. Every scaled tensor is `[BT, r]`, small beside the projection's.
 
 use crate::backend::{Backend, BackendError, View};
 use crate::lora::{LoraConfig, LoraTarget};
 use crate::model::{GptConfig, ParamLayout};
+use crate::ops::{DropoutMask, mix32};
 
 /// One adapted projection's factors (or their gradients): `A: [r, in]`, `B: [out, r]`.
 #[derive(Clone, Copy)]
@@ -36,6 +38,8 @@ pub(super) struct Projection {
 pub(super) struct LoraBuffers {
     rank: usize,
     scale: f32,
+    /// The share of the adapters' inputs dropped while training.
+    dropout: f32,
     /// Views of the adapters buffer.
     factors: BlockFactors,
     /// Views of their gradients, with a gradient buffer.
@@ -48,6 +52,9 @@ pub(super) struct LoraBuffers {
     /// `[BT, 4C]`: the adapter's output `h · Bᵀ`, and in the backward pass its input
     /// gradient `dh · A`.
     side: View,
+    /// `[BT, 4C]`: the adapter's input after dropout, and in the backward pass that
+    /// gradient after it.
+    dropped: View,
     /// `[BT, r]`: `dy · B`, then scaled into `hidden_grad`.
     hidden_grad_raw: View,
     hidden_grad: View,
@@ -102,11 +109,13 @@ impl LoraBuffers {
         Ok(LoraBuffers {
             rank: r,
             scale: lora.scale(),
+            dropout: lora.dropout,
             factors: factors(layout, adapters, cfg),
             grads: grads.map(|g| factors(layout, g, cfg)),
             hidden,
             base: be.alloc(bt * 4 * c, "projection outputs before LoRA")?,
             side: be.alloc(bt * 4 * c, "LoRA outputs")?,
+            dropped: be.alloc(bt * 4 * c, "LoRA inputs after dropout")?,
             hidden_grad_raw: be.alloc(bt * r, "LoRA hidden gradients")?,
             hidden_grad: be.alloc(bt * r, "scaled LoRA hidden gradients")?,
             layernorm_sink: (be.alloc(c, "frozen LayerNorm weight gradients")?, be.alloc(c, "frozen bias gradients")?),
@@ -118,14 +127,30 @@ impl LoraBuffers {
         self.factors[layer][slot(target)]
     }
 
+    /// The dropout mask of block `layer`'s `target` in a training pass seeded `seed`
+    /// (`None` outside training, or without dropout).
+    fn mask(&self, seed: Option<u32>, layer: usize, target: LoraTarget) -> Option<DropoutMask> {
+        let seed = seed.filter(|_| self.dropout > 0.0)?;
+        Some(DropoutMask::new(self.dropout, mix32(seed ^ mix32((4 * layer + slot(target)) as u32))))
+    }
+
+    /// The adapter's input: `inp`, or `inp` through `mask` into the dropped buffer.
+    fn adapter_input(&self, be: &mut impl Backend, mask: Option<DropoutMask>, inp: View) -> View {
+        let Some(mask) = mask else { return inp };
+        let dropped = self.dropped.slice(0, inp.len);
+        be.dropout(dropped, inp, mask);
+        dropped
+    }
+
     /// Records `out: [bt, outputs] = inp · Wᵀ + bias`, plus the adapter's share where block
-    /// `layer`'s projection is adapted (keeping its hidden activation in layer set `set`).
+    /// `layer`'s projection is adapted (keeping its hidden activation in layer set `set`),
+    /// its input through dropout in a training pass seeded `seed`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &mut impl Backend,
-        layer: usize,
-        set: usize,
+        (layer, set): (usize, usize),
+        seed: Option<u32>,
         p: Projection,
         out: View,
         inp: View,
@@ -139,7 +164,8 @@ impl LoraBuffers {
         let hidden = self.hidden[set][slot(p.target)].expect("an adapted target has hidden activations");
         let (base, side) = (self.base.slice(0, bt * p.outputs), self.side.slice(0, bt * p.outputs));
         be.matmul_forward(base, inp, weight, bias, bt, p.inputs, p.outputs);
-        be.matmul_forward(self.hidden_grad_raw, inp, f.a, None, bt, p.inputs, self.rank);
+        let adapter_input = self.adapter_input(be, self.mask(seed, layer, p.target), inp);
+        be.matmul_forward(self.hidden_grad_raw, adapter_input, f.a, None, bt, p.inputs, self.rank);
         be.scale(hidden, self.hidden_grad_raw, self.scale);
         be.matmul_forward(side, hidden, f.b, None, bt, self.rank, p.outputs);
         be.add(out, base, side);
@@ -147,12 +173,14 @@ impl LoraBuffers {
 
     /// Records the backward pass of block `layer`'s projection `p` from `dout: [bt,
     /// outputs]`: `dinp: [bt, inputs]` (overwritten) through the frozen `weight` and, where
-    /// it is adapted, through the adapter, whose gradients accumulate.
+    /// it is adapted, through the adapter, whose gradients accumulate (with the dropout
+    /// mask of the training pass seeded `seed`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         be: &mut impl Backend,
         layer: usize,
+        seed: Option<u32>,
         p: Projection,
         dinp: View,
         dout: View,
@@ -170,9 +198,12 @@ impl LoraBuffers {
         be.matmul_backward_weight(g.b, dout, hidden, bt, self.rank, p.outputs);
         be.matmul_backward_input(self.hidden_grad_raw, dout, f.b, bt, self.rank, p.outputs);
         be.scale(self.hidden_grad, self.hidden_grad_raw, self.scale);
-        be.matmul_backward_weight(g.a, self.hidden_grad, inp, bt, p.inputs, self.rank);
+        let mask = self.mask(seed, layer, p.target);
+        let adapter_input = self.adapter_input(be, mask, inp);
+        be.matmul_backward_weight(g.a, self.hidden_grad, adapter_input, bt, p.inputs, self.rank);
         be.matmul_backward_input(base, dout, weight, bt, p.inputs, p.outputs);
         be.matmul_backward_input(side, self.hidden_grad, f.a, bt, p.inputs, self.rank);
-        be.add(dinp, base, side);
+        let through = self.adapter_input(be, mask, side);
+        be.add(dinp, base, through);
     }
 }

@@ -150,6 +150,7 @@ pub async fn train_unit<B: Backend>(
     let first = sample_batch(data, seed, 0, rows, context);
     for step in 0..steps {
         let batch = if step == 0 { first.clone() } else { sample_batch(data, seed, step, rows, context) };
+        trainer.seed_dropout(seed, step);
         trainer.step(&batch, opt, opt.lr, step as usize);
     }
     trainer.forward(&first, steps as usize);

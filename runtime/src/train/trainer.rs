@@ -18,7 +18,7 @@ use crate::cpu::CpuBackend;
 use crate::data::Batch;
 use crate::lora::{LoraConfig, LoraTarget};
 use crate::model::{GptConfig, ParamLayout};
-use crate::ops::AdamW;
+use crate::ops::{AdamW, mix32};
 
 /// What a trainer can do, and so which state it holds besides the parameters and the
 /// activations.
@@ -141,6 +141,8 @@ pub struct Trainer<B: Backend> {
     /// The frozen base's buffer, when adapters train.
     base: Option<View>,
     lora: Option<LoraBuffers>,
+    /// What the adapters' dropout masks of the next training passes are drawn from.
+    dropout_seed: u32,
     grads: Option<GradientBuffers>,
     optimizer: Option<Optimizer>,
     acts: Activations,
@@ -167,7 +169,8 @@ impl<B: Backend> Trainer<B> {
     /// A trainer of LoRA adapters `lora` on a frozen base of `cfg`: the base (zeroed; see
     /// [`Trainer::load_base`]) has no gradients and no AdamW moments; the adapters are the
     /// parameters that [`Trainer::load`], [`Trainer::step`] and [`Trainer::params`]
-    /// work on, laid out as [`LoraConfig::layout`]. Adapter dropout is not applied.
+    /// work on, laid out as [`LoraConfig::layout`]. Training passes drop `lora.dropout` of
+    /// each adapter's input (see [`Trainer::seed_dropout`]); other passes drop nothing.
     pub fn with_lora(be: B, cfg: GptConfig, lora: &LoraConfig, shape: TrainerShape) -> Result<Self, BackendError> {
         Self::build(be, cfg, Some(lora), shape)
     }
@@ -219,6 +222,7 @@ impl<B: Backend> Trainer<B> {
             p,
             base,
             lora,
+            dropout_seed: 0,
             grads,
             optimizer,
             acts,
@@ -268,6 +272,12 @@ impl<B: Backend> Trainer<B> {
         let buffer = self.base.expect("a trainer of LoRA adapters has a base");
         assert_eq!(base.len(), self.cfg.layout().total, "base parameter count");
         self.backend.write(buffer, base);
+    }
+
+    /// Draws the dropout masks of the next training passes (steps and gradients) from the
+    /// unit's `seed` and the `step`: a replay of the unit drops the same elements.
+    pub fn seed_dropout(&mut self, seed: u64, step: u32) {
+        self.dropout_seed = mix32(seed as u32 ^ mix32((seed >> 32) as u32 ^ mix32(step)));
     }
 
     /// Sets the parameters (`layout().total` floats: the model's, or the adapters') and
@@ -327,14 +337,15 @@ impl<B: Backend> Trainer<B> {
     pub fn forward(&mut self, batch: &Batch, slot: usize) {
         let microbatches = self.write_batch(batch);
         for micro in 0..microbatches {
-            self.forward_micro(micro);
+            self.forward_micro(micro, None);
         }
         self.backend.mean(self.losses.slice(slot, 1), self.micro_losses.slice(0, microbatches));
     }
 
     /// Records the forward pass of microbatch `micro` of the written batch; its mean loss
-    /// lands in `micro_losses[micro]`.
-    fn forward_micro(&mut self, micro: usize) {
+    /// lands in `micro_losses[micro]`. A training pass has a seed for its adapters'
+    /// dropout masks; other passes drop nothing.
+    fn forward_micro(&mut self, micro: usize, seed: Option<u32>) {
         let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
         let (b, bt) = (self.shape.micro_rows, self.micro_positions());
         let (a, p, be, lora) = (&self.acts, &self.p, &mut self.backend, self.lora.as_ref());
@@ -347,14 +358,14 @@ impl<B: Backend> Trainer<B> {
             let (x, set) = (&a.layers[l % sets], l % sets);
             let input = if l == 0 { a.encoded } else { a.layers[(l - 1) % sets].res3 };
             be.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, input, w.ln1_w, w.ln1_b, bt, c);
-            project_forward(be, lora, (l, set), qkv, x.qkv, x.ln1, w.attn_w, w.attn_b, bt);
+            project_forward(be, lora, (l, set), seed, qkv, x.qkv, x.ln1, w.attn_w, w.attn_b, bt);
             be.attention_forward(x.atty, x.att, x.qkv, b, t, c, heads);
-            project_forward(be, lora, (l, set), proj, x.attproj, x.atty, w.proj_w, w.proj_b, bt);
+            project_forward(be, lora, (l, set), seed, proj, x.attproj, x.atty, w.proj_w, w.proj_b, bt);
             be.add(x.res2, input, x.attproj);
             be.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2_w, w.ln2_b, bt, c);
-            project_forward(be, lora, (l, set), fc, x.fch, x.ln2, w.fc_w, w.fc_b, bt);
+            project_forward(be, lora, (l, set), seed, fc, x.fch, x.ln2, w.fc_w, w.fc_b, bt);
             be.gelu_forward(x.fch_gelu, x.fch);
-            project_forward(be, lora, (l, set), fcproj, x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt);
+            project_forward(be, lora, (l, set), seed, fcproj, x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt);
             be.add(x.res3, x.res2, x.fcproj);
         }
         let top = a.layers[(self.cfg.layers - 1) % sets].res3;
@@ -367,7 +378,7 @@ impl<B: Backend> Trainer<B> {
     /// Records the backward pass of microbatch `micro` (after its forward pass) of a
     /// batch of `microbatches`, adding its share of the batch's mean-loss gradient to the
     /// gradients.
-    fn backward_micro(&mut self, micro: usize, microbatches: usize) {
+    fn backward_micro(&mut self, micro: usize, microbatches: usize, seed: Option<u32>) {
         let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
         let (b, bt) = (self.shape.micro_rows, self.micro_positions());
         let positions = microbatches * bt;
@@ -399,7 +410,7 @@ impl<B: Backend> Trainer<B> {
             let (w, gw, x) = (&p.blocks[l], g.map(|g| &g.blocks[l]), &a.layers[l]);
             let input = if l == 0 { a.encoded } else { a.layers[l - 1].res3 };
             // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d.res_a holds d(res3).
-            project_backward(be, lora, l, fcproj, d.fch_gelu, d.res_a, x.fch_gelu, w.fcproj_w, bt);
+            project_backward(be, lora, l, seed, fcproj, d.fch_gelu, d.res_a, x.fch_gelu, w.fcproj_w, bt);
             if let Some(gw) = gw {
                 be.matmul_backward_weight(gw.fcproj_w, d.res_a, x.fch_gelu, bt, 4 * c, c);
                 if let Some(db) = gw.fcproj_b {
@@ -407,7 +418,7 @@ impl<B: Backend> Trainer<B> {
                 }
             }
             be.gelu_backward(d.fch, x.fch, d.fch_gelu);
-            project_backward(be, lora, l, fc, d.ln, d.fch, x.ln2, w.fc_w, bt);
+            project_backward(be, lora, l, seed, fc, d.ln, d.fch, x.ln2, w.fc_w, bt);
             if let Some(gw) = gw {
                 be.matmul_backward_weight(gw.fc_w, d.fch, x.ln2, bt, c, 4 * c);
                 if let Some(db) = gw.fc_b {
@@ -418,7 +429,7 @@ impl<B: Backend> Trainer<B> {
             be.layernorm_backward(d.ln_out, ln2_w, ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
             be.add(d.res_b, d.res_a, d.ln_out);
             // Attention: res2 = input + c_proj(attn(c_attn(ln_1(input)))); d.res_b holds d(res2).
-            project_backward(be, lora, l, proj, d.atty, d.res_b, x.atty, w.proj_w, bt);
+            project_backward(be, lora, l, seed, proj, d.atty, d.res_b, x.atty, w.proj_w, bt);
             if let Some(gw) = gw {
                 be.matmul_backward_weight(gw.proj_w, d.res_b, x.atty, bt, c, c);
                 if let Some(db) = gw.proj_b {
@@ -426,7 +437,7 @@ impl<B: Backend> Trainer<B> {
                 }
             }
             be.attention_backward(d.qkv, d.scores, d.atty, x.qkv, x.att, b, t, c, heads);
-            project_backward(be, lora, l, qkv, d.ln, d.qkv, x.ln1, w.attn_w, bt);
+            project_backward(be, lora, l, seed, qkv, d.ln, d.qkv, x.ln1, w.attn_w, bt);
             if let Some(gw) = gw {
                 be.matmul_backward_weight(gw.attn_w, d.qkv, x.ln1, bt, c, 3 * c);
                 if let Some(db) = gw.attn_b {
@@ -451,8 +462,9 @@ impl<B: Backend> Trainer<B> {
         self.backend.zero(all);
         let microbatches = self.write_batch(batch);
         for micro in 0..microbatches {
-            self.forward_micro(micro);
-            self.backward_micro(micro, microbatches);
+            let seed = Some(mix32(self.dropout_seed ^ mix32(micro as u32)));
+            self.forward_micro(micro, seed);
+            self.backward_micro(micro, microbatches, seed);
         }
         self.backend.mean(self.losses.slice(slot, 1), self.micro_losses.slice(0, microbatches));
     }
@@ -530,12 +542,14 @@ fn projections(c: usize) -> [Projection; 4] {
 }
 
 /// Records projection `p` of block `layer` (its activations in layer set `set`):
-/// `out = inp · weightᵀ + bias`, plus the adapter's share where there is one.
+/// `out = inp · weightᵀ + bias`, plus the adapter's share where there is one (with
+/// dropout in a training pass seeded `seed`).
 #[allow(clippy::too_many_arguments)]
 fn project_forward<B: Backend>(
     be: &mut B,
     lora: Option<&LoraBuffers>,
     (layer, set): (usize, usize),
+    seed: Option<u32>,
     p: Projection,
     out: View,
     inp: View,
@@ -544,18 +558,20 @@ fn project_forward<B: Backend>(
     bt: usize,
 ) {
     match lora {
-        Some(lora) => lora.forward(be, layer, set, p, out, inp, weight, bias, bt),
+        Some(lora) => lora.forward(be, (layer, set), seed, p, out, inp, weight, bias, bt),
         None => be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs),
     }
 }
 
 /// Records the input gradient of projection `p` of block `layer` from `dout`, through
-/// its weight and its adapter where there is one (whose gradients accumulate).
+/// its weight and its adapter where there is one (whose gradients accumulate), in the
+/// training pass seeded `seed`.
 #[allow(clippy::too_many_arguments)]
 fn project_backward<B: Backend>(
     be: &mut B,
     lora: Option<&LoraBuffers>,
     layer: usize,
+    seed: Option<u32>,
     p: Projection,
     dinp: View,
     dout: View,
@@ -564,7 +580,7 @@ fn project_backward<B: Backend>(
     bt: usize,
 ) {
     match lora {
-        Some(lora) => lora.backward(be, layer, p, dinp, dout, inp, weight, bt),
+        Some(lora) => lora.backward(be, layer, seed, p, dinp, dout, inp, weight, bt),
         None => be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs),
     }
 }
