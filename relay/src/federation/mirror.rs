@@ -19,8 +19,9 @@ const MIRROR_POLL: Duration = Duration::from_millis(250);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// How often this relay's unshared receipts are shared again (once the mirror has
-/// caught up, so that what it has not seen is really missing from the stream).
-const RESHARE_EVERY: Duration = Duration::from_secs(30);
+/// caught up, so that what it has not seen is really missing from the stream), and at
+/// once when it catches up after the engine failed it.
+pub const RESHARE_EVERY: Duration = Duration::from_secs(30);
 
 /// The mirror, on a thread of its own (its ledger connection blocks), calling the
 /// engine on the relay's runtime.
@@ -56,6 +57,9 @@ impl Mirror {
                 Ok(false) => MIRROR_POLL,
                 Err(e) => {
                     tracing::warn!("the receipts mirror: {e:#}");
+                    // The publisher may have given receipts up meanwhile: share them again
+                    // once the mirror has caught up.
+                    reshared = None;
                     RETRY
                 }
             };
