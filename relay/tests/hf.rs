@@ -114,8 +114,9 @@ fn export(file: &Path, args: &[&std::ffi::OsStr], out: &Path) -> std::process::O
         .expect("crowdgrad runs")
 }
 
-#[test]
-fn crowdgrad_export_writes_the_folder_transformers_wrote() {
+/// The fixture as a checkpoint file in a temporary folder: the folder, the file, the
+/// model, its parameters, and the fixture's `model.safetensors`.
+fn fixture_checkpoint() -> (tempfile::TempDir, PathBuf, GptConfig, Vec<f32>, Vec<u8>) {
     let theirs = std::fs::read(fixture().join("model.safetensors")).expect("the fixture");
     let cfg = hf::read_config(&std::fs::read_to_string(fixture().join("config.json")).expect("config"), None)
         .expect("GPT-2's config");
@@ -123,6 +124,12 @@ fn crowdgrad_export_writes_the_folder_transformers_wrote() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("v3.safetensors");
     std::fs::write(&file, checkpoint::encode(&cfg, &params, &[])).expect("a checkpoint");
+    (dir, file, cfg, params, theirs)
+}
+
+#[test]
+fn crowdgrad_export_writes_the_folder_transformers_wrote() {
+    let (dir, file, cfg, _, theirs) = fixture_checkpoint();
     let out = dir.path().join("exported");
     assert!(export(&file, &[], &out).status.success());
     same_tensors(&std::fs::read(out.join("model.safetensors")).expect("written"), &theirs);
@@ -132,13 +139,7 @@ fn crowdgrad_export_writes_the_folder_transformers_wrote() {
 
 #[test]
 fn crowdgrad_export_merges_a_peft_adapter_and_names_a_bad_one() {
-    let theirs = std::fs::read(fixture().join("model.safetensors")).expect("the fixture");
-    let cfg = hf::read_config(&std::fs::read_to_string(fixture().join("config.json")).expect("config"), None)
-        .expect("GPT-2's config");
-    let params = hf::import(&cfg, &theirs).expect("the fixture imports");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("v3.safetensors");
-    std::fs::write(&file, checkpoint::encode(&cfg, &params, &[])).expect("a checkpoint");
+    let (dir, file, cfg, params, _) = fixture_checkpoint();
     let adapter = repo().join("runtime/tests/fixtures/peft/lora-tiny");
     let with_adapter = |adapter: &Path, out: &Path| export(&file, &["--adapter".as_ref(), adapter.as_os_str()], out);
     let out = dir.path().join("merged");

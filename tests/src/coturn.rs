@@ -32,8 +32,6 @@ pub struct Relayed {
     /// Bytes it received from the allocations' peers and relayed to its clients (`rb` of
     /// its `peer usage` lines).
     pub peer_bytes_in: u64,
-    /// Bytes it relayed from its clients to their peers (`sb` of its `peer usage` lines).
-    pub peer_bytes_out: u64,
     /// The user names of those allocations.
     pub usernames: Vec<String>,
 }
@@ -97,7 +95,6 @@ impl Coturn {
         for line in self.log_text().lines().filter(|line| line.contains("peer usage:")) {
             relayed.allocations += 1;
             relayed.peer_bytes_in += field(line, "rb").unwrap_or(0);
-            relayed.peer_bytes_out += field(line, "sb").unwrap_or(0);
             if let Some(name) = line.split("username=<").nth(1).and_then(|rest| rest.split('>').next()) {
                 relayed.usernames.push(name.to_string());
             }

@@ -46,9 +46,11 @@ pub(super) struct LoraBuffers {
     grads: Option<BlockFactors>,
     /// `[BT, r]` per layer (or per layer set) and target: `s · x · Aᵀ`.
     hidden: Vec<[Option<View>; 4]>,
+    /// The frozen base's buffer (the model's parameters).
+    pub frozen_base: View,
     /// `[BT, 4C]`: a projection's base output before the adapter's is added, and in the
     /// backward pass its input gradient through the base.
-    base: View,
+    base_out: View,
     /// `[BT, 4C]`: the adapter's output `h · Bᵀ`, and in the backward pass its input
     /// gradient `dh · A`.
     side: View,
@@ -82,15 +84,16 @@ fn factors(layout: &ParamLayout, base: View, cfg: &GptConfig) -> BlockFactors {
 }
 
 impl LoraBuffers {
-    /// Buffers for the adapters of `lora` (their values in `adapters`, their gradients in
-    /// `grads` if the trainer keeps them), for microbatches of `bt` positions, with
-    /// `sets` sets of layer activations.
+    /// Buffers for the adapters of `lora` on the base in `frozen_base` (their values in
+    /// `adapters`, their gradients in `grads` if the trainer keeps them), for microbatches
+    /// of `bt` positions, with `sets` sets of layer activations.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         be: &mut impl Backend,
         cfg: &GptConfig,
         lora: &LoraConfig,
         layout: &ParamLayout,
+        frozen_base: View,
         adapters: View,
         grads: Option<View>,
         bt: usize,
@@ -113,7 +116,8 @@ impl LoraBuffers {
             factors: factors(layout, adapters, cfg),
             grads: grads.map(|g| factors(layout, g, cfg)),
             hidden,
-            base: be.alloc(bt * 4 * c, "projection outputs before LoRA")?,
+            frozen_base,
+            base_out: be.alloc(bt * 4 * c, "projection outputs before LoRA")?,
             side: be.alloc(bt * 4 * c, "LoRA outputs")?,
             dropped: be.alloc(bt * 4 * c, "LoRA inputs after dropout")?,
             hidden_grad_raw: be.alloc(bt * r, "LoRA hidden gradients")?,
@@ -142,27 +146,24 @@ impl LoraBuffers {
         dropped
     }
 
-    /// Records `out: [bt, outputs] = inp · Wᵀ + bias`, plus the adapter's share where block
-    /// `layer`'s projection is adapted (keeping its hidden activation in layer set `set`),
+    /// Records `out: [bt, outputs] = inp · Wᵀ + bias` plus the share of the adapter `f` of
+    /// block `layer`'s projection `p` (keeping its hidden activation in layer set `set`),
     /// its input through dropout in a training pass seeded `seed`.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    fn forward(
         &self,
         be: &mut impl Backend,
         (layer, set): (usize, usize),
         seed: Option<u32>,
-        p: Projection,
+        (p, f): (Projection, Factors),
         out: View,
         inp: View,
         weight: View,
         bias: Option<View>,
         bt: usize,
     ) {
-        let Some(f) = self.adapted(layer, p.target) else {
-            return be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs);
-        };
         let hidden = self.hidden[set][slot(p.target)].expect("an adapted target has hidden activations");
-        let (base, side) = (self.base.slice(0, bt * p.outputs), self.side.slice(0, bt * p.outputs));
+        let (base, side) = (self.base_out.slice(0, bt * p.outputs), self.side.slice(0, bt * p.outputs));
         be.matmul_forward(base, inp, weight, bias, bt, p.inputs, p.outputs);
         let adapter_input = self.adapter_input(be, self.mask(seed, layer, p.target), inp);
         be.matmul_forward(self.hidden_grad_raw, adapter_input, f.a, None, bt, p.inputs, self.rank);
@@ -171,30 +172,26 @@ impl LoraBuffers {
         be.add(out, base, side);
     }
 
-    /// Records the backward pass of block `layer`'s projection `p` from `dout: [bt,
-    /// outputs]`: `dinp: [bt, inputs]` (overwritten) through the frozen `weight` and, where
-    /// it is adapted, through the adapter, whose gradients accumulate (with the dropout
-    /// mask of the training pass seeded `seed`).
+    /// Records the backward pass of block `layer`'s projection `p`, adapted by `f`, from
+    /// `dout: [bt, outputs]`: `dinp: [bt, inputs]` (overwritten) through the frozen
+    /// `weight` and through the adapter, whose gradients accumulate (with the dropout mask
+    /// of the training pass seeded `seed`).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    fn backward(
         &self,
         be: &mut impl Backend,
         layer: usize,
         seed: Option<u32>,
-        p: Projection,
+        (p, f): (Projection, Factors),
         dinp: View,
         dout: View,
         inp: View,
         weight: View,
         bt: usize,
     ) {
-        let (Some(f), Some(g)) =
-            (self.adapted(layer, p.target), self.grads.as_ref().and_then(|g| g[layer][slot(p.target)]))
-        else {
-            return be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs);
-        };
+        let g = self.grads.as_ref().and_then(|g| g[layer][slot(p.target)]).expect("a trainer with gradients");
         let hidden = self.hidden[layer][slot(p.target)].expect("an adapted target has hidden activations");
-        let (base, side) = (self.base.slice(0, bt * p.inputs), self.side.slice(0, bt * p.inputs));
+        let (base, side) = (self.base_out.slice(0, bt * p.inputs), self.side.slice(0, bt * p.inputs));
         be.matmul_backward_weight(g.b, dout, hidden, bt, self.rank, p.outputs);
         be.matmul_backward_input(self.hidden_grad_raw, dout, f.b, bt, self.rank, p.outputs);
         be.scale(self.hidden_grad, self.hidden_grad_raw, self.scale);
@@ -205,5 +202,61 @@ impl LoraBuffers {
         be.matmul_backward_input(side, self.hidden_grad, f.a, bt, p.inputs, self.rank);
         let through = self.adapter_input(be, mask, side);
         be.add(dinp, base, through);
+    }
+}
+
+/// The adapter of block `layer`'s projection `target`, if `lora` has one.
+fn adapter(lora: Option<&LoraBuffers>, layer: usize, target: LoraTarget) -> Option<(&LoraBuffers, Factors)> {
+    let lora = lora?;
+    Some((lora, lora.adapted(layer, target)?))
+}
+
+/// Records projection `p` of block `layer` (its activations in layer set `set`):
+/// `out = inp · weightᵀ + bias`, plus the share of its adapter where `lora` has one (with
+/// dropout in a training pass seeded `seed`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn project_forward<B: Backend>(
+    be: &mut B,
+    lora: Option<&LoraBuffers>,
+    (layer, set): (usize, usize),
+    seed: Option<u32>,
+    p: Projection,
+    out: View,
+    inp: View,
+    weight: View,
+    bias: Option<View>,
+    bt: usize,
+) {
+    match adapter(lora, layer, p.target) {
+        Some((lora, f)) => lora.forward(be, (layer, set), seed, (p, f), out, inp, weight, bias, bt),
+        None => be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs),
+    }
+}
+
+/// Records the backward pass of projection `p` of block `layer` from `dout`: the input
+/// gradient `dinp`, through its weight and its adapter where `lora` has one (whose
+/// gradients accumulate, in the training pass seeded `seed`), and the weight's and
+/// bias's own gradients where the model trains (`own`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn project_backward<B: Backend>(
+    be: &mut B,
+    lora: Option<&LoraBuffers>,
+    layer: usize,
+    seed: Option<u32>,
+    p: Projection,
+    own: Option<(View, Option<View>)>,
+    (dinp, dout, inp): (View, View, View),
+    weight: View,
+    bt: usize,
+) {
+    match adapter(lora, layer, p.target) {
+        Some((lora, f)) => lora.backward(be, layer, seed, (p, f), dinp, dout, inp, weight, bt),
+        None => be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs),
+    }
+    if let Some((dweight, dbias)) = own {
+        be.matmul_backward_weight(dweight, dout, inp, bt, p.inputs, p.outputs);
+        if let Some(dbias) = dbias {
+            be.bias_backward(dbias, dout, bt, p.outputs);
+        }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::InnerOptim;
 use super::buffers::{Activations, Params, Scratch};
-use super::lora::{LoraBuffers, Projection};
+use super::lora::{LoraBuffers, Projection, project_backward, project_forward};
 use crate::backend::{Backend, BackendError, View};
 use crate::cpu::CpuBackend;
 use crate::data::Batch;
@@ -138,8 +138,7 @@ pub struct Trainer<B: Backend> {
     pub(crate) params: View,
     /// The model's weights, by name: in `params`, or in the frozen base.
     p: Params,
-    /// The frozen base's buffer, when adapters train.
-    base: Option<View>,
+    /// The adapters' buffers (the frozen base's among them), when adapters train.
     lora: Option<LoraBuffers>,
     /// What the adapters' dropout masks of the next training passes are drawn from.
     dropout_seed: u32,
@@ -210,7 +209,8 @@ impl<B: Backend> Trainer<B> {
         let lora = lora
             .map(|l| {
                 let g = grads.as_ref().map(|g| g.all);
-                LoraBuffers::new(&mut be, &cfg, l, &layout, params, g, bt, acts.layers.len())
+                let frozen = base.expect("a trainer of adapters has a base");
+                LoraBuffers::new(&mut be, &cfg, l, &layout, frozen, params, g, bt, acts.layers.len())
             })
             .transpose()?;
         Ok(Trainer {
@@ -220,7 +220,6 @@ impl<B: Backend> Trainer<B> {
             shape,
             params,
             p,
-            base,
             lora,
             dropout_seed: 0,
             grads,
@@ -269,7 +268,7 @@ impl<B: Backend> Trainer<B> {
 
     /// Sets the frozen base of a trainer of adapters (`cfg.layout().total` floats).
     pub fn load_base(&mut self, base: &[f32]) {
-        let buffer = self.base.expect("a trainer of LoRA adapters has a base");
+        let buffer = self.lora.as_ref().expect("a trainer of LoRA adapters has a base").frozen_base;
         assert_eq!(base.len(), self.cfg.layout().total, "base parameter count");
         self.backend.write(buffer, base);
     }
@@ -410,40 +409,20 @@ impl<B: Backend> Trainer<B> {
             let (w, gw, x) = (&p.blocks[l], g.map(|g| &g.blocks[l]), &a.layers[l]);
             let input = if l == 0 { a.encoded } else { a.layers[l - 1].res3 };
             // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d.res_a holds d(res3).
-            project_backward(be, lora, l, seed, fcproj, d.fch_gelu, d.res_a, x.fch_gelu, w.fcproj_w, bt);
-            if let Some(gw) = gw {
-                be.matmul_backward_weight(gw.fcproj_w, d.res_a, x.fch_gelu, bt, 4 * c, c);
-                if let Some(db) = gw.fcproj_b {
-                    be.bias_backward(db, d.res_a, bt, c);
-                }
-            }
+            let own = gw.map(|g| (g.fcproj_w, g.fcproj_b));
+            project_backward(be, lora, l, seed, fcproj, own, (d.fch_gelu, d.res_a, x.fch_gelu), w.fcproj_w, bt);
             be.gelu_backward(d.fch, x.fch, d.fch_gelu);
-            project_backward(be, lora, l, seed, fc, d.ln, d.fch, x.ln2, w.fc_w, bt);
-            if let Some(gw) = gw {
-                be.matmul_backward_weight(gw.fc_w, d.fch, x.ln2, bt, c, 4 * c);
-                if let Some(db) = gw.fc_b {
-                    be.bias_backward(db, d.fch, bt, 4 * c);
-                }
-            }
+            let own = gw.map(|g| (g.fc_w, g.fc_b));
+            project_backward(be, lora, l, seed, fc, own, (d.ln, d.fch, x.ln2), w.fc_w, bt);
             let (ln2_w, ln2_b) = layernorm_grads(gw.map(|g| (g.ln2_w, g.ln2_b)), w.ln2_b);
             be.layernorm_backward(d.ln_out, ln2_w, ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
             be.add(d.res_b, d.res_a, d.ln_out);
             // Attention: res2 = input + c_proj(attn(c_attn(ln_1(input)))); d.res_b holds d(res2).
-            project_backward(be, lora, l, seed, proj, d.atty, d.res_b, x.atty, w.proj_w, bt);
-            if let Some(gw) = gw {
-                be.matmul_backward_weight(gw.proj_w, d.res_b, x.atty, bt, c, c);
-                if let Some(db) = gw.proj_b {
-                    be.bias_backward(db, d.res_b, bt, c);
-                }
-            }
+            let own = gw.map(|g| (g.proj_w, g.proj_b));
+            project_backward(be, lora, l, seed, proj, own, (d.atty, d.res_b, x.atty), w.proj_w, bt);
             be.attention_backward(d.qkv, d.scores, d.atty, x.qkv, x.att, b, t, c, heads);
-            project_backward(be, lora, l, seed, qkv, d.ln, d.qkv, x.ln1, w.attn_w, bt);
-            if let Some(gw) = gw {
-                be.matmul_backward_weight(gw.attn_w, d.qkv, x.ln1, bt, c, 3 * c);
-                if let Some(db) = gw.attn_b {
-                    be.bias_backward(db, d.qkv, bt, 3 * c);
-                }
-            }
+            let own = gw.map(|g| (g.attn_w, g.attn_b));
+            project_backward(be, lora, l, seed, qkv, own, (d.ln, d.qkv, x.ln1), w.attn_w, bt);
             let (ln1_w, ln1_b) = layernorm_grads(gw.map(|g| (g.ln1_w, g.ln1_b)), w.ln1_b);
             be.layernorm_backward(d.ln_out, ln1_w, ln1_b, d.ln, input, w.ln1_w, x.ln1_mean, x.ln1_rstd, bt, c);
             be.add(d.res_a, d.res_b, d.ln_out);
@@ -539,48 +518,4 @@ fn projections(c: usize) -> [Projection; 4] {
         Projection { target, inputs, outputs }
     };
     LoraTarget::ALL.map(projection)
-}
-
-/// Records projection `p` of block `layer` (its activations in layer set `set`):
-/// `out = inp · weightᵀ + bias`, plus the adapter's share where there is one (with
-/// dropout in a training pass seeded `seed`).
-#[allow(clippy::too_many_arguments)]
-fn project_forward<B: Backend>(
-    be: &mut B,
-    lora: Option<&LoraBuffers>,
-    (layer, set): (usize, usize),
-    seed: Option<u32>,
-    p: Projection,
-    out: View,
-    inp: View,
-    weight: View,
-    bias: Option<View>,
-    bt: usize,
-) {
-    match lora {
-        Some(lora) => lora.forward(be, (layer, set), seed, p, out, inp, weight, bias, bt),
-        None => be.matmul_forward(out, inp, weight, bias, bt, p.inputs, p.outputs),
-    }
-}
-
-/// Records the input gradient of projection `p` of block `layer` from `dout`, through
-/// its weight and its adapter where there is one (whose gradients accumulate), in the
-/// training pass seeded `seed`.
-#[allow(clippy::too_many_arguments)]
-fn project_backward<B: Backend>(
-    be: &mut B,
-    lora: Option<&LoraBuffers>,
-    layer: usize,
-    seed: Option<u32>,
-    p: Projection,
-    dinp: View,
-    dout: View,
-    inp: View,
-    weight: View,
-    bt: usize,
-) {
-    match lora {
-        Some(lora) => lora.backward(be, layer, seed, p, dinp, dout, inp, weight, bt),
-        None => be.matmul_backward_input(dinp, dout, weight, bt, p.inputs, p.outputs),
-    }
 }
