@@ -14,7 +14,8 @@ const megabytes = (n) => `${(n / 1e6).toFixed(1)} MB`;
  * alone, with the browser's reason when peers cannot be reached. */
 function sharing(stats) {
   const fromRelay = `${megabytes(stats.weights_from_relay)} from the relay`;
-  if (stats.peers > 0) return `${stats.peers} peers (${megabytes(stats.weights_from_peers)}) and ${fromRelay}`;
+  const peers = `${stats.peers} ${stats.peers === 1 ? "peer" : "peers"}`;
+  if (stats.peers > 0) return `${peers} (${megabytes(stats.weights_from_peers)}) and ${fromRelay}`;
   if (stats.mesh_error) return `the relay over HTTP (${fromRelay}): no peer reachable, ${stats.mesh_error}`;
   return `${fromRelay}, no peer connected`;
 }
