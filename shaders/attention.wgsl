@@ -1,6 +1,10 @@
 // Causal multi-head self-attention forward, one thread per (batch, head, query position).
 // qkv: [b, t, 3c] (queries, keys, values; heads side by side) → out: [b, t, c] and
 // att: [b, heads, t, t], the softmax weights (zero above the diagonal).
+//
+// `alias StoreN = f32;` declares that binding N may hold f16 values instead: the GPU
+// backend compiles a variant with `f16` there for buffers it stores in half precision
+// (`gpu/kernels.rs`). Values are read and written through f32.
 
 struct Params {
     b: u32,
@@ -14,7 +18,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+alias Store1 = f32;
+
+@group(0) @binding(1) var<storage, read_write> out: array<Store1>;
 @group(0) @binding(2) var<storage, read_write> att: array<f32>;
 @group(0) @binding(3) var<storage, read> qkv: array<f32>;
 
@@ -55,6 +61,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         for (var t2 = 0u; t2 <= t1; t2++) {
             acc += att[row + t2] * qkv[p.qkv_off + (bb * p.t + t2) * 3u * p.c + 2u * p.c + h * hs + i];
         }
-        out[o + i] = acc;
+        out[o + i] = Store1(acc);
     }
 }

@@ -1,5 +1,9 @@
 // Elementwise kernels: GELU (tanh approximation, as GPT-2) forward and backward, add,
 // scale, and dropout.
+//
+// `alias StoreN = f32;` declares that binding N may hold f16 values instead: the GPU
+// backend compiles a variant with `f16` there for buffers it stores in half precision
+// (`gpu/kernels.rs`). Values are read and written through f32.
 
 struct Params {
     len: u32,
@@ -13,8 +17,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
-@group(0) @binding(2) var<storage, read> inp: array<f32>;
+alias Store1 = f32;
+alias Store2 = f32;
+
+@group(0) @binding(1) var<storage, read_write> dst: array<Store1>;
+@group(0) @binding(2) var<storage, read> inp: array<Store2>;
 @group(0) @binding(3) var<storage, read> dout: array<f32>;
 
 const SCALE: f32 = 0.7978846; // sqrt(2/pi)
@@ -29,8 +36,8 @@ fn forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
     if (i >= p.len) {
         return;
     }
-    let x = inp[p.inp_off + i];
-    dst[p.dst_off + i] = 0.5 * x * (1.0 + tanh(SCALE * (x + 0.044715 * x * x * x)));
+    let x = f32(inp[p.inp_off + i]);
+    dst[p.dst_off + i] = Store1(0.5 * x * (1.0 + tanh(SCALE * (x + 0.044715 * x * x * x))));
 }
 
 @compute @workgroup_size(256, 1, 1)
@@ -39,10 +46,10 @@ fn backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.len) {
         return;
     }
-    let x = inp[p.inp_off + i];
+    let x = f32(inp[p.inp_off + i]);
     let t = tanh(SCALE * (x + 0.044715 * x * x * x));
     let du = SCALE * (1.0 + 3.0 * 0.044715 * x * x);
-    dst[p.dst_off + i] = (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[p.dout_off + i];
+    dst[p.dst_off + i] = Store1((0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du) * dout[p.dout_off + i]);
 }
 
 // out = inp + dout (here the second operand): the residual connection.
@@ -52,7 +59,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.len) {
         return;
     }
-    dst[p.dst_off + i] = inp[p.inp_off + i] + dout[p.dout_off + i];
+    dst[p.dst_off + i] = Store1(f32(inp[p.inp_off + i]) + dout[p.dout_off + i]);
 }
 
 // out = factor * inp.
@@ -62,7 +69,7 @@ fn scale(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     if (i >= p.len) {
         return;
     }
-    dst[p.dst_off + i] = p.factor * inp[p.inp_off + i];
+    dst[p.dst_off + i] = Store1(p.factor * f32(inp[p.inp_off + i]));
 }
 
 // Chris Wellons' lowbias32, as `ops::mix32`.
@@ -84,5 +91,5 @@ fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
         return;
     }
     let keep = mix32((p.at + i) ^ p.salt) >= p.threshold;
-    dst[p.dst_off + i] = select(0.0, p.factor * inp[p.inp_off + i], keep);
+    dst[p.dst_off + i] = Store1(select(0.0, p.factor * f32(inp[p.inp_off + i]), keep));
 }

@@ -1,4 +1,8 @@
 // LayerNorm forward over the last dimension, one thread per row (eps 1e-5, as PyTorch).
+//
+// `alias StoreN = f32;` declares that binding N may hold f16 values instead: the GPU
+// backend compiles a variant with `f16` there for buffers it stores in half precision
+// (`gpu/kernels.rs`). Values are read and written through f32.
 
 struct Params {
     rows: u32,
@@ -13,7 +17,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+alias Store1 = f32;
+
+@group(0) @binding(1) var<storage, read_write> out: array<Store1>;
 @group(0) @binding(2) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> rstd: array<f32>;
 @group(0) @binding(4) var<storage, read> inp: array<f32>;
@@ -43,7 +49,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         if (p.has_bias != 0u) {
             y += bias[p.b_off + i];
         }
-        out[p.out_off + r * p.c + i] = y;
+        out[p.out_off + r * p.c + i] = Store1(y);
     }
     mean[p.mean_off + r] = m;
     rstd[p.rstd_off + r] = s;

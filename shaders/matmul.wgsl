@@ -5,6 +5,11 @@
 // Each workgroup computes a 64×64 tile of C; each of its 16×16 threads computes a
 // 4×4 block held in registers. K advances in steps of 16 through workgroup memory.
 // Loads past the edges read zero, so any m, n, k works. Sums run in k order: no atomics.
+// A and B may be stored in f16 (mixed precision); tiles and sums are f32.
+//
+// `alias StoreN = f32;` declares that binding N may hold f16 values instead: the GPU
+// backend compiles a variant with `f16` there for buffers it stores in half precision
+// (`gpu/kernels.rs`). Values are read and written through f32.
 
 struct Params {
     m: u32, n: u32, k: u32,
@@ -18,8 +23,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+alias Store2 = f32;
+alias Store3 = f32;
+
+@group(0) @binding(2) var<storage, read> a: array<Store2>;
+@group(0) @binding(3) var<storage, read> b: array<Store3>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 const BM: u32 = 64u;
@@ -44,14 +52,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             let ak = e % BK;
             var av = 0.0;
             if (row0 + ar < p.m && k0 + ak < p.k) {
-                av = a[p.a_off + (row0 + ar) * p.a_rs + (k0 + ak) * p.a_cs];
+                av = f32(a[p.a_off + (row0 + ar) * p.a_rs + (k0 + ak) * p.a_cs]);
             }
             a_tile[ak * BM + ar] = av;
             let bk = e / BN;
             let bc = e % BN;
             var bv = 0.0;
             if (k0 + bk < p.k && col0 + bc < p.n) {
-                bv = b[p.b_off + (k0 + bk) * p.b_rs + (col0 + bc) * p.b_cs];
+                bv = f32(b[p.b_off + (k0 + bk) * p.b_rs + (col0 + bc) * p.b_cs]);
             }
             b_tile[bk * BN + bc] = bv;
         }

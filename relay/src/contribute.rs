@@ -12,7 +12,7 @@ use crowdgrad_runtime::bench::calibrate;
 use crowdgrad_runtime::contributor::{Contributor, SharedStats, Transport, TransportError};
 use crowdgrad_runtime::cpu::CpuBackend;
 #[cfg(feature = "gpu")]
-use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::gpu::{GpuBackend, GpuOptions};
 use crowdgrad_runtime::identity::Identity;
 use crowdgrad_runtime::protocol::MAX_CONTROL_FRAME;
 use futures_util::{SinkExt, StreamExt};
@@ -140,26 +140,46 @@ impl Transport for NativeTransport {
     }
 }
 
-/// Contributes to the relay at `url` until the session ends, on the GPU when `gpu`
-/// (failing if there is none) and on the CPU reference otherwise, signing as the key
-/// pair of `secret`.
-pub async fn contribute(url: &str, gpu: bool, stats: SharedStats, secret: [u8; 32]) -> anyhow::Result<()> {
+/// What a native contributor trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU reference.
+    Cpu,
+    /// The GPU through wgpu (failing if there is none); with `mixed_precision`, storing
+    /// activations and the matmuls' weights in f16 where the adapter has `shader-f16`.
+    Gpu {
+        /// See [`crowdgrad_runtime::gpu::GpuOptions::mixed_precision`].
+        mixed_precision: bool,
+    },
+}
+
+/// Contributes to the relay at `url` until the session ends, on `device`, signing as
+/// the key pair of `secret`.
+pub async fn contribute(url: &str, device: Device, stats: SharedStats, secret: [u8; 32]) -> anyhow::Result<()> {
     let identity = Identity::from_secret(secret);
     let transport = NativeTransport::connect(url).await?;
     let agent = concat!("crowdgrad-native/", env!("CARGO_PKG_VERSION"));
     let started = Instant::now();
     let clock = move || started.elapsed().as_secs_f64();
-    if gpu {
+    if let Device::Gpu { mixed_precision } = device {
         #[cfg(feature = "gpu")]
         {
-            let mut backend = GpuBackend::new().await.context("--gpu")?;
+            let options = GpuOptions { mixed_precision, ..GpuOptions::default() };
+            let mut backend = GpuBackend::with_options(options).await.context("--gpu")?;
             let gflops = calibrate(&mut backend, clock).await;
-            tracing::info!(adapter = %backend.info().adapter, gflops, "training on the GPU");
+            let f16 = backend.stores_f16();
+            tracing::info!(adapter = %backend.info().adapter, gflops, f16, "training on the GPU");
+            if mixed_precision && !f16 {
+                tracing::warn!("--mixed-precision: the adapter has no `shader-f16`; training in f32");
+            }
             Contributor::new(transport, backend, agent, stats, gflops, identity).run().await?;
             return Ok(());
         }
         #[cfg(not(feature = "gpu"))]
-        anyhow::bail!(NO_GPU);
+        {
+            let _ = mixed_precision;
+            anyhow::bail!(NO_GPU);
+        }
     }
     let mut backend = CpuBackend::new();
     let gflops = calibrate(&mut backend, clock).await;
@@ -176,7 +196,7 @@ pub const NO_GPU: &str = "--gpu: this crowdgrad was built without its GPU backen
 /// (the relays of one job), with a [`Backoff`] (1 s doubling to 30 s, jittered) once
 /// every relay was tried, reset after a session that a relay welcomed. The resume
 /// token, kept in `stats`, makes each new session the same contributor.
-pub async fn contribute_forever(urls: &[String], gpu: bool, stats: SharedStats, secret: [u8; 32]) {
+pub async fn contribute_forever(urls: &[String], device: Device, stats: SharedStats, secret: [u8; 32]) {
     assert!(!urls.is_empty(), "at least one relay");
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).expect("the OS provides randomness");
@@ -187,7 +207,7 @@ pub async fn contribute_forever(urls: &[String], gpu: bool, stats: SharedStats, 
         next += 1;
         // A restarted relay numbers sessions from 1 again: 0 means not welcomed yet.
         stats.lock().expect("stats lock").session = 0;
-        match contribute(url, gpu, stats.clone(), secret).await {
+        match contribute(url, device, stats.clone(), secret).await {
             Ok(()) => tracing::info!(relay = %url, "session ended"),
             Err(e) => tracing::warn!(relay = %url, "session failed: {e:#}"),
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crowdgrad_relay::config::{JobConfig, ServeConfig, TlsFiles};
-use crowdgrad_relay::contribute::contribute_forever;
+use crowdgrad_relay::contribute::{Device, contribute_forever};
 use crowdgrad_relay::hf_dir;
 use crowdgrad_relay::ledger::Ledger;
 use crowdgrad_relay::tokenizer::Tokenizer;
@@ -113,6 +113,10 @@ enum Command {
         /// Train on the GPU through wgpu (fails if there is no adapter).
         #[arg(long)]
         gpu: bool,
+        /// With --gpu: store activations and the weights that the matmuls read in f16
+        /// where the adapter has `shader-f16` (master weights, gradients and sums stay f32).
+        #[arg(long, requires = "gpu")]
+        mixed_precision: bool,
         /// File holding this contributor's ed25519 secret key (64 hex digits), made on
         /// first use; without it, a key lives as long as the process.
         #[arg(long, env = "CROWDGRAD_KEY")]
@@ -234,13 +238,14 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Contribute { relay, gpu, key } => {
+        Command::Contribute { relay, gpu, mixed_precision, key } => {
             let identity = match key {
                 Some(path) => Identity::load_or_create(&path).with_context(|| format!("--key {}", path.display()))?,
                 None => Identity::generate(),
             };
             tracing::info!(key = %hex(&identity.public()), "contributing");
-            contribute_forever(&relay, gpu, Default::default(), identity.secret()).await;
+            let device = if gpu { Device::Gpu { mixed_precision } } else { Device::Cpu };
+            contribute_forever(&relay, device, Default::default(), identity.secret()).await;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
-use crowdgrad_relay::contribute::contribute;
+use crowdgrad_relay::contribute::{Device, contribute};
 use crowdgrad_relay::ledger::Ledger;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::contributor::SharedStats;
@@ -44,7 +44,7 @@ async fn receipts_are_signed_rooted_in_versions_and_exported() {
         let (url, secret, stats) = (format!("ws://{addr}/ws"), identity.secret(), stats.clone());
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let _ = runtime.block_on(contribute(&url, false, stats, secret));
+            let _ = runtime.block_on(contribute(&url, Device::Cpu, stats, secret));
         });
     }
     let start = Instant::now();

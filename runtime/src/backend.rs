@@ -106,6 +106,21 @@ pub trait Backend {
     fn alloc_parts(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
         self.alloc(parts.iter().map(|p| p.len).sum(), what)
     }
+    /// Whether [`Backend::alloc_f16`] and [`Backend::alloc_parts_f16`] give buffers of
+    /// f16 values (mixed precision); by default they give f32 ones.
+    fn stores_f16(&self) -> bool {
+        false
+    }
+    /// A new buffer of `len` elements that holds f16 values where [`Backend::stores_f16`],
+    /// else f32 ([`Backend::alloc`]). The ops read and write it as f32 (rounded to f16 on
+    /// the way in); the host never does.
+    fn alloc_f16(&mut self, len: usize, what: &str) -> Result<View, BackendError> {
+        self.alloc(len, what)
+    }
+    /// [`Backend::alloc_parts`], of f16 values where [`Backend::stores_f16`].
+    fn alloc_parts_f16(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
+        self.alloc_parts(parts, what)
+    }
     /// Overwrite `dst` with `data` (`data.len() == dst.len`).
     fn write(&mut self, dst: View, data: &[f32]);
     /// Overwrite the u32 view `dst` with `data`.

@@ -430,7 +430,7 @@ both_ways!(whole_model_gradient_matches_cpu, async {
 /// (300 × 32 values) is cut into blocks of rows, and its parameters, gradients and
 /// moments are each made of several buffers.
 async fn small_bindings() -> GpuBackend {
-    let options = GpuOptions { max_binding_bytes: Some(16 * 1024) };
+    let options = GpuOptions { max_binding_bytes: Some(16 * 1024), ..GpuOptions::default() };
     GpuBackend::with_options(options).await.unwrap_or_else(|e| panic!("this test needs a WebGPU adapter: {e}"))
 }
 

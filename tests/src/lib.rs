@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crowdgrad_relay::Relay;
 use crowdgrad_relay::config::{JobConfig, ServeConfig};
+use crowdgrad_relay::contribute::Device;
 use crowdgrad_runtime::contributor::SharedStats;
 
 /// The repository root (this crate lives in `tests/`).
@@ -92,13 +93,21 @@ pub fn status(addr: SocketAddr) -> serde_json::Value {
 /// Runs a native CPU contributor against `addr` on its own thread (with its own
 /// runtime) until its session ends. Returns its live stats.
 pub fn spawn_native_contributor(addr: SocketAddr) -> (std::thread::JoinHandle<anyhow::Result<()>>, SharedStats) {
+    spawn_native_contributor_on(addr, Device::Cpu)
+}
+
+/// [`spawn_native_contributor`] training on `device`.
+pub fn spawn_native_contributor_on(
+    addr: SocketAddr,
+    device: Device,
+) -> (std::thread::JoinHandle<anyhow::Result<()>>, SharedStats) {
     let stats = SharedStats::default();
     let shared = stats.clone();
     let url = format!("ws://{addr}/ws");
     let handle = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let secret = crowdgrad_runtime::identity::Identity::generate().secret();
-        runtime.block_on(crowdgrad_relay::contribute::contribute(&url, false, shared, secret))
+        runtime.block_on(crowdgrad_relay::contribute::contribute(&url, device, shared, secret))
     });
     (handle, stats)
 }

@@ -1,11 +1,17 @@
 //! Relay with three native CPU contributors on an ephemeral port; its `/metrics` and
 //! `/api/history` describe what happened, and each contributor got the versions after its
-//! first as published steps.
+//! first as published steps. A native GPU contributor with mixed precision (lavapipe has
+//! `shader-f16`) passes the relay's replay of its units on the CPU.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crowdgrad_tests::{loss_history, spawn_native_contributor, start_relay, status, test_job, wait_for};
+use crowdgrad_relay::contribute::Device;
+use crowdgrad_runtime::backend::Backend;
+use crowdgrad_runtime::gpu::{GpuBackend, GpuOptions};
+use crowdgrad_tests::{
+    loss_history, spawn_native_contributor, spawn_native_contributor_on, start_relay, status, test_job, wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
@@ -79,6 +85,28 @@ async fn three_native_contributors_commit_versions_and_lower_held_out_loss() {
         let _ = handle.join().expect("contributor thread");
         assert_eq!(stats.lock().unwrap().state, "stopped");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_contributor_with_mixed_precision_passes_the_cpu_replay() {
+    let options = GpuOptions { mixed_precision: true, ..GpuOptions::default() };
+    let gpu = GpuBackend::with_options(options).await.expect("this test needs a native wgpu adapter (lavapipe)");
+    assert!(gpu.stores_f16(), "the adapter ({}) has no `shader-f16`", gpu.info().adapter);
+    drop(gpu);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let relay = start_relay(test_job(1, dir.path())).await;
+    let (handle, stats) = spawn_native_contributor_on(relay.addr, Device::Gpu { mixed_precision: true });
+    let s = wait_for("3 committed versions", Duration::from_secs(180), || {
+        let s = status(relay.addr);
+        (s["version"].as_u64()? >= 3).then_some(s)
+    })
+    .await;
+    let counters = &s["counters"];
+    assert_eq!(counters["rejected"].as_object().map(|m| m.len()), Some(0), "its results were rejected: {counters}");
+    assert!(counters["replayed"].as_u64() >= Some(3), "a newcomer's every result is replayed: {counters}");
+    assert!(stats.lock().unwrap().units_done >= 3);
+    relay.stop().await;
+    let _ = handle.join().expect("contributor thread");
 }
 
 /// The body of `GET path` on the relay.

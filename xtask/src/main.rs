@@ -19,12 +19,14 @@ commands:
   bench gpt [--iters N --gpu-iters N --browser-iters N --torch-iters N --dataset PATH]
                   nanoGPT's shakespeare_char run: val loss at 2000 iterations, GPU against CPU,
                   tokens/s beside PyTorch, matmul GFLOP/s
-  bench gpt2 [--only memory,backends,rounds --context N --rows N --results N --steps N
-              --browser-steps N --slow-warm-up N --backends cpu,gpu,wasm,webgpu,torch
-              --dataset PATH]
+  bench gpt2 [--only memory,backends,rounds,precision --context N --rows N --results N
+              --steps N --browser-steps N --slow-warm-up N
+              --backends cpu,gpu,gpu-mixed,wasm,webgpu,torch --precision-steps N
+              --precision-model gpt2|narrow --dataset PATH]
                   GPT-2 small (124M, BPE): relay RSS during a round of N results, tokens/s
                   and peak memory per backend beside PyTorch, two DiLoCo rounds through a
-                  relay with two native contributors and a Chromium tab (bytes per unit)
+                  relay with two native contributors and a Chromium tab (bytes per unit),
+                  and (on request) the loss curve of mixed precision against f32
   bench relay [--only a,b,… --idle N --active N --seconds S --downloads N --honest N
                --garbage N --flood-seconds S --commit-active N --commit-seconds S]
                   the relay under load: (a) RSS per idle session, (b) results/s and latency

@@ -1,4 +1,5 @@
-//! The compute pipelines, one per WGSL entry point, compiled once per device.
+//! The compute pipelines, one per WGSL entry point and per choice of the bindings that
+//! hold f16 values (mixed precision), compiled once per device.
 
 use std::cell::OnceCell;
 
@@ -127,11 +128,41 @@ impl Kernel {
     }
 }
 
-/// The pipelines, indexed like [`Kernel::ALL`], each compiled on its first use or by
-/// [`Pipelines::compile_all`]. Shader modules are shared by the kernels of one file.
+/// Which of a kernel's storage bindings 1..=[`HALF_BINDINGS`] hold f16 values (bit `i`
+/// for binding `i`): `0` for the all-f32 kernel. A shader lets binding `i` hold f16 by
+/// declaring `alias Store{i} = f32;` and reading and writing it through that type.
+pub type HalfMask = u8;
+
+/// The highest binding that may hold f16 values.
+pub const HALF_BINDINGS: u32 = 3;
+
+/// Variants a kernel may have: every mask of bindings `1..=HALF_BINDINGS`.
+const VARIANTS: usize = 1 << (HALF_BINDINGS + 1);
+
+/// The WGSL of `file` with the bindings in `half` stored as f16: `enable f16;` and each
+/// `alias Store{i} = f32;` made `f16`. Panics when the shader does not declare one.
+fn variant_source(file: &str, source: &str, half: HalfMask) -> String {
+    if half == 0 {
+        return source.to_owned();
+    }
+    let mut text = format!("enable f16;\n{source}");
+    for binding in 1..=HALF_BINDINGS {
+        if half & (1 << binding) == 0 {
+            continue;
+        }
+        let alias = format!("alias Store{binding} = f32;");
+        assert!(text.contains(&alias), "{file}: binding {binding} holds f16 values but the shader has no `{alias}`");
+        text = text.replace(&alias, &format!("alias Store{binding} = f16;"));
+    }
+    text
+}
+
+/// The pipelines, indexed like [`Kernel::ALL`] and by [`HalfMask`], each compiled on its
+/// first use or by [`Pipelines::compile_all`]. Shader modules are shared by the kernels
+/// of one file.
 pub struct Pipelines {
     device: wgpu::Device,
-    /// By the index in [`Kernel::ALL`] of the first kernel of each file.
+    /// By the index in [`Kernel::ALL`] of the first kernel of each file, then the mask.
     modules: Vec<OnceCell<wgpu::ShaderModule>>,
     pipelines: Vec<OnceCell<wgpu::ComputePipeline>>,
 }
@@ -139,29 +170,32 @@ pub struct Pipelines {
 impl Pipelines {
     /// An empty table for `device`; nothing is compiled yet.
     pub fn new(device: &wgpu::Device) -> Self {
+        let cells = Kernel::ALL.len() * VARIANTS;
         Pipelines {
             device: device.clone(),
-            modules: Kernel::ALL.iter().map(|_| OnceCell::new()).collect(),
-            pipelines: Kernel::ALL.iter().map(|_| OnceCell::new()).collect(),
+            modules: (0..cells).map(|_| OnceCell::new()).collect(),
+            pipelines: (0..cells).map(|_| OnceCell::new()).collect(),
         }
     }
 
-    /// Compiles every kernel not compiled yet. Layouts are derived from the entry points
-    /// (bindings 0 = uniform params, 1.. = storage buffers).
+    /// Compiles every all-f32 kernel not compiled yet (the f16 variants compile on their
+    /// first use). Layouts are derived from the entry points (bindings 0 = uniform
+    /// params, 1.. = storage buffers).
     pub fn compile_all(&self) {
         for kernel in Kernel::ALL {
-            self.get(kernel);
+            self.get(kernel, 0);
         }
     }
 
-    /// The pipeline of `kernel`, compiled now if it was not.
-    pub fn get(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
-        self.pipelines[index(kernel)].get_or_init(|| {
+    /// The pipeline of `kernel` with the bindings in `half` stored as f16, compiled now
+    /// if it was not.
+    pub fn get(&self, kernel: Kernel, half: HalfMask) -> &wgpu::ComputePipeline {
+        self.pipelines[index(kernel) * VARIANTS + half as usize].get_or_init(|| {
             let (_, _, entry) = kernel.source();
             self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
                 layout: None,
-                module: self.module(kernel),
+                module: self.module(kernel, half),
                 entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
@@ -169,14 +203,14 @@ impl Pipelines {
         })
     }
 
-    /// The shader module of `kernel`'s file, parsed once.
-    fn module(&self, kernel: Kernel) -> &wgpu::ShaderModule {
+    /// The shader module of `kernel`'s file with the bindings in `half` as f16, parsed once.
+    fn module(&self, kernel: Kernel, half: HalfMask) -> &wgpu::ShaderModule {
         let (file, source, _) = kernel.source();
         let first = Kernel::ALL.iter().position(|k| k.source().0 == file).expect("every kernel is in ALL");
-        self.modules[first].get_or_init(|| {
+        self.modules[first * VARIANTS + half as usize].get_or_init(|| {
             self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(file),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
+                source: wgpu::ShaderSource::Wgsl(variant_source(file, source, half).into()),
             })
         })
     }

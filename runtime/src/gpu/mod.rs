@@ -12,6 +12,11 @@
 //! allows is made of several physical buffers (`pages.rs`); the ops (`ops.rs`) run over
 //! its pieces. [`GpuOptions::max_binding_bytes`] forces a smaller page, to test that path
 //! on any adapter.
+//!
+//! Mixed precision ([`GpuOptions::mixed_precision`], where the adapter has `shader-f16`):
+//! buffers from [`crate::backend::Backend::alloc_f16`] hold f16 values, 2 bytes each. The
+//! kernels that read or write one are compiled with f16 at that binding
+//! (`kernels.rs`); they compute and accumulate in f32.
 
 mod kernels;
 mod ops;
@@ -21,7 +26,7 @@ use std::collections::HashMap;
 use std::future::Future;
 
 use crate::backend::{BackendError, BufId, DeviceInfo, Part, View};
-use kernels::{Kernel, Pipelines};
+use kernels::{HALF_BINDINGS, HalfMask, Kernel, Pipelines};
 use pages::{Logical, Piece, Span};
 
 /// Bytes of each op's uniform parameter block (16 words).
@@ -39,6 +44,17 @@ pub struct GpuOptions {
     /// Bind at most this many bytes at once even where the adapter allows more: buffers
     /// larger than this are made of several (for tests of that path).
     pub max_binding_bytes: Option<u64>,
+    /// Store in f16 what the trainer asks to (the activations that feed matmuls, and a
+    /// copy of the weights that they read), where the adapter has `shader-f16`; f32
+    /// elsewhere. Master weights, gradients and moments stay f32.
+    pub mixed_precision: bool,
+}
+
+/// One physical buffer.
+struct Physical {
+    buffer: wgpu::Buffer,
+    /// Whether it holds f16 values (2 bytes each) rather than f32 or u32 (4).
+    f16: bool,
 }
 
 /// One dispatch position within a submission.
@@ -56,9 +72,12 @@ pub struct GpuBackend {
     max_buffer_bytes: u64,
     /// Elements in a page: what one binding holds.
     page: usize,
+    /// Whether buffers from `alloc_f16` hold f16 values (mixed precision asked for, and
+    /// the device has `shader-f16`).
+    stores_f16: bool,
     pipelines: Pipelines,
     /// The physical buffers.
-    physical: Vec<wgpu::Buffer>,
+    physical: Vec<Physical>,
     /// The logical buffers (what [`BufId`]s name), each of physical pieces.
     logical: Vec<Logical>,
     encoder: Option<wgpu::CommandEncoder>,
@@ -95,10 +114,11 @@ impl GpuBackend {
             .map_err(|e| BackendError::NoDevice(e.to_string()))?;
         let adapter_info = adapter.get_info();
         let limits = adapter.limits();
+        let stores_f16 = options.mixed_precision && adapter.features().contains(wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("crowdgrad"),
-                required_features: wgpu::Features::empty(),
+                required_features: if stores_f16 { wgpu::Features::SHADER_F16 } else { wgpu::Features::empty() },
                 required_limits: limits.clone(),
                 experimental_features: Default::default(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -125,6 +145,7 @@ impl GpuBackend {
             info,
             max_buffer_bytes: limits.max_buffer_size,
             page,
+            stores_f16,
             pipelines,
             physical: Vec::new(),
             logical: Vec::new(),
@@ -158,12 +179,13 @@ impl GpuBackend {
         self.encoder.get_or_insert_with(|| self.device.create_command_encoder(&Default::default()))
     }
 
-    /// A new logical buffer of pieces of `lengths` elements (`what` names it in errors).
-    fn create(&mut self, lengths: &[usize], what: &str) -> Result<View, BackendError> {
+    /// A new logical buffer of pieces of `lengths` elements, f16 ones (2 bytes) or not
+    /// (4); `what` names it in errors. An f16 piece is padded to whole 4-byte words.
+    fn create(&mut self, lengths: &[usize], what: &str, f16: bool) -> Result<View, BackendError> {
         let mut pieces = Vec::with_capacity(lengths.len());
         let mut start = 0;
         for &len in lengths {
-            let bytes = (len.max(1) * 4) as u64;
+            let bytes = if f16 { (len.max(1) * 2).next_multiple_of(4) } else { len.max(1) * 4 } as u64;
             for (limit, allowed) in
                 [("maxStorageBufferBindingSize", self.page_bytes()), ("maxBufferSize", self.max_buffer_bytes)]
             {
@@ -182,7 +204,7 @@ impl GpuBackend {
                 usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            self.physical.push(buffer);
+            self.physical.push(Physical { buffer, f16 });
             pieces.push(Piece { start, len, phys: self.physical.len() as u32 - 1 });
             start += len;
         }
@@ -233,7 +255,7 @@ impl GpuBackend {
         if let Some(v) = self.scratch.get(name).filter(|v| v.len >= len) {
             return v.slice(0, len);
         }
-        let v = self.create(&[len], name).expect("a scratch buffer of one chunk fits a binding");
+        let v = self.create(&[len], name, false).expect("a scratch buffer of one chunk fits a binding");
         self.scratch.insert(name, v);
         v
     }
@@ -242,25 +264,41 @@ impl GpuBackend {
     /// recorded-but-unsubmitted ops are flushed first to keep program order.
     fn write_bytes(&mut self, dst: View, bytes: &[u8]) {
         assert_eq!(bytes.len(), dst.len * 4, "write of {} bytes into a view of {} elements", bytes.len(), dst.len);
+        self.assert_f32("write", dst);
         if self.encoder.is_some() {
             self.submit();
         }
         for span in self.spans(dst) {
             let part = &bytes[span.at * 4..(span.at + span.len) * 4];
-            self.queue.write_buffer(&self.physical[span.phys as usize], (span.local * 4) as u64, part);
+            self.queue.write_buffer(&self.physical[span.phys as usize].buffer, (span.local * 4) as u64, part);
         }
     }
 
     /// Copies element ranges between physical buffers, in the encoder's order.
     fn copy(&mut self, from: (u32, usize), to: (u32, usize), len: usize) {
-        let (source, target) = (self.physical[from.0 as usize].clone(), self.physical[to.0 as usize].clone());
+        let (source, target) = (&self.physical[from.0 as usize], &self.physical[to.0 as usize]);
+        assert!(!source.f16 && !target.f16, "copies are of f32 buffers");
+        let (source, target) = (source.buffer.clone(), target.buffer.clone());
         let bytes = (len * 4) as u64;
         self.encoder().copy_buffer_to_buffer(&source, (from.1 * 4) as u64, &target, (to.1 * 4) as u64, bytes);
     }
 
     /// Records one dispatch of `kernel` with `params` (≤ 16 words, in the shader's
     /// `Params` order) at binding 0 and the physical `buffers` at bindings 1, 2, ….
+    /// A binding that holds f16 values makes the dispatch use the kernel's variant with
+    /// f16 there (see `kernels.rs`).
     fn dispatch(&mut self, kernel: Kernel, params: &[u32], buffers: &[u32], groups: (u32, u32)) {
+        let mut half: HalfMask = 0;
+        for (i, &id) in buffers.iter().enumerate() {
+            let binding = i as u32 + 1;
+            if self.physical[id as usize].f16 {
+                assert!(
+                    binding <= HALF_BINDINGS,
+                    "{kernel:?}: binding {binding} holds f16 values, which it reads as f32"
+                );
+                half |= 1 << binding;
+            }
+        }
         let mut words = [0u32; (PARAM_BYTES / 4) as usize];
         words[..params.len()].copy_from_slice(params);
         if self.next_slot == self.slots.len() {
@@ -275,15 +313,16 @@ impl GpuBackend {
         let slot_index = self.next_slot;
         self.next_slot += 1;
         self.queue.write_buffer(&self.slots[slot_index].uniform, 0, bytemuck::cast_slice(&words));
-        let pipeline = self.pipelines.get(kernel);
+        let pipeline = self.pipelines.get(kernel, half);
         let slot = &mut self.slots[slot_index];
         let cached = matches!(&slot.bound, Some((k, ids, _)) if *k == kernel && ids.as_slice() == buffers);
+        // The same buffers mean the same variant: each holds f16 values or not for life.
         if !cached {
             let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: slot.uniform.as_entire_binding() }];
             for (i, &id) in buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry {
                     binding: i as u32 + 1,
-                    resource: self.physical[id as usize].as_entire_binding(),
+                    resource: self.physical[id as usize].buffer.as_entire_binding(),
                 });
             }
             let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -352,17 +391,32 @@ fn w(x: usize) -> u32 {
 /// The GPU backend's buffers and transfers; the ops are in `ops.rs`.
 impl GpuBackend {
     fn alloc_f32(&mut self, len: usize, what: &str) -> Result<View, BackendError> {
-        self.create(&[len], what)
+        self.create(&[len], what, false)
     }
 
-    fn alloc_of_parts(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
+    /// A buffer of `parts` (see [`pages::plan`]), of f16 values where `f16` and the
+    /// device stores them.
+    fn alloc_of_parts(&mut self, parts: &[Part], what: &str, f16: bool) -> Result<View, BackendError> {
         let lengths = pages::plan(parts, self.page);
-        self.create(&lengths, what)
+        self.create(&lengths, what, f16 && self.stores_f16)
+    }
+
+    /// A buffer of `len` f16 values where the device stores them, else f32.
+    fn alloc_half(&mut self, len: usize, what: &str) -> Result<View, BackendError> {
+        self.create(&[len], what, self.stores_f16)
+    }
+
+    /// Panics when `v` is in a buffer of f16 values: the host reads and writes f32 only,
+    /// and what is stored in f16 is written and read by the ops alone.
+    fn assert_f32(&self, op: &str, v: View) {
+        let f16 = self.spans(v).iter().any(|s| self.physical[s.phys as usize].f16);
+        assert!(!f16, "{op}: the host reads and writes f32 buffers only, and {:?} holds f16 values", v.buf);
     }
 
     fn zero_view(&mut self, dst: View) {
+        self.assert_f32("zero", dst);
         for span in self.spans(dst) {
-            let buffer = self.physical[span.phys as usize].clone();
+            let buffer = self.physical[span.phys as usize].buffer.clone();
             self.encoder().clear_buffer(&buffer, (span.local * 4) as u64, Some((span.len * 4) as u64));
         }
     }
@@ -377,6 +431,7 @@ impl GpuBackend {
     /// Copies `src` to staging buffers (one per piece it spans), submits, and reads them
     /// back in order once mapped.
     fn read_view(&mut self, src: View) -> impl Future<Output = Result<Vec<f32>, BackendError>> + use<> {
+        self.assert_f32("read", src);
         let mut stagings = Vec::new();
         for span in self.spans(src) {
             let bytes = (span.len * 4) as u64;
@@ -392,7 +447,7 @@ impl GpuBackend {
                     mapped_at_creation: false,
                 })
             };
-            let source = self.physical[span.phys as usize].clone();
+            let source = self.physical[span.phys as usize].buffer.clone();
             self.encoder().copy_buffer_to_buffer(&source, (span.local * 4) as u64, &staging, 0, bytes);
             stagings.push(staging);
         }

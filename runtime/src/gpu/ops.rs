@@ -39,7 +39,14 @@ struct Gemm {
 
 impl GpuBackend {
     fn gemm(&mut self, g: Gemm) {
-        let (bias_buf, bias_off) = g.bias.unwrap_or((g.b.0, 0));
+        // Without a bias, binding 4 holds a stand-in that is never read (B may be f16).
+        let (bias_buf, bias_off) = match g.bias {
+            Some(bias) => bias,
+            None => {
+                let stand_in = self.scratch("no bias", 1);
+                (self.at("matmul", stand_in).0, 0)
+            }
+        };
         let flags = if g.bias.is_some() { BIAS } else { 0 } | if g.accumulate { ACCUMULATE } else { 0 };
         let params = [
             w(g.m),
@@ -129,7 +136,19 @@ impl Backend for GpuBackend {
     }
 
     fn alloc_parts(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
-        self.alloc_of_parts(parts, what)
+        self.alloc_of_parts(parts, what, false)
+    }
+
+    fn stores_f16(&self) -> bool {
+        self.stores_f16
+    }
+
+    fn alloc_f16(&mut self, len: usize, what: &str) -> Result<View, BackendError> {
+        self.alloc_half(len, what)
+    }
+
+    fn alloc_parts_f16(&mut self, parts: &[Part], what: &str) -> Result<View, BackendError> {
+        self.alloc_of_parts(parts, what, true)
     }
 
     fn write(&mut self, dst: View, data: &[f32]) {

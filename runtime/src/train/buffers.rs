@@ -68,7 +68,8 @@ impl Params {
     }
 }
 
-/// One layer's forward activations.
+/// One layer's forward activations. Those that only feed matmuls (`ln1`, `atty`, `ln2`,
+/// `fch_gelu`, and `lnf`) are stored in f16 where the backend does (mixed precision).
 pub(super) struct LayerActivations {
     pub ln1: View,      // [BT, C]
     pub ln1_mean: View, // [BT]
@@ -120,19 +121,19 @@ impl Activations {
         let layers = (0..sets)
             .map(|_| {
                 Ok(LayerActivations {
-                    ln1: be.alloc(bt * c, "ln_1 outputs")?,
+                    ln1: be.alloc_f16(bt * c, "ln_1 outputs")?,
                     ln1_mean: be.alloc(bt, "ln_1 means")?,
                     ln1_rstd: be.alloc(bt, "ln_1 inverse deviations")?,
                     qkv: be.alloc(bt * 3 * c, "queries, keys, values")?,
-                    atty: be.alloc(bt * c, "attention outputs")?,
+                    atty: be.alloc_f16(bt * c, "attention outputs")?,
                     att: be.alloc(att, "attention weights")?,
                     attproj: be.alloc(bt * c, "attention projections")?,
                     res2: be.alloc(bt * c, "residual after attention")?,
-                    ln2: be.alloc(bt * c, "ln_2 outputs")?,
+                    ln2: be.alloc_f16(bt * c, "ln_2 outputs")?,
                     ln2_mean: be.alloc(bt, "ln_2 means")?,
                     ln2_rstd: be.alloc(bt, "ln_2 inverse deviations")?,
                     fch: be.alloc(bt * 4 * c, "MLP hidden")?,
-                    fch_gelu: be.alloc(bt * 4 * c, "MLP hidden after GELU")?,
+                    fch_gelu: be.alloc_f16(bt * 4 * c, "MLP hidden after GELU")?,
                     fcproj: be.alloc(bt * c, "MLP projections")?,
                     res3: be.alloc(bt * c, "residual after MLP")?,
                 })
@@ -143,7 +144,7 @@ impl Activations {
             targets: be.alloc_u32(rows * cfg.context, "targets")?,
             encoded: be.alloc(bt * c, "embeddings")?,
             layers,
-            lnf: be.alloc(bt * c, "ln_f outputs")?,
+            lnf: be.alloc_f16(bt * c, "ln_f outputs")?,
             lnf_mean: be.alloc(bt, "ln_f means")?,
             lnf_rstd: be.alloc(bt, "ln_f inverse deviations")?,
             logits: be.alloc(bt * v, "logits")?,

@@ -138,6 +138,11 @@ pub struct Trainer<B: Backend> {
     pub(crate) params: View,
     /// The model's weights, by name: in `params`, or in the frozen base.
     p: Params,
+    /// The weights that the matmuls read: `p`'s, or their copy in `weights_f16`.
+    matmul_weights: Params,
+    /// Where the backend stores f16 values and the whole model trains: an f16 copy of
+    /// the parameters for the matmuls, made again after each change of the f32 masters.
+    weights_f16: Option<View>,
     /// The adapters' buffers (the frozen base's among them), when adapters train.
     lora: Option<LoraBuffers>,
     /// What the adapters' dropout masks of the next training passes are drawn from.
@@ -186,6 +191,8 @@ impl<B: Backend> Trainer<B> {
         let parts = layout.parts();
         let params = be.alloc_parts(&parts, if lora.is_some() { "LoRA adapters" } else { "parameters" })?;
         let base = lora.map(|_| be.alloc_parts(&model_layout.parts(), "frozen base")).transpose()?;
+        let weights_f16 =
+            (lora.is_none() && be.stores_f16()).then(|| be.alloc_parts_f16(&parts, "parameters in f16")).transpose()?;
         let grads = if shape.role == Role::Forward {
             None
         } else {
@@ -205,6 +212,7 @@ impl<B: Backend> Trainer<B> {
         let micro_losses = be.alloc(shape.microbatches(), "microbatch losses")?;
         let losses = be.alloc(shape.loss_slots.max(1), "loss slots")?;
         let p = Params::new(&model_layout, base.unwrap_or(params), cfg.layers);
+        let matmul_weights = Params::new(&model_layout, weights_f16.or(base).unwrap_or(params), cfg.layers);
         let bt = shape.micro_rows * cfg.context;
         let lora = lora
             .map(|l| {
@@ -220,6 +228,8 @@ impl<B: Backend> Trainer<B> {
             shape,
             params,
             p,
+            matmul_weights,
+            weights_f16,
             lora,
             dropout_seed: 0,
             grads,
@@ -284,6 +294,7 @@ impl<B: Backend> Trainer<B> {
     pub fn load(&mut self, params: &[f32]) {
         assert_eq!(params.len(), self.layout.total, "parameter count");
         self.backend.write(self.params, params);
+        self.copy_weights_to_f16();
         if let Some(opt) = &mut self.optimizer {
             self.backend.zero(opt.m);
             self.backend.zero(opt.v);
@@ -296,6 +307,14 @@ impl<B: Backend> Trainer<B> {
     pub fn load_keeping_moments(&mut self, params: &[f32]) {
         assert_eq!(params.len(), self.layout.total, "parameter count");
         self.backend.write(self.params, params);
+        self.copy_weights_to_f16();
+    }
+
+    /// Makes the f16 copy of the weights again, where there is one, from the f32 masters.
+    fn copy_weights_to_f16(&mut self) {
+        if let Some(copy) = self.weights_f16 {
+            self.backend.scale(copy, self.params, 1.0);
+        }
     }
 
     /// Reads the parameters back.
@@ -348,28 +367,29 @@ impl<B: Backend> Trainer<B> {
         let GptConfig { context: t, width: c, heads, vocab, .. } = self.cfg;
         let (b, bt) = (self.shape.micro_rows, self.micro_positions());
         let (a, p, be, lora) = (&self.acts, &self.p, &mut self.backend, self.lora.as_ref());
+        let mm = &self.matmul_weights;
         let tokens = a.tokens.slice(micro * bt, bt);
         let targets = a.targets.slice(micro * bt, bt);
         be.encoder_forward(a.encoded, tokens, p.wte, p.wpe, t, c, vocab);
         let sets = a.layers.len();
         let [qkv, proj, fc, fcproj] = projections(c);
-        for (l, w) in p.blocks.iter().enumerate() {
+        for (l, (w, mw)) in p.blocks.iter().zip(&mm.blocks).enumerate() {
             let (x, set) = (&a.layers[l % sets], l % sets);
             let input = if l == 0 { a.encoded } else { a.layers[(l - 1) % sets].res3 };
             be.layernorm_forward(x.ln1, x.ln1_mean, x.ln1_rstd, input, w.ln1_w, w.ln1_b, bt, c);
-            project_forward(be, lora, (l, set), seed, qkv, x.qkv, x.ln1, w.attn_w, w.attn_b, bt);
+            project_forward(be, lora, (l, set), seed, qkv, x.qkv, x.ln1, mw.attn_w, w.attn_b, bt);
             be.attention_forward(x.atty, x.att, x.qkv, b, t, c, heads);
-            project_forward(be, lora, (l, set), seed, proj, x.attproj, x.atty, w.proj_w, w.proj_b, bt);
+            project_forward(be, lora, (l, set), seed, proj, x.attproj, x.atty, mw.proj_w, w.proj_b, bt);
             be.add(x.res2, input, x.attproj);
             be.layernorm_forward(x.ln2, x.ln2_mean, x.ln2_rstd, x.res2, w.ln2_w, w.ln2_b, bt, c);
-            project_forward(be, lora, (l, set), seed, fc, x.fch, x.ln2, w.fc_w, w.fc_b, bt);
+            project_forward(be, lora, (l, set), seed, fc, x.fch, x.ln2, mw.fc_w, w.fc_b, bt);
             be.gelu_forward(x.fch_gelu, x.fch);
-            project_forward(be, lora, (l, set), seed, fcproj, x.fcproj, x.fch_gelu, w.fcproj_w, w.fcproj_b, bt);
+            project_forward(be, lora, (l, set), seed, fcproj, x.fcproj, x.fch_gelu, mw.fcproj_w, w.fcproj_b, bt);
             be.add(x.res3, x.res2, x.fcproj);
         }
         let top = a.layers[(self.cfg.layers - 1) % sets].res3;
         be.layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, top, p.lnf_w, p.lnf_b, bt, c);
-        be.matmul_forward(a.logits, a.lnf, p.wte, None, bt, c, vocab);
+        be.matmul_forward(a.logits, a.lnf, mm.wte, None, bt, c, vocab);
         be.softmax_xent_forward(a.probs, a.losses, a.logits, targets, bt, vocab);
         be.mean(self.micro_losses.slice(micro, 1), a.losses);
     }
@@ -384,6 +404,7 @@ impl<B: Backend> Trainer<B> {
         let grads = self.grads.as_ref().expect("a trainer with gradients");
         let d = self.scratch.as_ref().expect("a trainer with gradients has scratch");
         let (a, p, be, lora) = (&self.acts, &self.p, &mut self.backend, self.lora.as_ref());
+        let mm = &self.matmul_weights;
         // The model's own gradients, unless it is a frozen base; then its LayerNorms'
         // weight gradients go to a sink.
         let g = grads.named.as_ref();
@@ -397,7 +418,7 @@ impl<B: Backend> Trainer<B> {
         let targets = a.targets.slice(micro * bt, bt);
         be.softmax_xent_backward(d.logits, a.probs, targets, bt, vocab, positions);
         // Tied LM head: logits = lnf · wteᵀ.
-        be.matmul_backward_input(d.lnf, d.logits, p.wte, bt, c, vocab);
+        be.matmul_backward_input(d.lnf, d.logits, mm.wte, bt, c, vocab);
         if let Some(g) = g {
             be.matmul_backward_weight(g.wte, d.logits, a.lnf, bt, c, vocab);
         }
@@ -406,23 +427,23 @@ impl<B: Backend> Trainer<B> {
         be.layernorm_backward(d.res_a, lnf_w, lnf_b, d.lnf, top, p.lnf_w, a.lnf_mean, a.lnf_rstd, bt, c);
         let [qkv, proj, fc, fcproj] = projections(c);
         for l in (0..self.cfg.layers).rev() {
-            let (w, gw, x) = (&p.blocks[l], g.map(|g| &g.blocks[l]), &a.layers[l]);
+            let (w, mw, gw, x) = (&p.blocks[l], &mm.blocks[l], g.map(|g| &g.blocks[l]), &a.layers[l]);
             let input = if l == 0 { a.encoded } else { a.layers[l - 1].res3 };
             // MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))); d.res_a holds d(res3).
             let own = gw.map(|g| (g.fcproj_w, g.fcproj_b));
-            project_backward(be, lora, l, seed, fcproj, own, (d.fch_gelu, d.res_a, x.fch_gelu), w.fcproj_w, bt);
+            project_backward(be, lora, l, seed, fcproj, own, (d.fch_gelu, d.res_a, x.fch_gelu), mw.fcproj_w, bt);
             be.gelu_backward(d.fch, x.fch, d.fch_gelu);
             let own = gw.map(|g| (g.fc_w, g.fc_b));
-            project_backward(be, lora, l, seed, fc, own, (d.ln, d.fch, x.ln2), w.fc_w, bt);
+            project_backward(be, lora, l, seed, fc, own, (d.ln, d.fch, x.ln2), mw.fc_w, bt);
             let (ln2_w, ln2_b) = layernorm_grads(gw.map(|g| (g.ln2_w, g.ln2_b)), w.ln2_b);
             be.layernorm_backward(d.ln_out, ln2_w, ln2_b, d.ln, x.res2, w.ln2_w, x.ln2_mean, x.ln2_rstd, bt, c);
             be.add(d.res_b, d.res_a, d.ln_out);
             // Attention: res2 = input + c_proj(attn(c_attn(ln_1(input)))); d.res_b holds d(res2).
             let own = gw.map(|g| (g.proj_w, g.proj_b));
-            project_backward(be, lora, l, seed, proj, own, (d.atty, d.res_b, x.atty), w.proj_w, bt);
+            project_backward(be, lora, l, seed, proj, own, (d.atty, d.res_b, x.atty), mw.proj_w, bt);
             be.attention_backward(d.qkv, d.scores, d.atty, x.qkv, x.att, b, t, c, heads);
             let own = gw.map(|g| (g.attn_w, g.attn_b));
-            project_backward(be, lora, l, seed, qkv, own, (d.ln, d.qkv, x.ln1), w.attn_w, bt);
+            project_backward(be, lora, l, seed, qkv, own, (d.ln, d.qkv, x.ln1), mw.attn_w, bt);
             let (ln1_w, ln1_b) = layernorm_grads(gw.map(|g| (g.ln1_w, g.ln1_b)), w.ln1_b);
             be.layernorm_backward(d.ln_out, ln1_w, ln1_b, d.ln, input, w.ln1_w, x.ln1_mean, x.ln1_rstd, bt, c);
             be.add(d.res_a, d.res_b, d.ln_out);
@@ -489,6 +510,7 @@ impl<B: Backend> Trainer<B> {
             let (m, v) = (optimizer.m.slice(e.offset, e.len), optimizer.v.slice(e.offset, e.len));
             self.backend.adamw(p, g, m, v, grads.sum_squares, h);
         }
+        self.copy_weights_to_f16();
         self.backend.flush();
     }
 }

@@ -3,9 +3,10 @@
 
 use std::process::Command;
 
+use crowdgrad_runtime::backend::Backend;
 use crowdgrad_runtime::bench::{Throughput, WARM_UP_STEPS, training_throughput};
 use crowdgrad_runtime::cpu::CpuBackend;
-use crowdgrad_runtime::gpu::GpuBackend;
+use crowdgrad_runtime::gpu::{GpuBackend, GpuOptions};
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_tests::repo_root;
 
@@ -48,14 +49,29 @@ pub async fn run(f: &Flags) {
         eprintln!("  [backends] native CPU done");
     }
 
-    if wanted("gpu") {
-        reset_own_peak();
-        let gpu = GpuBackend::new().await.expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
-        match training_throughput(gpu, model, rows, (f.slow_warm_up, f.browser_steps), clock()).await {
-            Ok(gpu) => table.push(native("GPU backend (native wgpu)", &gpu)),
-            Err(e) => table.push(failed("GPU backend (native wgpu)", e.to_string())),
+    for (name, backend, mixed_precision) in
+        [("gpu", "GPU backend (native wgpu)", false), ("gpu-mixed", "GPU, mixed precision (native)", true)]
+    {
+        if !wanted(name) {
+            continue;
         }
-        eprintln!("  [backends] native GPU done");
+        reset_own_peak();
+        let options = GpuOptions { mixed_precision, ..GpuOptions::default() };
+        let gpu = GpuBackend::with_options(options)
+            .await
+            .expect("a native wgpu adapter (install mesa-vulkan-drivers for lavapipe)");
+        let stores_f16 = gpu.stores_f16();
+        match training_throughput(gpu, model, rows, (f.slow_warm_up, f.browser_steps), clock()).await {
+            Ok(run) => {
+                let mut row = native(backend, &run);
+                if mixed_precision && !stores_f16 {
+                    row.note += ", no `shader-f16`: f32";
+                }
+                table.push(row)
+            }
+            Err(e) => table.push(failed(backend, e.to_string())),
+        }
+        eprintln!("  [backends] {backend} done");
     }
 
     let in_chromium =

@@ -12,17 +12,23 @@
 //!   `--browser-steps N` (1) on the native GPU backend, the wasm CPU backend and WebGPU in
 //!   headless Chromium (after `--slow-warm-up N`, 1: a step there takes minutes), beside
 //!   PyTorch's GPT-2 on as many threads when `import torch` works
-//!   (`tests/pytorch/train_gpt.py`); `--backends cpu,gpu,wasm,webgpu,torch` picks rows.
-//!   Goal: ours/pytorch ≥ 1× on the CPU.
+//!   (`tests/pytorch/train_gpt.py`); `--backends cpu,gpu,gpu-mixed,wasm,webgpu,torch`
+//!   picks rows (`gpu-mixed`: the native GPU with mixed precision). Goal: ours/pytorch ≥ 1×
+//!   on the CPU.
+//! - `precision`: `--precision-steps N` (100) steps on the native GPU with mixed precision
+//!   and with f32, from the same init on the same batches: both loss curves, and tokens/s.
+//!   `--precision-model gpt2` (default) or `narrow` (4 layers, width 256: a run that
+//!   lavapipe finishes). Goal: mixed within 1% of f32 over the run.
 //! - `rounds`: two DiLoCo rounds through a relay (its own process) with two native
 //!   contributors and one Chromium tab: each one's bytes in and out per unit, and the
 //!   bytes each downloaded per version beside the weights file's size.
 //!
-//! `--only a,b` picks parts (default `memory,backends,rounds`); `--context N` the
+//! `--only a,b` picks parts (default `memory,backends,rounds`; `precision` on request); `--context N` the
 //! context, `--rows N` the batch rows and `--dataset PATH` the text.
 
 mod backends;
 mod memory;
+mod precision;
 mod rounds;
 
 use crowdgrad_runtime::model::GptConfig;
@@ -40,6 +46,8 @@ struct Flags {
     browser_steps: u32,
     slow_warm_up: u32,
     backends: String,
+    precision_steps: u32,
+    precision_model: String,
     dataset: std::path::PathBuf,
 }
 
@@ -53,6 +61,8 @@ fn flags(args: &[String]) -> Flags {
         browser_steps: 1,
         slow_warm_up: 1,
         backends: "cpu,gpu,wasm,webgpu,torch".into(),
+        precision_steps: 100,
+        precision_model: "gpt2".into(),
         dataset: repo_root().join("../shared/datasets/tinyshakespeare.txt"),
     };
     let mut args = args.iter();
@@ -67,6 +77,8 @@ fn flags(args: &[String]) -> Flags {
             "--browser-steps" => f.browser_steps = value.parse().expect("--browser-steps N"),
             "--slow-warm-up" => f.slow_warm_up = value.parse().expect("--slow-warm-up N"),
             "--backends" => f.backends = value.clone(),
+            "--precision-steps" => f.precision_steps = value.parse().expect("--precision-steps N"),
+            "--precision-model" => f.precision_model = value.clone(),
             "--dataset" => f.dataset = value.into(),
             other => panic!("unknown flag {other}"),
         }
@@ -91,6 +103,7 @@ pub async fn run(args: &[String]) {
             "memory" => memory::run(&f).await,
             "backends" => backends::run(&f).await,
             "rounds" => rounds::run(&f).await,
+            "precision" => precision::run(&f).await,
             other => panic!("unknown part {other}"),
         }
     }
