@@ -21,6 +21,7 @@
 //!           # max_connections, connections_per_ip, header_secs, new_contributors_per_hour,
 //!           # downloads_per_ip
 //! [mesh]    # peers, signals_per_link, ice_servers, turn_urls, turn_secret, turn_ttl_secs, relay_only
+//! [finetune] # base (a Hugging Face GPT-2 folder or a checkpoint), targets, rank, alpha, dropout
 //! ```
 
 use std::fmt;
@@ -34,8 +35,10 @@ use crowdgrad_runtime::model::GptConfig;
 
 use crowdgrad_runtime::protocol::{MAX_BATCH, MAX_INNER_STEPS};
 use crowdgrad_runtime::train::{InnerOptim, Schedule};
+use crowdgrad_runtime::trained::Trained;
 use serde::{Deserialize, Serialize};
 
+use crate::finetune::{self, FinetuneConfig};
 use crate::hf_dir;
 use crate::ice::IceServerEntry;
 use crate::tokenizer::{GPT2_VOCAB, Tokenizer};
@@ -77,6 +80,10 @@ pub struct JobConfig {
     /// the job alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub federation: Option<crate::federation::FederationConfig>,
+    /// LoRA adapters on a frozen base (`[finetune]`), whose config decides the model's
+    /// shape; absent, the whole model trains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
     /// A Hugging Face GPT-2 folder (`config.json`, `model.safetensors`) that version 0
     /// starts from: `[model] init` in a job file, whose `config.json` gives the model's
     /// shape (`model.context` may ask for fewer positions). Only a new job reads it.
@@ -485,6 +492,7 @@ impl Default for JobConfig {
             limits: Limits::default(),
             mesh: MeshConfig::default(),
             federation: None,
+            finetune: None,
             model_init: None,
         }
     }
@@ -622,6 +630,42 @@ fn take_model_init(text: &str) -> Result<(String, Option<ModelInit>), ConfigErro
     Ok((blanked, Some(ModelInit { dir: PathBuf::from(dir.as_ref()), given })))
 }
 
+/// The keys a job file's `[model]` gives.
+fn model_keys(text: &str) -> Result<Vec<String>, ConfigError> {
+    let document = toml::de::DeTable::parse(text).map_err(|e| bad(JOB_FILE, e.to_string()))?;
+    let model = document.get_ref().iter().find(|(k, _)| k.get_ref() == "model");
+    Ok(match model.map(|(_, m)| m.get_ref()) {
+        Some(toml::de::DeValue::Table(model)) => model.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+        _ => Vec::new(),
+    })
+}
+
+/// `shape`, read from `source` (`key`), where `[model]` gives no other `given` value (but
+/// `context`, which may ask for fewer positions).
+fn adopt_shape(
+    model: &GptConfig,
+    given: &[String],
+    shape: GptConfig,
+    key: &str,
+    source: &Path,
+) -> Result<GptConfig, ConfigError> {
+    for (name, ours, theirs) in [
+        ("vocab", model.vocab, shape.vocab),
+        ("layers", model.layers, shape.layers),
+        ("heads", model.heads, shape.heads),
+        ("width", model.width, shape.width),
+        ("bias", model.bias as usize, shape.bias as usize),
+    ] {
+        if given.iter().any(|k| k == name) && ours != theirs {
+            return Err(bad(
+                &format!("model.{name}"),
+                format!("{ours} differs from {theirs} in {} ({key} decides)", source.display()),
+            ));
+        }
+    }
+    Ok(shape)
+}
+
 /// An error about `key`.
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), reason: reason.into() }
@@ -673,27 +717,26 @@ impl JobConfig {
         let (text, init) = take_model_init(text)?;
         let mut job: JobConfig = toml::from_str(&text).map_err(|e| bad(JOB_FILE, e.to_string()))?;
         if let Some(ModelInit { dir, given }) = init {
+            if job.finetune.is_some() {
+                return Err(bad("model.init", "a [finetune] job starts from its finetune.base; drop model.init"));
+            }
             let context = given.iter().any(|k| k == "context").then_some(job.model.context);
             let shape = hf_dir::read_shape(&dir, context).map_err(|e| bad("model.init", format!("{e:#}")))?;
-            let m = &job.model;
-            for (key, ours, theirs) in [
-                ("vocab", m.vocab, shape.vocab),
-                ("layers", m.layers, shape.layers),
-                ("heads", m.heads, shape.heads),
-                ("width", m.width, shape.width),
-                ("bias", m.bias as usize, shape.bias as usize),
-            ] {
-                if given.iter().any(|k| k == key) && ours != theirs {
-                    return Err(bad(
-                        &format!("model.{key}"),
-                        format!("{ours} differs from {theirs} in {} (model.init decides)", dir.display()),
-                    ));
-                }
-            }
-            (job.model, job.model_init) = (shape, Some(dir));
+            job.model = adopt_shape(&job.model, &given, shape, "model.init", &dir)?;
+            job.model_init = Some(dir);
+        } else if let Some(base) = job.finetune.as_ref().map(|f| f.base.clone()).filter(|b| !b.as_os_str().is_empty()) {
+            let given = model_keys(&text)?;
+            let context = given.iter().any(|k| k == "context").then_some(job.model.context);
+            let shape = finetune::base_shape(&base, context).map_err(|e| bad("finetune.base", format!("{e:#}")))?;
+            job.model = adopt_shape(&job.model, &given, shape, "finetune.base", &base)?;
         }
         job.validate()?;
         Ok(job)
+    }
+
+    /// What the job trains: the whole model, or `[finetune]`'s adapters on its base.
+    pub fn trained(&self) -> Trained {
+        Trained { model: self.model, lora: self.finetune.as_ref().map(FinetuneConfig::lora) }
     }
 
     /// Checks every value; the error names the key and why.
@@ -711,6 +754,18 @@ impl JobConfig {
             {
                 return Err(bad(key, format!("{} is not a readable file", path.display())));
             }
+        }
+        if let Some(f) = &self.finetune {
+            if f.base.as_os_str().is_empty() {
+                return Err(bad("finetune.base", "is required: a Hugging Face GPT-2 folder or a checkpoint file"));
+            }
+            if !f.base.exists() {
+                return Err(bad("finetune.base", format!("{} does not exist", f.base.display())));
+            }
+            f.lora().validate(&self.model).map_err(|e| match e.split_once(" = ") {
+                Some((key, rest)) => bad(&format!("finetune.{key}"), format!("= {rest}")),
+                None => bad("finetune.targets", e),
+            })?;
         }
         if let Some(dir) = &self.model_init
             && let Some(missing) = [hf_dir::CONFIG_FILE, hf_dir::WEIGHTS_FILE].iter().find(|f| !dir.join(f).is_file())

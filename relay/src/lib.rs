@@ -42,6 +42,7 @@ pub mod delta;
 pub mod eval;
 pub mod events;
 pub mod federation;
+pub mod finetune;
 pub mod health;
 pub mod hf_dir;
 pub mod hf_routes;
@@ -229,7 +230,7 @@ async fn federate(
         "" => format!("http://{addr}"),
         url => url.trim_end_matches('/').to_string(),
     };
-    let result_bytes = crowdgrad_runtime::protocol::max_submission_frame(job.model.layout().total);
+    let result_bytes = crowdgrad_runtime::protocol::max_submission_frame(job.trained().layout().total);
     let engine = federation::Engine::connect(&federation.nats, &me, &job.name, federation.replicas, result_bytes)
         .await
         .context("federation")?;

@@ -56,7 +56,7 @@ pub fn reconcile(
                 store.remove_step(version)?;
                 recovered.removed += 2;
             }
-            None => match store.read_unrecorded(&job.model, version) {
+            None => match store.read_unrecorded(&job.trained(), version) {
                 // A federated relay's versions are the engine's: files it wrote for a
                 // version the engine may not have (it died before publishing them)
                 // are never adopted; the engine's version is fetched instead.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::model::GptConfig;
+use crate::model::{GptConfig, ParamLayout};
 
 /// Why a checkpoint could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -43,23 +43,36 @@ const HEADER_PER_TENSOR: usize = 256;
 /// The most bytes a checkpoint of `cfg` can have ([`encode`]'s output): its tensors,
 /// the tied head's copy, and a header. What contributors accept as a weights download.
 pub fn max_file_bytes(cfg: &GptConfig) -> u64 {
-    let layout = cfg.layout();
-    let values = layout.total as u64 + (cfg.vocab * cfg.width) as u64;
-    4 * values + ((layout.entries.len() + 1) * HEADER_PER_TENSOR + HEADER_SLACK) as u64
+    max_layout_bytes(&cfg.layout())
 }
+
+/// The most bytes a file of `layout`'s tensors can have ([`encode_layout`]'s output).
+pub fn max_layout_bytes(layout: &ParamLayout) -> u64 {
+    let tied = layout.find(TIED_EMBEDDING).map_or(0, |wte| wte.len as u64);
+    4 * (layout.total as u64 + tied) + ((layout.entries.len() + 1) * HEADER_PER_TENSOR + HEADER_SLACK) as u64
+}
+
+/// The token embedding, which the LM head shares.
+const TIED_EMBEDDING: &str = "transformer.wte.weight";
 
 /// Serialises `params` (`cfg.layout().total` floats) with `metadata` (string pairs).
 pub fn encode(cfg: &GptConfig, params: &[f32], metadata: &[(&str, String)]) -> Vec<u8> {
-    let layout = cfg.layout();
+    encode_layout(cfg, &cfg.layout(), params, metadata)
+}
+
+/// Serialises `params` (`layout.total` floats: a model of `cfg`, or adapters for one)
+/// with `metadata`; `lm_head.weight` copies the token embedding where the layout has it.
+pub fn encode_layout(cfg: &GptConfig, layout: &ParamLayout, params: &[f32], metadata: &[(&str, String)]) -> Vec<u8> {
     assert_eq!(params.len(), layout.total, "parameter count");
     let bytes: &[u8] = bytemuck::cast_slice(params);
     let view = |offset: usize, len: usize, shape: &[usize]| {
         TensorView::new(Dtype::F32, shape.to_vec(), &bytes[offset * 4..(offset + len) * 4]).expect("shape matches data")
     };
-    let wte = layout.find("transformer.wte.weight").expect("every GPT has wte");
     let mut views: Vec<(&str, TensorView)> =
         layout.entries.iter().map(|e| (e.name.as_str(), view(e.offset, e.len, &e.shape))).collect();
-    views.push(("lm_head.weight", view(wte.offset, wte.len, &wte.shape)));
+    if let Some(wte) = layout.find(TIED_EMBEDDING) {
+        views.push(("lm_head.weight", view(wte.offset, wte.len, &wte.shape)));
+    }
     let mut info: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     info.insert("config".into(), serde_json::to_string(cfg).expect("a config serialises"));
     safetensors::serialize(views, Some(info)).expect("serialising well-formed tensors cannot fail")
@@ -86,7 +99,11 @@ pub fn read_config(bytes: &[u8]) -> Result<GptConfig, CheckpointError> {
 
 /// Reads the tensors of `cfg`'s layout from `bytes` into one flat buffer.
 pub fn decode(cfg: &GptConfig, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
-    let layout = cfg.layout();
+    decode_layout(&cfg.layout(), bytes)
+}
+
+/// Reads the tensors of `layout` from `bytes` into one flat buffer.
+pub fn decode_layout(layout: &ParamLayout, bytes: &[u8]) -> Result<Vec<f32>, CheckpointError> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format(e.to_string()))?;
     let mut params = vec![0f32; layout.total];
     for e in &layout.entries {

@@ -22,6 +22,7 @@ use crate::protocol::{
     self, Ack, ClientMsg, DeltaRef, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
 };
 use crate::train::{Moments, Trainer, TrainerShape, run_unit, train_unit};
+use crate::trained::Trained;
 
 /// A failure of the transport (socket closed, HTTP error).
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +106,8 @@ pub struct Stats {
     pub state: String,
     /// The device trained on.
     pub device: Option<DeviceInfo>,
+    /// Bytes of frozen bases downloaded (fine-tuning jobs), apart from the weights.
+    pub base_downloaded: u64,
     /// Why a tab trains on the CPU rather than WebGPU (no adapter, a slower one, one
     /// that cannot hold the job, or the page asked); `None` on WebGPU and natively.
     pub why_cpu: Option<String>,
@@ -199,8 +202,9 @@ pub fn fit(unit: &WorkUnit, binding: Option<u64>, memory: Option<u64>) -> Result
         let what = format!("one window's logits ({} positions × {} tokens)", model.context, model.vocab);
         return Err(BackendError::Limit { what, limit: "maxStorageBufferBindingSize", needed: row, allowed });
     }
-    let params = model.layout().total as u64;
-    let needed = shape.bytes(model) + 16 * params + unit.weights_bytes;
+    let params = unit.trained().layout().total as u64;
+    let base = unit.base.as_ref().map_or(0, |b| b.bytes);
+    let needed = shape.bytes(model) + 16 * params + unit.weights_bytes + base;
     if let Some(allowed) = memory.filter(|&m| needed > m) {
         let what = format!(
             "training this job's {params}-parameter model (its weights, gradients, AdamW's moments, error feedback \
@@ -221,7 +225,11 @@ pub struct Contributor<B: Backend, T: Transport> {
     device: DeviceInfo,
     backend: Option<B>,
     trainer: Option<Trainer<B>>,
+    /// What the trainer trains, and the hash of the base loaded into it where adapters train.
+    trainer_for: Option<(Trained, Option<String>)>,
     weights: Option<HeldWeights>,
+    /// A fine-tuning job's frozen base: its file's hash and its values.
+    base: Option<(String, Vec<f32>)>,
     /// Where the host reads the held weights.
     view: HeldView,
     /// The recent versions' `params_hash` and published steps, as units and
@@ -255,7 +263,9 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             device,
             backend: Some(backend),
             trainer: None,
+            trainer_for: None,
             weights: None,
+            base: None,
             view: HeldView::default(),
             steps: BTreeMap::new(),
             shard: None,
@@ -396,7 +406,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 let bytes = self.transport.fetch_weights(unit.version, unit.weights_bytes).await?;
                 let bytes = Self::check_hash("weights", bytes, &unit.weights_hash)?;
                 let downloaded = bytes.len() as u64;
-                let params = checkpoint::decode(&unit.model, &bytes)?;
+                let params = unit.trained().decode(&bytes)?;
                 let (version, file_hash, model) = (unit.version, unit.weights_hash.clone(), unit.model);
                 self.weights = Some(HeldWeights::new(version, file_hash, model, params));
                 self.update(|s| s.weights_downloaded += downloaded);
@@ -415,6 +425,13 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 return Err(ContributorError::ShardTooSmall(unit.shard));
             }
             self.shard = Some((unit.shard_hash.clone(), bytes));
+        }
+        if let Some(base) = unit.base.as_ref().filter(|b| self.base.as_ref().is_none_or(|(hash, _)| *hash != b.hash)) {
+            let bytes = self.transport.fetch(&format!("/api/base/{}", base.hash), base.bytes).await?;
+            let bytes = Self::check_hash("base", bytes, &base.hash)?;
+            let values = checkpoint::decode(&unit.model, &bytes)?;
+            self.update(|s| s.base_downloaded += bytes.len() as u64);
+            self.base = Some((base.hash.clone(), values));
         }
         Self::still_connected(&self.transport)?;
         self.update(|s| s.state = "training".into());
@@ -523,10 +540,14 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
         }
     }
 
-    /// Makes `self.trainer` fit this unit's model and batch, reusing it when it does.
+    /// Makes `self.trainer` fit this unit's model (or adapters, with the unit's base
+    /// loaded) and batch, reusing it when it does.
     async fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
+        let trained = unit.trained();
         let fits = self.trainer.as_ref().is_some_and(|t| {
-            t.config() == unit.model && t.batch_size() == unit.batch as usize && t.loss_slots() > unit.steps as usize
+            self.trainer_for.as_ref().is_some_and(|(t, _)| *t == trained)
+                && t.batch_size() == unit.batch as usize
+                && t.loss_slots() > unit.steps as usize
         });
         if !fits {
             let backend = self.device();
@@ -538,7 +559,15 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 Some(old) => old.into_backend(),
                 None => self.backend.take().expect("the backend lives in the trainer or here"),
             };
-            self.trainer = Some(Trainer::with_shape(backend, unit.model, shape)?);
+            self.trainer = Some(trained.trainer(backend, shape)?);
+            self.trainer_for = Some((trained, None));
+        }
+        let loaded = self.trainer_for.as_mut().map(|(_, hash)| hash).expect("prepared above");
+        if let Some((hash, values)) = self.base.as_ref().filter(|_| unit.base.is_some())
+            && loaded.as_ref() != Some(hash)
+        {
+            self.trainer.as_mut().expect("prepared above").load_base(values);
+            *loaded = Some(hash.clone());
         }
         Ok(())
     }
@@ -568,6 +597,8 @@ mod tests {
             codec: None,
             model,
             optim: InnerOptim::default(),
+            lora: None,
+            base: None,
         }
     }
 

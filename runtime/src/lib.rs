@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: safetensors encoding of parameters.
 //! - [`hf`]: Hugging Face GPT-2 directories in and out.
 //! - [`lora`]: LoRA adapters on a frozen base, and PEFT's adapter folders in and out.
+//! - [`trained`]: what a job trains: a whole model, or adapters on a frozen base.
 //! - [`codec`]: compressed updates (chunked top-k, quantised, error feedback).
 //! - [`identity`]: ed25519 keys, signed submissions and receipts.
 //! - [`contributor`]: the contributor loop, behind a [`contributor::Transport`] trait.
@@ -38,4 +39,5 @@ pub mod protocol;
 pub mod rng;
 pub mod sample;
 pub mod train;
+pub mod trained;
 pub mod vocab;

@@ -14,17 +14,21 @@ use crate::checkpoint;
 use crate::codec::CodecConfig;
 use crate::data::TokenWidth;
 use crate::identity::{KEY_BYTES, Receipt, SIGNATURE_BYTES};
+use crate::lora::LoraConfig;
 use crate::model::GptConfig;
 use crate::train::InnerOptim;
+use crate::trained::Trained;
 
 /// Two bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"CG";
-/// The protocol version this build speaks; a frame with another is refused. Version 7:
+/// The protocol version this build speaks; a frame with another is refused. Version 9:
+/// a unit may train LoRA adapters on a frozen base ([`WorkUnit::lora`], [`BaseRef`]).
+/// Version 8: TURN servers in the welcome. Version 7:
 /// a version may come as a compressed step from the one before ([`DeltaRef`]), and its
 /// weights are checked by the blake3 of their values (`params_hash`). (Version 6: no
 /// fixed limit on the model's size; [`WorkUnit`] and [`ServerMsg::Version`] say how many
 /// bytes each download has, which is what a contributor accepts.)
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 /// Bytes of the frame header (magic + version).
 pub const HEADER_BYTES: usize = 4;
 /// Largest control frame (everything but a submission), in bytes.
@@ -220,7 +224,7 @@ pub struct WorkUnit {
     pub version: u64,
     /// blake3 of the version's safetensors file, lowercase hex.
     pub weights_hash: String,
-    /// Bytes of that file (at most [`checkpoint::max_file_bytes`] of the model).
+    /// Bytes of that file (at most [`Trained::max_file_bytes`]).
     pub weights_bytes: u64,
     /// Data shard to train on; bytes at `GET /api/shards/{shard}`.
     pub shard: u32,
@@ -247,6 +251,28 @@ pub struct WorkUnit {
     pub model: GptConfig,
     /// Inner optimizer settings.
     pub optim: InnerOptim,
+    /// Where the job fine-tunes: the adapters that train (the weights are theirs, named
+    /// as PEFT names them) on the frozen base `base`.
+    pub lora: Option<LoraConfig>,
+    /// The frozen base of a fine-tuning job.
+    pub base: Option<BaseRef>,
+}
+
+impl WorkUnit {
+    /// What the unit trains: the model, or adapters on it.
+    pub fn trained(&self) -> Trained {
+        Trained { model: self.model, lora: self.lora.clone() }
+    }
+}
+
+/// The frozen base of a fine-tuning job: a checkpoint of the unit's model at
+/// `GET /api/base/{hash}`, downloaded once and kept while the hash stays.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// blake3 of the file, lowercase hex.
+    pub hash: String,
+    /// Bytes of the file (at most [`checkpoint::max_file_bytes`] of the model).
+    pub bytes: u64,
 }
 
 /// A version published as the one before minus a compressed step
@@ -401,8 +427,22 @@ impl Validate for ServerMsg {
                 check_string("shard_hash", &u.shard_hash)?;
                 check_string("params_hash", &u.params_hash)?;
                 check_delta(u.delta.as_ref(), u.weights_bytes)?;
-                u.model.validate()?;
+                u.trained().validate()?;
                 u.optim.validate()?;
+                match (&u.lora, &u.base) {
+                    (Some(_), Some(base)) => {
+                        check_string("base.hash", &base.hash)?;
+                        let most = checkpoint::max_file_bytes(&u.model);
+                        if base.bytes > most {
+                            return Err(format!(
+                                "base.bytes = {} is more than a file of this model can be ({most})",
+                                base.bytes
+                            ));
+                        }
+                    }
+                    (None, None) => {}
+                    _ => return Err("a unit names a base exactly when it trains adapters".into()),
+                }
                 if let Some(codec) = &u.codec {
                     codec.validate()?;
                 }
@@ -412,7 +452,7 @@ impl Validate for ServerMsg {
                 if u.batch == 0 || u.batch > MAX_BATCH {
                     return Err(format!("batch = {} is outside 1..={MAX_BATCH}", u.batch));
                 }
-                let most = checkpoint::max_file_bytes(&u.model);
+                let most = u.trained().max_file_bytes();
                 if u.weights_bytes > most {
                     return Err(format!(
                         "weights_bytes = {} is more than a file of this model can be ({most})",
@@ -476,6 +516,8 @@ mod tests {
             codec: None,
             model,
             optim: InnerOptim::default(),
+            lora: None,
+            base: None,
         })
     }
 

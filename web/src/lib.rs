@@ -187,12 +187,16 @@ impl Contributor {
 
     /// The weights the tab trains from, as `{ version, bytes }` (`bytes` a `Uint8Array`
     /// in the `/api/weights/{version}` file's format), for [`sample`] without a
-    /// download; `undefined` before the first unit's weights arrive.
+    /// download; `undefined` before the first unit's weights arrive, and where the tab
+    /// holds a fine-tuning job's adapters rather than a whole model.
     #[wasm_bindgen(unchecked_return_type = "HeldWeights | undefined")]
     pub fn weights(&self) -> JsValue {
         let Some((version, model, params)) = self.weights.get() else {
             return JsValue::UNDEFINED;
         };
+        if params.len() != model.layout().total {
+            return JsValue::UNDEFINED;
+        }
         let file = checkpoint::encode(&model, &params, &[("version", version.to_string())]);
         drop(params);
         let object = js_sys::Object::new();

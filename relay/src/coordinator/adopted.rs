@@ -15,7 +15,7 @@ pub(super) fn fetch_and_record(tools: &mut Tools, entry: &VersionEntry) -> anyho
     let Tools { ledger, store, job, engine, .. } = tools;
     let engine = engine.as_ref().ok_or_else(|| anyhow::anyhow!("only a federated job adopts versions"))?;
     engine.fetch_version(entry, store)?;
-    let (file, params) = store.read(&job.model, entry.version, &entry.weights, &entry.momentum)?;
+    let (file, params) = store.read(&job.trained(), entry.version, &entry.weights, &entry.momentum)?;
     let published = Published::of(entry.version, &params, store)?;
     let row = VersionRow {
         version: entry.version,

@@ -122,6 +122,8 @@ impl Coordinator {
             codec,
             model: self.job.model,
             optim: self.job.inner_optim(self.version),
+            lora: self.job.trained().lora,
+            base: self.base.as_ref().map(|b| b.reference()),
         });
         self.send(session, msg);
     }

@@ -76,6 +76,8 @@ impl Coordinator {
             trusted: self.trust.has_passed(contributor),
             unit_id: claim.unit_id,
             model: self.job.model,
+            lora: self.job.trained().lora,
+            base: self.base.as_ref().map(|b| b.values.clone()),
             rows: self.job.inner.batch as usize,
             start,
             shard: self.shards[shard as usize].bytes.clone(),

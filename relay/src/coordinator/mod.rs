@@ -59,6 +59,7 @@ use crate::config::JobConfig;
 pub use crate::config::Rule;
 use crate::delta::Delta;
 use crate::eval::Evaluator;
+use crate::finetune::Base;
 use crate::ledger::{Ledger, now_ms};
 use crate::metrics::Metrics;
 use crate::recovery;
@@ -143,6 +144,8 @@ pub enum VersionSource {
 /// The relay's training state.
 pub struct Coordinator {
     job: JobConfig,
+    /// A fine-tuning job's frozen base, which every unit and check names.
+    base: Option<Arc<Base>>,
     /// The current version's weights (shared with the checks that start from them).
     params: Arc<Vec<f32>>,
     /// The weights of the current and the `round.max_staleness` previous versions,
@@ -233,7 +236,13 @@ impl Coordinator {
             })
             .collect();
         let width = corpus.width();
-        let mut evaluator = Evaluator::new(&job, corpus);
+        let base = job
+            .finetune
+            .as_ref()
+            .map(|f| Base::read(&f.base, &job.model).context("finetune.base"))
+            .transpose()?
+            .map(Arc::new);
+        let mut evaluator = Evaluator::new(&job, corpus, base.as_ref().map(|b| b.values.clone()));
         let recovered = recovery::reconcile(&store, &mut ledger, &job, &mut evaluator)
             .with_context(|| format!("reconciling {} with the ledger", job.storage.dir.join("versions").display()))?;
         if recovered.removed > 0 || !recovered.adopted.is_empty() || !recovered.set_aside.is_empty() {
@@ -242,20 +251,21 @@ impl Coordinator {
         let (version, params, current) = match ledger.last_version()? {
             Some(row) => {
                 let (file, params) = store
-                    .read(&job.model, row.version, &row.weights_hash, &row.momentum_hash)
+                    .read(&job.trained(), row.version, &row.weights_hash, &row.momentum_hash)
                     .with_context(|| format!("loading committed version {}", row.version))?;
                 (row.version, Arc::new(params), file)
             }
             None => {
                 let params = match &job.model_init {
                     Some(dir) => crate::hf_dir::read_weights(dir, &job.model).context("model.init")?,
-                    None => job.model.init(job.seed),
+                    None => job.trained().init(job.seed),
                 };
                 let params = Arc::new(params);
                 let loss = evaluator.loss(&params);
                 let zeros = |e: &crowdgrad_runtime::model::ParamEntry| Ok(vec![0u8; 4 * e.len]);
-                let momentum_hash =
-                    store.write_momentum(&job.model, 0, &job.name, zeros).context("writing version 0's momentum")?;
+                let momentum_hash = store
+                    .write_momentum(&job.trained(), 0, &job.name, zeros)
+                    .context("writing version 0's momentum")?;
                 let written = new_version::Written {
                     version: 0,
                     val_loss: loss,
@@ -304,6 +314,7 @@ impl Coordinator {
             metrics.train_loss.set(last.train_loss.unwrap_or(f32::NAN) as f64);
         }
         Ok(Coordinator {
+            base,
             starts: BTreeMap::from([(version, params.clone())]),
             params,
             version,
@@ -435,6 +446,11 @@ impl Coordinator {
     /// The bytes of shard `index`.
     pub fn shard_file(&self, index: u32) -> Option<Bytes> {
         self.shards.get(index as usize).map(|s| s.bytes.clone())
+    }
+
+    /// The frozen base's file, if this is a fine-tuning job and `hash` names it.
+    pub fn base_file(&self, hash: &str) -> Option<Bytes> {
+        self.base.as_ref().filter(|b| b.hash == hash).map(|b| b.file.clone())
     }
 
     /// A snapshot for `/api/status`.

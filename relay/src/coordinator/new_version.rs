@@ -210,7 +210,7 @@ fn compute_and_write(tools: &mut Tools, draft: &Draft) -> anyhow::Result<NewVers
     aggregate(a.rule, &results, a.trim, a.clip, &mut next);
     let (lr, mu, current) = (job.outer.lr, job.outer.momentum, draft.version - 1);
     let mut lost = false;
-    let momentum_hash = store.write_momentum(&job.model, draft.version, &job.name, |entry| {
+    let momentum_hash = store.write_momentum(&job.trained(), draft.version, &job.name, |entry| {
         let mut momentum = match store.momentum_tensor(current, entry) {
             // A momentum file deleted by hand: the outer momentum starts again from
             // zero, as a new job's does.
@@ -368,7 +368,7 @@ pub(super) fn persist(
         val_loss: version.val_loss,
         tokenizer: job.data.tokenizer.name(),
     };
-    let file = store.write_weights(&job.model, params, &meta, momentum_hash)?;
+    let file = store.write_weights(&job.trained(), params, &meta, momentum_hash)?;
     before_row(&file, &receipts_root)?;
     let row = VersionRow {
         version: version.version,

@@ -235,6 +235,13 @@ impl Ledger {
             Some(stored) => {
                 let stored: JobConfig = serde_json::from_str(&stored).context("the ledger's job config")?;
                 anyhow::ensure!(
+                    stored.trained().lora == job.trained().lora,
+                    "{} holds a job that trains {:?}, not {:?}; use another storage.dir",
+                    path.display(),
+                    stored.trained().lora,
+                    job.trained().lora
+                );
+                anyhow::ensure!(
                     stored.model == job.model,
                     "{} holds a job with model {:?}, not {:?}; use another storage.dir",
                     path.display(),

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use axum::body::Bytes;
 use crowdgrad_runtime::checkpoint::{self, hash_hex};
-use crowdgrad_runtime::model::{GptConfig, ParamEntry};
+use crowdgrad_runtime::model::ParamEntry;
+use crowdgrad_runtime::trained::Trained;
 pub use files::write_bytes_durably;
 use files::{MadeTensor, hash_file, read_tensor, write_durably};
 pub use parts::Part;
@@ -125,20 +126,18 @@ impl Store {
     /// new weights, one tensor at a time. Returns the file's blake3 (hex).
     pub fn write_momentum(
         &self,
-        model: &GptConfig,
+        trained: &Trained,
         version: u64,
         job: &str,
         tensor: impl FnMut(&ParamEntry) -> std::io::Result<Vec<u8>>,
     ) -> std::io::Result<String> {
         fs::create_dir_all(&self.dir)?;
-        let layout = model.layout();
+        let layout = trained.layout();
         let (make, failed) = (RefCell::new(tensor), RefCell::new(None));
         let tensors = layout.entries.iter().map(|e| (e.name.clone(), MadeTensor::new(e, &make, &failed))).collect();
-        let metadata = HashMap::from([
-            ("version".to_string(), version.to_string()),
-            ("job".to_string(), job.to_string()),
-            ("config".to_string(), serde_json::to_string(model).expect("a config serialises")),
-        ]);
+        let mut metadata =
+            HashMap::from([("version".to_string(), version.to_string()), ("job".to_string(), job.to_string())]);
+        metadata.extend(trained_metadata(trained));
         let path = self.momentum_path(version);
         write_durably(&path, tensors, metadata)?;
         if let Some(e) = failed.into_inner() {
@@ -158,13 +157,13 @@ impl Store {
     /// (`momentum_blake3`), once that file is written.
     pub fn write_weights(
         &self,
-        model: &GptConfig,
+        trained: &Trained,
         params: &[f32],
         meta: &Meta,
         momentum_hash: &str,
     ) -> std::io::Result<WeightsFile> {
         fs::create_dir_all(&self.dir)?;
-        let layout = model.layout();
+        let layout = trained.layout();
         assert_eq!(params.len(), layout.total, "parameter count");
         let bytes: &[u8] = bytemuck::cast_slice(params);
         let view = |e: &ParamEntry| {
@@ -172,10 +171,11 @@ impl Store {
                 .expect("shape matches data")
         };
         let mut tensors: Vec<(String, TensorView)> = layout.entries.iter().map(|e| (e.name.clone(), view(e))).collect();
-        // nanoGPT's state dict names the tied head too.
-        let wte = layout.find("transformer.wte.weight").expect("every GPT has wte");
-        tensors.push(("lm_head.weight".into(), view(wte)));
-        let metadata = HashMap::from([
+        // nanoGPT's state dict names the tied head too (adapters have none).
+        if let Some(wte) = layout.find("transformer.wte.weight") {
+            tensors.push(("lm_head.weight".into(), view(wte)));
+        }
+        let mut metadata = HashMap::from([
             ("version".to_string(), meta.version.to_string()),
             ("job".to_string(), meta.job.to_string()),
             ("receipts_root".to_string(), meta.receipts_root.to_string()),
@@ -184,8 +184,8 @@ impl Store {
             ("val_loss".to_string(), meta.val_loss.to_string()),
             ("tokenizer".to_string(), meta.tokenizer.to_string()),
             ("momentum_blake3".to_string(), momentum_hash.to_string()),
-            ("config".to_string(), serde_json::to_string(model).expect("a config serialises")),
         ]);
+        metadata.extend(trained_metadata(trained));
         let path = self.weights_path(meta.version);
         write_durably(&path, tensors, metadata)?;
         let (hash, len) = hash_file(&path)?;
@@ -198,14 +198,14 @@ impl Store {
     /// tensor); returns the weights file and the momentum file's blake3.
     pub fn write(
         &self,
-        model: &GptConfig,
+        trained: &Trained,
         params: &[f32],
         momentum: &[f32],
         meta: &Meta,
     ) -> std::io::Result<(WeightsFile, String)> {
         let tensor = |e: &ParamEntry| Ok(bytemuck::cast_slice(&momentum[e.offset..e.offset + e.len]).to_vec());
-        let momentum_hash = self.write_momentum(model, meta.version, meta.job, tensor)?;
-        let weights = self.write_weights(model, params, meta, &momentum_hash)?;
+        let momentum_hash = self.write_momentum(trained, meta.version, meta.job, tensor)?;
+        let weights = self.write_weights(trained, params, meta, &momentum_hash)?;
         Ok((weights, momentum_hash))
     }
 
@@ -213,7 +213,7 @@ impl Store {
     /// weights file and the parameters in it.
     pub fn read(
         &self,
-        model: &GptConfig,
+        trained: &Trained,
         version: u64,
         weights_hash: &str,
         momentum_hash: &str,
@@ -226,7 +226,7 @@ impl Store {
             "{} is corrupt: blake3 {actual}, ledger says {momentum_hash}",
             momentum.display()
         );
-        let params = checkpoint::decode(model, &weights)?;
+        let params = trained.decode(&weights)?;
         let len = weights.len() as u64;
         let bytes = (len <= MEMORY_FILE_MAX).then(|| Bytes::from(weights));
         Ok((WeightsFile { hash: weights_hash.to_string(), len, bytes }, params))
@@ -258,9 +258,9 @@ impl Store {
     }
 
     /// Reads a version the ledger has no row for, and checks it: its weights decode for
-    /// `model`, name `version`, and record the momentum file's blake3 (older files: the
+    /// `trained`, name `version`, and record the momentum file's blake3 (older files: the
     /// momentum file records the weights file's), and every momentum tensor reads.
-    pub fn read_unrecorded(&self, model: &GptConfig, version: u64) -> anyhow::Result<Unrecorded> {
+    pub fn read_unrecorded(&self, trained: &Trained, version: u64) -> anyhow::Result<Unrecorded> {
         let weights_path = self.weights_path(version);
         let weights = fs::read(&weights_path).map_err(|e| anyhow::anyhow!("{}: {e}", weights_path.display()))?;
         let momentum_path = self.momentum_path(version);
@@ -284,8 +284,8 @@ impl Store {
         }
         let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok());
         anyhow::ensure!(number("version") == Some(version), "its metadata names version {:?}", field("version"));
-        let params = checkpoint::decode(model, &weights)?;
-        for entry in &model.layout().entries {
+        let params = trained.decode(&weights)?;
+        for entry in &trained.layout().entries {
             self.momentum_tensor(version, entry)?;
         }
         Ok(Unrecorded {
@@ -347,9 +347,20 @@ fn read_checked(path: &Path, expected: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The metadata that says what a version's files hold: the model's config (`config`),
+/// and the adapters' (`lora`) where adapters train.
+fn trained_metadata(trained: &Trained) -> Vec<(String, String)> {
+    let mut pairs = vec![("config".to_string(), serde_json::to_string(&trained.model).expect("a config serialises"))];
+    if let Some(lora) = &trained.lora {
+        pairs.push(("lora".to_string(), serde_json::to_string(lora).expect("a config serialises")));
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crowdgrad_runtime::model::GptConfig;
 
     fn meta(version: u64) -> Meta<'static> {
         Meta {
@@ -368,6 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::new(dir.path());
         let model = GptConfig { layers: 1, width: 8, heads: 1, context: 4, ..GptConfig::default() };
+        let model = Trained::whole(model);
         let params = model.init(1);
         for version in 1..=3 {
             store.write(&model, &params, &params, &meta(version)).expect("write");

@@ -24,14 +24,28 @@ use std::sync::Arc;
 pub use axum::body::Bytes;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::TokenWidth;
+use crowdgrad_runtime::lora::LoraConfig;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::{InnerOptim, Role, Trainer, TrainerShape};
+use crowdgrad_runtime::trained::Trained;
 use serde::Serialize;
 
 pub use replay::compare;
 
 use crate::delta::Delta;
 use crate::eval::RELAY_LOGIT_BYTES;
+
+impl Check {
+    /// What the unit trained: the model, or adapters on its base.
+    pub fn trained(&self) -> Trained {
+        Trained { model: self.model, lora: self.lora.clone() }
+    }
+
+    /// Whether `trainer` trains what the unit trained.
+    fn is_for(&self, trainer: &Trainer<CpuBackend>) -> bool {
+        trainer.config() == self.model && trainer.lora_config() == self.lora.as_ref()
+    }
+}
 
 /// The work a result claims, and what to check of it.
 pub struct Check {
@@ -43,8 +57,12 @@ pub struct Check {
     pub trusted: bool,
     /// The unit.
     pub unit_id: u64,
-    /// The model trained.
+    /// The model trained (the frozen base's shape, where adapters train).
     pub model: GptConfig,
+    /// The adapters trained on a frozen base, where the job fine-tunes.
+    pub lora: Option<LoraConfig>,
+    /// That base, `[model parameters]`.
+    pub base: Option<Arc<Vec<f32>>>,
     /// Rows per batch.
     pub rows: usize,
     /// The weights the unit started from.
@@ -91,6 +109,8 @@ impl Check {
             trusted,
             unit_id,
             model,
+            lora: None,
+            base: None,
             rows: 1,
             start: Arc::new(Vec::new()),
             shard: Bytes::new(),
@@ -232,7 +252,7 @@ impl Verifier {
             1 => replay::first_step(self.gradients_for(check), check),
             steps => replay::steps(self.training_for(check), check, steps),
         });
-        if check.model.layout().total > KEPT_PARAMS {
+        if check.trained().layout().total > KEPT_PARAMS {
             (self.training, self.gradients) = (None, None);
         }
         Report { replay, loss, seconds: started.elapsed().as_secs_f64() }
@@ -241,13 +261,18 @@ impl Verifier {
     /// A training trainer for `check`'s model and batches, with a loss slot per step.
     fn training_for(&mut self, check: &Check) -> &mut Trainer<CpuBackend> {
         let shape = TrainerShape::train(check.rows, check.steps as usize + 1).fitting(&check.model, RELAY_LOGIT_BYTES);
-        let fits = self.training.as_ref().is_some_and(|t| {
-            t.config() == check.model && t.shape().rows == shape.rows && t.loss_slots() >= shape.loss_slots
-        });
+        let fits = self
+            .training
+            .as_ref()
+            .is_some_and(|t| check.is_for(t) && t.shape().rows == shape.rows && t.loss_slots() >= shape.loss_slots);
         if !fits {
-            self.training = Some(Trainer::with_shape(CpuBackend::new(), check.model, shape).expect("no CPU limits"));
+            self.training = Some(check.trained().trainer(CpuBackend::new(), shape).expect("no CPU limits"));
         }
-        self.training.as_mut().expect("set above")
+        let trainer = self.training.as_mut().expect("set above");
+        if let Some(base) = &check.base {
+            trainer.share_base(base.clone());
+        }
+        trainer
     }
 
     /// A gradients-only trainer for `check`'s model, on its start weights (shared, not
@@ -257,12 +282,15 @@ impl Verifier {
         let fitting =
             TrainerShape::train(check.rows, slots).with_role(Role::Gradients).fitting(&check.model, RELAY_LOGIT_BYTES);
         let shape = fitting.with_micro_rows(gcd(fitting.micro_rows, check.work.loss_rows));
-        let fits = self.gradients.as_ref().is_some_and(|t| t.config() == check.model && t.shape() == shape);
+        let fits = self.gradients.as_ref().is_some_and(|t| check.is_for(t) && t.shape() == shape);
         if !fits {
-            self.gradients = Some(Trainer::with_shape(CpuBackend::new(), check.model, shape).expect("no CPU limits"));
+            self.gradients = Some(check.trained().trainer(CpuBackend::new(), shape).expect("no CPU limits"));
         }
         let trainer = self.gradients.as_mut().expect("set above");
         trainer.share_params(check.start.clone());
+        if let Some(base) = &check.base {
+            trainer.share_base(base.clone());
+        }
         trainer
     }
 }
@@ -310,6 +338,8 @@ mod tests {
             trusted: false,
             unit_id: 1,
             model,
+            lora: None,
+            base: None,
             rows: 4,
             start: start.clone(),
             shard: shard.clone(),

@@ -36,7 +36,7 @@ pub fn first_step(trainer: &mut Trainer<CpuBackend>, check: &Check) -> Replayed 
     let batch = sample_batch(shard, check.seed, 0, check.rows, check.model.context);
     let grads = trainer.gradients_in_place(&batch);
     let clip = ops::clip_factor(ops::sum_squares(grads), check.optim.grad_clip);
-    let layout = check.model.layout();
+    let layout = check.trained().layout();
     let (mut entries, mut at_sent) = (layout.entries.iter().peekable(), Vec::new());
     check.delta.for_each_nonzero(|i, _| {
         while entries.peek().is_some_and(|e| e.offset + e.len <= i) {

@@ -145,6 +145,8 @@ pub struct Trainer<B: Backend> {
     weights_f16: Option<View>,
     /// The adapters' buffers (the frozen base's among them), when adapters train.
     lora: Option<LoraBuffers>,
+    /// The adapters' settings, when adapters train.
+    lora_config: Option<LoraConfig>,
     /// What the adapters' dropout masks of the next training passes are drawn from.
     dropout_seed: u32,
     grads: Option<GradientBuffers>,
@@ -186,6 +188,7 @@ impl<B: Backend> Trainer<B> {
             shape.micro_rows,
             shape.rows
         );
+        let lora_config = lora.cloned();
         let model_layout = cfg.layout();
         let layout = lora.map_or_else(|| model_layout.clone(), |l| l.layout(&cfg));
         let parts = layout.parts();
@@ -231,6 +234,7 @@ impl<B: Backend> Trainer<B> {
             matmul_weights,
             weights_f16,
             lora,
+            lora_config,
             dropout_seed: 0,
             grads,
             optimizer,
@@ -259,6 +263,11 @@ impl<B: Backend> Trainer<B> {
     /// The model config.
     pub fn config(&self) -> GptConfig {
         self.cfg
+    }
+
+    /// The adapters it trains on a frozen base, if it trains adapters.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora_config.as_ref()
     }
 
     /// Its sizes and role.
@@ -522,6 +531,14 @@ impl Trainer<CpuBackend> {
     pub fn share_params(&mut self, params: Arc<Vec<f32>>) {
         assert_eq!(params.len(), self.layout.total, "parameter count");
         self.backend.share(self.params, params);
+    }
+
+    /// Uses `base` (`config().layout().total` floats) as the frozen base of a trainer of
+    /// adapters without copying it (see [`Trainer::share_params`]).
+    pub fn share_base(&mut self, base: Arc<Vec<f32>>) {
+        let buffer = self.lora.as_ref().expect("a trainer of LoRA adapters has a base").frozen_base;
+        assert_eq!(base.len(), self.cfg.layout().total, "base parameter count");
+        self.backend.share(buffer, base);
     }
 
     /// The gradients of `batch`'s mean loss, read in place (no copy).

@@ -11,6 +11,7 @@ use crowdgrad_relay::store::{Meta, Store};
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::protocol::WEIGHT_CHUNK;
 use crowdgrad_runtime::rng::Rng;
+use crowdgrad_runtime::trained::Trained;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{LOOSE_LIMITS, RelayProcess};
@@ -56,7 +57,8 @@ pub async fn run(requests: usize) {
                 val_loss: 5.5,
                 tokenizer: "bytes",
             };
-            file_bytes = store.write(&MODEL, &params, &params, &meta).expect("write a version").0.len as usize;
+            file_bytes =
+                store.write(&Trained::whole(MODEL), &params, &params, &meta).expect("write a version").0.len as usize;
         }
     });
     let chunks = file_bytes.div_ceil(WEIGHT_CHUNK) as u64;
