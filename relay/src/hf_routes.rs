@@ -1,6 +1,9 @@
 //! Each kept version as a Hugging Face GPT-2 folder, over HTTP: download
 //! `/api/hf/{version}/config.json` and `/api/hf/{version}/model.safetensors` into one
-//! folder and `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads it.
+//! folder and `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads it. A
+//! fine-tuning job's versions come merged (each adapted projection `W + scale · B · A`
+//! of the base); `/api/peft/{version}/` serves them as PEFT adapters
+//! ([`crate::peft_routes`]).
 //!
 //! A version's `model.safetensors` is written the first time it is asked for, into
 //! `versions/hf/` beside the checkpoints (one such write at a time, tensor by tensor, and
@@ -14,7 +17,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use crowdgrad_runtime::{checkpoint, hf};
+use crowdgrad_runtime::hf;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -48,9 +51,9 @@ pub async fn weights(
         Ok(found) => found,
         Err(refused) => return refused.into_response(),
     };
-    let (path, model) = {
+    let (path, trained, base) = {
         let coordinator = state.coordinator.lock().expect("coordinator lock");
-        (coordinator.hf_weights_path(version), coordinator.job().model)
+        (coordinator.hf_weights_path(version), coordinator.job().trained(), coordinator.base_values())
     };
     if !path.is_file() {
         // Waits without a read turn: the writes queue here, not in the downloads' way.
@@ -65,10 +68,14 @@ pub async fn weights(
                     VersionSource::Memory(bytes) => bytes,
                     VersionSource::Disk(file) => std::fs::read(file)?.into(),
                 };
-                let params = checkpoint::decode(&model, &bytes)?;
+                let params = trained.decode(&bytes)?;
                 drop(bytes);
+                let params = match (&trained.lora, base) {
+                    (Some(lora), Some(base)) => lora.merge(&trained.model, &base, &params),
+                    _ => params,
+                };
                 std::fs::create_dir_all(target.parent().expect("a version file has a folder"))?;
-                hf_dir::write_weights(&target, &model, &params)
+                hf_dir::write_weights(&target, &trained.model, &params)
             })
             .await;
             match written {

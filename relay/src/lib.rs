@@ -52,6 +52,7 @@ pub mod job_env;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;
+pub mod peft_routes;
 pub mod read_gate;
 pub mod recovery;
 pub mod server;

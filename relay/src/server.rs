@@ -45,6 +45,8 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/deltas/{version}/chunks/{index}", get(weights::delta_chunk))
         .route("/api/hf/{version}/config.json", get(crate::hf_routes::config))
         .route("/api/hf/{version}/model.safetensors", get(crate::hf_routes::weights))
+        .route("/api/peft/{version}/adapter_config.json", get(crate::peft_routes::config))
+        .route("/api/peft/{version}/adapter_model.safetensors", get(crate::peft_routes::adapters))
         .route("/api/shards/{shard}", get(shard))
         .route("/api/base/{hash}", get(base))
         .route("/api/vocab", get(vocab))

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use crowdgrad_relay::config::JobConfig;
-use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::cpu::CpuBackend;
 use crowdgrad_runtime::data::Corpus;
+use crowdgrad_runtime::lora::peft;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
+use crowdgrad_runtime::{checkpoint, hf};
 use crowdgrad_tests::{loss_history, spawn_native_contributor, start_relay, status, test_job, wait_for};
 use safetensors::SafeTensors;
 
@@ -66,7 +67,7 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
     let base = pretrained_base();
     std::fs::write(&base_path, &base).expect("write the base");
     let job = finetune_job(&base_path, &dir.path().join("storage"));
-    let adapters = job.trained().layout();
+    let (adapters, job_lora) = (job.trained().layout(), job.trained().lora);
     let relay = start_relay(job).await;
     let addr = relay.addr;
     let contributors: Vec<_> = (0..3).map(|_| spawn_native_contributor(addr)).collect();
@@ -100,6 +101,26 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
     assert!(names[0].starts_with("base_model.model.transformer.h.0."), "{names:?}");
     println!("an adapter version: {} bytes; the base: {} bytes", file.len(), base.len());
     assert!(file.len() * 10 < base.len(), "an adapter file ({} bytes) beside the base ({})", file.len(), base.len());
+
+    // Out as a PEFT adapter folder, and merged into the base as a Hugging Face one.
+    let get = |path: &str| {
+        let mut response = ureq::get(&format!("http://{addr}{path}")).call().expect(path);
+        response.body_mut().with_config().limit(64 << 20).read_to_vec().expect(path)
+    };
+    let model = GptConfig::default();
+    let config = String::from_utf8(get(&format!("/api/peft/{}/adapter_config.json", last.0))).expect("UTF-8");
+    let lora = peft::read_config(&config, &model).expect("PEFT's config reads");
+    assert_eq!(Some(&lora), job_lora.as_ref(), "{config}");
+    let adapters = peft::import(&lora, &model, &get(&format!("/api/peft/{}/adapter_model.safetensors", last.0)))
+        .expect("PEFT's adapters read");
+    let base_values = checkpoint::decode(&model, &base).expect("the base");
+    let merged = hf::import(&model, &get(&format!("/api/hf/{}/model.safetensors", last.0))).expect("a GPT-2 file");
+    assert_eq!(
+        merged,
+        lora.merge(&model, &base_values, &adapters),
+        "the HF folder is the base with the adapters merged"
+    );
+    assert!(merged != base_values, "the adapters moved the model");
 
     relay.stop().await;
     for (handle, stats) in contributors {

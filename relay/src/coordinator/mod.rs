@@ -448,6 +448,11 @@ impl Coordinator {
         self.shards.get(index as usize).map(|s| s.bytes.clone())
     }
 
+    /// A fine-tuning job's frozen base, `[model parameters]`.
+    pub fn base_values(&self) -> Option<Arc<Vec<f32>>> {
+        self.base.as_ref().map(|b| b.values.clone())
+    }
+
     /// The frozen base's file, if this is a fine-tuning job and `hash` names it.
     pub fn base_file(&self, hash: &str) -> Option<Bytes> {
         self.base.as_ref().filter(|b| b.hash == hash).map(|b| b.file.clone())

@@ -353,6 +353,8 @@ fn trained_metadata(trained: &Trained) -> Vec<(String, String)> {
     let mut pairs = vec![("config".to_string(), serde_json::to_string(&trained.model).expect("a config serialises"))];
     if let Some(lora) = &trained.lora {
         pairs.push(("lora".to_string(), serde_json::to_string(lora).expect("a config serialises")));
+        // What PEFT's and transformers' loaders expect of a PyTorch safetensors file.
+        pairs.push(("format".to_string(), "pt".to_string()));
     }
     pairs
 }
