@@ -3,6 +3,7 @@
 import wasm from "./wasm.js";
 import { Contribution } from "./contribution.js";
 import { drawLine } from "./chart.js";
+import { describeJob } from "./job.js";
 
 const $ = (id) => document.getElementById(id);
 const RECEIPTS_SHOWN = 8;
@@ -70,10 +71,18 @@ async function maybeSample(c, status) {
   if (!c.saved.consent || version === lastSampled.version || now - lastSampled.at < SAMPLE_EVERY_MS) return;
   lastSampled = { version, at: now };
   try {
+    const tokens = await vocabulary(status.tokenizer);
+    if (status.finetune) {
+      // The fine-tuned model: the version's adapters merged into the base, as a GPT-2 folder.
+      const bytes = async (file) => new Uint8Array(await (await fetch(`/api/hf/${version}/${file}`)).arrayBuffer());
+      const config = new TextDecoder().decode(await bytes("config.json"));
+      $("sample").textContent = await wasm.sample_hf(config, await bytes("model.safetensors"), "\n", 200,
+        BigInt(version), tokens);
+      return;
+    }
     // The weights this tab already holds, else a download.
     const held = c.contributor && c.contributor.weights();
     const weights = held ? held.bytes : new Uint8Array(await (await fetch(`/api/weights/${version}`)).arrayBuffer());
-    const tokens = await vocabulary(status.tokenizer);
     $("sample").textContent = await wasm.sample(weights, "\n", 200, BigInt(held ? held.version : version), tokens);
   } catch (e) {
     $("sample").textContent = `no sample: ${e}`;
@@ -83,7 +92,7 @@ async function maybeSample(c, status) {
 async function pollRelay(c) {
   try {
     const status = await (await fetch("/api/status")).json();
-    $("job").textContent = `“${status.job}”, a ${(status.parameters / 1e6).toFixed(2)}M-parameter language model`;
+    $("job").textContent = describeJob(status);
     $("version").textContent = status.version;
     $("online").textContent = status.contributors_online;
     const points = status.history.map((v) => [v.version, v.val_loss]);

@@ -2,6 +2,7 @@
 // embedding page's exact origin: the one widget.js passed in `?host=`, when the browser's
 // own record of the parent (`location.ancestorOrigins`) agrees.
 import { Contribution } from "./contribution.js";
+import { describeJob } from "./job.js";
 
 const $ = (id) => document.getElementById(id);
 const claimed = new URLSearchParams(location.search).get("host");
@@ -46,7 +47,7 @@ async function main() {
   window.crowdgrad = { stats: () => (c.contributor ? c.contributor.stats() : null), running: () => c.running, marks: c.marks };
   try {
     const status = await (await fetch("/api/status")).json();
-    $("job").textContent = `“${status.job}”`;
+    $("job").textContent = describeJob(status, true);
   } catch (e) {
     $("error").textContent = `relay unreachable: ${e}`;
   }

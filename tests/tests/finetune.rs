@@ -1,7 +1,9 @@
 //! A fine-tuning job (`[finetune]`): LoRA adapters train on a frozen base (a checkpoint
 //! of ours, briefly pretrained here) with three native CPU contributors. The adapters are
 //! the job's parameters: versions are PEFT-named adapter files, replays on the relay's CPU
-//! use the same base, and each contributor downloads the base once, by its hash.
+//! use the same base, and each contributor downloads the base once, by its hash. A tab
+//! fine-tunes too, and its page says what the crowd fine-tunes and samples the
+//! fine-tuned model.
 
 use std::time::Duration;
 
@@ -12,7 +14,9 @@ use crowdgrad_runtime::lora::peft;
 use crowdgrad_runtime::model::GptConfig;
 use crowdgrad_runtime::train::{InnerOptim, Trainer, run_unit};
 use crowdgrad_runtime::{checkpoint, hf};
+use crowdgrad_tests::browser::{Chromedriver, require_bundle, text, until};
 use crowdgrad_tests::{loss_history, spawn_native_contributor, start_relay, status, test_job, wait_for};
+use fantoccini::Locator;
 use safetensors::SafeTensors;
 
 /// The default job's model after 60 AdamW steps on the built-in corpus, as a checkpoint.
@@ -27,14 +31,15 @@ fn pretrained_base() -> Vec<u8> {
     checkpoint::encode(&model, &trained, &[])
 }
 
-/// The test job with `[finetune]` on the base at `base`, read as a job file is.
-fn finetune_job(base: &std::path::Path, dir: &std::path::Path) -> JobConfig {
+/// The test job (rounds of `target` results) with `[finetune]` on the base at `base`,
+/// read as a job file is.
+fn finetune_job(base: &std::path::Path, dir: &std::path::Path, target: usize) -> JobConfig {
     let text = format!(
         "[finetune]\nbase = {:?}\ntargets = [\"c_attn\", \"mlp.c_proj\"]\nrank = 4\nalpha = 8.0\ndropout = 0.1\n",
         base.display().to_string()
     );
     let parsed = JobConfig::parse(&text).expect("a fine-tuning job file");
-    JobConfig { finetune: parsed.finetune, model: parsed.model, ..test_job(3, dir) }
+    JobConfig { finetune: parsed.finetune, model: parsed.model, ..test_job(target, dir) }
 }
 
 #[test]
@@ -66,7 +71,7 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
     let base_path = dir.path().join("base.safetensors");
     let base = pretrained_base();
     std::fs::write(&base_path, &base).expect("write the base");
-    let job = finetune_job(&base_path, &dir.path().join("storage"));
+    let job = finetune_job(&base_path, &dir.path().join("storage"), 3);
     let (adapters, job_lora) = (job.trained().layout(), job.trained().lora);
     let relay = start_relay(job).await;
     let addr = relay.addr;
@@ -129,4 +134,37 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
         assert!(s.units_done >= 1, "{s:?}");
         assert_eq!(s.base_downloaded, base.len() as u64, "the base is downloaded once: {s:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_fine_tunes_and_its_page_says_what_and_samples_the_fine_tuned_model() {
+    require_bundle();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base_path = dir.path().join("base.safetensors");
+    let base = pretrained_base();
+    std::fs::write(&base_path, &base).expect("write the base");
+    let job = finetune_job(&base_path, &dir.path().join("storage"), 1);
+    let relay = start_relay(job).await;
+    let driver = Chromedriver::start().expect("chromedriver");
+    let tab = driver.session(&[]).await.expect("chromium session");
+    tab.goto(&format!("http://{}/", relay.addr)).await.expect("open the page");
+    until(&tab, "the page", Duration::from_secs(30), "return window.crowdgrad !== undefined;").await;
+    tab.find(Locator::Id("contribute")).await.expect("button").click().await.expect("consent");
+    let done = "const s = window.crowdgrad.stats(); return s && s.units_done >= 2 && s;";
+    let stats = until(&tab, "2 units of adapters", Duration::from_secs(180), done).await;
+    assert_eq!(stats["units_rejected"], 0, "{stats}");
+    assert_eq!(stats["base_downloaded"].as_u64(), Some(base.len() as u64), "the base, once: {stats}");
+    let job = text(&tab, "job").await;
+    assert!(
+        job.contains("fine-tuning base.safetensors")
+            && job.contains("LoRA adapters of rank 4 on c_attn, mlp.c_proj (4,608 parameters trained)"),
+        "{job}"
+    );
+    let sampled = "const t = document.getElementById('sample').textContent; \
+                   return t.length > 20 && !t.startsWith('no sample') && t;";
+    let sample = until(&tab, "a sample of the fine-tuned model", Duration::from_secs(60), sampled).await;
+    println!("page: {job}\nsample: {sample}");
+    assert!(status(relay.addr)["version"].as_u64() >= Some(1));
+    let _ = tab.close().await;
+    relay.stop().await;
 }

@@ -42,7 +42,7 @@ use web_sys::WebSocket;
 
 pub use bench::{bench, bench_matmul};
 use global::now_seconds;
-pub use sample::sample;
+pub use sample::{sample, sample_hf};
 use transport::WebTransport;
 
 const AGENT: &str = concat!("crowdgrad-web/", env!("CARGO_PKG_VERSION"));

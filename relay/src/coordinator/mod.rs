@@ -54,7 +54,9 @@ pub use self::federated::FederationStatus;
 pub use self::group_commit::FLUSH;
 pub use self::measure::{Expectation, Measurement};
 pub use self::new_version::{CommitJob, Committed};
-pub use self::report::{ContributorReport, Counters, History, OnlineSample, Rejection, Status, VersionRecord};
+pub use self::report::{
+    ContributorReport, Counters, FinetuneStatus, History, OnlineSample, Rejection, Status, VersionRecord,
+};
 use crate::config::JobConfig;
 pub use crate::config::Rule;
 use crate::delta::Delta;
@@ -467,6 +469,19 @@ impl Coordinator {
         Status {
             job: self.job.name.clone(),
             parameters: self.params.len(),
+            data: self
+                .job
+                .data
+                .path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .map_or_else(|| "the built-in corpus".to_string(), |name| name.to_string_lossy().into_owned()),
+            finetune: self.job.finetune.as_ref().map(|f| FinetuneStatus {
+                base: f.base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                base_parameters: self.job.model.layout().total,
+                targets: f.targets.clone(),
+                rank: f.rank,
+            }),
             vocab: self.job.model.vocab,
             tokenizer: self.job.data.tokenizer.name(),
             unit_steps: self.job.inner.steps,

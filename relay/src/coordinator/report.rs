@@ -140,8 +140,12 @@ impl Counters {
 pub struct Status {
     /// Job name.
     pub job: String,
-    /// Parameters of the job's model.
+    /// Parameters the job trains: the model's, or a fine-tuning job's adapters'.
     pub parameters: usize,
+    /// What the job trains on: its data file's name, or `the built-in corpus`.
+    pub data: String,
+    /// What a fine-tuning job fine-tunes; `None` where the whole model trains.
+    pub finetune: Option<FinetuneStatus>,
     /// The model's vocabulary size (token ids are below it).
     pub vocab: usize,
     /// How the job's text became tokens (`bytes`, `gpt2`); `/api/vocab` serves what
@@ -181,6 +185,19 @@ pub struct Status {
     pub p2p_share: f64,
     /// This relay's part in a federated job; `None` when it runs the job alone.
     pub federation: Option<super::FederationStatus>,
+}
+
+/// What a fine-tuning job fine-tunes, for pages.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinetuneStatus {
+    /// The base's file or folder name.
+    pub base: String,
+    /// Parameters of the base (frozen).
+    pub base_parameters: usize,
+    /// The adapted projections (`c_attn`, `attn.c_proj`, `c_fc`, `mlp.c_proj`).
+    pub targets: Vec<crowdgrad_runtime::lora::LoraTarget>,
+    /// The adapters' rank.
+    pub rank: usize,
 }
 
 /// How many contributors were online at a moment.
