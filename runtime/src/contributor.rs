@@ -19,7 +19,8 @@ use crate::feedback::{ErrorFeedback, FeedbackError, ResidualStore, SavedResidual
 use crate::held::{HeldView, HeldWeights};
 use crate::identity::{Identity, Receipt, hex};
 use crate::protocol::{
-    self, Ack, ClientMsg, DeltaRef, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update, WorkUnit,
+    self, Ack, BaseRef, ClientMsg, DeltaRef, FrameError, Hello, MAX_CONTROL_FRAME, ServerMsg, Submission, Update,
+    WorkUnit,
 };
 use crate::train::{Moments, Trainer, TrainerShape, run_unit, train_unit};
 use crate::trained::Trained;
@@ -50,6 +51,12 @@ pub trait Transport {
     /// from the relay.
     async fn fetch_delta(&mut self, version: u64, bytes: u64) -> Result<Vec<u8>, TransportError> {
         self.fetch(&format!("/api/deltas/{version}"), bytes).await
+    }
+    /// A fine-tuning job's frozen base ([`BaseRef`]), from wherever the transport finds
+    /// it, and whether it was kept from before rather than downloaded; checked by the
+    /// loop. By default, from the relay.
+    async fn fetch_base(&mut self, base: &BaseRef) -> Result<(Vec<u8>, bool), TransportError> {
+        Ok((self.fetch(&format!("/api/base/{}", base.hash), base.bytes).await?, false))
     }
     /// Whether the transport shares weights with peers, handling the relay's
     /// [`ServerMsg::Peer`], [`ServerMsg::PeerGone`] and [`ServerMsg::Signal`] itself
@@ -108,6 +115,9 @@ pub struct Stats {
     pub device: Option<DeviceInfo>,
     /// Bytes of frozen bases downloaded (fine-tuning jobs), apart from the weights.
     pub base_downloaded: u64,
+    /// Frozen bases read from where the transport kept them (a tab's Cache Storage)
+    /// rather than downloaded.
+    pub bases_kept: u32,
     /// Why a tab trains on the CPU rather than WebGPU (no adapter, a slower one, one
     /// that cannot hold the job, or the page asked); `None` on WebGPU and natively.
     pub why_cpu: Option<String>,
@@ -204,7 +214,7 @@ pub fn fit(unit: &WorkUnit, binding: Option<u64>, memory: Option<u64>) -> Result
     }
     let params = unit.trained().layout().total as u64;
     let base = unit.base.as_ref().map_or(0, |b| b.bytes);
-    let needed = shape.bytes(model) + 16 * params + unit.weights_bytes + base;
+    let needed = shape.bytes_with(model, unit.lora.as_ref()) + 16 * params + unit.weights_bytes + base;
     if let Some(allowed) = memory.filter(|&m| needed > m) {
         let what = format!(
             "training this job's {params}-parameter model (its weights, gradients, AdamW's moments, error feedback \
@@ -427,10 +437,13 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             self.shard = Some((unit.shard_hash.clone(), bytes));
         }
         if let Some(base) = unit.base.as_ref().filter(|b| self.base.as_ref().is_none_or(|(hash, _)| *hash != b.hash)) {
-            let bytes = self.transport.fetch(&format!("/api/base/{}", base.hash), base.bytes).await?;
+            let (bytes, kept) = self.transport.fetch_base(base).await?;
             let bytes = Self::check_hash("base", bytes, &base.hash)?;
             let values = checkpoint::decode(&unit.model, &bytes)?;
-            self.update(|s| s.base_downloaded += bytes.len() as u64);
+            self.update(|s| match kept {
+                true => s.bases_kept += 1,
+                false => s.base_downloaded += bytes.len() as u64,
+            });
             self.base = Some((base.hash.clone(), values));
         }
         Self::still_connected(&self.transport)?;

@@ -40,6 +40,18 @@ impl CpuBackend {
         self.f32(v)
     }
 
+    /// Elements (4 bytes each) in every buffer allocated so far.
+    pub fn allocated(&self) -> usize {
+        self.buffers
+            .iter()
+            .map(|b| match b {
+                Storage::F32(values) => values.len(),
+                Storage::U32(values) => values.len(),
+                Storage::Shared(values) => values.len(),
+            })
+            .sum()
+    }
+
     /// Makes the whole buffer `v` hold `data` (its length) without copying it: reads see
     /// `data`, and the first write copies it (the caller's stays as it was). The buffer's
     /// own values are dropped.

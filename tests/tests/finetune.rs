@@ -2,8 +2,8 @@
 //! of ours, briefly pretrained here) with three native CPU contributors. The adapters are
 //! the job's parameters: versions are PEFT-named adapter files, replays on the relay's CPU
 //! use the same base, and each contributor downloads the base once, by its hash. A tab
-//! fine-tunes too, and its page says what the crowd fine-tunes and samples the
-//! fine-tuned model.
+//! fine-tunes too, its page says what the crowd fine-tunes and samples the fine-tuned
+//! model, and after a reload it reads the base from its Cache Storage.
 
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tab_fine_tunes_and_its_page_says_what_and_samples_the_fine_tuned_model() {
+async fn a_tab_fine_tunes_says_what_samples_the_fine_tuned_model_and_keeps_the_base() {
     require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
     let base_path = dir.path().join("base.safetensors");
@@ -165,6 +165,11 @@ async fn a_tab_fine_tunes_and_its_page_says_what_and_samples_the_fine_tuned_mode
     let sample = until(&tab, "a sample of the fine-tuned model", Duration::from_secs(60), sampled).await;
     println!("page: {job}\nsample: {sample}");
     assert!(status(relay.addr)["version"].as_u64() >= Some(1));
+    // After a reload the base comes from the tab's Cache Storage, checked by its hash.
+    tab.refresh().await.expect("reload");
+    let done = "const s = window.crowdgrad && window.crowdgrad.stats(); return s && s.units_done >= 1 && s;";
+    let stats = until(&tab, "a unit after the reload", Duration::from_secs(180), done).await;
+    assert_eq!((stats["bases_kept"].as_u64(), stats["base_downloaded"].as_u64()), (Some(1), Some(0)), "{stats}");
     let _ = tab.close().await;
     relay.stop().await;
 }

@@ -18,12 +18,12 @@ extern "C" {
 }
 
 /// A property of the global object.
-fn global(name: &str) -> Option<JsValue> {
+pub fn global(name: &str) -> Option<JsValue> {
     js_sys::Reflect::get(&js_sys::global(), &name.into()).ok().filter(|v| !v.is_undefined())
 }
 
 /// Calls `object.method(args…)`.
-fn call(object: &JsValue, method: &str, args: &[&JsValue]) -> Result<JsValue, JsValue> {
+pub fn call(object: &JsValue, method: &str, args: &[&JsValue]) -> Result<JsValue, JsValue> {
     let function: js_sys::Function = js_sys::Reflect::get(object, &method.into())?.dyn_into()?;
     function.apply(object, &args.iter().copied().collect::<js_sys::Array>())
 }

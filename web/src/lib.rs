@@ -13,6 +13,7 @@
 //! ```
 
 mod adapter;
+mod base_cache;
 mod bench;
 mod duty;
 mod edge;

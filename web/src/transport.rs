@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crowdgrad_runtime::contributor::{SharedStats, Transport, TransportError};
-use crowdgrad_runtime::protocol::{self, MAX_CONTROL_FRAME, ServerMsg};
+use crowdgrad_runtime::protocol::{self, BaseRef, MAX_CONTROL_FRAME, ServerMsg};
 use futures_channel::mpsc;
 use futures_util::StreamExt;
 use wasm_bindgen::JsCast;
@@ -153,6 +153,16 @@ impl Transport for WebTransport {
             Some(mesh) => mesh.download(mesh::files::step(version), bytes).await.map_err(TransportError),
             None => self.fetch(&format!("/api/deltas/{version}"), bytes).await,
         }
+    }
+
+    async fn fetch_base(&mut self, base: &BaseRef) -> Result<(Vec<u8>, bool), TransportError> {
+        let url = format!("{}/api/base/{}", self.http_base, base.hash);
+        if let Some(bytes) = crate::base_cache::read(&url, &base.hash).await {
+            return Ok((bytes, true));
+        }
+        let bytes = crate::global::get(&url, base.bytes).await.map_err(TransportError)?;
+        crate::base_cache::keep(&url, &bytes).await;
+        Ok((bytes, false))
     }
 
     fn p2p(&self) -> bool {

@@ -27,6 +27,11 @@ commands:
                   and peak memory per backend beside PyTorch, two DiLoCo rounds through a
                   relay with two native contributors and a Chromium tab (bytes per unit),
                   and (on request) the loss curve of mixed precision against f32
+  bench lora [--pretrain-steps N --versions N --steps N --rank N --targets LIST
+              --lora-lr X --full-lr X --dataset PATH]
+                  LoRA against full fine-tuning of a base pretrained on tinyshakespeare, on
+                  this repository's docs, through relays with native contributors and a
+                  tab: held-out loss, bytes up per unit and down per version, tab memory
   bench relay [--only a,b,… --idle N --active N --seconds S --downloads N --honest N
                --garbage N --flood-seconds S --commit-active N --commit-seconds S]
                   the relay under load: (a) RSS per idle session, (b) results/s and latency

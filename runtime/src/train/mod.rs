@@ -239,4 +239,29 @@ mod tests {
         assert_eq!(TrainerShape::train(6, 1).fitting(&cfg, 3 * 16 * 256 * 4).micro_rows, 3);
         assert_eq!(TrainerShape::train(6, 1).fitting(&cfg, 1).micro_rows, 1);
     }
+
+    #[test]
+    fn a_trainer_of_adapters_holds_the_base_once_and_the_adapters_as_often_as_its_role_needs() {
+        let cfg = GptConfig::gpt2_small(256);
+        let lora = crate::lora::LoraConfig {
+            targets: vec![crate::lora::LoraTarget::Attention],
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+        };
+        let shape = TrainerShape::train(4, 21);
+        let (whole, adapters) = (shape.bytes(&cfg), shape.bytes_with(&cfg, Some(&lora)));
+        let (base, four_copies) = (4 * cfg.layout().total as u64, 16 * cfg.layout().total as u64);
+        assert!(adapters > base, "the base is held: {adapters} bytes");
+        assert!(whole - adapters > four_copies - base - base / 10, "no gradients or moments for the base");
+        // What the adapters add: at most a few copies of the activations' size.
+        let activations = whole - four_copies;
+        assert!(adapters - base < 2 * activations, "{adapters} bytes, {activations} of activations");
+        // The real trainer holds about that (within 10% of the buffers it makes).
+        let small = GptConfig { context: 16, layers: 2, width: 32, heads: 2, ..GptConfig::default() };
+        let trainer = Trainer::with_lora(CpuBackend::new(), small, &lora, shape).unwrap();
+        let estimate = shape.bytes_with(&small, Some(&lora));
+        let allocated = 4 * trainer.backend().allocated() as u64;
+        assert!(estimate.abs_diff(allocated) * 10 < allocated, "estimate {estimate}, allocated {allocated}");
+    }
 }

@@ -93,19 +93,36 @@ impl TrainerShape {
     /// the gradients and AdamW's moments its role keeps, plus one microbatch's activations
     /// (every layer's, or two for a forward-only one) and backward scratch.
     pub fn bytes(&self, cfg: &GptConfig) -> u64 {
+        self.bytes_with(cfg, None)
+    }
+
+    /// [`TrainerShape::bytes`] of a trainer of `lora`'s adapters on a frozen base of `cfg`
+    /// where `lora` is given: the base once, the adapters with the copies its role
+    /// keeps, and the adapters' activations and scratch besides the model's.
+    pub fn bytes_with(&self, cfg: &GptConfig, lora: Option<&LoraConfig>) -> u64 {
         let copies = match self.role {
             Role::Train => 4,
             Role::Gradients => 2,
             Role::Forward => 1,
         };
         let (bt, c) = ((self.micro_rows * cfg.context) as u64, cfg.width as u64);
+        let (weights, adapters) = match lora {
+            // The base, its LayerNorm gradients' sink; per layer and target a [BT, r]
+            // hidden state; three [BT, 4C] and two [BT, r] of scratch.
+            Some(l) => {
+                let (r, layers, targets) = (l.rank as u64, cfg.layers as u64, l.targets.len() as u64);
+                let extra = 2 * c + layers * targets * bt * r + 3 * bt * 4 * c + 2 * bt * r;
+                (cfg.layout().total as u64 + copies * l.layout(cfg).total as u64, extra)
+            }
+            None => (copies * cfg.layout().total as u64, 0),
+        };
         let att = (self.micro_rows * cfg.heads * cfg.context * cfg.context) as u64;
         // Per layer: ln_1, ln_2 and four more [BT, C], qkv [BT, 3C], two [BT, 4C], att.
         let layer = bt * c * (6 + 3 + 8) + att + 4 * bt;
         let layers = if self.role == Role::Forward { cfg.layers.min(2) } else { cfg.layers } as u64;
         let logits = bt * cfg.vocab as u64;
         let scratch = if self.role == Role::Forward { 0 } else { logits + bt * c * 12 + att };
-        4 * (copies * cfg.layout().total as u64 + layers * layer + 2 * logits + scratch + bt * c * 2)
+        4 * (weights + adapters + layers * layer + 2 * logits + scratch + bt * c * 2)
     }
 }
 

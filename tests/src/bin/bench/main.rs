@@ -1,4 +1,4 @@
-//! `cargo xtask bench [backends | gpt | gpt2 | relay | diloco | adversarial | budgets]`.
+//! `cargo xtask bench [backends | gpt | gpt2 | lora | relay | diloco | adversarial | budgets]`.
 //!
 //! - `backends [STEPS] [ROWS]`: training throughput of the default model on the CPU
 //!   reference, the GPU natively, and the GPU and the wasm CPU backend in headless
@@ -8,6 +8,9 @@
 //!   against the CPU's, tokens/s per backend beside PyTorch, and matmul GFLOP/s.
 //! - `gpt2 [--only memory,backends,rounds] [--context N] [--rows N] [--results N]
 //!   [--steps N] [--browser-steps N] [--slow-warm-up N]`: GPT-2 small through the pipeline (see `gpt2/`).
+//! - `lora [--pretrain-steps N] [--versions N] [--rank N] [--targets LIST] …`: LoRA
+//!   against full fine-tuning of a pretrained base on a new text, through relays with
+//!   native contributors and a tab (see `lora.rs`).
 //! - `relay [--federated] [--idle N] [--active N] [--seconds S]`: the relay under load, or
 //!   three federated relays against one (see `relay.rs`).
 //! - `diloco [--steps N] [--k LIST] [--h LIST] [--plot PATH]`: K simulated contributors
@@ -24,6 +27,7 @@ mod budgets;
 mod diloco;
 mod gpt;
 mod gpt2;
+mod lora;
 mod plot;
 mod relay;
 mod rss;
@@ -35,13 +39,15 @@ async fn main() {
         None | Some("backends") => backends::run(args.get(1..).unwrap_or_default()).await,
         Some("gpt") => gpt::run(&args[1..]).await,
         Some("gpt2") => gpt2::run(&args[1..]).await,
+        Some("lora") => lora::run(&args[1..]).await,
         Some("relay") => relay::run(&args[1..]).await,
         Some("diloco") => diloco::run(&args[1..]),
         Some("adversarial") => adversarial::run(&args[1..]),
         Some("budgets") => budgets::run().await,
         Some(other) => {
             eprintln!(
-                "unknown bench {other:?}; use `backends`, `gpt`, `gpt2`, `relay`, `diloco`, `adversarial` or `budgets`"
+                "unknown bench {other:?}; use `backends`, `gpt`, `gpt2`, `lora`, `relay`, `diloco`, `adversarial` or \
+                 `budgets`"
             );
             std::process::exit(2);
         }
