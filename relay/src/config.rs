@@ -739,6 +739,17 @@ impl JobConfig {
         Trained { model: self.model, lora: self.finetune.as_ref().map(FinetuneConfig::lora) }
     }
 
+    /// Training FLOPs per token: 6 per parameter of a whole model (forward, and backward
+    /// to activations and to weights); a frozen base's 4 per parameter (no weight
+    /// gradients) and its adapters' 6.
+    pub fn flops_per_token(&self) -> u64 {
+        let model = self.model.layout().total as u64;
+        match &self.finetune {
+            Some(f) => 4 * model + 6 * f.lora().layout(&self.model).total as u64,
+            None => 6 * model,
+        }
+    }
+
     /// Checks every value; the error names the key and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() || self.name.len() > 64 {

@@ -116,6 +116,7 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
     let config = String::from_utf8(get(&format!("/api/peft/{}/adapter_config.json", last.0))).expect("UTF-8");
     let lora = peft::read_config(&config, &model).expect("PEFT's config reads");
     assert_eq!(Some(&lora), job_lora.as_ref(), "{config}");
+    assert!(config.contains("\"lora_dropout\": 0.1,"), "as the job file wrote it: {config}");
     let adapters = peft::import(&lora, &model, &get(&format!("/api/peft/{}/adapter_model.safetensors", last.0)))
         .expect("PEFT's adapters read");
     let base_values = checkpoint::decode(&model, &base).expect("the base");

@@ -129,7 +129,7 @@ impl Coordinator {
         steps: u32,
     ) -> ReceiptFields {
         let tokens = steps as u64 * self.job.inner.batch as u64 * self.job.model.context as u64;
-        ReceiptFields { contributor, unit_id, version, tokens, flops: 6 * self.params.len() as u64 * tokens }
+        ReceiptFields { contributor, unit_id, version, tokens, flops: self.job.flops_per_token() * tokens }
     }
 
     /// `measurement` if it was made against this coordinator.

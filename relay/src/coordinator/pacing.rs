@@ -19,10 +19,10 @@ const MIN_ARRIVALS: usize = 8;
 
 /// Seconds one inner step should take on a device whose 256³ matmul ran at `gflops`
 /// (`None` when it did not say).
-pub(super) fn step_secs_from_calibration(job: &JobConfig, params: usize, gflops: f32) -> Option<f64> {
+pub(super) fn step_secs_from_calibration(job: &JobConfig, gflops: f32) -> Option<f64> {
     (gflops.is_finite() && gflops > 0.0).then(|| {
         let tokens = job.inner.batch as f64 * job.model.context as f64;
-        6.0 * params as f64 * tokens / (gflops as f64 * 1e9 * STEP_EFFICIENCY)
+        job.flops_per_token() as f64 * tokens / (gflops as f64 * 1e9 * STEP_EFFICIENCY)
     })
 }
 
@@ -84,11 +84,16 @@ mod tests {
         assert_eq!(unit_steps(&job, Some(0.1)), 20, "fast: the full H");
         assert_eq!(unit_steps(&job, Some(3.0)), 10, "3 s a step fills 30 s with 10");
         assert_eq!(unit_steps(&job, Some(1000.0)), 1, "never fewer than one");
-        let fast = step_secs_from_calibration(&job, 100_000, 100.0).expect("known");
-        let slow = step_secs_from_calibration(&job, 100_000, 0.1).expect("known");
+        let fast = step_secs_from_calibration(&job, 100.0).expect("known");
+        let slow = step_secs_from_calibration(&job, 0.1).expect("known");
         assert!((slow / fast / 1000.0 - 1.0).abs() < 1e-4, "a thousand times slower: {slow} / {fast}");
-        assert_eq!(step_secs_from_calibration(&job, 100_000, 0.0), None);
-        assert_eq!(step_secs_from_calibration(&job, 100_000, f32::NAN), None);
+        assert_eq!(step_secs_from_calibration(&job, 0.0), None);
+        assert_eq!(step_secs_from_calibration(&job, f32::NAN), None);
+        // Adapters on a frozen base: the base's forward and backward passes are most of
+        // the work, though few parameters train.
+        let finetune = JobConfig { finetune: Some(crate::finetune::FinetuneConfig::default()), ..job.clone() };
+        let adapted = step_secs_from_calibration(&finetune, 100.0).expect("known");
+        assert!(adapted > 0.6 * fast && adapted < fast, "{adapted} s a step, the whole model's {fast} s");
     }
 
     #[test]

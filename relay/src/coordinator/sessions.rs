@@ -81,7 +81,7 @@ impl Coordinator {
             ice_servers: crate::ice::servers_for_session(&self.job.mesh, id, std::time::SystemTime::now()),
             relay_only: self.job.mesh.relay_only,
         });
-        let step_secs = pacing::step_secs_from_calibration(&self.job, self.params.len(), hello.gflops);
+        let step_secs = pacing::step_secs_from_calibration(&self.job, hello.gflops);
         let session = Session {
             outbox,
             contributor,

@@ -126,13 +126,15 @@ pub fn read_config(json: &str, model: &GptConfig) -> Result<LoraConfig, PeftErro
 /// `adapter_config.json` for `lora` on the base called `base` (its folder or hub name).
 pub fn config_json(lora: &LoraConfig, base: &str) -> String {
     let targets: Vec<&str> = lora.ordered_targets().into_iter().map(LoraTarget::module).collect();
+    // As written (0.1, not 0.10000000149011612): the f32's shortest decimal, as f64.
+    let decimal = |x: f32| x.to_string().parse::<f64>().expect("an f32 prints as a number");
     let json = serde_json::json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base,
         "r": lora.rank,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
+        "lora_alpha": decimal(lora.alpha),
+        "lora_dropout": decimal(lora.dropout),
         "target_modules": targets,
         "fan_in_fan_out": true,
         "bias": "none",
