@@ -1,14 +1,14 @@
 //! A fine-tuning job (`[finetune]` in the job file): LoRA adapters train on a frozen
 //! base, which is a Hugging Face GPT-2 folder or one of our checkpoints. The adapters are
 //! the job's parameters everywhere (versions, units, updates, replays); the base is read
-//! once, kept in memory, and served to contributors as one checkpoint file named by its
-//! blake3 (`GET /api/base/{hash}`).
+//! once and kept in memory for the relay's replays and evaluations, and written once as a
+//! checkpoint file named by its blake3 (`storage.dir/base/{hash}.safetensors`), which
+//! contributors download (`GET /api/base/{hash}`, [`crate::weights::base`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use crowdgrad_runtime::checkpoint;
 use crowdgrad_runtime::lora::{LoraConfig, LoraTarget};
 use crowdgrad_runtime::model::GptConfig;
@@ -73,27 +73,39 @@ pub struct Base {
     /// Its values, in `model`'s layout.
     pub values: Arc<Vec<f32>>,
     /// The checkpoint file contributors download.
-    pub file: Bytes,
+    pub file: PathBuf,
+    /// Bytes of `file`.
+    pub bytes: u64,
     /// blake3 of `file`, lowercase hex.
     pub hash: String,
 }
 
 impl Base {
-    /// Reads the base at `path` as a model of `model` (from [`base_shape`]).
-    pub fn read(path: &Path, model: &GptConfig) -> anyhow::Result<Base> {
+    /// Reads the base at `path` as a model of `model` (from [`base_shape`]), and writes
+    /// its checkpoint file into `storage`'s `base/` unless a file of that hash is there.
+    pub fn read(path: &Path, model: &GptConfig, storage: &Path) -> anyhow::Result<Base> {
         let values = if path.is_dir() {
             hf_dir::read_weights(path, model)?
         } else {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             checkpoint::decode(model, &bytes).with_context(|| format!("{}", path.display()))?
         };
-        let file = Bytes::from(checkpoint::encode(model, &values, &[]));
-        let hash = checkpoint::hash_hex(&file);
-        Ok(Base { values: Arc::new(values), file, hash })
+        let bytes = checkpoint::encode(model, &values, &[]);
+        let hash = checkpoint::hash_hex(&bytes);
+        let folder = storage.join("base");
+        let file = folder.join(format!("{hash}.safetensors"));
+        let kept = std::fs::read(&file).is_ok_and(|kept| checkpoint::hash_hex(&kept) == hash);
+        if !kept {
+            std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+            let partial = folder.join(format!("{hash}.tmp"));
+            std::fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &file).with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(Base { values: Arc::new(values), file, bytes: bytes.len() as u64, hash })
     }
 
     /// How units name it.
     pub fn reference(&self) -> BaseRef {
-        BaseRef { hash: self.hash.clone(), bytes: self.file.len() as u64 }
+        BaseRef { hash: self.hash.clone(), bytes: self.bytes }
     }
 }

@@ -48,7 +48,7 @@ pub fn router(state: AppState, www: &std::path::Path) -> Router {
         .route("/api/peft/{version}/adapter_config.json", get(crate::peft_routes::config))
         .route("/api/peft/{version}/adapter_model.safetensors", get(crate::peft_routes::adapters))
         .route("/api/shards/{shard}", get(shard))
-        .route("/api/base/{hash}", get(base))
+        .route("/api/base/{hash}", get(weights::base))
         .route("/api/vocab", get(vocab))
         .route("/api/admin/pause", post(admin::pause))
         .route("/api/admin/resume", post(admin::resume))
@@ -161,18 +161,6 @@ async fn vocab(State(state): State<AppState>) -> Response {
         (header::HeaderName::from_static("x-tokenizer"), tokenizer.name()),
     ];
     (headers, bytes).into_response()
-}
-
-/// A fine-tuning job's frozen base, by the blake3 that units name it by.
-async fn base(State(state): State<AppState>, Path(hash): Path<String>) -> Response {
-    let bytes = state.coordinator.lock().expect("coordinator lock").base_file(&hash);
-    match bytes {
-        Some(bytes) => {
-            state.metrics.bytes_out.inc_by(bytes.len() as u64);
-            ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response()
-        }
-        None => (StatusCode::NOT_FOUND, "no base of that hash: this job's units name its base").into_response(),
-    }
 }
 
 async fn shard(State(state): State<AppState>, Path(index): Path<u32>) -> Response {

@@ -242,6 +242,37 @@ async fn serve_whole(
     }
 }
 
+/// `GET /api/base/{hash}`: a fine-tuning job's frozen base, from its file (ranges
+/// honoured, its blake3 as the ETag), under the weights routes' bounds.
+pub async fn base(
+    State(state): State<WeightRoutes>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(hash): Path<String>,
+    request: Request,
+) -> Response {
+    let (limit, file) = {
+        let coordinator = state.coordinator.lock().expect("coordinator lock");
+        (coordinator.job().limits.downloads_per_ip, coordinator.base_file(&hash))
+    };
+    let Some(file) = file else {
+        return (StatusCode::NOT_FOUND, "no base of that hash: this job's units name its base").into_response();
+    };
+    let _open = match state.weights.admit(peer.ip(), limit) {
+        Ok(open) => open,
+        Err(refused) => return refused.into_response(),
+    };
+    let _turn = match state.weights.turn().await {
+        Ok(turn) => turn,
+        Err(busy) => return busy.into_response(),
+    };
+    let Ok(response) = ServeFile::new(&file).oneshot(request).await;
+    let sent = response.headers().get(header::CONTENT_LENGTH).and_then(|l| l.to_str().ok()?.parse().ok());
+    state.metrics.bytes_out.inc_by(sent.unwrap_or(0));
+    let (mut parts, body) = response.into_parts();
+    parts.headers.insert(header::ETAG, format!("\"{hash}\"").parse().expect("a hex ETag is a header value"));
+    Response::from_parts(parts, Body::new(body))
+}
+
 /// `GET /api/weights/{version}/chunks`: the blake3 of each [`WEIGHT_CHUNK`]-byte chunk of
 /// the file, 32 bytes each, concatenated; what tabs check chunks from peers against.
 pub async fn chunk_hashes(state: State<WeightRoutes>, peer: ConnectInfo<SocketAddr>, version: Path<u64>) -> Response {

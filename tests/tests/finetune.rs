@@ -127,6 +127,14 @@ async fn contributors_fine_tune_adapters_on_a_frozen_base() {
         "the HF folder is the base with the adapters merged"
     );
     assert!(merged != base_values, "the adapters moved the model");
+    // The base is a file on the relay's disk, served with ranges.
+    let hash = checkpoint::hash_hex(&base);
+    let mut head =
+        ureq::get(&format!("http://{addr}/api/base/{hash}")).header("Range", "bytes=0-7").call().expect("a range");
+    assert_eq!(head.status(), 206);
+    assert_eq!(head.body_mut().read_to_vec().expect("8 bytes"), base[..8].to_vec());
+    let other = ureq::get(&format!("http://{addr}/api/base/{}", "0".repeat(64))).call();
+    assert!(matches!(other, Err(ureq::Error::StatusCode(404))), "another hash: {other:?}");
 
     relay.stop().await;
     for (handle, stats) in contributors {

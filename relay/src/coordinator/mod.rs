@@ -241,7 +241,7 @@ impl Coordinator {
         let base = job
             .finetune
             .as_ref()
-            .map(|f| Base::read(&f.base, &job.model).context("finetune.base"))
+            .map(|f| Base::read(&f.base, &job.model, &job.storage.dir).context("finetune.base"))
             .transpose()?
             .map(Arc::new);
         let mut evaluator = Evaluator::new(&job, corpus, base.as_ref().map(|b| b.values.clone()));
@@ -456,7 +456,7 @@ impl Coordinator {
     }
 
     /// The frozen base's file, if this is a fine-tuning job and `hash` names it.
-    pub fn base_file(&self, hash: &str) -> Option<Bytes> {
+    pub fn base_file(&self, hash: &str) -> Option<PathBuf> {
         self.base.as_ref().filter(|b| b.hash == hash).map(|b| b.file.clone())
     }
 
