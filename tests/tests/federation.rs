@@ -31,6 +31,9 @@ use crowdgrad_tests::{relay_binary, repo_root, wait_for};
 
 /// Kills (and restarts) of a relay.
 const KILLS: usize = 10;
+/// The tests of this file run one at a time: each runs a NATS cluster and relays, and the
+/// handover's timing must not share two cores with the kills of the other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// The job's round deadline, seconds.
 const DEADLINE_SECS: u64 = 4;
 /// How long a contributor may go without a result accepted after a kill.
@@ -106,6 +109,7 @@ fn free_addr() -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_federated_job_trains_on_while_its_relays_are_killed() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     require_bundle();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut nats = NatsCluster::start(3, &dir.path().join("nats"));
@@ -338,6 +342,7 @@ fn check_versions(relays: &[RelaySlot], urls: &[String]) {
 /// relay commits from its next try, well before the lease would have run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committer_stopped_with_sigterm_hands_its_lease_over_at_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let nats = NatsCluster::start(3, &dir.path().join("nats"));
     let job = dir.path().join("job.toml");
