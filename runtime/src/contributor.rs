@@ -23,7 +23,6 @@ use crate::protocol::{
     WorkUnit,
 };
 use crate::train::{Moments, Trainer, TrainerShape, run_unit, train_unit};
-use crate::trained::Trained;
 
 /// A failure of the transport (socket closed, HTTP error).
 #[derive(Debug, thiserror::Error)]
@@ -235,8 +234,8 @@ pub struct Contributor<B: Backend, T: Transport> {
     device: DeviceInfo,
     backend: Option<B>,
     trainer: Option<Trainer<B>>,
-    /// What the trainer trains, and the hash of the base loaded into it where adapters train.
-    trainer_for: Option<(Trained, Option<String>)>,
+    /// The hash of the base loaded into the trainer, where adapters train.
+    trainer_base: Option<String>,
     weights: Option<HeldWeights>,
     /// A fine-tuning job's frozen base: its file's hash and its values.
     base: Option<(String, Vec<f32>)>,
@@ -273,7 +272,7 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
             device,
             backend: Some(backend),
             trainer: None,
-            trainer_for: None,
+            trainer_base: None,
             weights: None,
             base: None,
             view: HeldView::default(),
@@ -558,7 +557,8 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
     async fn prepare_trainer(&mut self, unit: &WorkUnit) -> Result<(), BackendError> {
         let trained = unit.trained();
         let fits = self.trainer.as_ref().is_some_and(|t| {
-            self.trainer_for.as_ref().is_some_and(|(t, _)| *t == trained)
+            t.config() == trained.model
+                && t.lora_config() == trained.lora.as_ref()
                 && t.batch_size() == unit.batch as usize
                 && t.loss_slots() > unit.steps as usize
         });
@@ -573,14 +573,13 @@ impl<B: Backend, T: Transport> Contributor<B, T> {
                 None => self.backend.take().expect("the backend lives in the trainer or here"),
             };
             self.trainer = Some(trained.trainer(backend, shape)?);
-            self.trainer_for = Some((trained, None));
+            self.trainer_base = None;
         }
-        let loaded = self.trainer_for.as_mut().map(|(_, hash)| hash).expect("prepared above");
         if let Some((hash, values)) = self.base.as_ref().filter(|_| unit.base.is_some())
-            && loaded.as_ref() != Some(hash)
+            && self.trainer_base.as_ref() != Some(hash)
         {
             self.trainer.as_mut().expect("prepared above").load_base(values);
-            *loaded = Some(hash.clone());
+            self.trainer_base = Some(hash.clone());
         }
         Ok(())
     }
